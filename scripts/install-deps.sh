@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Install everything sentinel's demo and tests need on a fresh Debian 12 machine (run as root).
+# Idempotent: packages already present are left alone.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(prometheus prometheus-alertmanager)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "install-deps: need root to apt-get install ${missing[*]}" >&2
+    exit 2
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+fi
+
+# Node.js and npm type-check the Grafana dashboards against @grafana/schema.
+if ! command -v npm >/dev/null 2>&1; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm
+fi
+if [ -f tests/typescript/package.json ] && [ ! -d tests/typescript/node_modules ]; then
+  (cd tests/typescript && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
+# torch 2.13.0 resolves to the local CPU build on the project's machines (see README).
+python3 -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+python3 -m pip install -q 'torch==2.13.0'
+python3 -m pip install -q -e '.[dev,torch]'

@@ -1,0 +1,7 @@
+"""Allow ``python -m sentinel``."""
+
+import sys
+
+from sentinel.cli import main
+
+sys.exit(main())
