@@ -1,1 +1,5 @@
-"""sentinel.train."""
+"""What a training script imports: Reporter, CheckpointStore, SkipPlan, rollback."""
+
+from sentinel.train.reporter import Reporter
+
+__all__ = ["Reporter"]

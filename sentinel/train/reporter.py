@@ -1,0 +1,201 @@
+"""Report each training step to the node's agent, without ever blocking or raising.
+
+Usage in a training loop::
+
+    from sentinel.train import Reporter
+
+    rep = Reporter(job="gpt-7b-run3")          # rank from $RANK, GPU from torch
+    for step, batch in enumerate(loader):
+        loss = train_step(batch)
+        rep.step(step, loss=loss_value, tokens=tokens_in_batch, grad_norm=gn)
+
+The datagram goes to the agent's Unix datagram socket (``$SENTINEL_AGENT_SOCKET``,
+default :data:`DEFAULT_SOCKET`), or to UDP on localhost if ``udp`` or
+``$SENTINEL_AGENT_UDP`` (``host:port``) is set and the socket is absent. If the agent
+is not there, or its queue is full, the report is dropped and counted in
+``Reporter.dropped``; the training loop never waits and never sees an exception.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+import sys
+import time
+from typing import Any
+
+from sentinel import protocol
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SOCKET = "/run/sentinel/agent.sock"
+# How long to wait before trying to reach an absent agent again; keeps the cost of
+# reporting into the void at one failed syscall a second.
+RECONNECT_INTERVAL_S = 1.0
+
+
+def _detect_gpu_uuid() -> str | None:
+    """Return the NVML-style UUID of the CUDA device this process uses, if torch knows it."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None
+    try:
+        if not torch.cuda.is_available() or not torch.cuda.is_initialized():
+            return None
+        props = torch.cuda.get_device_properties(torch.cuda.current_device())
+        uuid = str(getattr(props, "uuid", "") or "")
+    except Exception:  # noqa: BLE001 - identity is best effort, never a crash
+        return None
+    if not uuid:
+        return None
+    return uuid if uuid.startswith(("GPU-", "MIG-")) else f"GPU-{uuid}"
+
+
+class Reporter:
+    """Send one small datagram per step (and per event) to the local agent."""
+
+    def __init__(
+        self,
+        job: str,
+        rank: int | None = None,
+        *,
+        socket_path: str | None = None,
+        udp: str | None = None,
+        gpu_uuid: str | None = None,
+        host: str | None = None,
+        enabled: bool = True,
+    ) -> None:
+        if rank is None:
+            rank = int(os.environ.get("RANK", "0") or 0)
+        self.job = job
+        self.rank = rank
+        self.enabled = enabled
+        self.socket_path = socket_path or os.environ.get("SENTINEL_AGENT_SOCKET", DEFAULT_SOCKET)
+        udp = udp or os.environ.get("SENTINEL_AGENT_UDP")
+        self._udp: tuple[str, int] | None = None
+        if udp:
+            h, _, p = udp.rpartition(":")
+            self._udp = (h or "127.0.0.1", int(p))
+        self.gpu_uuid = gpu_uuid
+        self.host = host if host is not None else socket.gethostname()
+        self.sent = 0
+        self.dropped = 0
+        self._sock: socket.socket | None = None
+        self._next_try = 0.0
+        self._build_prefixes()
+
+    def _build_prefixes(self) -> None:
+        ident = protocol.Identity(
+            job=self.job, rank=self.rank, pid=os.getpid(), gpu_uuid=self.gpu_uuid, host=self.host
+        )
+        raw = protocol.encode_identity(ident)
+        self._step_prefix = protocol.header(protocol.TYPE_STEP, raw)
+        self._event_prefix = protocol.header(protocol.TYPE_EVENT, raw)
+
+    def _connect(self) -> socket.socket | None:
+        now = time.monotonic()
+        if now < self._next_try:
+            return None
+        self._next_try = now + RECONNECT_INTERVAL_S
+        if self.gpu_uuid is None:
+            uuid = _detect_gpu_uuid()
+            if uuid is not None:
+                self.gpu_uuid = uuid
+                self._build_prefixes()
+        try:
+            if os.path.exists(self.socket_path) or self._udp is None:
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                s.setblocking(False)
+                s.connect(self.socket_path)
+            else:
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                s.setblocking(False)
+                s.connect(self._udp)
+        except OSError:
+            return None
+        self._sock = s
+        return s
+
+    def _send(self, data: bytes) -> None:
+        s = self._sock or self._connect()
+        if s is None:
+            self.dropped += 1
+            return
+        try:
+            s.send(data)
+            self.sent += 1
+        except OSError:
+            # Agent gone (ECONNREFUSED/ENOENT) or its queue full (EAGAIN): drop, and
+            # reconnect later so a restarted agent is found again.
+            self.dropped += 1
+            if not isinstance(sys.exc_info()[1], BlockingIOError):
+                self._close_socket()
+
+    def _close_socket(self) -> None:
+        if self._sock is not None:
+            try:
+                self._sock.close()
+            except OSError:
+                pass
+            self._sock = None
+
+    def step(
+        self,
+        step: int,
+        loss: float,
+        tokens: int,
+        grad_norm: float | None = None,
+        samples: int | None = None,
+        **extra: float,
+    ) -> None:
+        """Report one finished step. Never blocks, never raises."""
+        if not self.enabled:
+            return
+        try:
+            data = protocol.encode_step(
+                self._step_prefix,
+                step,
+                loss,
+                tokens,
+                grad_norm,
+                samples,
+                time.time(),
+                extra or None,
+            )
+        except Exception:  # noqa: BLE001 - a bad value must not reach the training loop
+            self.dropped += 1
+            return
+        if len(data) > protocol.MAX_DATAGRAM_BYTES:
+            self.dropped += 1
+            return
+        self._send(data)
+
+    def event(self, kind: str, **fields: Any) -> None:
+        """Report an event (``rollback_done``, ``checkpoint_saved``, ...). Never raises."""
+        if not self.enabled:
+            return
+        try:
+            clean = {
+                k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                for k, v in fields.items()
+            }
+            data = protocol.encode_event(self._event_prefix, kind, time.time(), clean)
+        except Exception:  # noqa: BLE001
+            self.dropped += 1
+            return
+        if len(data) > protocol.MAX_DATAGRAM_BYTES:
+            self.dropped += 1
+            return
+        self._send(data)
+
+    def close(self) -> None:
+        """Close the socket (the Reporter may be used again; it reconnects)."""
+        self._close_socket()
+
+    def __enter__(self) -> Reporter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

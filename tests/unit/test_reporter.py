@@ -1,0 +1,57 @@
+import socket
+
+from sentinel import protocol
+from sentinel.train.reporter import Reporter
+
+
+def test_reports_reach_a_unix_socket(tmp_path):
+    path = str(tmp_path / "agent.sock")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    srv.bind(path)
+    srv.settimeout(2)
+    rep = Reporter(job="j1", rank=2, socket_path=path, gpu_uuid="GPU-1")
+    rep.step(7, loss=1.5, tokens=100, grad_norm=0.5, lr=1e-3)
+    rep.event("checkpoint_saved", step=7, seconds=float("nan"))
+    r = protocol.decode(srv.recv(65536))
+    assert isinstance(r, protocol.StepReport)
+    assert (r.identity.job, r.identity.rank, r.step, r.loss, r.extra) == ("j1", 2, 7, 1.5, {"lr": 1e-3})
+    e = protocol.decode(srv.recv(65536))
+    assert isinstance(e, protocol.EventReport)
+    assert e.kind == "checkpoint_saved" and e.fields == {"step": 7, "seconds": None}
+    assert rep.sent == 2 and rep.dropped == 0
+
+
+def test_absent_agent_drops_and_counts(tmp_path):
+    rep = Reporter(job="j", socket_path=str(tmp_path / "nope.sock"))
+    for i in range(5):
+        rep.step(i, loss=1.0, tokens=1)
+    assert rep.dropped == 5 and rep.sent == 0
+
+
+def test_full_queue_never_blocks(tmp_path):
+    path = str(tmp_path / "agent.sock")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    srv.bind(path)  # nobody reads: the kernel queue fills up
+    rep = Reporter(job="j", socket_path=path)
+    for i in range(5000):
+        rep.step(i, loss=1.0, tokens=1)
+    assert rep.sent > 0 and rep.dropped > 0
+    assert rep.sent + rep.dropped == 5000
+
+
+def test_bad_values_do_not_raise(tmp_path):
+    rep = Reporter(job="j", socket_path=str(tmp_path / "x.sock"))
+    rep.step("not-a-step", loss="x", tokens=None)  # type: ignore[arg-type]
+    rep.event("k", obj=object())
+    assert rep.dropped == 2
+
+
+def test_udp_fallback():
+    srv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    srv.bind(("127.0.0.1", 0))
+    srv.settimeout(2)
+    port = srv.getsockname()[1]
+    rep = Reporter(job="j", socket_path="/nonexistent/agent.sock", udp=f"127.0.0.1:{port}")
+    rep.step(1, loss=2.0, tokens=3)
+    r = protocol.decode(srv.recv(65536))
+    assert r.step == 1
