@@ -88,7 +88,9 @@ def _coerce(key: str, value: Any, tp: Any, from_text: bool) -> Any:
         elif isinstance(value, list | tuple):
             items = list(value)
         else:
-            raise ConfigError(f"{key}: {value!r} is not a list (valid: a list of {_type_name(inner)})")
+            raise ConfigError(
+                f"{key}: {value!r} is not a list (valid: a list of {_type_name(inner)})"
+            )
         return [_coerce(f"{key}[{i}]", v, inner, from_text) for i, v in enumerate(items)]
     if tp is bool:
         if isinstance(value, bool):
@@ -190,7 +192,7 @@ def load_section(
     for name, v in env.items():
         if not name.startswith(prefix):
             continue
-        k2 = name[len(prefix):].lower()
+        k2 = name[len(prefix) :].lower()
         if k2 not in fields:
             raise ConfigError(
                 f"environment {name}: unknown key {section}.{k2} "
@@ -202,7 +204,9 @@ def load_section(
         if v is None:
             continue
         if k not in fields:
-            raise ConfigError(f"{section}.{k}: unknown key (valid keys: {', '.join(sorted(fields))})")
+            raise ConfigError(
+                f"{section}.{k}: unknown key (valid keys: {', '.join(sorted(fields))})"
+            )
         values[k] = _coerce(f"{section}.{k}", v, hints[k], from_text=isinstance(v, str))
 
     for k, v in values.items():

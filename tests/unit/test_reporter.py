@@ -14,7 +14,13 @@ def test_reports_reach_a_unix_socket(tmp_path):
     rep.event("checkpoint_saved", step=7, seconds=float("nan"))
     r = protocol.decode(srv.recv(65536))
     assert isinstance(r, protocol.StepReport)
-    assert (r.identity.job, r.identity.rank, r.step, r.loss, r.extra) == ("j1", 2, 7, 1.5, {"lr": 1e-3})
+    assert (r.identity.job, r.identity.rank, r.step, r.loss, r.extra) == (
+        "j1",
+        2,
+        7,
+        1.5,
+        {"lr": 1e-3},
+    )
     e = protocol.decode(srv.recv(65536))
     assert isinstance(e, protocol.EventReport)
     assert e.kind == "checkpoint_saved" and e.fields == {"step": 7, "seconds": None}
