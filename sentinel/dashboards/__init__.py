@@ -1,1 +1,1 @@
-"""sentinel.dashboards."""
+"""Grafana dashboards for sentinel, generated from code (``sentinel dashboards generate``)."""

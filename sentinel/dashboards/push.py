@@ -1,0 +1,191 @@
+"""Upload the dashboards to a Grafana server through its HTTP API (grafana-client).
+
+The token comes from a file or from ``$SENTINEL_GRAFANA_TOKEN`` and is only ever
+placed in the Authorization header: it is never logged or printed, and URLs are
+shown without their user-info part.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from grafana_client.api import GrafanaApi
+from grafana_client.client import (
+    GrafanaClientError,
+    GrafanaException,
+    GrafanaServerError,
+    GrafanaTimeoutError,
+    GrafanaUnauthorizedError,
+)
+
+from sentinel.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+TOKEN_ENV = "SENTINEL_GRAFANA_TOKEN"  # noqa: S105 - a variable name, not a secret
+EXIT_PROBLEM = 1
+EXIT_USAGE = 2
+
+
+@dataclass
+class DashboardsConfig:
+    """The ``dashboards:`` config section (used by ``sentinel dashboards push``)."""
+
+    grafana_url: str = field(
+        default="", metadata={"help": "Grafana base URL, e.g. https://grafana.example.com"}
+    )
+    token_file: str = field(
+        default="",
+        metadata={"help": f"file holding a Grafana service-account token (else ${TOKEN_ENV})"},
+    )
+    folder: str = field(default="Sentinel", metadata={"help": "Grafana folder title"})
+    folder_uid: str = field(default="sentinel", metadata={"help": "Grafana folder uid"})
+    # Grafana answers a dashboard save in well under a second; 10 s leaves room for a
+    # loaded server without hanging a deploy script on a dead one.
+    timeout_s: float = field(
+        default=10.0, metadata={"help": "HTTP timeout per request", "min": 0.1, "max": 300}
+    )
+
+    def validate(self) -> None:
+        """Check the URL, if one is set, is http(s) with a host."""
+        if self.grafana_url:
+            parts = urlsplit(self.grafana_url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ConfigError(
+                    f"dashboards.grafana_url: {redact_url(self.grafana_url)!r} is not valid "
+                    "(valid: http://HOST[:PORT][/PATH] or https://...)"
+                )
+        if not self.folder_uid or len(self.folder_uid) > 40:
+            raise ConfigError(
+                f"dashboards.folder_uid: {self.folder_uid!r} is not valid "
+                "(valid: 1 to 40 characters)"
+            )
+
+
+class PushError(Exception):
+    """Pushing failed; ``exit_code`` is 2 for bad usage/credentials, 1 otherwise."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def redact_url(url: str) -> str:
+    """Return ``url`` without any user:password part."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+
+
+def read_token(token_file: str | None, env: dict[str, str] | None = None) -> str | None:
+    """Return the token from ``token_file`` or ``$SENTINEL_GRAFANA_TOKEN`` (None: no token)."""
+    if token_file:
+        p = Path(token_file)
+        try:
+            token = p.read_text(encoding="utf-8").strip()
+        except OSError as e:
+            raise PushError(
+                f"cannot read the token file {p}: {e.strerror or e} "
+                f"(give a readable file, or set ${TOKEN_ENV})",
+                EXIT_USAGE,
+            ) from e
+        if not token:
+            raise PushError(f"the token file {p} is empty (it must hold the token)", EXIT_USAGE)
+        if any(c.isspace() for c in token):
+            raise PushError(
+                f"the token file {p} holds more than one word (it must hold only the token)",
+                EXIT_USAGE,
+            )
+        return token
+    env = dict(os.environ) if env is None else env
+    token = env.get(TOKEN_ENV, "").strip()
+    return token or None
+
+
+def _explain(e: GrafanaException, url: str, what: str) -> PushError:
+    """Turn a grafana-client error into a message that says what to do next."""
+    where = redact_url(url)
+    if isinstance(e, GrafanaUnauthorizedError) or e.status_code == 401:
+        return PushError(
+            f"Grafana at {where} rejected the credentials (HTTP 401) while {what}: give a "
+            f"valid service-account token with --token-file or ${TOKEN_ENV}",
+            EXIT_USAGE,
+        )
+    if e.status_code == 403:
+        return PushError(
+            f"Grafana at {where} refused {what} (HTTP 403): the token needs the Editor role "
+            "(or write access to the folder)",
+            EXIT_USAGE,
+        )
+    if isinstance(e, GrafanaTimeoutError):
+        return PushError(f"Grafana at {where} did not answer in time while {what}", EXIT_PROBLEM)
+    if isinstance(e, GrafanaServerError | GrafanaClientError):
+        return PushError(
+            f"Grafana at {where} failed {what} (HTTP {e.status_code}): {e.message}",
+            EXIT_PROBLEM,
+        )
+    return PushError(f"cannot reach Grafana at {where} while {what}: {e.message}", EXIT_PROBLEM)
+
+
+def push(
+    url: str,
+    dashboards: dict[str, dict[str, Any]],
+    *,
+    token: str | None,
+    config: DashboardsConfig | None = None,
+    api: GrafanaApi | None = None,
+) -> list[str]:
+    """Create the folder if needed and save every dashboard into it, overwriting.
+
+    Returns the Grafana URL of each saved dashboard. Raises :class:`PushError`.
+    """
+    cfg = config or DashboardsConfig()
+    cfg = dataclasses.replace(cfg, grafana_url=url)
+    cfg.validate()
+    grafana = api or GrafanaApi.from_url(url, credential=token, timeout=cfg.timeout_s)
+    what = f"looking up folder {cfg.folder_uid!r}"
+    try:
+        try:
+            grafana.folder.get_folder(cfg.folder_uid)
+        except GrafanaClientError as e:
+            if e.status_code != 404:
+                raise
+            what = f"creating folder {cfg.folder!r}"
+            grafana.folder.create_folder(cfg.folder, uid=cfg.folder_uid)
+            log.info("created Grafana folder %r (uid %s)", cfg.folder, cfg.folder_uid)
+        saved = []
+        for name, dash in dashboards.items():
+            what = f"saving dashboard {name}"
+            body = {
+                "dashboard": {**dash, "id": None},
+                "folderUid": cfg.folder_uid,
+                "overwrite": True,
+                "message": "sentinel dashboards push",
+            }
+            res = grafana.dashboard.update_dashboard(body)
+            status = res.get("status") if isinstance(res, dict) else None
+            if status not in ("success", None):
+                raise PushError(
+                    f"Grafana at {redact_url(url)} did not save {name}: {res}", EXIT_PROBLEM
+                )
+            saved.append(str(res.get("url", "")) if isinstance(res, dict) else "")
+            log.info("saved dashboard %s", name)
+        return saved
+    except GrafanaException as e:
+        raise _explain(e, url, what) from e
+    except OSError as e:  # niquests' connection errors are OSErrors
+        raise PushError(
+            f"cannot reach Grafana at {redact_url(url)} while {what}: {e} "
+            "(check the URL and that Grafana is running)",
+            EXIT_PROBLEM,
+        ) from e
