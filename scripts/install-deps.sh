@@ -4,7 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(prometheus prometheus-alertmanager)
+APT_PACKAGES=(prometheus prometheus-alertmanager prometheus-node-exporter systemd)
+# prometheus-node-exporter: the disk collector is checked against it; systemd: systemd-analyze
+# verifies the agent unit (PID 1 need not be systemd).
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

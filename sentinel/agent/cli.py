@@ -1,0 +1,174 @@
+"""``sentinel agent``: serve this node's metrics until stopped (or print them once)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+from typing import Any
+
+from sentinel.agent.collectors import COLLECTORS
+from sentinel.agent.config import AgentConfig
+from sentinel.config import ConfigError, describe, load_section, read_yaml_file
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``agent`` subcommand."""
+    p = subparsers.add_parser(
+        "agent",
+        help="run the node agent (Prometheus metrics for GPUs, disks, host, training jobs)",
+        description="Serve /metrics, /healthz and /api/v1/steps for this node.",
+        epilog="Config keys (section agent:):\n" + describe(AgentConfig, "agent"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", help="YAML config file (section agent:)")
+    p.add_argument("--listen-address", help="HOST:PORT for HTTP (default 0.0.0.0:9464)")
+    p.add_argument("--socket", help="Unix datagram socket for step reports ('' = off)")
+    p.add_argument("--udp-address", help="HOST:PORT of the UDP fallback for step reports")
+    p.add_argument("--procfs", help="procfs root (default /proc)")
+    p.add_argument("--textfile-dir", help="directory of *.prom files to export")
+    p.add_argument("--gpu-replay", help="serve GPU series from a captured NVML dump (JSON)")
+    p.add_argument("--once", action="store_true",
+                   help="print one exposition to stdout and exit")
+    for cls in COLLECTORS:
+        p.add_argument(f"--collector.{cls.name}", dest=f"collector_{cls.name}",
+                       action="store_const", const=True, default=None,
+                       help=f"enable the {cls.name} collector")
+        p.add_argument(f"--no-collector.{cls.name}", dest=f"collector_{cls.name}",
+                       action="store_const", const=False, help=f"disable the {cls.name} collector")
+    p.set_defaults(func=run)
+
+
+def load_config(args: argparse.Namespace, env: dict[str, str] | None = None) -> AgentConfig:
+    """Build the AgentConfig from file, environment and flags (ConfigError if bad)."""
+    file_data = read_yaml_file(args.config) if args.config else None
+    overrides = {
+        "listen_address": args.listen_address,
+        "socket": args.socket,
+        "udp_address": args.udp_address,
+        "procfs": args.procfs,
+        "textfile_dir": args.textfile_dir,
+        "gpu_replay": args.gpu_replay,
+    }
+    cfg = load_section(AgentConfig, "agent", file_data=file_data, env=env, overrides=overrides)
+    flags = {cls.name: getattr(args, f"collector_{cls.name}", None) for cls in COLLECTORS}
+    if any(v is not None for v in flags.values()):
+        names = [
+            n for n, v in flags.items() if v is True or (v is None and n in cfg.collectors)
+        ]
+        cfg = dataclasses.replace(cfg, collectors=names)
+        cfg.validate()
+    return cfg
+
+
+def _notifier() -> Any:
+    """Return an object with .notify(str) talking to $NOTIFY_SOCKET, or None."""
+    if not os.environ.get("NOTIFY_SOCKET"):
+        return None
+    try:
+        import sdnotify  # noqa: PLC0415 - only under systemd
+    except ImportError:
+        return _MiniNotifier(os.environ["NOTIFY_SOCKET"])
+    return sdnotify.SystemdNotifier()
+
+
+class _MiniNotifier:
+    """The sd_notify datagram, for machines without the sdnotify package."""
+
+    def __init__(self, path: str) -> None:
+        self.addr = "\0" + path[1:] if path.startswith("@") else path
+
+    def notify(self, state: str) -> None:
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+                s.connect(self.addr)
+                s.sendall(state.encode())
+        except OSError as e:
+            log.debug("sd_notify: %s", e)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the agent; return the exit code."""
+    from sentinel.agent.agent import Agent  # noqa: PLC0415 - keep `sentinel --help` fast
+    from sentinel.agent.collectors.base import Context  # noqa: PLC0415
+    from sentinel.agent.server import HttpServer  # noqa: PLC0415
+
+    cfg = load_config(args)
+    ctx = Context(config=cfg)
+    if cfg.hostname:
+        ctx.hostname = cfg.hostname
+    if cfg.gpu_replay:
+        from sentinel.agent.nvml_replay import ReplayBackend  # noqa: PLC0415
+
+        try:
+            ctx.nvml_backend = ReplayBackend.from_file(cfg.gpu_replay)
+        except ValueError as e:
+            raise ConfigError(f"agent.gpu_replay: {e}") from None
+    if args.once:
+        # One exposition needs no report sockets; the training collector shows drops only.
+        agent = Agent(ctx)
+        for c in agent.collectors:
+            if c.name != "training":
+                c.start()
+        try:
+            sys.stdout.buffer.write(agent.render())
+            sys.stdout.flush()
+        finally:
+            agent.close()
+        return 0
+
+    host, port = cfg.listen()
+    agent = Agent(ctx)
+    try:
+        agent.start()
+        server = HttpServer(host, port, agent, cfg.max_http_connections)
+    except OSError as e:
+        agent.close()
+        print(f"sentinel agent: cannot start: {e}", file=sys.stderr)
+        return 1
+    server.start()
+    stop = threading.Event()
+
+    def _on_signal(signum: int, _frame: Any) -> None:
+        log.info("signal %d: stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    bound = server.address
+    log.info("serving on http://%s:%d/metrics, collectors: %s, socket: %s, udp: %s",
+             bound[0], bound[1], ",".join(c.name for c in agent.collectors),
+             cfg.socket or "off", cfg.udp_address or "off")
+    notifier = _notifier()
+    if notifier:
+        notifier.notify("READY=1")
+    was_healthy = True
+    try:
+        while not stop.is_set():
+            ok, why = agent.health()
+            if not server.alive():
+                ok, why = False, "the HTTP server thread died"
+            if ok:
+                if notifier:
+                    notifier.notify("WATCHDOG=1")
+            elif was_healthy:
+                log.error("unhealthy, not feeding the watchdog: %s", why)
+            was_healthy = ok
+            if agent.training is not None:
+                for job in agent.training.store.expire():
+                    log.info("job %s expired after %.0fs without reports", job,
+                             cfg.job_expiry_seconds)
+            stop.wait(cfg.watchdog_interval_seconds)
+    finally:
+        if notifier:
+            notifier.notify("STOPPING=1")
+        server.stop()
+        agent.close()
+    return 0

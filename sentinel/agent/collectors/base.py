@@ -1,0 +1,51 @@
+"""What every collector is: a name, ``collect()`` returning metric families, ``close()``."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client.core import Metric
+
+from sentinel.agent.config import AgentConfig
+
+
+@dataclass
+class Context:
+    """What collectors get from the agent: config, host name, clocks (injected in tests)."""
+
+    config: AgentConfig
+    hostname: str = field(default_factory=socket.gethostname)
+    now: Callable[[], float] = time.time
+    monotonic: Callable[[], float] = time.monotonic
+    # Built by the agent for the gpu collector when --gpu-replay is given.
+    nvml_backend: Any | None = None
+
+
+class Collector:
+    """Base class: subclasses set ``name`` and implement :meth:`collect`.
+
+    ``collect`` may raise; the agent then reports ``sentinel_collector_success 0`` for
+    this collector and drops its output for that scrape. A collector that works but
+    is degraded (NVML absent, a bad textfile) sets ``self.success = False`` instead,
+    keeping what it could export.
+    """
+
+    name = ""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.success = True
+
+    def start(self) -> None:
+        """Start background work (threads, sockets); called once before serving."""
+
+    def collect(self) -> list[Metric]:
+        """Return this collector's metric families for one scrape."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Stop background work and release resources."""

@@ -1,0 +1,207 @@
+"""GPU metrics through NVML (sentinel.agent.nvml), plus the XID event counter."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from sentinel.agent.collectors.base import Collector, Context
+from sentinel.agent.nvml import (
+    CLOCK_EVENT_REASONS,
+    DeviceInfo,
+    GpuSample,
+    Nvml,
+    NvmlUnavailable,
+    XidWaiter,
+)
+
+log = logging.getLogger(__name__)
+
+LABELS = ["gpu", "UUID", "modelName", "pci_bus_id", "hostname"]
+# Retrying nvmlInit on every scrape would log and cost on GPU-less nodes; once a
+# minute still finds a driver loaded after the agent started.
+NVML_RETRY_SECONDS = 60.0
+
+# (metric, help, sample attribute) for the plain per-GPU gauges.
+_GAUGES: list[tuple[str, str, str]] = [
+    ("sentinel_gpu_temperature_celsius", "GPU core temperature.", "temperature_c"),
+    ("sentinel_gpu_memory_temperature_celsius", "HBM temperature.", "memory_temperature_c"),
+    ("sentinel_gpu_slowdown_temperature_celsius",
+     "Temperature at which HW slowdown starts.", "slowdown_temperature_c"),
+    ("sentinel_gpu_shutdown_temperature_celsius",
+     "Temperature at which the GPU shuts down.", "shutdown_temperature_c"),
+    ("sentinel_gpu_sm_clock_hertz", "Current SM clock.", "sm_clock_hz"),
+    ("sentinel_gpu_memory_clock_hertz", "Current memory clock.", "memory_clock_hz"),
+    ("sentinel_gpu_sm_clock_max_hertz", "Maximum SM clock.", "sm_clock_max_hz"),
+    ("sentinel_gpu_utilization_ratio", "GPU utilization (0..1).", "utilization_gpu_ratio"),
+    ("sentinel_gpu_memory_utilization_ratio",
+     "Memory-controller utilization (0..1).", "utilization_memory_ratio"),
+    ("sentinel_gpu_memory_used_bytes", "Framebuffer memory used.", "memory_used_bytes"),
+    ("sentinel_gpu_memory_total_bytes", "Framebuffer memory total.", "memory_total_bytes"),
+    ("sentinel_gpu_power_watts", "Power draw.", "power_w"),
+    ("sentinel_gpu_power_limit_watts", "Enforced power limit.", "power_limit_w"),
+]
+
+
+class GpuCollector(Collector):
+    """Per-GPU NVML readings; a broken GPU reports sentinel_gpu_up 0, others go on."""
+
+    name = "gpu"
+
+    def __init__(self, ctx: Context, nvml_factory: Callable[[], Nvml] | None = None) -> None:
+        super().__init__(ctx)
+        self._factory = nvml_factory or (lambda: Nvml(ctx.nvml_backend))
+        self._nvml: Nvml | None = None
+        self._devices: list[DeviceInfo] = []
+        self._unavailable: str | None = None
+        self._next_try = 0.0
+        self._xid: XidWaiter | None = None
+        self._xid_counts: dict[tuple[str, int], int] = {}
+        self._xid_lock = threading.Lock()
+
+    def start(self) -> None:
+        """Load NVML and start the XID waiter (no NVML: report absent, carry on)."""
+        self._try_init()
+
+    def _try_init(self) -> None:
+        now = self.ctx.monotonic()
+        if self._nvml is not None or now < self._next_try:
+            return
+        self._next_try = now + NVML_RETRY_SECONDS
+        nv = self._factory()
+        try:
+            nv.init()
+        except NvmlUnavailable as e:
+            if self._unavailable != str(e):
+                log.warning("gpu collector: NVML unavailable, no GPU metrics: %s", e)
+            self._unavailable = str(e)
+            return
+        self._nvml = nv
+        self._devices = nv.devices()
+        self._unavailable = None
+        log.info("gpu collector: %d GPU(s): %s", len(self._devices),
+                 ", ".join(f"{d.index}:{d.name}" for d in self._devices))
+        self._xid = XidWaiter(nv, self.record_xid)
+        if not self._xid.start():
+            log.warning("gpu collector: XID counter off: %s", self._xid.error)
+            self._xid = None
+
+    def record_xid(self, uuid: str, xid: int) -> None:
+        """Count one XID event (called from the waiter thread)."""
+        log.warning("XID %d on GPU %s", xid, uuid)
+        with self._xid_lock:
+            self._xid_counts[(uuid, xid)] = self._xid_counts.get((uuid, xid), 0) + 1
+
+    def _labels(self, d: DeviceInfo) -> list[str]:
+        return [str(d.index), d.uuid, d.name, d.pci_bus_id, self.ctx.hostname]
+
+    def collect(self) -> list[Metric]:  # noqa: C901 - one family after another
+        """Sample every GPU and build the GPU families."""
+        self._try_init()
+        avail = GaugeMetricFamily(
+            "sentinel_gpu_nvml_available",
+            "1 if NVML loaded, 0 if no NVML library/driver (no GPU series then).",
+            labels=["hostname"],
+        )
+        avail.add_metric([self.ctx.hostname], 0.0 if self._nvml is None else 1.0)
+        if self._nvml is None:
+            self.success = False
+            return [avail]
+        self.success = True
+        nv = self._nvml
+        up = GaugeMetricFamily(
+            "sentinel_gpu_up",
+            "1 if every query of this GPU worked in the last collect, 0 if it errored or vanished.",
+            labels=LABELS,
+        )
+        gauges = {
+            name: GaugeMetricFamily(name, help_, labels=LABELS) for name, help_, _ in _GAUGES
+        }
+        energy = CounterMetricFamily(
+            "sentinel_gpu_energy_joules", "Energy used since the driver loaded.", labels=LABELS
+        )
+        reasons = GaugeMetricFamily(
+            "sentinel_gpu_clock_event_active",
+            "1 while this clock-event (throttle) reason is active.",
+            labels=[*LABELS, "reason"],
+        )
+        violation = CounterMetricFamily(
+            "sentinel_gpu_violation_seconds",
+            "Time clocks were held below target, by NVML perf policy.",
+            labels=[*LABELS, "reason"],
+        )
+        ecc = CounterMetricFamily(
+            "sentinel_gpu_ecc_errors", "ECC error counts.", labels=[*LABELS, "type", "counter"]
+        )
+        remapped = GaugeMetricFamily(
+            "sentinel_gpu_remapped_rows", "Rows remapped, by cause.", labels=[*LABELS, "cause"]
+        )
+        pending = GaugeMetricFamily(
+            "sentinel_gpu_remap_pending", "1 if a row remap is pending (reset needed).",
+            labels=LABELS,
+        )
+        failure = GaugeMetricFamily(
+            "sentinel_gpu_remap_failure", "1 if a row remap failed.", labels=LABELS
+        )
+        replay = CounterMetricFamily(
+            "sentinel_gpu_pcie_replay", "PCIe replay counter.", labels=LABELS
+        )
+        xid = CounterMetricFamily(
+            "sentinel_gpu_xid_errors",
+            "XID events seen by the agent's NVML event waiter (every event counts).",
+            labels=[*LABELS, "xid"],
+        )
+        by_uuid: dict[str, DeviceInfo] = {}
+        for d in self._devices:
+            by_uuid[d.uuid] = d
+            lab = self._labels(d)
+            s: GpuSample = nv.sample(d.index)
+            if s.errors:
+                log.debug("GPU %d: %s", d.index, "; ".join(s.errors))
+            up.add_metric(lab, 0.0 if (s.errors or s.gpu_lost) else 1.0)
+            if s.gpu_lost:
+                continue  # a lost GPU keeps only sentinel_gpu_up 0
+            for name, _help, attr in _GAUGES:
+                v = getattr(s, attr)
+                if v is not None:
+                    gauges[name].add_metric(lab, float(v))
+            if s.energy_j is not None:
+                energy.add_metric(lab, s.energy_j)
+            if s.clock_event_reasons is not None:
+                for rname, bit in CLOCK_EVENT_REASONS.items():
+                    active = 1.0 if s.clock_event_reasons & bit else 0.0
+                    reasons.add_metric([*lab, rname], active)
+            for vname, ns in s.violation_ns.items():
+                violation.add_metric([*lab, vname], ns / 1e9)
+            for (etype, counter), n in s.ecc_errors.items():
+                ecc.add_metric([*lab, etype, counter], float(n))
+            if s.remapped_rows_correctable is not None:
+                remapped.add_metric([*lab, "correctable"], float(s.remapped_rows_correctable))
+            if s.remapped_rows_uncorrectable is not None:
+                remapped.add_metric([*lab, "uncorrectable"], float(s.remapped_rows_uncorrectable))
+            if s.remap_pending is not None:
+                pending.add_metric(lab, float(s.remap_pending))
+            if s.remap_failure is not None:
+                failure.add_metric(lab, float(s.remap_failure))
+            if s.pcie_replay is not None:
+                replay.add_metric(lab, float(s.pcie_replay))
+        with self._xid_lock:
+            counts = dict(self._xid_counts)
+        for (uuid, code), n in sorted(counts.items()):
+            dev = by_uuid.get(uuid)
+            lab = self._labels(dev) if dev else ["", uuid, "", "", self.ctx.hostname]
+            xid.add_metric([*lab, str(code)], float(n))
+        return [avail, up, *gauges.values(), energy, reasons, violation, ecc, remapped,
+                pending, failure, replay, xid]
+
+    def close(self) -> None:
+        """Stop the XID waiter and release NVML."""
+        if self._xid is not None:
+            self._xid.stop()
+            self._xid = None
+        if self._nvml is not None:
+            self._nvml.shutdown()
+            self._nvml = None

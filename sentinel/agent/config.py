@@ -1,0 +1,133 @@
+"""The agent's configuration section (``agent:`` in the YAML file)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from sentinel.config import ConfigError
+
+DEFAULT_LISTEN_ADDRESS = "0.0.0.0:9464"
+DEFAULT_SOCKET = "/run/sentinel/agent.sock"
+# node_exporter's default device exclusion: RAM disks, loops, floppies and partitions
+# (sda1, nvme0n1p1, ...), which would double-count their parent disk's I/O.
+DEFAULT_DISK_EXCLUDE = r"^(z?ram|loop|fd|(h|s|v|xv)d[a-z]|nvme\d+n\d+p)\d+$"
+
+
+def _split_hostport(key: str, value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{key}: {value!r} is not HOST:PORT (valid: e.g. 127.0.0.1:9464)")
+    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - documented default
+
+
+@dataclass
+class AgentConfig:
+    """Settings of ``sentinel agent``; every one can also be a flag or SENTINEL_AGENT_*."""
+
+    listen_address: str = field(
+        default=DEFAULT_LISTEN_ADDRESS, metadata={"help": "HOST:PORT serving /metrics"}
+    )
+    socket: str = field(
+        default=DEFAULT_SOCKET,
+        metadata={"help": "Unix datagram socket training processes report to ('' = off)"},
+    )
+    udp_address: str = field(
+        default="",
+        metadata={"help": "HOST:PORT of the UDP fallback for step reports ('' = off)"},
+    )
+    collectors: list[str] = field(
+        default_factory=lambda: ["gpu", "disk", "host", "training", "textfile"],
+        metadata={
+            "help": "collectors to run",
+            "choices": ("gpu", "disk", "host", "training", "textfile"),
+        },
+    )
+    hostname: str = field(
+        default="", metadata={"help": "value of the hostname label ('' = this machine's name)"}
+    )
+    procfs: str = field(default="/proc", metadata={"help": "root of procfs (tests: fixtures)"})
+    textfile_dir: str = field(
+        default="",
+        metadata={"help": "directory of *.prom files to export (burn-in results); '' = off"},
+    )
+    gpu_replay: str = field(
+        default="", metadata={"help": "serve GPU series from a captured NVML dump (no GPU)"}
+    )
+    disk_exclude: str = field(
+        default=DEFAULT_DISK_EXCLUDE,
+        metadata={"help": "regex of /proc/diskstats device names to skip"},
+    )
+    filesystem_paths: list[str] = field(
+        default_factory=lambda: ["/"],
+        metadata={"help": "paths whose filesystem free space is exported (checkpoints, data)"},
+    )
+    # A step ring of 20000 records is ~3 MB per job and covers hours of steps at 1 Hz,
+    # more than any detector window the rules engine asks for.
+    step_ring_size: int = field(
+        default=20000, metadata={"help": "step records kept per job", "min": 10, "max": 1_000_000}
+    )
+    # One node runs a handful of jobs; the cap bounds memory against a runaway sender.
+    max_jobs: int = field(
+        default=16, metadata={"help": "jobs tracked at once", "min": 1, "max": 1024}
+    )
+    # 8 GPUs a node is usual; 64 leaves room for CPU-side ranks without letting a
+    # buggy sender create unbounded series.
+    max_ranks_per_job: int = field(
+        default=64, metadata={"help": "ranks tracked per job", "min": 1, "max": 4096}
+    )
+    # 30 s smooths per-step jitter yet shows a throughput drop within one scrape or two.
+    rate_window_seconds: float = field(
+        default=30.0,
+        metadata={"help": "window for tokens/sec", "min": 1.0, "max": 3600.0},
+    )
+    # A job silent for 10 minutes has ended or hung; the hang is visible before that
+    # through seconds_since_last_report, and expiring bounds the series count.
+    job_expiry_seconds: float = field(
+        default=600.0,
+        metadata={"help": "forget a job after this long without reports", "min": 5.0},
+    )
+    # 4 MiB holds ~25k step datagrams: seconds of backlog even with many ranks.
+    socket_rcvbuf_bytes: int = field(
+        default=4 << 20,
+        metadata={"help": "SO_RCVBUF of the report sockets", "min": 65536, "max": 1 << 30},
+    )
+    # systemd's WatchdogSec is 30 s; notifying every 5 s leaves room for a slow scrape.
+    watchdog_interval_seconds: float = field(
+        default=5.0, metadata={"help": "how often the main loop checks health", "min": 0.1}
+    )
+    # An NVML call stuck for 20 s is a hung driver: stop feeding the watchdog.
+    collect_stall_seconds: float = field(
+        default=20.0,
+        metadata={"help": "a collect running longer than this makes the agent unhealthy",
+                  "min": 1.0},
+    )
+    # Few scrapers exist (Prometheus, the controller, a person); the cap bounds threads.
+    max_http_connections: int = field(
+        default=16, metadata={"help": "concurrent HTTP connections served", "min": 1, "max": 1024}
+    )
+
+    def validate(self) -> None:
+        """Check the values that need more than a type: addresses and the regex."""
+        _split_hostport("agent.listen_address", self.listen_address)
+        if self.udp_address:
+            _split_hostport("agent.udp_address", self.udp_address)
+        try:
+            re.compile(self.disk_exclude)
+        except re.error as e:
+            raise ConfigError(
+                f"agent.disk_exclude: {self.disk_exclude!r} is not a valid regular expression ({e})"
+            ) from None
+        if not self.socket and not self.udp_address and "training" in self.collectors:
+            raise ConfigError(
+                "agent.socket: '' and agent.udp_address: '' leave the training collector "
+                "nothing to listen on (valid: set one, or disable the training collector)"
+            )
+
+    def listen(self) -> tuple[str, int]:
+        """Return (host, port) of listen_address."""
+        return _split_hostport("agent.listen_address", self.listen_address)
+
+    def udp(self) -> tuple[str, int] | None:
+        """Return (host, port) of udp_address, or None when off."""
+        return _split_hostport("agent.udp_address", self.udp_address) if self.udp_address else None

@@ -1,0 +1,114 @@
+"""``sentinel demo``: run the agent here with a small synthetic job reporting to it.
+
+For now (issue 2) this is the agent in the foreground plus a built-in job that reports
+steps through the real :class:`sentinel.train.Reporter`, so every family shows up on
+``/metrics``. Without a GPU, GPU series come from the captured H100 dump in
+``tests/fixtures/h100`` and the output says so. Ctrl-C stops it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import random
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+DEMO_JOB = "demo-gpt"
+REPLAY = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "h100" / "nvml_load.json"
+# A 0.2 s step gives a lively step-time histogram and tokens/sec without using the CPU.
+STEP_SECONDS = 0.2
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``demo`` subcommand."""
+    p = subparsers.add_parser("demo", help="run the agent here with a synthetic training job")
+    p.add_argument("--listen-address", default="127.0.0.1:9464",
+                   help="HOST:PORT for the agent (default 127.0.0.1:9464)")
+    p.add_argument("--seconds", type=float, default=0.0,
+                   help="stop after this long (default: run until Ctrl-C)")
+    p.set_defaults(func=run)
+
+
+def _job(socket_path: str, stop: threading.Event) -> None:
+    """Report a decaying loss with noise, 4 ranks, until stopped."""
+    from sentinel.train.reporter import Reporter  # noqa: PLC0415
+
+    reps = [Reporter(job=DEMO_JOB, rank=r, socket_path=socket_path, gpu_uuid=f"GPU-demo-{r}")
+            for r in range(4)]
+    rng = random.Random(0)  # noqa: S311 - synthetic loss noise, not security
+    step = 0
+    while not stop.is_set():
+        base = 2.0 + 8.0 * math.exp(-step / 300.0)
+        for r, rep in enumerate(reps):
+            rep.step(step, loss=base + rng.gauss(0, 0.05), tokens=8 * 2048,
+                     grad_norm=1.0 + abs(rng.gauss(0, 0.2)), samples=8)
+            if step % 100 == 0 and r == 0:
+                rep.event("checkpoint_saved", step=step)
+        step += 1
+        stop.wait(STEP_SECONDS)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the agent and the synthetic job until Ctrl-C (or --seconds)."""
+    from sentinel.agent.agent import Agent  # noqa: PLC0415
+    from sentinel.agent.collectors.base import Context  # noqa: PLC0415
+    from sentinel.agent.config import AgentConfig  # noqa: PLC0415
+    from sentinel.agent.nvml import Nvml, NvmlUnavailable  # noqa: PLC0415
+    from sentinel.agent.server import HttpServer  # noqa: PLC0415
+
+    tmp = Path(tempfile.mkdtemp(prefix="sentinel-demo-"))
+    sock = str(tmp / "agent.sock")
+    cfg = AgentConfig(listen_address=args.listen_address, socket=sock,
+                      filesystem_paths=["/", str(tmp)])
+    cfg.validate()
+    ctx = Context(config=cfg)
+    gpu_note = "real GPUs through NVML"
+    try:
+        probe = Nvml()
+        probe.init()
+        probe.shutdown()
+    except NvmlUnavailable as e:
+        if REPLAY.exists():
+            from sentinel.agent.nvml_replay import ReplayBackend  # noqa: PLC0415
+
+            ctx.nvml_backend = ReplayBackend.from_file(REPLAY)
+            gpu_note = f"no NVML here ({e}); GPU series replay {REPLAY}"
+        else:
+            gpu_note = f"no NVML here ({e}); no GPU series"
+    agent = Agent(ctx)
+    agent.start()
+    host, port = cfg.listen()
+    server = HttpServer(host, port, agent)
+    server.start()
+    stop = threading.Event()
+    job = threading.Thread(target=_job, args=(sock, stop), daemon=True)
+    job.start()
+    base = f"http://{host}:{server.address[1]}"
+    print(f"""sentinel demo: the agent is running on this machine.
+  metrics      {base}/metrics
+  health       {base}/healthz
+  step stream  {base}/api/v1/steps?job={DEMO_JOB}&since=0
+  socket       {sock}   (point a Reporter at it: SENTINEL_AGENT_SOCKET={sock})
+  GPUs         {gpu_note}
+  job          '{DEMO_JOB}': 4 ranks reporting a step every {STEP_SECONDS}s
+Ctrl-C stops it.""", flush=True)
+    try:
+        if args.seconds > 0:
+            stop.wait(args.seconds)
+        else:
+            while not stop.is_set():
+                stop.wait(1.0)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop.set()
+        job.join(5)
+        server.stop()
+        agent.close()
+    return 0

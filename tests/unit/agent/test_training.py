@@ -1,0 +1,233 @@
+"""The training collector: store bounds, rates, histogram, real sockets, fuzzing."""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import struct
+import time
+
+import pytest
+import requests
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sentinel import protocol
+from sentinel.agent.agent import Agent
+from sentinel.agent.collectors.training import TrainingCollector
+from sentinel.agent.server import HttpServer
+from sentinel.agent.steps import StepStore
+from sentinel.protocol import Identity, StepReport
+from sentinel.train.reporter import Reporter
+from tests.support.services import free_port
+from tests.unit.agent.conftest import make_ctx, value
+from tests.unit.agent.test_gpu import render_collector
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def rep(job="j", rank=0, step=0, loss=1.0, tokens=100, t=0.0, gn=None, samples=None):
+    return StepReport(Identity(job, rank, 42, "GPU-x", "h"), step, loss, tokens, gn, samples, t)
+
+
+def test_tokens_per_second_over_the_window_and_dropping_to_zero_when_stalled():
+    clk = Clock()
+    s = StepStore(rate_window=10.0, monotonic=clk)
+    for i in range(20):  # 1 step/s, 1000 tokens each
+        s.add(rep(step=i, tokens=1000, t=float(i)))
+        clk.t += 1.0
+    st_ = s.jobs["j"].ranks[0]
+    assert s.tokens_per_second(st_, clk.t) == pytest.approx(1000.0, rel=0.11)
+    clk.t += 30
+    assert s.tokens_per_second(st_, clk.t) == 0.0
+
+
+def test_young_rank_rate_is_not_diluted_by_the_full_window():
+    clk = Clock()
+    s = StepStore(rate_window=30.0, monotonic=clk)
+    s.add(rep(step=0, tokens=500))
+    clk.t += 1.0
+    s.add(rep(step=1, tokens=500))
+    clk.t += 1.0
+    assert s.tokens_per_second(s.jobs["j"].ranks[0], clk.t) == pytest.approx(500.0)
+
+
+def test_step_duration_histogram_uses_report_times(tmp_path):
+    c = TrainingCollector(make_ctx(tmp_path))
+    for i, t in enumerate([0.0, 0.2, 0.4, 3.4]):
+        c.store.add(rep(step=i, t=t))
+    text = render_collector(c)
+    lab = {"job": "j", "rank": "0", "hostname": "node1"}
+    assert value(text, "sentinel_train_step_duration_seconds_count", **lab) == 3
+    assert value(text, "sentinel_train_step_duration_seconds_sum", **lab) == pytest.approx(3.4)
+    assert value(text, "sentinel_train_step_duration_seconds_bucket", le="0.25", **lab) == 2
+    assert value(text, "sentinel_train_step_duration_seconds_bucket", le="5.0", **lab) == 3
+    assert value(text, "sentinel_train_rank_info", pid="42", UUID="GPU-x", **lab) == 1
+    assert value(text, "sentinel_train_job_info", job="j", ranks="1") == 1
+
+
+def test_bounds_drop_and_count_by_reason():
+    clk = Clock()
+    s = StepStore(ring_size=10, max_jobs=2, max_ranks=2, expiry=60, monotonic=clk)
+    for i in range(25):
+        s.add(rep(step=i))
+    assert len(s.jobs["j"].ring) == 10
+    assert [r["step"] for r in s.steps("j", 0)] == list(range(15, 25))
+    assert s.add(rep(job="k"))
+    assert not s.add(rep(job="third"))
+    assert s.dropped["too_many_jobs"] == 1
+    s.add(rep(rank=1))
+    assert not s.add(rep(rank=2))
+    assert s.dropped["too_many_ranks"] == 1
+    clk.t += 61  # both jobs go stale; a new job then fits
+    assert s.add(rep(job="third"))
+    assert s.job_names() == ["third"]
+
+
+def test_steps_are_ordered_by_step_then_rank_and_filtered():
+    s = StepStore()
+    for step in (3, 1, 2):
+        for r in (1, 0):
+            s.add(rep(step=step, rank=r))
+    assert [(x["step"], x["rank"]) for x in s.steps("j", 2)] == [(2, 0), (2, 1), (3, 0), (3, 1)]
+    assert [(x["step"], x["rank"]) for x in s.steps("j", 0, rank=1)] == [(1, 1), (2, 1), (3, 1)]
+    with pytest.raises(KeyError):
+        s.steps("nope", 0)
+
+
+@pytest.fixture
+def running(tmp_path):
+    """A real agent (training collector + HTTP) on a tmp socket, UDP and a free port."""
+    udp_port = free_port()
+    ctx = make_ctx(tmp_path, collectors=["training"], udp_address=f"127.0.0.1:{udp_port}",
+                   socket_rcvbuf_bytes=1 << 20)
+    agent = Agent(ctx)
+    agent.start()
+    http = HttpServer("127.0.0.1", 0, agent)
+    http.start()
+    url = f"http://127.0.0.1:{http.address[1]}"
+    try:
+        yield agent, url, ctx
+    finally:
+        http.stop()
+        agent.close()
+
+
+def wait_for(fn, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        v = fn()
+        if v or time.monotonic() > deadline:
+            return v
+        time.sleep(0.002)
+
+
+def test_reporter_steps_reach_metrics_and_the_step_stream(running):
+    agent, url, ctx = running
+    r = Reporter(job="run1", rank=3, socket_path=ctx.config.socket, gpu_uuid="GPU-abc")
+    for i in range(5):
+        r.step(i, loss=2.0 - i * 0.1, tokens=4096, grad_norm=1.5, samples=8)
+    r.step(5, loss=float("nan"), tokens=4096, grad_norm=float("inf"))
+    r.event("checkpoint_saved", step=5)
+    store = agent.training.store
+    assert wait_for(lambda: store.received >= 7)
+    text = requests.get(f"{url}/metrics", timeout=5).text
+    lab = {"job": "run1", "rank": "3"}
+    assert value(text, "sentinel_train_step", **lab) == 5
+    assert math.isnan(value(text, "sentinel_train_loss", **lab))
+    assert value(text, "sentinel_train_tokens_total", **lab) == 6 * 4096
+    assert value(text, "sentinel_train_samples_total", **lab) == 40
+    assert value(text, "sentinel_train_events_total", kind="checkpoint_saved", **lab) == 1
+    assert value(text, "sentinel_train_rank_info", UUID="GPU-abc", pid=str(os.getpid())) == 1
+    assert value(text, "sentinel_train_seconds_since_last_report", **lab) < 5
+    assert value(text, "sentinel_train_tokens_per_second", **lab) > 0
+    body = requests.get(f"{url}/api/v1/steps", params={"job": "run1", "since": 4},
+                        timeout=5).json()
+    assert body["job"] == "run1"
+    assert [s["step"] for s in body["steps"]] == [4, 5]
+    last = body["steps"][-1]
+    assert last["loss"] == "NaN" and last["grad_norm"] == "Infinity"
+    assert last["rank"] == 3 and last["tokens"] == 4096 and last["samples"] is None
+    assert isinstance(last["time"], float) and last["host"]
+    assert body["steps"][0]["loss"] == pytest.approx(1.6)
+
+
+def test_steps_api_errors(running):
+    agent, url, ctx = running
+    Reporter(job="a", socket_path=ctx.config.socket).step(0, loss=1.0, tokens=1)
+    assert wait_for(lambda: agent.training.store.received >= 1)
+    r = requests.get(f"{url}/api/v1/steps", params={"job": "zzz"}, timeout=5)
+    assert r.status_code == 404 and r.json() == {"error": "unknown job 'zzz' (known: a)"}
+    r = requests.get(f"{url}/api/v1/steps", timeout=5)
+    assert r.status_code == 400 and "job" in r.json()["error"]
+    r = requests.get(f"{url}/api/v1/steps", params={"job": "a", "since": "x"}, timeout=5)
+    assert r.status_code == 400 and "'since'" in r.json()["error"]
+    r = requests.get(f"{url}/api/v1/steps", params={"job": "a", "rank": "-1"}, timeout=5)
+    assert r.status_code == 400
+    assert requests.get(f"{url}/nope", timeout=5).status_code == 404
+    assert requests.get(f"{url}/healthz", timeout=5).status_code == 200
+
+
+def test_udp_fallback(running, tmp_path):
+    agent, url, ctx = running
+    r = Reporter(job="udpjob", socket_path=str(tmp_path / "absent.sock"),
+                 udp=ctx.config.udp_address)
+    r.step(7, loss=1.0, tokens=10)
+    assert wait_for(lambda: "udpjob" in agent.training.store.job_names())
+
+
+def test_malformed_datagrams_are_counted_by_reason(running):
+    agent, url, ctx = running
+    store = agent.training.store
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.connect(ctx.config.socket)
+    good = protocol.encode_step(
+        protocol.header(protocol.TYPE_STEP, protocol.encode_identity(Identity("j", 0, 1))),
+        1, 1.0, 1, None, None, 0.0)
+    s.send(b"x")  # truncated
+    s.send(b"XX" + good[2:])  # bad magic
+    s.send(good[:2] + b"\x09" + good[3:])  # unknown version
+    s.send(b"\0" * (protocol.MAX_DATAGRAM_BYTES + 100))  # too large
+    s.send(good)
+    s.close()
+    assert wait_for(lambda: store.received >= 1 and sum(store.dropped.values()) >= 4)
+    text = requests.get(f"{url}/metrics", timeout=5).text
+    for reason in ("truncated", "bad_magic", "unknown_version", "too_large"):
+        assert value(text, "sentinel_train_datagrams_dropped_total", reason=reason) == 1
+    assert value(text, "sentinel_train_datagrams_received_total") == 1
+
+
+def _mutations():
+    ident = protocol.encode_identity(Identity("fuzz", 0, 1, None, "h"))
+    good = protocol.encode_step(protocol.header(protocol.TYPE_STEP, ident), 1, 1.0, 10, 2.0, 4,
+                                1.0, {"lr": 0.1})
+    flip = st.tuples(st.integers(0, len(good) - 1), st.integers(0, 255)).map(
+        lambda p: good[: p[0]] + bytes([p[1]]) + good[p[0] + 1:])
+    cut = st.integers(0, len(good)).map(lambda n: good[:n])
+    hdr = st.binary(max_size=200).map(
+        lambda b: struct.pack("<2sBBH", b"SN", 1, 1, len(b)) + b + b"\0" * 49)
+    return st.one_of(st.binary(max_size=300), flip, cut, hdr)
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batch=st.lists(_mutations(), min_size=1, max_size=20))
+def test_fuzzed_datagrams_never_stop_the_agent(running, batch):
+    agent, url, ctx = running
+    store = agent.training.store
+    before = store.received + sum(store.dropped.values())
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.connect(ctx.config.socket)
+        for d in batch:
+            s.send(d)
+    assert wait_for(lambda: store.received + sum(store.dropped.values()) - before >= len(batch))
+    assert agent.training.healthy()
+    assert store.received + sum(store.dropped.values()) - before == len(batch)
+    assert agent.training.collect()
