@@ -79,6 +79,7 @@ def dump_device(h):
     d["max_clock_mem"] = q(N.nvmlDeviceGetMaxClockInfo, h, N.NVML_CLOCK_MEM)
     d["utilization"] = q(N.nvmlDeviceGetUtilizationRates, h)
     d["memory_info"] = q(N.nvmlDeviceGetMemoryInfo, h)
+    d["memory_info_v2"] = q(lambda x: N.nvmlDeviceGetMemoryInfo(x, version=N.nvmlMemory_v2), h)
     d["power_usage_mw"] = q(N.nvmlDeviceGetPowerUsage, h)
     d["enforced_power_limit_mw"] = q(N.nvmlDeviceGetEnforcedPowerLimit, h)
     d["total_energy_mj"] = q(N.nvmlDeviceGetTotalEnergyConsumption, h)

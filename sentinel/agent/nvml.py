@@ -45,6 +45,8 @@ _ERROR_NOT_SUPPORTED = 3
 _ERROR_TIMEOUT = 10
 _ERROR_GPU_IS_LOST = 15
 _ERROR_UNKNOWN = 999
+_ERROR_FUNCTION_NOT_FOUND = 13
+_ERROR_ARGUMENT_VERSION_MISMATCH = 25
 _EVENT_TYPE_XID_CRITICAL = 0x8
 
 VIOLATION_POLICIES: dict[str, int] = {
@@ -125,6 +127,7 @@ class Nvml:
         self._devices: list[DeviceInfo] = []
         self._initialised = False
         self._lock = threading.Lock()
+        self._memory_v2 = True
 
     @property
     def backend(self) -> Any:
@@ -187,6 +190,27 @@ class Nvml:
     def handle(self, index: int) -> Any:
         """Return the backend's handle for GPU ``index`` (KeyError if it had none)."""
         return self._handles[index]
+
+    def _memory_info(self, h: Any) -> Any:
+        """Return memory info as nvidia-smi counts it (v2: "used" excludes reserved memory).
+
+        v1 counts the driver's reserved memory as used (about 500 MiB more on an H100, seen
+        on the device machine); drivers or bindings without v2 fall back to v1.
+        """
+        b = self._backend
+        v2 = getattr(b, "nvmlMemory_v2", None)
+        if v2 is not None and self._memory_v2:
+            try:
+                return b.nvmlDeviceGetMemoryInfo(h, version=v2)
+            except b.NVMLError as e:
+                if getattr(e, "value", None) not in (
+                    _ERROR_NOT_SUPPORTED,
+                    _ERROR_FUNCTION_NOT_FOUND,
+                    _ERROR_ARGUMENT_VERSION_MISMATCH,
+                ):
+                    raise
+                self._memory_v2 = False
+        return b.nvmlDeviceGetMemoryInfo(h)
 
     def _call(self, s: GpuSample, what: str, fn: Callable[..., Any], *args: Any) -> Any:
         """Call ``fn``; on an NVML error record it in ``s`` and raise _Missing."""
@@ -275,7 +299,7 @@ class Nvml:
         except _Missing:
             pass
         try:
-            m = get("memory", b.nvmlDeviceGetMemoryInfo, h)
+            m = get("memory", self._memory_info, h)
             s.memory_used_bytes = int(m.used)
             s.memory_total_bytes = int(m.total)
         except _Missing:

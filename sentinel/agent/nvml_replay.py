@@ -222,8 +222,16 @@ class ReplayBackend:
         """Return utilization percentages (gpu, memory)."""
         return SimpleNamespace(**self._get(h, "utilization"))
 
-    def nvmlDeviceGetMemoryInfo(self, h: _Handle) -> Any:  # noqa: N802
-        """Return framebuffer memory (total, free, used) in bytes."""
+    nvmlMemory_v2 = 0x2000028  # same value as pynvml's; the version asked for below
+
+    def nvmlDeviceGetMemoryInfo(self, h: _Handle, version: int | None = None) -> Any:  # noqa: N802
+        """Return framebuffer memory (total, free, used[, reserved]) in bytes.
+
+        With ``version`` (v2) the dump's ``memory_info_v2`` is used where it was captured,
+        else the v1 record (older dumps).
+        """
+        if version is not None and "memory_info_v2" in self._dev(h):
+            return SimpleNamespace(**self._get(h, "memory_info_v2"))
         return SimpleNamespace(**self._get(h, "memory_info"))
 
     def nvmlDeviceGetPowerUsage(self, h: _Handle) -> int:  # noqa: N802

@@ -1,0 +1,177 @@
+"""Benchmark `sentinel burnin` on a GPU box (about 3 minutes on one H100).
+
+Measures, in one run, on the same GPU:
+1. speed: sentinel's measured TFLOPS against a plain `a @ b` torch loop (bf16, N=8192),
+   alternated over --rounds rounds; the ratio of the medians (goal >= 0.95, and >= 730
+   TFLOPS on H100 SXM as gpu-fryer reports);
+2. time to a verdict with the default settings (30 s measured, 5 s warm-up, 3 s memory
+   test) on every visible GPU, unloaded: expected verdict OK;
+3. a deliberately slowed GPU: a competing process hammering GPU 0 with its own matmuls
+   during a burn-in; expected LOW_FLOPS or THROTTLED on GPU 0 with the evidence, while
+   other GPUs (if any) stay OK.
+
+Writes --out/burnin_gpu.json and prints a summary. Usage:
+    python bench/burnin_gpu.py --out out
+    python bench/burnin_gpu.py --hog --gpu 0 --seconds 60   # the competing process
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+N = 8192
+
+
+def hog(gpu: int, seconds: float) -> None:
+    """Run back-to-back bf16 matmuls on ``gpu`` for ``seconds`` (the competing process)."""
+    import torch
+
+    dev = torch.device("cuda", gpu)
+    a = torch.randn(N, N, device=dev, dtype=torch.bfloat16)
+    b = torch.randn(N, N, device=dev, dtype=torch.bfloat16)
+    c = torch.empty_like(a)
+    torch.matmul(a, b, out=c)
+    torch.cuda.synchronize(dev)
+    print("ready", flush=True)
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        for _ in range(50):
+            torch.matmul(a, b, out=c)
+        torch.cuda.synchronize(dev)
+
+
+def plain_loop_tflops(torch, gpu: int, seconds: float, warmup: float = 2.0) -> float:
+    """Time a plain `c = a @ b` loop with CUDA events, the way a user would write it."""
+    dev = torch.device("cuda", gpu)
+    a = torch.randn(N, N, device=dev, dtype=torch.bfloat16)
+    b = torch.randn(N, N, device=dev, dtype=torch.bfloat16)
+    torch.cuda.synchronize(dev)
+    t = time.monotonic()
+    n = 0
+    while time.monotonic() - t < warmup:
+        for _ in range(20):
+            c = a @ b
+        torch.cuda.synchronize(dev)
+        n += 20
+    per = (time.monotonic() - t) / n
+    iters = max(20, int(seconds / per))
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iters):
+        c = a @ b
+    end.record()
+    torch.cuda.synchronize(dev)
+    del c
+    return 2.0 * N**3 * iters / (start.elapsed_time(end) / 1000.0) / 1e12
+
+
+def summary(report) -> list[dict]:
+    return [{"gpu": v.cuda_index, "name": v.name, "verdict": v.verdict.value,
+             "tflops_mean": v.stats.tflops_mean, "tflops_median": v.stats.tflops_median,
+             "temperature_max_c": v.stats.temperature_max_c, "power_mean_w": v.stats.power_mean_w,
+             "throttle_seconds": v.stats.throttle_seconds,
+             "problems": [(p.verdict.value, p.evidence) for p in v.problems], "notes": v.notes}
+            for v in report.verdicts]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="out")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--hog", action="store_true", help="run as the competing process")
+    ap.add_argument("--gpu", type=int, default=0)
+    ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--quick", action="store_true", help="shorter phases (smoke test)")
+    args = ap.parse_args()
+    if args.hog:
+        hog(args.gpu, args.seconds)
+        return 0
+
+    import torch
+
+    from sentinel.burnin.api import run_burnin
+    from sentinel.burnin.config import BurninConfig
+
+    if not torch.cuda.is_available():
+        print("bench/burnin_gpu.py needs CUDA and an NVIDIA GPU", file=sys.stderr)
+        return 2
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    q = args.quick
+    res: dict = {"device": torch.cuda.get_device_name(0), "gpus": torch.cuda.device_count(),
+                 "torch": torch.__version__, "cuda": torch.version.cuda, "n": N}
+
+    # 1. speed vs a plain loop, alternated so clock/thermal drift hits both alike.
+    plain, ours = [], []
+    for _ in range(args.rounds):
+        plain.append(plain_loop_tflops(torch, 0, 4.0 if q else 8.0))
+        rep = run_burnin(BurninConfig(gpus=[0], duration=5 if q else 10, warmup=2 if q else 3,
+                                      memtest_seconds=0))
+        ours.append(rep.verdicts[0].stats.tflops_mean or 0.0)
+        print(f"round: plain {plain[-1]:.1f} TFLOPS, sentinel {ours[-1]:.1f} TFLOPS", flush=True)
+    res["speed"] = {"plain_tflops": plain, "sentinel_tflops": ours,
+                    "plain_median": statistics.median(plain),
+                    "sentinel_median": statistics.median(ours),
+                    "ratio": statistics.median(ours) / statistics.median(plain)}
+
+    # 2. time to a verdict, default settings, every GPU, unloaded.
+    cfg = BurninConfig(duration=10, warmup=2, memtest_seconds=1) if q else BurninConfig()
+    t = time.monotonic()
+    unloaded = run_burnin(cfg)
+    res["unloaded"] = {"wall_seconds": time.monotonic() - t,
+                       "config": {"duration": cfg.duration, "warmup": cfg.warmup,
+                                  "memtest_seconds": cfg.memtest_seconds},
+                       "ok": unloaded.ok, "gpus": summary(unloaded),
+                       "memtest": [r.memtest.__dict__ if r.memtest else None
+                                   for r in unloaded.records],
+                       "correctness": [r.correctness.__dict__ if r.correctness else None
+                                       for r in unloaded.records]}
+    print(f"unloaded: ok={unloaded.ok} in {res['unloaded']['wall_seconds']:.1f} s", flush=True)
+
+    # 3. a competing process on GPU 0.
+    floor = None
+    if unloaded.verdicts[0].baseline_tflops is None:
+        # No shipped floor for this model: use this run's unloaded speed minus the tolerance.
+        floor = (unloaded.verdicts[0].stats.tflops_mean or 0) * (1 - cfg.tolerance)
+    dur = 8 if q else 15
+    proc = subprocess.Popen([sys.executable, __file__, "--hog", "--gpu", "0", "--seconds",
+                             str(dur + 30)], stdout=subprocess.PIPE, text=True,
+                            env=dict(os.environ))
+    try:
+        line = proc.stdout.readline() if proc.stdout else ""
+        assert line.strip() == "ready", f"competing process did not start: {line!r}"
+        slowed = run_burnin(BurninConfig(duration=dur, warmup=2, memtest_seconds=0,
+                                         baseline_tflops=floor))
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=30)
+    v0 = slowed.verdicts[0]
+    res["slowed"] = {"floor_override": floor, "gpus": summary(slowed),
+                     "gpu0_flagged": v0.verdict.value in ("LOW_FLOPS", "THROTTLED"),
+                     "others_ok": all(v.ok for v in slowed.verdicts[1:])}
+    print(f"slowed: GPU 0 {v0.verdict.value}: {[p.evidence for p in v0.problems]}", flush=True)
+
+    (out_dir / "burnin_gpu.json").write_text(json.dumps(res, indent=1, default=str) + "\n")
+    s = res["speed"]
+    print(json.dumps({"ratio": round(s["ratio"], 4), "sentinel_median": s["sentinel_median"],
+                      "plain_median": s["plain_median"],
+                      "time_to_verdict_s": res["unloaded"]["wall_seconds"],
+                      "unloaded_ok": unloaded.ok, "slowed_flagged": res["slowed"]["gpu0_flagged"]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Loss-spike detector benchmark: labeled corpus, peer detectors, scoring."""

@@ -1,0 +1,394 @@
+"""Judge each GPU of a burn-in from what was recorded: a pure function, no GPU needed.
+
+Verdicts, most severe first (:data:`SEVERITY`): ``WRONG_RESULTS``, ``MEMORY_ERRORS``,
+``NO_WORK``, ``THROTTLED``, ``LOW_FLOPS``; ``OK`` when none applies. Every problem
+found is reported with its evidence; the primary verdict is the most severe.
+
+How this differs from gpu-fryer (the reference tool):
+
+- Throttle reasons are tested with a bitmask AND, so ``hw_slowdown`` combined with
+  ``sw_power_cap`` (0x0C) counts; gpu-fryer compares the whole mask for equality with
+  a single reason and misses every combination.
+- HW slowdown, HW thermal slowdown and HW power brake always count. SW thermal
+  slowdown and SW power cap count only when speed also suffers: an H100 under a matmul
+  burn sits at its power cap most of the time while delivering full speed.
+- Speed is judged against the node's best GPU *and* a per-model floor, so a node whose
+  GPUs are all slow, or a node with one GPU, is still caught.
+"""
+
+from __future__ import annotations
+
+import enum
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sentinel.agent.nvml import CLOCK_EVENT_REASONS
+from sentinel.burnin.model import GpuRecord, NvmlReading, PerfSample, jsonable
+
+
+class Verdict(enum.StrEnum):
+    """The outcome for one GPU."""
+
+    OK = "OK"
+    LOW_FLOPS = "LOW_FLOPS"
+    THROTTLED = "THROTTLED"
+    WRONG_RESULTS = "WRONG_RESULTS"
+    MEMORY_ERRORS = "MEMORY_ERRORS"
+    NO_WORK = "NO_WORK"
+
+
+# Most severe first. Wrong math and bad memory silently corrupt training, so they
+# outrank a GPU that visibly does nothing; throttling outranks low speed because it
+# names the cause of the low speed.
+SEVERITY: tuple[Verdict, ...] = (
+    Verdict.WRONG_RESULTS,
+    Verdict.MEMORY_ERRORS,
+    Verdict.NO_WORK,
+    Verdict.THROTTLED,
+    Verdict.LOW_FLOPS,
+)
+
+HW_THROTTLE_REASONS: tuple[str, ...] = (
+    "hw_slowdown",
+    "hw_thermal_slowdown",
+    "hw_power_brake_slowdown",
+)
+SW_THROTTLE_REASONS: tuple[str, ...] = ("sw_thermal_slowdown", "sw_power_cap")
+HW_MASK = sum(CLOCK_EVENT_REASONS[r] for r in HW_THROTTLE_REASONS)
+# Time counted as "throttled" in reports: hardware reasons and SW thermal slowdown.
+# SW power cap is reported apart: a healthy H100 is power-capped most of a burn-in, and
+# counting it would make the fleet's throttle-time panel useless.
+THROTTLE_TIME_MASK = HW_MASK | CLOCK_EVENT_REASONS["sw_thermal_slowdown"]
+POWER_CAP_MASK = CLOCK_EVENT_REASONS["sw_power_cap"]
+
+# One second of HW slowdown during a burn-in is already a hardware event worth a
+# look. gpud waits for 6 of 10 minutes because it watches training, where brief events
+# are tolerated; a 30 s burn-in on an idle node has no such excuse.
+HW_THROTTLE_MIN_SAMPLES = 1
+
+
+@dataclass(frozen=True)
+class VerdictConfig:
+    """What the verdict compares against."""
+
+    tolerance: float = 0.07  # see sentinel.burnin.config.DEFAULT_TOLERANCE
+    baselines: Mapping[str, float] = field(default_factory=dict)  # model name -> floor
+    baseline_override: float | None = None  # one floor for every GPU (a flag)
+    sample_interval_s: float = 1.0
+    hw_throttle_min_samples: int = HW_THROTTLE_MIN_SAMPLES
+
+
+@dataclass
+class Problem:
+    """One thing wrong with a GPU and the evidence for it."""
+
+    verdict: Verdict
+    evidence: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class GpuStats:
+    """Summary numbers of one GPU's run (None: nothing to summarise)."""
+
+    tflops_min: float | None = None
+    tflops_median: float | None = None
+    tflops_max: float | None = None
+    tflops_mean: float | None = None  # total work / total GPU time
+    work_seconds: float = 0.0
+    samples: int = 0
+    temperature_max_c: float | None = None
+    power_mean_w: float | None = None
+    sm_clock_median_hz: float | None = None
+    throttle_seconds: float = 0.0  # THROTTLE_TIME_MASK active
+    power_capped_seconds: float = 0.0
+    reason_seconds: dict[str, float] = field(default_factory=dict)
+    violation_seconds: dict[str, float] = field(default_factory=dict)  # counter growth
+
+
+@dataclass
+class GpuVerdict:
+    """The verdict for one GPU, its problems, numbers and notes."""
+
+    cuda_index: int
+    nvml_index: int | None
+    uuid: str
+    name: str
+    verdict: Verdict
+    problems: list[Problem]
+    stats: GpuStats
+    baseline_tflops: float | None
+    node_best_tflops: float | None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """Return True when the GPU passed."""
+        return self.verdict is Verdict.OK
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready mapping."""
+        s = self.stats
+        out: dict[str, Any] = jsonable({
+            "gpu": self.cuda_index,
+            "nvml_index": self.nvml_index,
+            "uuid": self.uuid,
+            "name": self.name,
+            "verdict": self.verdict.value,
+            "problems": [
+                {"verdict": p.verdict.value, "evidence": p.evidence, "data": p.data}
+                for p in self.problems
+            ],
+            "tflops": {"min": s.tflops_min, "median": s.tflops_median, "max": s.tflops_max,
+                       "mean": s.tflops_mean},
+            "work_seconds": s.work_seconds,
+            "samples": s.samples,
+            "temperature_max_c": s.temperature_max_c,
+            "power_mean_w": s.power_mean_w,
+            "sm_clock_median_hz": s.sm_clock_median_hz,
+            "throttle_seconds": s.throttle_seconds,
+            "power_capped_seconds": s.power_capped_seconds,
+            "reason_seconds": s.reason_seconds,
+            "violation_seconds": s.violation_seconds,
+            "baseline_tflops": self.baseline_tflops,
+            "node_best_tflops": self.node_best_tflops,
+            "notes": self.notes,
+        })
+        return out
+
+
+def _mean_tflops(perf: Sequence[PerfSample]) -> float | None:
+    secs = sum(p.seconds for p in perf)
+    if secs <= 0:
+        return None
+    return sum(p.flops for p in perf) / secs / 1e12
+
+
+def summarize(rec: GpuRecord, sample_interval_s: float = 1.0) -> GpuStats:
+    """Compute one GPU's numbers from its samples."""
+    st = GpuStats()
+    perf = [p for p in rec.perf if p.seconds > 0]
+    if perf:
+        tf = [p.tflops for p in perf]
+        st.tflops_min, st.tflops_max = min(tf), max(tf)
+        st.tflops_median = statistics.median(tf)
+        st.tflops_mean = _mean_tflops(perf)
+        st.work_seconds = sum(p.seconds for p in perf)
+        st.samples = len(perf)
+    temps = [r.temperature_c for r in rec.nvml if r.temperature_c is not None]
+    st.temperature_max_c = max(temps) if temps else None
+    powers = [r.power_w for r in rec.nvml if r.power_w is not None]
+    st.power_mean_w = statistics.fmean(powers) if powers else None
+    clocks = [r.sm_clock_hz for r in rec.nvml if r.sm_clock_hz is not None]
+    st.sm_clock_median_hz = statistics.median(clocks) if clocks else None
+    for r in rec.nvml:
+        bits = r.clock_event_reasons
+        if bits is None:
+            continue
+        for name, bit in CLOCK_EVENT_REASONS.items():
+            if bits & bit:
+                st.reason_seconds[name] = st.reason_seconds.get(name, 0.0) + sample_interval_s
+        if bits & THROTTLE_TIME_MASK:
+            st.throttle_seconds += sample_interval_s
+        if bits & POWER_CAP_MASK:
+            st.power_capped_seconds += sample_interval_s
+    with_counters = [r for r in rec.nvml if r.violation_ns]
+    if len(with_counters) >= 2:
+        first, last = with_counters[0].violation_ns, with_counters[-1].violation_ns
+        for k in sorted(set(first) & set(last)):
+            st.violation_seconds[k] = max(0, last[k] - first[k]) / 1e9
+    return st
+
+
+def _samples_overlapping(perf: Sequence[PerfSample], readings: Sequence[NvmlReading],
+                         mask: int) -> tuple[list[PerfSample], list[PerfSample]]:
+    """Split perf samples into those during which a reading had ``mask`` bits, and the rest."""
+    hit_times = [r.t for r in readings if r.clock_event_reasons and r.clock_event_reasons & mask]
+    during: list[PerfSample] = []
+    clean: list[PerfSample] = []
+    for p in perf:
+        start = p.t - p.seconds
+        (during if any(start < t <= p.t for t in hit_times) else clean).append(p)
+    return during, clean
+
+
+def _first_seen(readings: Sequence[NvmlReading], bit: int) -> float | None:
+    for r in readings:
+        if r.clock_event_reasons is not None and r.clock_event_reasons & bit:
+            return r.t
+    return None
+
+
+def baseline_for(rec: GpuRecord, config: VerdictConfig) -> float | None:
+    """Return the TFLOPS floor that applies to ``rec`` (override, exact or case-blind name)."""
+    if config.baseline_override is not None:
+        return config.baseline_override
+    if rec.name in config.baselines:
+        return config.baselines[rec.name]
+    low = {k.lower(): v for k, v in config.baselines.items()}
+    return low.get(rec.name.lower())
+
+
+def judge(records: Sequence[GpuRecord], config: VerdictConfig | None = None) -> list[GpuVerdict]:
+    """Return one verdict per GPU record, in the records' order."""
+    config = config or VerdictConfig()
+    stats = [summarize(r, config.sample_interval_s) for r in records]
+    worked = [(s.tflops_mean, r) for s, r in zip(stats, records, strict=True)
+              if s.tflops_mean is not None and s.tflops_mean > 0 and r.error is None]
+    best, best_rec = max(worked, key=lambda x: x[0]) if worked else (None, None)
+    best_clock = None
+    if best_rec is not None:
+        best_clock = stats[list(records).index(best_rec)].sm_clock_median_hz
+    out = []
+    for rec, st in zip(records, stats, strict=True):
+        out.append(_judge_one(rec, st, config, best, best_rec, best_clock, len(worked)))
+    return out
+
+
+def _judge_one(rec: GpuRecord, st: GpuStats, config: VerdictConfig, best: float | None,
+               best_rec: GpuRecord | None, best_clock: float | None,
+               n_worked: int) -> GpuVerdict:
+    problems: list[Problem] = []
+    notes: list[str] = []
+    tol = config.tolerance
+    baseline = baseline_for(rec, config)
+
+    # NO_WORK: nothing completed, or the runner stopped (crash, CUDA error, hang).
+    if st.tflops_mean is None or st.tflops_mean <= 0:
+        why = f": {rec.error}" if rec.error else ""
+        problems.append(Problem(Verdict.NO_WORK, f"completed no matmul work{why}",
+                                {"error": rec.error}))
+    elif rec.error is not None:
+        problems.append(Problem(
+            Verdict.NO_WORK,
+            f"stopped after {st.work_seconds:.1f} s of work of the {rec.duration_s:.0f} s "
+            f"asked: {rec.error}",
+            {"error": rec.error, "work_seconds": st.work_seconds},
+        ))
+
+    # WRONG_RESULTS: any element beyond tolerance, or a reference the CPU disagrees with.
+    c = rec.correctness
+    if c is not None and (c.mismatches > 0 or c.reference_mismatches > 0):
+        parts = []
+        if c.mismatches > 0:
+            parts.append(f"{c.mismatches} result elements beyond tolerance in {c.checks} "
+                         f"checks (max |error| {c.max_abs_error:.4g}; {c.tolerance})")
+        if c.reference_mismatches > 0:
+            parts.append(f"the GPU's fp32 reference disagrees with the CPU in "
+                         f"{c.reference_mismatches} checked elements")
+        problems.append(Problem(Verdict.WRONG_RESULTS, "; ".join(parts), {
+            "mismatches": c.mismatches, "checks": c.checks, "max_abs_error": c.max_abs_error,
+            "reference_mismatches": c.reference_mismatches}))
+    elif c is None and st.tflops_mean:
+        notes.append("results were not checked")
+    elif c is not None and c.checks == 0 and st.tflops_mean:
+        notes.append("no result check completed")
+
+    m = rec.memtest
+    if m is not None and m.mismatches > 0:
+        where = ("" if m.first_bad_offset is None
+                 else f", first at byte offset {m.first_bad_offset:#x}")
+        ex = f" ({'; '.join(m.examples[:3])})" if m.examples else ""
+        problems.append(Problem(Verdict.MEMORY_ERRORS,
+                                f"{m.mismatches} words read back wrong in "
+                                f"{m.bytes_tested / 2**30:.1f} GiB tested ({m.passes} passes of "
+                                f"{', '.join(m.patterns)}){where}{ex}",
+                                {"mismatches": m.mismatches, "bytes_tested": m.bytes_tested,
+                                 "first_bad_offset": m.first_bad_offset}))
+
+    # LOW_FLOPS against the node's best GPU and against the model's floor.
+    low_parts: list[str] = []
+    low_data: dict[str, Any] = {}
+    mean = st.tflops_mean
+    if mean:
+        if best is not None and best_rec is not None and best_rec is not rec:
+            below = 1.0 - mean / best
+            if below > tol:
+                low_parts.append(
+                    f"mean {mean:.1f} TFLOPS is {below:.1%} below the node's best GPU "
+                    f"(GPU {best_rec.cuda_index}: {best:.1f} TFLOPS; tolerance {tol:.0%})")
+                low_data.update(node_best_tflops=best, below_best=below)
+        if baseline is not None and mean < baseline:
+            low_parts.append(f"mean {mean:.1f} TFLOPS is below the {baseline:.0f} TFLOPS floor "
+                             f"for {rec.name} {rec.dtype}")
+            low_data.update(baseline_tflops=baseline)
+        if low_parts:
+            low_data["tflops_mean"] = mean
+            problems.append(Problem(Verdict.LOW_FLOPS, "; ".join(low_parts), low_data))
+    if baseline is None:
+        notes.append(f"no TFLOPS floor for {rec.name!r} {rec.dtype}: compared only with the "
+                     f"node's best GPU (set --baseline-tflops or --baselines)")
+    if n_worked < 2 and baseline is None and mean:
+        notes.append("one GPU with work and no floor: its speed was not judged")
+
+    # THROTTLED: HW reasons always; SW reasons only when speed suffers.
+    if rec.nvml_error:
+        notes.append(f"no NVML readings ({rec.nvml_error}): throttling not checked")
+    readings = rec.nvml
+    thr_parts: list[str] = []
+    thr_data: dict[str, Any] = {}
+    n_read = sum(1 for r in readings if r.clock_event_reasons is not None)
+    for name in HW_THROTTLE_REASONS:
+        bit = CLOCK_EVENT_REASONS[name]
+        n = sum(1 for r in readings if r.clock_event_reasons is not None
+                and r.clock_event_reasons & bit)
+        if n >= config.hw_throttle_min_samples:
+            thr_parts.append(f"{name} active in {n} of {n_read} samples "
+                             f"(first at {_first_seen(readings, bit):.1f} s)")
+            thr_data[name] = n
+    speed_suffers = bool(low_parts)
+    # A healthy H100 sits at its power cap through a whole burn-in at full speed, and a
+    # GPU slowed by another process is power-capped too. So power cap on a slow GPU
+    # counts only if its clocks are also below the best GPU's: then the cap is the cause.
+    clocks_low = (st.sm_clock_median_hz is not None and best_clock is not None
+                  and best_rec is not rec
+                  and st.sm_clock_median_hz < (1.0 - tol) * best_clock)
+    for name in SW_THROTTLE_REASONS:
+        bit = CLOCK_EVENT_REASONS[name]
+        n = sum(1 for r in readings if r.clock_event_reasons is not None
+                and r.clock_event_reasons & bit)
+        if n == 0 or not rec.perf:
+            continue
+        during, clean = _samples_overlapping(rec.perf, readings, bit)
+        m_during, m_clean = _mean_tflops(during), _mean_tflops(clean)
+        slower_while = (m_during is not None and m_clean is not None
+                        and m_during < (1.0 - tol) * m_clean)
+        explains = speed_suffers and (name != "sw_power_cap" or clocks_low)
+        if explains or slower_while:
+            if slower_while and m_during is not None and m_clean is not None:
+                how = f"{m_during:.1f} TFLOPS while active vs {m_clean:.1f} otherwise"
+            elif name == "sw_power_cap" and st.sm_clock_median_hz and best_clock:
+                how = (f"SM clock median {st.sm_clock_median_hz / 1e6:.0f} MHz vs "
+                       f"{best_clock / 1e6:.0f} MHz on the best GPU, while slow "
+                       f"(mean {mean:.1f} TFLOPS)")
+            else:
+                how = f"while the GPU is slow (mean {mean:.1f} TFLOPS)"
+            thr_parts.append(f"{name} active in {n} of {n_read} samples, {how}")
+            thr_data[name] = n
+    if thr_parts:
+        masks = sorted({r.clock_event_reasons for r in readings
+                        if r.clock_event_reasons and r.clock_event_reasons & (
+                            HW_MASK | CLOCK_EVENT_REASONS["sw_thermal_slowdown"]
+                            | POWER_CAP_MASK)})
+        extra = [f"reason bitmasks seen: {', '.join(f'{x:#06x}' for x in masks)}"]
+        grown = {k: v for k, v in st.violation_seconds.items() if v > 0}
+        if grown:
+            extra.append("violation time " + ", ".join(f"{k} +{v:.1f} s"
+                                                       for k, v in grown.items()))
+        if st.temperature_max_c is not None:
+            extra.append(f"max temperature {st.temperature_max_c:.0f} C")
+        thr_data.update(bitmasks=masks, violation_seconds=grown,
+                        temperature_max_c=st.temperature_max_c)
+        problems.append(Problem(Verdict.THROTTLED, "; ".join(thr_parts + extra), thr_data))
+    if any(r.gpu_lost for r in readings):
+        notes.append("NVML reported the GPU lost during the run")
+
+    problems.sort(key=lambda p: SEVERITY.index(p.verdict))
+    verdict = problems[0].verdict if problems else Verdict.OK
+    return GpuVerdict(
+        cuda_index=rec.cuda_index, nvml_index=rec.nvml_index, uuid=rec.uuid, name=rec.name,
+        verdict=verdict, problems=problems, stats=st, baseline_tflops=baseline,
+        node_best_tflops=best, notes=notes,
+    )

@@ -1,0 +1,204 @@
+r"""``sentinel notify``: send a test message, queue an incident message, drain the queue.
+
+Examples::
+
+    SENTINEL_NOTIFY_SLACK_TOKEN_FILE=/etc/sentinel/slack-token \\
+    SENTINEL_NOTIFY_CHANNEL=C0123456789 sentinel notify test
+
+    sentinel notify --config /etc/sentinel/sentinel.yml send --incident loss_spike:gpt \\
+        --title "Loss spike in gpt" --field job=gpt --field step=1234 \\
+        --steps-jsonl run.jsonl --around-step 1234
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from sentinel.config import ConfigError, read_yaml_file
+
+EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
+# Steps kept on each side of the incident step for the plot: PaLM restarted about 100
+# steps before a spike, so 200 each side shows the run-up and the recovery.
+DEFAULT_PLOT_WINDOW = 200
+
+
+def register(subparsers: Any) -> None:
+    """Add ``sentinel notify`` and its subcommands."""
+    p = subparsers.add_parser("notify", help="Slack notifications: test, send, flush, status")
+    p.add_argument("--config", help="sentinel YAML config file (section notify:)")
+    sub = p.add_subparsers(dest="notify_command", metavar="ACTION")
+
+    t = sub.add_parser("test", help="post a test message now and report whether Slack took it")
+    t.set_defaults(func=_cmd_test)
+
+    s = sub.add_parser("send", help="queue one incident message and try to deliver it")
+    s.add_argument("--incident", required=True, help="incident key: its messages share a thread")
+    s.add_argument("--title", required=True)
+    s.add_argument("--text", default="")
+    s.add_argument("--kind", default="open", choices=["open", "update", "resolved"])
+    s.add_argument("--severity", default="warning", choices=["info", "warning", "critical"])
+    s.add_argument("--field", action="append", default=[], metavar="NAME=VALUE",
+                   help="shown with the message (job=, node=, GPU=, value=); repeatable")
+    s.add_argument("--key", default="", help="idempotency key: the same key is sent once")
+    s.add_argument("--steps-jsonl", help="detector-input JSON lines to plot (step, loss, "
+                   "tokens_per_sec) with an opening message")
+    s.add_argument("--around-step", type=int, help="incident step to centre the plot on")
+    s.add_argument("--window", type=int, default=DEFAULT_PLOT_WINDOW,
+                   help="steps each side of --around-step to plot")
+    s.set_defaults(func=_cmd_send)
+
+    f = sub.add_parser("flush", help="deliver queued messages")
+    f.add_argument("--wait", type=float, default=0.0,
+                   help="keep trying for up to this many seconds while messages wait")
+    f.set_defaults(func=_cmd_flush)
+
+    st = sub.add_parser("status", help="print the queue's counts as JSON")
+    st.set_defaults(func=_cmd_status)
+    p.set_defaults(func=lambda _a: (p.print_help(), EXIT_USAGE)[1])
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from sentinel.notify.config import load_notify_config
+
+    data = read_yaml_file(args.config) if args.config else None
+    return load_notify_config(file_data=data)
+
+
+def _notifier(args: argparse.Namespace) -> Any:
+    from sentinel.notify.slack import Notifier
+
+    return Notifier.from_config(_config(args))
+
+
+def _cmd_test(args: argparse.Namespace) -> int:
+    from sentinel.notify.message import Notification
+
+    n = _notifier(args)
+    note = Notification(
+        f"sentinel-test:{socket.gethostname()}:{int(time.time())}",
+        "open",
+        "sentinel test message",
+        f"sent by `sentinel notify test` on {socket.gethostname()}",
+        severity="info",
+    )
+    n.notify(note)
+    res = n.flush()
+    state = n.outbox.state_of(note.key)
+    if state == "sent":
+        print("sent: Slack accepted the test message")
+        return EXIT_OK
+    print(f"not sent ({state}); it stays queued in {n.outbox.path}. See the log above.")
+    return EXIT_PROBLEM if res.waiting or state == "dead" else EXIT_OK
+
+
+def _parse_fields(items: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise ConfigError(f"--field {item!r}: valid form is NAME=VALUE, e.g. job=gpt")
+        out[name] = value
+    return out
+
+
+def load_steps_jsonl(path: str, around: int | None, window: int) -> Any:
+    """Read detector-input JSON lines into a plot Series, windowed around a step."""
+    from sentinel.notify.message import Series
+
+    rows: list[tuple[int, float, float | None]] = []
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise ConfigError(f"--steps-jsonl {path}: cannot read it ({e.strerror or e})") from None
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+            step = obj["step"]
+            if not isinstance(step, int) or isinstance(step, bool):
+                raise ValueError("step must be an integer")
+            loss = _number(obj["loss"], "loss")
+            tps = obj.get("tokens_per_sec")
+            rows.append((step, loss, None if tps is None else _number(tps, "tokens_per_sec")))
+        except (ValueError, KeyError, TypeError) as e:
+            raise ConfigError(
+                f"--steps-jsonl {path} line {i}: {e!s} (valid: one JSON object per line with "
+                "integer 'step', 'loss' as a number or \"NaN\"/\"Infinity\", optional "
+                "'tokens_per_sec')"
+            ) from None
+    if around is not None:
+        rows = [r for r in rows if abs(r[0] - around) <= window]
+    if not rows:
+        raise ConfigError(f"--steps-jsonl {path}: no steps to plot in the chosen window")
+    rows.sort()
+    tps_values = [r[2] for r in rows]
+    return Series(
+        step=[r[0] for r in rows],
+        loss=[r[1] for r in rows],
+        tokens_per_sec=tps_values if any(v is not None for v in tps_values) else [],
+        mark_step=around,
+    )
+
+
+def _number(v: Any, name: str) -> float:
+    if isinstance(v, str) and v in ("NaN", "Infinity", "-Infinity"):
+        return float(v)
+    if isinstance(v, int | float) and not isinstance(v, bool):
+        return float(v)
+    raise ValueError(f"{name} {v!r} is not a number")
+
+
+def _cmd_send(args: argparse.Namespace) -> int:
+    from sentinel.notify.message import Notification
+
+    fields = _parse_fields(args.field)
+    series = None
+    if args.steps_jsonl:
+        series = load_steps_jsonl(args.steps_jsonl, args.around_step, args.window)
+    n = _notifier(args)
+    try:
+        if args.kind == "open":
+            result = n.open_incident(args.incident, args.title, args.text,
+                                     severity=args.severity, fields=fields, series=series,
+                                     key=args.key)
+        else:
+            result = n.notify(Notification(args.incident, args.kind, args.title, args.text,
+                                           args.severity, fields, key=args.key))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    res = n.flush()
+    print(json.dumps({"queued": result, "sent": res.sent, "waiting": res.waiting}))
+    return EXIT_OK if res.waiting == 0 else EXIT_PROBLEM
+
+
+def _cmd_flush(args: argparse.Namespace) -> int:
+    n = _notifier(args)
+    deadline = time.monotonic() + max(0.0, args.wait)
+    total = 0
+    while True:
+        res = n.flush()
+        total += res.sent
+        if res.waiting == 0 or res.next_in_s is None:
+            break
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        time.sleep(min(left, max(0.1, res.next_in_s)))
+    print(json.dumps({"sent": total, "waiting": res.waiting}))
+    return EXIT_OK if res.waiting == 0 else EXIT_PROBLEM
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from sentinel.notify.queue import Outbox
+
+    cfg = _config(args)
+    counts = Outbox(cfg.queue_dir, cfg.queue_max_messages).counts()
+    print(json.dumps(counts, sort_keys=True))
+    return EXIT_OK
+

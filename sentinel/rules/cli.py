@@ -1,0 +1,128 @@
+"""``sentinel detect``: offline on a JSON-lines run, or online against Prometheus/an agent.
+
+Offline: ``sentinel detect FILE [--rules RULES.yml] [--job NAME]`` reads detector-input
+JSON lines and prints one JSON finding per line. Exit 0 with no findings, 1 with
+findings, 2 on bad input (the message names the line and why) or bad rules.
+
+Online: ``sentinel detect --prometheus URL [--agent URL --job NAME] [--rules FILE]
+[--once | --interval 15]`` evaluates every rule each cycle and prints state changes
+(new, changed, resolved findings).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from sentinel.config import ConfigError
+
+EXIT_OK, EXIT_FOUND, EXIT_BAD = 0, 1, 2
+# A rule that runs offline must read steps (or other findings): series need Prometheus.
+OFFLINE_INPUTS = ("steps", "findings")
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``detect`` subcommand."""
+    p = subparsers.add_parser(
+        "detect", help="find loss spikes, throughput drops and their causes",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("file", nargs="?", help="detector-input JSON lines (offline mode)")
+    p.add_argument("--rules", help="rules YAML (default: the packaged default_rules.yml)")
+    p.add_argument("--format", choices=["jsonl"], default="jsonl", help="output format")
+    p.add_argument("--job", help="job name (offline: label for findings; online: the job "
+                   "whose steps to follow on --agent)")
+    p.add_argument("--prometheus", help="Prometheus base URL (online mode)")
+    p.add_argument("--agent", help="agent base URL for the step stream (online mode)")
+    p.add_argument("--once", action="store_true", help="online: one cycle, then exit")
+    p.add_argument("--interval", type=float, default=15.0, help="online: seconds per cycle")
+    p.set_defaults(func=run)
+
+
+def _emit(findings: list[Any]) -> None:
+    for f in findings:
+        sys.stdout.write(json.dumps(f.to_dict(), sort_keys=True) + "\n")
+    sys.stdout.flush()
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run offline or online detection; return the exit code."""
+    from sentinel.rules.rules import load_rules
+
+    if bool(args.file) == bool(args.prometheus or args.agent):
+        print("sentinel detect: give either FILE (offline) or --prometheus/--agent (online)",
+              file=sys.stderr)
+        return EXIT_BAD
+    try:
+        rules = load_rules(args.rules)
+    except ConfigError as e:
+        print(f"sentinel detect: bad rules: {e}", file=sys.stderr)
+        return EXIT_BAD
+    if args.file:
+        return _offline(args, rules)
+    return _online(args, rules)
+
+
+def _offline(args: argparse.Namespace, rules: list[Any]) -> int:
+    from sentinel.rules.engine import run_rule
+    from sentinel.rules.jsonl import InputError, read_steps
+    from sentinel.rules.window import Window
+
+    try:
+        steps = read_steps(args.file)
+    except InputError as e:
+        print(f"sentinel detect: bad input: {e}", file=sys.stderr)
+        return EXIT_BAD
+    job = args.job or Path(args.file).stem
+    found: list[Any] = []
+    for rule in rules:
+        if "findings" in rule.spec.inputs:
+            continue
+        if "steps" in rule.spec.inputs:
+            found += run_rule(rule, Window(job=job, steps=steps))
+    for rule in rules:
+        if "findings" in rule.spec.inputs:
+            found += run_rule(rule, Window(job=job, findings=list(found)))
+    _emit(found)
+    return EXIT_FOUND if found else EXIT_OK
+
+
+def _online(args: argparse.Namespace, rules: list[Any]) -> int:
+    from sentinel.rules.engine import Engine
+    from sentinel.rules.sources import PrometheusSource, StepStream
+    from sentinel.rules.window import Window
+
+    prom = PrometheusSource(args.prometheus) if args.prometheus else None
+    stream = None
+    if args.agent:
+        if not args.job:
+            print("sentinel detect: --agent needs --job (the job whose steps to follow)",
+                  file=sys.stderr)
+            return EXIT_BAD
+        stream = StepStream(args.agent, args.job)
+
+    active = [r for r in rules if "findings" in r.spec.inputs
+              or (r.series and prom is not None)
+              or (not r.series and "steps" in r.spec.inputs and stream is not None)]
+
+    def fetch(rule: Any, now: float) -> Window:
+        if rule.series and prom is not None:
+            return prom.window(rule, now)
+        assert stream is not None
+        return stream.window(rule, now)
+
+    engine = Engine(active)
+    any_found = False
+    while True:
+        changes = engine.evaluate(fetch)
+        _emit(changes)
+        any_found = any_found or bool(engine.firing()) or bool(changes)
+        for name, err in engine.errors.items():
+            print(f"sentinel detect: rule {name}: {err}", file=sys.stderr)
+        if args.once:
+            return EXIT_FOUND if any_found else EXIT_OK
+        time.sleep(args.interval)

@@ -1,0 +1,125 @@
+"""Run rules each cycle, and turn findings into state changes (firing, resolved).
+
+The engine remembers which findings are firing, keyed by ``Finding.key``. Each
+cycle it emits a finding that is new, one whose severity, action or classification
+changed, and a ``resolved`` copy of one that its rule no longer reports or reports
+as resolved. Memory is bounded: at most ``max_tracked`` keys are remembered.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from sentinel.rules.finding import Finding
+from sentinel.rules.rules import Rule
+from sentinel.rules.window import Window
+
+log = logging.getLogger(__name__)
+
+# Enough for every GPU of a 1,024-node cluster to have one open finding, twice over.
+MAX_TRACKED = 20000
+# Rules fetched at once: Prometheus answers queries on several cores, and a cycle is
+# mostly waiting for it; a handful keeps the load on Prometheus modest.
+FETCH_THREADS = 4
+
+Fetch = Callable[[Rule, float], Window]
+
+
+def _signature(f: Finding) -> tuple[str, str, str, str]:
+    return (f.severity, f.suggested_action, f.state, str(f.evidence.get("classification", "")))
+
+
+def run_rule(rule: Rule, window: Window) -> list[Finding]:
+    """Run one rule's detector on a window and stamp the rule's name and overrides."""
+    found = rule.spec.detect(window, rule.params)
+    for f in found:
+        f.rule = rule.name
+        if rule.severity:
+            f.severity = rule.severity
+        if rule.action:
+            f.suggested_action = rule.action
+        if f.job is None and window.job:
+            f.job = window.job
+    return found
+
+
+class Engine:
+    """Evaluate rules and deduplicate their findings across cycles."""
+
+    def __init__(self, rules: list[Rule], *, max_tracked: int = MAX_TRACKED,
+                 clock: Callable[[], float] = time.time, fetch_threads: int = FETCH_THREADS
+                 ) -> None:
+        self.rules = rules
+        self.fetch_threads = fetch_threads
+        self.max_tracked = max_tracked
+        self.clock = clock
+        # key -> last emitted signature; insertion order = age, for the bound.
+        self._known: OrderedDict[str, tuple[tuple[str, str, str, str], Finding]] = OrderedDict()
+        self.errors: dict[str, str] = {}
+
+    def evaluate(self, fetch: Fetch, now: float | None = None) -> list[Finding]:
+        """Run every rule once (diagnosis last, on this cycle's findings); return changes."""
+        now = self.clock() if now is None else now
+        current: list[Finding] = []
+        ran: set[str] = set()
+        later = [r for r in self.rules if "findings" in r.spec.inputs]
+        first = [r for r in self.rules if r not in later]
+
+        def get(rule: Rule) -> Window | Exception:
+            try:
+                return fetch(rule, now)
+            except Exception as e:  # noqa: BLE001 - one failing source must not stop the rest
+                return e
+
+        if self.fetch_threads > 1 and len(first) > 1:
+            with ThreadPoolExecutor(max_workers=self.fetch_threads) as pool:
+                windows = list(pool.map(get, first))
+        else:
+            windows = [get(r) for r in first]
+        for rule, window in zip(first, windows, strict=True):
+            if isinstance(window, Exception):
+                self.errors[rule.name] = str(window)
+                log.warning("rule %s: cannot fetch its data: %s", rule.name, window)
+                continue
+            self.errors.pop(rule.name, None)
+            current += run_rule(rule, window)
+            ran.add(rule.name)
+        for rule in later:
+            current += run_rule(rule, Window(findings=list(current), now=now))
+            ran.add(rule.name)
+        return self.update(current, ran)
+
+    def update(self, findings: list[Finding], rules_ran: set[str]) -> list[Finding]:
+        """Compare this cycle's findings with the remembered ones; return the changes."""
+        changes: list[Finding] = []
+        seen: set[str] = set()
+        for f in findings:
+            k = f.key
+            if k in seen:
+                continue
+            seen.add(k)
+            sig = _signature(f)
+            prev = self._known.get(k)
+            if prev is None or prev[0] != sig:
+                changes.append(f)
+            self._known[k] = (sig, f)
+            self._known.move_to_end(k)
+        for k, (_sig, f) in list(self._known.items()):
+            if k in seen or f.rule not in rules_ran or f.state == "resolved":
+                continue
+            gone = dataclasses.replace(f, state="resolved", evidence=dict(f.evidence))
+            gone.evidence["resolved_because"] = "no longer reported by its rule"
+            changes.append(gone)
+            self._known[k] = (_signature(gone), gone)
+        while len(self._known) > self.max_tracked:
+            self._known.popitem(last=False)
+        return changes
+
+    def firing(self) -> list[Finding]:
+        """Return the findings currently firing."""
+        return [f for _, f in self._known.values() if f.state == "firing"]

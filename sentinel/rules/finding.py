@@ -1,0 +1,93 @@
+"""What a detector found: a Finding, where it is, how sure, and what to do about it.
+
+Detectors return findings and never act; the controller decides. A finding's
+``key`` identifies the problem across evaluation cycles, so the engine can tell a
+new problem from one it already reported and emit ``resolved`` when it goes away.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+SEVERITIES = ("info", "warning", "critical")
+# What the controller should consider doing; detectors only suggest.
+ACTIONS = ("rollback_skip", "burnin", "spare_swap", "notify")
+STATES = ("firing", "resolved")
+
+
+@dataclass
+class Finding:
+    """One problem seen by a detector: what, where, how sure, suggested action."""
+
+    kind: str
+    severity: str
+    summary: str
+    suggested_action: str
+    detector: str = ""
+    job: str | None = None
+    node: str | None = None
+    gpu: str | None = None
+    step_start: int | None = None
+    step_end: int | None = None
+    time_start: float | None = None
+    time_end: float | None = None
+    confidence: float = 1.0
+    evidence: dict[str, Any] = field(default_factory=dict)
+    state: str = "firing"
+    # Distinguishes two episodes of the same kind at the same place (a second loss
+    # spike of the same job); empty when one open problem per place is the rule.
+    episode: str = ""
+    rule: str = ""
+
+    def __post_init__(self) -> None:
+        if self.severity not in SEVERITIES:
+            raise ValueError(f"severity {self.severity!r} not one of {SEVERITIES}")
+        if self.suggested_action not in ACTIONS:
+            raise ValueError(f"suggested_action {self.suggested_action!r} not one of {ACTIONS}")
+        if self.state not in STATES:
+            raise ValueError(f"state {self.state!r} not one of {STATES}")
+
+    @property
+    def key(self) -> str:
+        """Return the stable dedupe key: the same problem gives the same key each cycle."""
+        parts = [self.rule or self.detector, self.kind, self.job or "", self.node or ""]
+        parts += [self.gpu or "", self.episode]
+        return "/".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict (non-finite numbers as "NaN"/"Infinity" strings)."""
+        return {
+            "kind": self.kind,
+            "severity": self.severity,
+            "summary": self.summary,
+            "suggested_action": self.suggested_action,
+            "state": self.state,
+            "detector": self.detector,
+            "rule": self.rule,
+            "job": self.job,
+            "node": self.node,
+            "gpu": self.gpu,
+            "step_start": self.step_start,
+            "step_end": self.step_end,
+            "time_start": self.time_start,
+            "time_end": self.time_end,
+            "confidence": round(self.confidence, 3),
+            "key": self.key,
+            "evidence": _json_safe(self.evidence),
+        }
+
+
+def _json_safe(v: Any) -> Any:
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "NaN"
+        if math.isinf(v):
+            return "Infinity" if v > 0 else "-Infinity"
+        return v
+    if isinstance(v, dict):
+        return {str(k): _json_safe(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_json_safe(x) for x in v]
+    return v

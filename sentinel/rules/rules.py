@@ -1,0 +1,158 @@
+"""Rules YAML: which detector, its thresholds, which series (PromQL), severity, action.
+
+Format::
+
+    rules:
+      - name: throughput                 # unique
+        detector: throughput_drop        # one of sentinel.rules.detectors.DETECTORS
+        window: 10m                      # range fetched each cycle (default 10m)
+        step: 5s                         # resolution of range queries (default 5s)
+        series:                          # role -> PromQL (roles: the detector's inputs)
+          tokens_per_sec_cluster: 'quantile(0.5, sum by (hostname) (...))'
+        thresholds: {drop_ratio: 0.1}    # the detector's Params fields
+        severity: warning                # optional: overrides the detector's severity
+        action: notify                   # optional: overrides the suggested action
+        job: gpt-7b                      # steps-sourced rules: the job to follow
+        enabled: true
+
+Every mistake raises :class:`sentinel.config.ConfigError` naming the rule, the key,
+the value and what would be valid.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sentinel.config import ConfigError, load_section
+from sentinel.rules.detectors import DETECTORS
+from sentinel.rules.finding import ACTIONS, SEVERITIES
+from sentinel.rules.spec import DetectorSpec
+
+DEFAULT_RULES = Path(__file__).with_name("default_rules.yml")
+RULE_KEYS = ("name", "detector", "window", "step", "series", "thresholds", "severity",
+             "action", "job", "enabled")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(where: str, value: Any) -> float:
+    """Return seconds from ``30s``/``5m``/``1h``/a number, or raise ConfigError."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    m = _DURATION.match(str(value)) if isinstance(value, str) else None
+    if not m or float(m.group(1)) <= 0:
+        raise ConfigError(f"{where}: {value!r} is not a duration (valid: a positive number of "
+                          "seconds or e.g. 30s, 5m, 1h)")
+    return float(m.group(1)) * _UNIT[m.group(2)]
+
+
+@dataclass
+class Rule:
+    """One validated rule."""
+
+    name: str
+    detector: str
+    params: Any
+    series: dict[str, str] = field(default_factory=dict)
+    window_s: float = 600.0
+    step_s: float = 5.0
+    severity: str | None = None
+    action: str | None = None
+    job: str | None = None
+    enabled: bool = True
+
+    @property
+    def spec(self) -> DetectorSpec:
+        """Return the detector this rule runs."""
+        return DETECTORS[self.detector]
+
+
+def _rule(i: int, raw: Any, seen: set[str]) -> Rule:
+    where = f"rules[{i}]"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: must be a mapping with keys {', '.join(RULE_KEYS)}, "
+                          f"got {type(raw).__name__}")
+    for k in raw:
+        if k not in RULE_KEYS:
+            raise ConfigError(f"{where}: unknown key {k!r} (valid keys: {', '.join(RULE_KEYS)})")
+    name = raw.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"{where}.name: {name!r} is not valid (valid: a non-empty string)")
+    where = f"rules[{i}] ({name})"
+    if name in seen:
+        raise ConfigError(f"{where}.name: {name!r} is used twice (valid: unique names)")
+    seen.add(name)
+    det = raw.get("detector")
+    if det not in DETECTORS:
+        raise ConfigError(f"{where}.detector: {det!r} is not valid "
+                          f"(valid: {', '.join(DETECTORS)})")
+    spec = DETECTORS[det]
+    series = raw.get("series") or {}
+    if not isinstance(series, dict):
+        raise ConfigError(f"{where}.series: must map a role to a PromQL string "
+                          f"(valid roles: {', '.join(spec.inputs)})")
+    for role, q in series.items():
+        if role not in spec.inputs or role in ("steps", "findings"):
+            valid = [r for r in spec.inputs if r not in ("steps", "findings")]
+            raise ConfigError(f"{where}.series.{role}: not an input of {det} "
+                              f"(valid: {', '.join(valid) or 'none'})")
+        if not isinstance(q, str) or not q.strip():
+            raise ConfigError(f"{where}.series.{role}: {q!r} is not valid (valid: a PromQL "
+                              "expression string)")
+    thresholds = raw.get("thresholds") or {}
+    if not isinstance(thresholds, dict):
+        raise ConfigError(f"{where}.thresholds: must be a mapping of {det} parameters")
+    params = load_section(spec.params, f"{where}.thresholds",
+                          file_data={f"{where}.thresholds": thresholds}, env={})
+    sev = raw.get("severity")
+    if sev is not None and sev not in SEVERITIES:
+        raise ConfigError(f"{where}.severity: {sev!r} is not valid "
+                          f"(valid: {', '.join(SEVERITIES)})")
+    action = raw.get("action")
+    if action is not None and action not in ACTIONS:
+        raise ConfigError(f"{where}.action: {action!r} is not valid "
+                          f"(valid: {', '.join(ACTIONS)})")
+    enabled = raw.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise ConfigError(f"{where}.enabled: {enabled!r} is not valid (valid: true, false)")
+    job = raw.get("job")
+    if job is not None and not isinstance(job, str):
+        raise ConfigError(f"{where}.job: {job!r} is not valid (valid: a job name string)")
+    return Rule(
+        name=name, detector=det, params=params, series=dict(series),
+        window_s=parse_duration(f"{where}.window", raw.get("window", "10m")),
+        step_s=parse_duration(f"{where}.step", raw.get("step", "5s")),
+        severity=sev, action=action, job=job, enabled=enabled,
+    )
+
+
+def parse_rules(data: Any, source: str = "rules") -> list[Rule]:
+    """Validate parsed YAML into rules."""
+    if not isinstance(data, dict) or not isinstance(data.get("rules"), list):
+        raise ConfigError(f"{source}: top level must be a mapping with a 'rules:' list")
+    extra = set(data) - {"rules"}
+    if extra:
+        raise ConfigError(f"{source}: unknown top-level key(s) {', '.join(sorted(extra))} "
+                          "(valid: rules)")
+    seen: set[str] = set()
+    rules = [_rule(i, r, seen) for i, r in enumerate(data["rules"])]
+    return [r for r in rules if r.enabled]
+
+
+def load_rules(path: str | Path | None = None) -> list[Rule]:
+    """Read and validate a rules file (the packaged defaults when ``path`` is None)."""
+    p = Path(path) if path else DEFAULT_RULES
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"rules file {p}: cannot read it ({e.strerror or e})") from e
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"rules file {p}: not valid YAML: {e}") from e
+    return parse_rules(data, f"rules file {p}")

@@ -1,0 +1,77 @@
+"""The input of a detector: a window of step records and/or labelled time series.
+
+A detector is a pure function ``detect(window, params) -> list[Finding]``. The
+window holds everything it may look at, already fetched: step-exact records of a
+job (from the agent's step stream or a JSON-lines file) and time series from
+Prometheus, keyed by a role name the rule maps to PromQL (``tokens_per_sec``,
+``disk_read_latency``...). ``findings`` carries what other detectors found in the
+same cycle, for the diagnosis detector.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from sentinel.rules.finding import Finding
+
+
+@dataclass(frozen=True)
+class StepPoint:
+    """One training step: loss, grad norm, throughput, when and where."""
+
+    step: int
+    loss: float
+    grad_norm: float | None = None
+    tokens_per_sec: float | None = None
+    time: float | None = None
+    node: str | None = None
+    rank: int | None = None
+
+
+@dataclass
+class Series:
+    """One labelled time series: ``points`` are (unix seconds, value), oldest first."""
+
+    labels: dict[str, str]
+    points: list[tuple[float, float]]
+
+    def label(self, *names: str) -> str:
+        """Return the first of ``names`` present in the labels, or ""."""
+        for n in names:
+            v = self.labels.get(n)
+            if v:
+                return v
+        return ""
+
+    def finite(self) -> list[tuple[float, float]]:
+        """Return the points whose value is a finite number."""
+        return [(t, v) for t, v in self.points if math.isfinite(v)]
+
+
+@dataclass
+class Window:
+    """What one detector sees in one evaluation: steps, series, earlier findings."""
+
+    job: str = ""
+    steps: list[StepPoint] = field(default_factory=list)
+    series: dict[str, list[Series]] = field(default_factory=dict)
+    findings: list[Finding] = field(default_factory=list)
+    # Evaluation time (unix seconds); None offline, where the data's end is "now".
+    now: float | None = None
+    # Resolution of the series in seconds (the range query's step), if known.
+    step_s: float | None = None
+    # Length of the queried range in seconds, when the series came from a range query.
+    range_s: float | None = None
+
+    def role(self, name: str) -> list[Series]:
+        """Return the series for a role, or an empty list."""
+        return self.series.get(name, [])
+
+
+NODE_LABELS = ("hostname", "node", "instance")
+
+
+def node_of(s: Series) -> str:
+    """Return the node a series belongs to (``hostname``, else ``node``, else ``instance``)."""
+    return s.label(*NODE_LABELS)

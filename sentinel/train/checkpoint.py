@@ -1,0 +1,412 @@
+"""Atomic, checksummed checkpoints with a manifest, retention and pins.
+
+Layout of a store directory::
+
+    manifest.json               {"version": 1, "checkpoints": [...], "pins": {incident: step}}
+    step_000001200.pt           one torch.save file per checkpoint
+    .step_000001400.pt.tmp-PID  a checkpoint being written (never loaded)
+
+A checkpoint file is written to a temporary name, fsynced, renamed, and the directory
+fsynced; only then is it added to the manifest (itself written atomically). A file
+that is not in the manifest, or whose size or sha256 does not match it, is never
+loaded. A checkpoint labelled step ``S`` holds the state *before* training step ``S``
+runs (``S`` optimizer steps done), so resuming from it runs step ``S`` next.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import random
+import re
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from sentinel.train._atomic import fsync_dir, write_json_atomic
+from sentinel.train.data import DataPosition
+
+log = logging.getLogger(__name__)
+
+MANIFEST_FILE = "manifest.json"
+MANIFEST_VERSION = 1
+# Newest checkpoints kept besides pinned ones: three covers "roll back ~100 steps"
+# (PaLM) at the usual checkpoint interval while bounding disk use.
+DEFAULT_KEEP = 3
+# Read size when hashing: large enough for disk throughput, small enough for memory.
+HASH_CHUNK_BYTES = 8 << 20
+_FILE_RE = re.compile(r"^step_(\d{9,})\.pt$")
+_TMP_RE = re.compile(r"^\.step_\d+\.pt\.tmp-(\d+)$")
+
+
+class CheckpointError(Exception):
+    """A checkpoint is missing, unverified or unreadable; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """One manifest entry."""
+
+    step: int
+    file: str
+    size: int
+    sha256: str
+    time: float
+    abandoned: str | None = None  # why it left the run's timeline (a rollback past it)
+
+
+def _file_name(step: int) -> str:
+    return f"step_{step:09d}.pt"
+
+
+class _HashingWriter(io.RawIOBase):
+    """Write through to a file while hashing and counting the bytes."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f = f
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: Any) -> int:
+        mv = memoryview(b).cast("B")
+        self.f.write(mv)
+        self.sha.update(mv)
+        self.size += len(mv)
+        return len(mv)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class CheckpointStore:
+    """Save, verify, load and prune checkpoints in one directory.
+
+    Only one process (rank 0) should write; pass ``writer=False`` on other ranks so they
+    never save, prune or clean up, only read.
+    """
+
+    def __init__(
+        self, directory: str | Path, keep: int = DEFAULT_KEEP, *, writer: bool = True
+    ) -> None:
+        if keep < 1:
+            raise ValueError(f"keep must be >= 1 (the newest is always kept), got {keep}")
+        self.dir = Path(directory)
+        self.keep = keep
+        self.writer = writer
+        if writer:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._clean_debris()
+
+    # -- manifest ---------------------------------------------------------------------
+    def _read_manifest(self) -> dict[str, Any]:
+        path = self.dir / MANIFEST_FILE
+        if not path.exists():
+            return {"version": MANIFEST_VERSION, "checkpoints": [], "pins": {}}
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise CheckpointError(
+                f"checkpoint manifest {path}: cannot read it ({e}); it is written atomically, "
+                "so this means outside damage: restore it or move the directory aside"
+            ) from e
+        if not isinstance(data, dict) or not isinstance(data.get("checkpoints"), list):
+            raise CheckpointError(f"checkpoint manifest {path}: expected a 'checkpoints' list")
+        data.setdefault("pins", {})
+        return data
+
+    def _write_manifest(self, data: dict[str, Any]) -> None:
+        data["version"] = MANIFEST_VERSION
+        data["checkpoints"].sort(key=lambda c: c["step"])
+        write_json_atomic(self.dir / MANIFEST_FILE, data)
+
+    def checkpoints(self, include_abandoned: bool = False) -> list[CheckpointInfo]:
+        """Return the manifest's checkpoints, oldest first."""
+        out = [CheckpointInfo(**c) for c in self._read_manifest()["checkpoints"]]
+        return [c for c in out if include_abandoned or c.abandoned is None]
+
+    def info(self, step: int) -> CheckpointInfo | None:
+        """Return the manifest entry for ``step`` (abandoned ones included), or None."""
+        for c in self.checkpoints(include_abandoned=True):
+            if c.step == step:
+                return c
+        return None
+
+    def pins(self) -> dict[str, int]:
+        """Return ``{incident_id: step}`` of pinned checkpoints."""
+        return {str(k): int(v) for k, v in self._read_manifest()["pins"].items()}
+
+    # -- writing ----------------------------------------------------------------------
+    def _clean_debris(self) -> None:
+        """Remove temporary files of dead writers and files the manifest never took in."""
+        known = {c.file for c in self.checkpoints(include_abandoned=True)}
+        for p in self.dir.iterdir():
+            m = _TMP_RE.match(p.name)
+            if m and not _pid_alive(int(m.group(1))):
+                log.warning("removing %s: an unfinished checkpoint of a dead process", p)
+                p.unlink(missing_ok=True)
+            elif _FILE_RE.match(p.name) and p.name not in known:
+                log.warning("removing %s: written but never recorded in the manifest", p)
+                p.unlink(missing_ok=True)
+
+    def save(self, step: int, state: dict[str, Any]) -> CheckpointInfo:
+        """Write ``state`` for ``step`` atomically, record it, then apply retention."""
+        import torch
+
+        if not self.writer:
+            raise CheckpointError("this CheckpointStore was opened with writer=False")
+        if step < 0:
+            raise ValueError(f"step must be >= 0, got {step}")
+        name = _file_name(step)
+        final = self.dir / name
+        tmp = self.dir / f".{name}.tmp-{os.getpid()}"
+        with open(tmp, "wb") as f:
+            w = _HashingWriter(f)
+            torch.save({"sentinel_step": step, "state": state}, w)  # type: ignore[arg-type]
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+        fsync_dir(self.dir)
+        entry = CheckpointInfo(step, name, w.size, w.sha.hexdigest(), time.time())
+        data = self._read_manifest()
+        data["checkpoints"] = [c for c in data["checkpoints"] if c["step"] != step]
+        data["checkpoints"].append(asdict(entry))
+        self._write_manifest(data)
+        self.prune()
+        return entry
+
+    def pin(self, step: int, incident: str) -> None:
+        """Keep checkpoint ``step`` while ``incident`` is open, whatever retention says."""
+        if self.info(step) is None:
+            raise CheckpointError(f"cannot pin step {step}: no such checkpoint ({self._have()})")
+        data = self._read_manifest()
+        data["pins"][incident] = step
+        self._write_manifest(data)
+
+    def unpin(self, incident: str) -> None:
+        """Release the pin of ``incident`` (no-op if it had none) and apply retention."""
+        data = self._read_manifest()
+        if data["pins"].pop(incident, None) is not None:
+            self._write_manifest(data)
+            self.prune()
+
+    def abandon_after(self, step: int, reason: str) -> list[int]:
+        """Mark checkpoints newer than ``step`` as off the timeline (after a rollback)."""
+        data = self._read_manifest()
+        gone = []
+        for c in data["checkpoints"]:
+            if c["step"] > step and c.get("abandoned") is None:
+                c["abandoned"] = reason
+                gone.append(int(c["step"]))
+        if gone:
+            self._write_manifest(data)
+            self.prune()
+        return gone
+
+    def prune(self) -> list[int]:
+        """Delete checkpoints beyond the newest ``keep``, except pinned and the last verified."""
+        data = self._read_manifest()
+        entries = sorted((CheckpointInfo(**c) for c in data["checkpoints"]),
+                         key=lambda c: c.step, reverse=True)
+        pinned = {int(s) for s in data["pins"].values()}
+        live = [c for c in entries if c.abandoned is None]
+        keep = {c.step for c in live[: self.keep]} | pinned
+        doomed = [c for c in entries if c.step not in keep]
+        if not doomed:
+            return []
+        # Never delete the last verified checkpoint: if nothing kept verifies, spare the
+        # newest live one that does.
+        if not any(self.verify(c.step) for c in live if c.step in keep):
+            for c in live:
+                if c.step not in keep and self.verify(c.step):
+                    keep.add(c.step)
+                    break
+        deleted = []
+        for c in doomed:
+            if c.step in keep:
+                continue
+            (self.dir / c.file).unlink(missing_ok=True)
+            deleted.append(c.step)
+        data["checkpoints"] = [c for c in data["checkpoints"] if c["step"] not in deleted]
+        self._write_manifest(data)
+        return deleted
+
+    # -- reading ----------------------------------------------------------------------
+    def _have(self) -> str:
+        steps = [c.step for c in self.checkpoints()]
+        return f"checkpoints in {self.dir}: {', '.join(map(str, steps)) or 'none'}"
+
+    def _problem(self, entry: CheckpointInfo, data: bytes | None) -> str | None:
+        path = self.dir / entry.file
+        if data is None:
+            try:
+                size = path.stat().st_size
+            except OSError as e:
+                return f"file {path} is missing ({e.strerror})"
+            if size != entry.size:
+                return f"file {path} is {size} bytes, the manifest says {entry.size} (truncated?)"
+            sha = hashlib.sha256()
+            with open(path, "rb") as f:
+                while chunk := f.read(HASH_CHUNK_BYTES):
+                    sha.update(chunk)
+            digest = sha.hexdigest()
+        else:
+            if len(data) != entry.size:
+                return (f"file {path} is {len(data)} bytes, the manifest says {entry.size} "
+                        "(truncated?)")
+            digest = hashlib.sha256(data).hexdigest()
+        if digest != entry.sha256:
+            return (f"file {path} has sha256 {digest[:16]}..., "
+                    f"the manifest says {entry.sha256[:16]}... (corrupted)")
+        return None
+
+    def verify(self, step: int) -> bool:
+        """Recompute the checksum of checkpoint ``step``; log why if it does not verify."""
+        entry = self.info(step)
+        if entry is None:
+            log.warning("checkpoint step %d: not in the manifest (%s)", step, self._have())
+            return False
+        problem = self._problem(entry, None)
+        if problem:
+            log.warning("checkpoint step %d does not verify: %s", step, problem)
+        return problem is None
+
+    def latest_verified(self, before_step: int | None = None) -> CheckpointInfo | None:
+        """Return the newest verified checkpoint with step <= ``before_step`` (any if None).
+
+        A checkpoint labelled ``S`` is the state before step ``S`` ran, so it comes
+        "before" a spike seen at step ``S``. Ones that fail verification are logged and
+        passed over; abandoned ones (past a rollback) are never returned.
+        """
+        for c in reversed(self.checkpoints()):
+            if before_step is not None and c.step > before_step:
+                continue
+            if self.verify(c.step):
+                return c
+        return None
+
+    def read_verified(self, step: int) -> bytes:
+        """Read checkpoint ``step`` and check it against the manifest, or raise CheckpointError."""
+        entry = self.info(step)
+        if entry is None:
+            raise CheckpointError(f"no checkpoint for step {step} ({self._have()})")
+        if entry.abandoned is not None:
+            raise CheckpointError(
+                f"checkpoint step {step} was abandoned ({entry.abandoned}); {self._have()}"
+            )
+        try:
+            data = (self.dir / entry.file).read_bytes()
+        except OSError as e:
+            raise CheckpointError(
+                f"checkpoint step {step}: cannot read {self.dir / entry.file} ({e.strerror})"
+            ) from e
+        problem = self._problem(entry, data)
+        if problem:
+            raise CheckpointError(f"checkpoint step {step} refused: {problem}")
+        return data
+
+    @staticmethod
+    def deserialize(data: bytes, map_location: Any = "cpu") -> dict[str, Any]:
+        """Turn verified checkpoint bytes into the saved state dict."""
+        import torch
+
+        obj = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+        state: dict[str, Any] = obj["state"]
+        return state
+
+    def load(self, step: int, map_location: Any = "cpu") -> dict[str, Any]:
+        """Load verified checkpoint ``step`` or raise CheckpointError saying why not."""
+        return self.deserialize(self.read_verified(step), map_location)
+
+    def load_latest(
+        self, before_step: int | None = None, map_location: Any = "cpu"
+    ) -> tuple[CheckpointInfo, dict[str, Any]] | None:
+        """Load the newest checkpoint that verifies (reading each file once), or None."""
+        for c in reversed(self.checkpoints()):
+            if before_step is not None and c.step > before_step:
+                continue
+            try:
+                data = self.read_verified(c.step)
+            except CheckpointError as e:
+                log.warning("%s; trying the previous checkpoint", e)
+                continue
+            return c, self.deserialize(data, map_location)
+        return None
+
+
+# -- training state -------------------------------------------------------------------
+def rng_state() -> dict[str, Any]:
+    """Capture the RNG states of python, numpy (if installed), torch and CUDA (if used)."""
+    import torch
+
+    st: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    try:
+        import numpy as np
+    except ImportError:  # numpy is optional on the training side
+        pass
+    else:
+        name, keys, pos, has_gauss, cached = np.random.get_state()
+        st["numpy"] = [name, [int(k) for k in keys], int(pos), int(has_gauss), float(cached)]
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def set_rng_state(st: dict[str, Any]) -> None:
+    """Restore states captured by :func:`rng_state` (parts absent here are skipped)."""
+    import torch
+
+    py = st["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    torch.set_rng_state(st["torch"])
+    if "numpy" in st:
+        try:
+            import numpy as np
+        except ImportError:
+            pass
+        else:
+            name, keys, pos, has_gauss, cached = st["numpy"]
+            np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+def training_state(
+    model: Any, optimizer: Any, scheduler: Any, position: DataPosition,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Collect everything a run needs to continue exactly: weights, optimizer, data, RNG."""
+    return {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "rng": rng_state(),
+        "data": position.to_dict(),
+        "extra": extra or {},
+    }
+
+
+def restore_training_state(
+    state: dict[str, Any], model: Any, optimizer: Any, scheduler: Any
+) -> DataPosition:
+    """Load a :func:`training_state` dict into the objects; return the data position."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None and state.get("scheduler") is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+    return DataPosition.from_dict(state["data"])
+

@@ -1,0 +1,480 @@
+"""In-process rollback: signed requests in the run directory, applied at a step boundary.
+
+The controller (or a person, through ``sentinel rollback``) writes a request into
+``RUN_DIR/rollback/requests/ID.json``, signed with HMAC-SHA256 under the run's token
+(``RUN_DIR/.sentinel/token``, created mode 0600 by the job), and sends the job SIGUSR1.
+At its next step boundary the job calls :meth:`RollbackHandler.at_step_boundary`:
+
+1. every rank says whether it saw a signal (one all-reduce of one integer on a gloo
+   group, so no GPU synchronisation), and rank 0 also looks for requests now and
+   then in case a signal was lost;
+2. rank 0 checks the requests (signature, job, age, skip ranges) and broadcasts the
+   chosen one, so every rank acts on the same request at the same boundary;
+3. every rank reads and checksums the checkpoint, and all agree (all-reduce of "ok")
+   before anyone changes its state: a checkpoint one rank cannot verify is refused by
+   all, and nobody is left waiting in a collective;
+4. every rank restores the state, adds the skip ranges, and reports ``rollback_done``;
+   rank 0 persists the skip plan, marks newer checkpoints abandoned and writes
+   ``RUN_DIR/rollback/results/ID.json``.
+
+Requests with no or a wrong signature are ignored and logged (renamed ``*.rejected``).
+Requests that cannot be honoured are refused: a result file and a
+``rollback_refused`` event say why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import os
+import re
+import secrets
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any, Protocol
+
+from sentinel.train._atomic import write_json_atomic
+from sentinel.train.checkpoint import CheckpointError, CheckpointStore
+from sentinel.train.skipplan import SkipPlan, SkipPlanError
+
+log = logging.getLogger(__name__)
+
+CONTROL_DIR = ".sentinel"
+TOKEN_FILE = "token"  # noqa: S105 - a file name, not a secret
+PID_DIR = "pids"
+REQUEST_DIR = "rollback/requests"
+RESULT_DIR = "rollback/results"
+ROLLBACK_SIGNAL = signal.SIGUSR1
+# A request older than this is stale: the spike it answered is long past, and acting
+# on it now would throw away good training. An hour covers a slow human in the loop.
+DEFAULT_MAX_REQUEST_AGE_S = 3600.0
+# Requests written slightly "in the future" are tolerated up to this clock skew.
+MAX_CLOCK_SKEW_S = 60.0
+# Rank 0 lists the request directory at most this often even without a signal, so a
+# lost signal delays a rollback by seconds, not forever; one listdir per interval.
+DEFAULT_POLL_INTERVAL_S = 10.0
+# Requests read per boundary: bounds the work a flood of junk files can cause.
+MAX_REQUESTS_PER_CHECK = 16
+_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+class RollbackError(Exception):
+    """A rollback request cannot be made or read; the message says why and what to do."""
+
+
+class EventSink(Protocol):
+    """What the handler needs from a Reporter."""
+
+    def event(self, kind: str, **fields: Any) -> None:
+        """Report an event."""
+
+
+# -- token ----------------------------------------------------------------------------
+def token_path(run_dir: str | Path) -> Path:
+    """Return where the run's token lives."""
+    return Path(run_dir) / CONTROL_DIR / TOKEN_FILE
+
+
+def ensure_token(run_dir: str | Path) -> bytes:
+    """Create the run's token (mode 0600) if absent and return it; tighten loose modes."""
+    path = token_path(run_dir)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o077:
+            log.warning("token %s had mode %o, readable by others; setting 0600", path, mode)
+            os.chmod(path, 0o600)
+    else:
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    return read_token(run_dir)
+
+
+def read_token(run_dir: str | Path) -> bytes:
+    """Read the run's token, or raise RollbackError saying how to get one."""
+    path = token_path(run_dir)
+    try:
+        tok = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise RollbackError(
+            f"no run token at {path}: the job creates it when its rollback handler is "
+            "installed; is --run-dir the job's run directory and is the job running?"
+        ) from None
+    except PermissionError:
+        raise RollbackError(
+            f"cannot read {path}: only the job's user may request a rollback"
+        ) from None
+    if len(tok) < 32:
+        raise RollbackError(f"run token {path} is too short to be one sentinel wrote")
+    return tok.encode("ascii")
+
+
+# -- requests -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RollbackRequest:
+    """Ask job ``job`` to reload checkpoint ``to_step`` and skip ``skip`` batch ranges."""
+
+    id: str
+    job: str
+    to_step: int
+    skip: list[tuple[int, int]] = field(default_factory=list)
+    requested_by: str = ""
+    reason: str = ""
+    created: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the canonical JSON form (what is signed)."""
+        d = asdict(self)
+        d["skip"] = [[int(a), int(b)] for a, b in self.skip]
+        return d
+
+    @classmethod
+    def from_json(cls, d: Any) -> RollbackRequest:
+        """Parse a request object, or raise RollbackError naming the bad field."""
+        if not isinstance(d, dict):
+            raise RollbackError(f"request must be an object, got {type(d).__name__}")
+        try:
+            skip = [(int(a), int(b)) for a, b in d.get("skip", [])]
+            req = cls(
+                id=str(d["id"]), job=str(d["job"]), to_step=int(d["to_step"]), skip=skip,
+                requested_by=str(d.get("requested_by", "")), reason=str(d.get("reason", "")),
+                created=float(d["created"]),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise RollbackError(
+                f"request {d!r}: needs id, job, to_step (int), created (time) and skip "
+                f"(list of [start, end]) ({e})"
+            ) from e
+        if not _ID_RE.match(req.id):
+            raise RollbackError(f"request id {req.id!r}: use 1-64 of A-Z a-z 0-9 _ . -")
+        return req
+
+
+def _canonical(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
+def sign(request: RollbackRequest, token: bytes) -> str:
+    """Return the HMAC-SHA256 of the request's canonical JSON under ``token``."""
+    return hmac.new(token, _canonical(request.to_json()), hashlib.sha256).hexdigest()
+
+
+def write_request(run_dir: str | Path, request: RollbackRequest, token: bytes) -> Path:
+    """Write a signed request atomically into the run directory; return its path."""
+    if not _ID_RE.match(request.id):
+        raise RollbackError(f"request id {request.id!r}: use 1-64 of A-Z a-z 0-9 _ . -")
+    d = Path(run_dir) / REQUEST_DIR
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / f"{request.id}.json"
+    write_json_atomic(path, {"request": request.to_json(), "signature": sign(request, token)},
+                      mode=0o600)
+    return path
+
+
+def result_path(run_dir: str | Path, request_id: str) -> Path:
+    """Return where the job writes the outcome of request ``request_id``."""
+    return Path(run_dir) / RESULT_DIR / f"{request_id}.json"
+
+
+def read_result(run_dir: str | Path, request_id: str) -> dict[str, Any] | None:
+    """Return the outcome of a request, or None while it is pending."""
+    try:
+        data: dict[str, Any] = json.loads(result_path(run_dir, request_id).read_text("utf-8"))
+    except FileNotFoundError:
+        return None
+    return data
+
+
+def job_pids(run_dir: str | Path) -> list[int]:
+    """Return the PIDs the job's ranks recorded in the run directory."""
+    out = []
+    d = Path(run_dir) / CONTROL_DIR / PID_DIR
+    if d.is_dir():
+        for p in sorted(d.glob("*.pid")):
+            try:
+                out.append(int(p.read_text().strip()))
+            except (OSError, ValueError):
+                log.warning("ignoring unreadable pid file %s", p)
+    return out
+
+
+# -- the job's side -------------------------------------------------------------------
+@dataclass
+class RollbackOutcome:
+    """What a boundary check did: the request applied, and how long each phase took."""
+
+    request: RollbackRequest
+    from_step: int
+    to_step: int
+    read_s: float
+    restore_s: float
+    total_s: float
+
+
+class RollbackHandler:
+    """Apply signed rollback requests at step boundaries, on every rank together.
+
+    ``restore(state)`` gets the checkpoint's state dict and must load it into the model,
+    optimizer, scheduler, RNG and data iterator; the handler does the rest.
+    Call :meth:`at_step_boundary` on every rank at the same steps (it is a collective
+    when ``torch.distributed`` is initialised).
+    """
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        job: str,
+        store: CheckpointStore,
+        skip_plan: SkipPlan,
+        restore: Callable[[dict[str, Any]], None],
+        reporter: EventSink | None = None,
+        *,
+        check_every: int = 1,
+        poll_interval_s: float = DEFAULT_POLL_INTERVAL_S,
+        max_request_age_s: float = DEFAULT_MAX_REQUEST_AGE_S,
+        map_location: Any = "cpu",
+        group: Any = None,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        if check_every < 1:
+            raise ValueError(f"check_every must be >= 1, got {check_every}")
+        self.run_dir = Path(run_dir)
+        self.job = job
+        self.store = store
+        self.skip_plan = skip_plan
+        self.restore = restore
+        self.reporter = reporter
+        self.check_every = check_every
+        self.poll_interval_s = poll_interval_s
+        self.max_request_age_s = max_request_age_s
+        self.map_location = map_location
+        self.now = now
+        self.group = group
+        self.rank, self.world_size = 0, 1
+        self._dist: Any = None
+        self._token = b""
+        self._signalled = False
+        self._signalled_at: float | None = None
+        self._next_poll = 0.0
+        self._previous_handler: Any = None
+        self._pid_file: Path | None = None
+
+    # -- set-up ---------------------------------------------------------------------
+    def install(self) -> None:
+        """Create the token, record this rank's PID, hook SIGUSR1 (collective if distributed)."""
+        dist: Any
+        try:
+            import torch.distributed as dist
+        except ImportError:  # pragma: no cover - torch is required to train anyway
+            dist = None
+        if dist is not None and dist.is_available() and dist.is_initialized():
+            self._dist = dist
+            self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+            if self.group is None and dist.get_backend() != "gloo":
+                # Control traffic goes over CPU so the check never syncs the GPU stream.
+                self.group = dist.new_group(backend="gloo")
+        if self.rank == 0:
+            self._token = ensure_token(self.run_dir)
+        if self._dist is not None:
+            self._dist.barrier(group=self.group)  # token exists before others read it
+        if self.rank != 0:
+            self._token = read_token(self.run_dir)
+        pid_dir = self.run_dir / CONTROL_DIR / PID_DIR
+        pid_dir.mkdir(parents=True, exist_ok=True)
+        self._pid_file = pid_dir / f"rank-{self.rank}.pid"
+        write_json_atomic(self._pid_file, os.getpid())
+        self._previous_handler = signal.signal(ROLLBACK_SIGNAL, self._on_signal)
+
+    def uninstall(self) -> None:
+        """Restore the previous SIGUSR1 handler and remove this rank's PID file."""
+        if self._previous_handler is not None:
+            signal.signal(ROLLBACK_SIGNAL, self._previous_handler)
+            self._previous_handler = None
+        if self._pid_file is not None:
+            self._pid_file.unlink(missing_ok=True)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        # Only set a flag: the real work happens at the next step boundary.
+        self._signalled = True
+        if self._signalled_at is None:
+            self._signalled_at = time.monotonic()
+
+    # -- collectives ------------------------------------------------------------------
+    def _all_reduce_int(self, value: int, op: str) -> int:
+        if self._dist is None:
+            return value
+        import torch
+
+        t = torch.tensor([value], dtype=torch.int64)
+        self._dist.all_reduce(t, op=getattr(self._dist.ReduceOp, op), group=self.group)
+        return int(t.item())
+
+    def _broadcast(self, obj: Any) -> Any:
+        if self._dist is None:
+            return obj
+        box = [obj]
+        self._dist.broadcast_object_list(box, src=0, group=self.group)
+        return box[0]
+
+    # -- the boundary -----------------------------------------------------------------
+    def at_step_boundary(self, step: int) -> RollbackOutcome | None:
+        """Apply a pending rollback request, if any; return what was done.
+
+        ``step`` is the step about to run. Returns None when nothing was applied.
+        """
+        if step % self.check_every:
+            return None
+        flag = 1 if self._signalled else 0
+        if not flag and self.rank == 0 and self.now() >= self._next_poll:
+            self._next_poll = self.now() + self.poll_interval_s
+            flag = 1 if self._pending_files() else 0
+        if not self._all_reduce_int(flag, "MAX"):
+            return None
+        started = self._signalled_at if self._signalled_at is not None else time.monotonic()
+        self._signalled, self._signalled_at = False, None
+
+        decision: dict[str, Any] | None = None
+        if self.rank == 0:
+            try:
+                decision = self._choose(step)
+            except Exception:  # noqa: BLE001 - other ranks wait in the broadcast below
+                log.exception("could not read rollback requests; trying again later")
+                decision = {"apply": None, "refused": []}
+        decision = self._broadcast(decision)
+        for rid, reason in decision["refused"]:
+            self._report_refused(rid, reason, step)
+        if decision["apply"] is None:
+            return None
+        req = RollbackRequest.from_json(decision["apply"])
+        return self._apply(req, step, started)
+
+    def _pending_files(self) -> list[Path]:
+        d = self.run_dir / REQUEST_DIR
+        try:
+            files = [p for p in d.iterdir() if p.suffix == ".json"]
+        except FileNotFoundError:
+            return []
+        return sorted(files)[:MAX_REQUESTS_PER_CHECK]
+
+    def _choose(self, step: int) -> dict[str, Any]:
+        """Check pending requests on rank 0; pick the first valid one, refuse bad ones."""
+        refused: list[tuple[str, str]] = []
+        valid: list[RollbackRequest] = []
+        for path in self._pending_files():
+            try:
+                raw = json.loads(path.read_text("utf-8"))
+                sig = raw.get("signature") if isinstance(raw, dict) else None
+                body = raw.get("request") if isinstance(raw, dict) else None
+                req = RollbackRequest.from_json(body)
+            except (OSError, ValueError, RollbackError) as e:
+                self._reject(path, f"unreadable request ({e})")
+                continue
+            if not isinstance(sig, str) or not hmac.compare_digest(sig, sign(req, self._token)):
+                self._reject(path, "missing or wrong signature (not signed with this run's token)")
+                continue
+            if path.stem != req.id or result_path(self.run_dir, req.id).exists():
+                self._reject(path, f"request id {req.id!r} does not match its file or was "
+                             "already handled")
+                continue
+            reason = self._invalid(req)
+            if reason:
+                refused.append((req.id, reason))
+                self._write_result(req, {"status": "refused", "reason": reason, "step": step})
+                path.unlink(missing_ok=True)
+                continue
+            valid.append(req)
+        valid.sort(key=lambda r: r.created)
+        chosen = valid[0] if valid else None
+        return {"apply": chosen.to_json() if chosen else None, "refused": refused}
+
+    def _invalid(self, req: RollbackRequest) -> str | None:
+        if req.job != self.job:
+            return f"request is for job {req.job!r}, this is job {self.job!r}"
+        age = self.now() - req.created
+        if age > self.max_request_age_s:
+            return f"request is {age:.0f} s old (limit {self.max_request_age_s:.0f} s): stale"
+        if age < -MAX_CLOCK_SKEW_S:
+            return f"request is dated {-age:.0f} s in the future: check the clocks"
+        if self.store.info(req.to_step) is None:
+            steps = ", ".join(str(c.step) for c in self.store.checkpoints()) or "none"
+            return f"no checkpoint for step {req.to_step} (available: {steps})"
+        try:
+            self.skip_plan.check(req.skip)
+        except SkipPlanError as e:
+            return f"bad skip ranges: {e}"
+        return None
+
+    def _reject(self, path: Path, why: str) -> None:
+        log.warning("ignoring rollback request %s: %s", path, why)
+        try:
+            path.rename(path.with_suffix(".rejected"))
+        except OSError:
+            path.unlink(missing_ok=True)
+
+    def _write_result(self, req: RollbackRequest, result: dict[str, Any]) -> None:
+        if self.rank != 0:
+            return
+        path = result_path(self.run_dir, req.id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, {"id": req.id, "time": self.now(), **result})
+
+    def _report_refused(self, request_id: str, reason: str, step: int) -> None:
+        log.error("rollback request %s refused: %s", request_id, reason)
+        if self.reporter is not None:
+            self.reporter.event("rollback_refused", request_id=request_id, reason=reason,
+                                step=step)
+
+    def _apply(self, req: RollbackRequest, step: int, started: float) -> RollbackOutcome | None:
+        t0 = time.monotonic()
+        data: bytes | None = None
+        problem = ""
+        try:
+            data = self.store.read_verified(req.to_step)
+        except CheckpointError as e:
+            problem = str(e)
+        t_read = time.monotonic()
+        if not self._all_reduce_int(0 if data is None else 1, "MIN"):
+            reason = problem or "another rank could not verify the checkpoint (see its log)"
+            reason = f"rank {self.rank}: {reason}"
+            self._write_result(req, {"status": "refused", "reason": reason, "step": step})
+            if self.rank == 0:
+                (self.run_dir / REQUEST_DIR / f"{req.id}.json").unlink(missing_ok=True)
+            self._report_refused(req.id, reason, step)
+            return None
+        assert data is not None
+        state = self.store.deserialize(data, self.map_location)
+        del data
+        self.restore(state)
+        self.skip_plan.add(req.skip, added_by=req.requested_by or "rollback",
+                           reason=f"rollback {req.id}: {req.reason}", save=self.rank == 0)
+        t_done = time.monotonic()
+        outcome = RollbackOutcome(req, step, req.to_step, t_read - t0, t_done - t_read,
+                                  t_done - started)
+        if self.rank == 0:
+            self.store.abandon_after(req.to_step, f"rollback {req.id} from step {step}")
+            self._write_result(req, {
+                "status": "done", "from_step": step, "to_step": req.to_step,
+                "skip": [list(r) for r in req.skip], "read_s": outcome.read_s,
+                "restore_s": outcome.restore_s, "total_s": outcome.total_s, "pid": os.getpid(),
+            })
+            (self.run_dir / REQUEST_DIR / f"{req.id}.json").unlink(missing_ok=True)
+        log.info("rolled back from step %d to %d (request %s), skipping %s", step,
+                 req.to_step, req.id, req.skip)
+        if self.reporter is not None:
+            self.reporter.event(
+                "rollback_done", request_id=req.id, from_step=step, to_step=req.to_step,
+                skipped_batches=sum(b - a for a, b in req.skip), read_s=outcome.read_s,
+                restore_s=outcome.restore_s, total_s=outcome.total_s,
+                request_age_s=self.now() - req.created,
+            )
+        return outcome

@@ -1,0 +1,110 @@
+"""Table, JSON lines and the Prometheus textfile of a recorded node."""
+
+import io
+import json
+import subprocess
+
+import pytest
+
+from sentinel.burnin.api import BurninReport
+from sentinel.burnin.baselines import load_baselines
+from sentinel.burnin.config import BurninConfig
+from sentinel.burnin.report import (
+    ProgressBar,
+    format_table,
+    json_line,
+    render_textfile,
+    result_events,
+    write_textfile,
+)
+from sentinel.burnin.verdict import VerdictConfig, judge
+from tests.support.services import need_binary
+
+
+@pytest.fixture
+def report(node_records):
+    verdicts = judge(node_records, VerdictConfig(baselines=load_baselines()))
+    return BurninReport(hostname="node07", started_at=1.7e9, finished_at=1.7e9 + 41,
+                        wall_seconds=41.0, config=BurninConfig(), records=node_records,
+                        verdicts=verdicts)
+
+
+def test_table_shows_every_gpu_and_the_evidence(report):
+    text = format_table(report)
+    lines = text.splitlines()
+    assert lines[0].split()[:3] == ["GPU", "NAME", "TFLOPS"]
+    row0 = lines[1].split()
+    assert row0[0] == "0" and row0[-1] == "OK"
+    assert any(line.startswith("7 ") and line.endswith("NO_WORK") for line in lines)
+    assert "GPU 3 THROTTLED: hw_slowdown active in 6 of 30 samples" in text
+    assert text.splitlines()[-1].startswith("FAILED: 3 of 8 GPUs passed in 41 s")
+
+
+def test_json_lines(report):
+    events = [json.loads(json_line(e)) for e in result_events(report)]
+    assert [e["event"] for e in events] == ["result"] * 8 + ["verdict"]
+    r3 = events[3]
+    assert r3["verdict"] == "THROTTLED" and r3["uuid"].startswith("GPU-")
+    assert set(r3["tflops"]) == {"min", "median", "max", "mean"}
+    assert r3["problems"][0]["evidence"]
+    assert events[7]["tflops"]["mean"] is None and events[7]["error"]
+    final = events[-1]
+    assert final["ok"] is False and final["exit_code"] == 1
+    assert [g["verdict"] for g in final["gpus"]][:3] == ["OK"] * 3
+
+
+def test_json_line_spells_non_finite_numbers():
+    line = json_line({"event": "result", "max_abs_error": float("inf"), "x": float("nan")})
+    assert json.loads(line) == {"event": "result", "max_abs_error": "Infinity", "x": "NaN"}
+
+
+def test_textfile_series(report):
+    text = render_textfile(report)
+    assert ('sentinel_burnin_verdict{UUID="GPU-00000000-0000-0000-0000-000000000003",gpu="3",'
+            'hostname="node07",modelName="NVIDIA H100 80GB HBM3",verdict="THROTTLED"} 1.0') in text
+    assert 'sentinel_burnin_ok{' in text
+    assert text.count("sentinel_burnin_ok{") == 8
+    assert text.count('stat="median"') == 7  # the GPU that did no work has no speed
+    assert "sentinel_burnin_throttle_seconds{" in text
+
+
+@pytest.mark.integration
+def test_textfile_passes_promtool(report, tmp_path):
+    promtool = need_binary("promtool", "prometheus")
+    path = tmp_path / "burnin.prom"
+    write_textfile(path, report)
+    text = path.read_text()
+    r = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True,
+                       text=True, timeout=30)
+    # The one lint allowed is the camelCase of `modelName`, spelled as dcgm-exporter does
+    # so dashboards join on it (the agent's GPU series do the same); with it renamed, the
+    # exposition must be clean.
+    problems = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.strip()]
+    assert problems and all("snake_case" in ln for ln in problems), problems
+    r2 = subprocess.run([promtool, "check", "metrics"],
+                        input=text.replace("modelName=", "model_name="), capture_output=True,
+                        text=True, timeout=30)
+    assert r2.returncode == 0 and not (r2.stdout + r2.stderr).strip(), r2.stdout + r2.stderr
+
+
+def test_textfile_is_replaced_atomically(report, tmp_path):
+    path = tmp_path / "textfile" / "burnin.prom"
+    write_textfile(path, report)
+    first = path.read_text()
+    path.chmod(0o444)
+    write_textfile(path, report)
+    assert path.read_text() == first
+    assert [p.name for p in path.parent.iterdir()] == ["burnin.prom"]  # no leftovers
+
+
+def test_progress_bar_draws_on_its_stream():
+    buf = io.StringIO()
+    bar = ProgressBar(buf, total_s=30)
+    bar.update({"event": "start"})
+    assert buf.getvalue() == ""
+    bar.update({"event": "progress", "elapsed": 20.0, "gpus": [
+        {"gpu": 0, "phase": "measure", "tflops": 731.4, "measured_s": 15.0},
+        {"gpu": 1, "phase": "measure", "tflops": 729.0, "measured_s": 16.0}]})
+    bar.close()
+    out = buf.getvalue()
+    assert "50%" in out and "0:731 1:729" in out and out.endswith("\n")

@@ -1,0 +1,92 @@
+import pytest
+
+from sentinel.rules.detectors import disk_latency, gpu_errors, gpu_throttle, job_stalled
+from sentinel.rules.window import Series, StepPoint, Window
+
+
+def pts(values, t0=0.0, dt=5.0):
+    return [(t0 + i * dt, float(v)) for i, v in enumerate(values)]
+
+
+def test_combined_throttle_bits_count():
+    # hw_slowdown | sw_power_cap = 0x0C: an equality test against 0x08 would miss it.
+    s = Series({"hostname": "h1", "gpu": "0", "UUID": "GPU-a"}, pts([0x0C] * 70 + [0] * 50))
+    (f,) = gpu_throttle.detect(Window(series={"clock_event_reasons": [s]}), gpu_throttle.Params())
+    assert f.node == "h1" and f.gpu == "0" and "hw_slowdown" in f.evidence["reasons"]
+    assert f.evidence["fraction"] == pytest.approx(70 / 120)
+
+
+def test_power_cap_alone_and_short_throttle_are_not_findings():
+    cap = Series({"hostname": "h1", "gpu": "0"}, pts([0x4] * 120))
+    short = Series({"hostname": "h1", "gpu": "1"}, pts([0x8] * 20 + [0] * 100))
+    assert gpu_throttle.detect(Window(series={"clock_event_reasons": [cap, short]}),
+                               gpu_throttle.Params()) == []
+
+
+def test_per_reason_series_with_only_active_samples_use_the_window_length():
+    # The default rule asks Prometheus only for active samples (`> 0`).
+    active = Series({"hostname": "h", "gpu": "2", "reason": "hw_thermal_slowdown"},
+                    pts([1] * 30, t0=300))
+    w = Window(series={"clock_event_reasons": [active]}, step_s=5.0, range_s=600.0)
+    assert gpu_throttle.detect(w, gpu_throttle.Params()) == []  # 30 of 121 samples
+    w.series["clock_event_reasons"][0].points = pts([1] * 100, t0=100)
+    (f,) = gpu_throttle.detect(w, gpu_throttle.Params())
+    assert f.evidence["reasons"] == ["hw_thermal_slowdown"]
+
+
+def test_reason_bits_match_the_agent_nvml_wrapper():
+    nvml = pytest.importorskip("sentinel.agent.nvml")
+    assert nvml.CLOCK_EVENT_REASONS == gpu_throttle.REASON_BITS
+
+
+def test_hot_gpu():
+    temp = Series({"hostname": "h", "gpu": "0"}, pts([88] * 100))
+    lim = Series({"hostname": "h", "gpu": "0"}, pts([90] * 100))
+    w = Window(series={"temperature": [temp], "slowdown_temperature": [lim]})
+    (f,) = gpu_throttle.detect(w, gpu_throttle.Params())
+    assert f.kind == "gpu_hot"
+
+
+def test_xid_classes_and_other_errors():
+    w = Window(series={
+        "xid_new": [Series({"hostname": "h", "gpu": "1", "xid": "79"}, pts([1])),
+                    Series({"hostname": "h", "gpu": "2", "xid": "13"}, pts([2]))],
+        "ecc_uncorrected_new": [Series({"hostname": "h", "gpu": "3"}, pts([0, 4]))],
+        "remap_failure": [Series({"hostname": "h", "gpu": "4"}, pts([0]))],
+        "gpu_up": [Series({"hostname": "g", "gpu": "5"}, pts([1, 0]))],
+    })
+    by_kind = {(f.kind, f.gpu): f for f in gpu_errors.detect(w, gpu_errors.Params())}
+    assert by_kind[("gpu_xid", "1")].suggested_action == "spare_swap"
+    assert by_kind[("gpu_xid", "1")].severity == "critical"
+    assert by_kind[("gpu_xid", "2")].evidence["class"] == "application"
+    assert by_kind[("gpu_xid", "2")].suggested_action == "notify"
+    assert by_kind[("gpu_ecc_uncorrected", "3")].evidence["count"] == 4
+    assert ("gpu_remap_failure", "4") not in by_kind
+    assert by_kind[("gpu_lost", "5")].node == "g"
+
+
+def test_disk_latency_against_own_baseline():
+    base = [0.002] * 80 + [0.08] * 20 + [0.002] * 20
+    other = [0.03] * 120  # a slow disk that is always slow is its own normal
+    w = Window(series={"disk_read_latency": [
+        Series({"hostname": "a", "device": "nvme0n1"}, pts(base)),
+        Series({"hostname": "b", "device": "sda"}, pts(other))]})
+    (f,) = disk_latency.detect(w, disk_latency.Params())
+    assert f.node == "a" and f.state == "resolved" and f.evidence["peak_s"] == 0.08
+
+
+def test_job_stalled_gap_and_ongoing():
+    steps = [StepPoint(step=i, loss=1.0, time=float(i)) for i in range(100)]
+    steps += [StepPoint(step=100 + i, loss=1.0, time=300.0 + i) for i in range(50)]
+    out = job_stalled.detect(Window(steps=steps, now=349.0), job_stalled.Params())
+    assert [(f.step_start, f.state) for f in out] == [(99, "resolved")]
+    out = job_stalled.detect(Window(steps=steps, now=500.0), job_stalled.Params())
+    assert [(f.step_start, f.state) for f in out] == [(99, "resolved"), (149, "firing")]
+
+
+def test_job_stalled_from_agent_series():
+    since = Series({"job": "j", "hostname": "h"}, pts([1, 2, 3, 200]))
+    dur = Series({"job": "j", "hostname": "h"}, pts([2.0] * 4))
+    (f,) = job_stalled.detect(Window(series={"seconds_since_last_report": [since],
+                                             "step_duration": [dur]}), job_stalled.Params())
+    assert f.state == "firing" and f.node == "h" and f.job == "j"

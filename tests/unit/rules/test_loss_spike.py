@@ -1,0 +1,133 @@
+import math
+
+import numpy as np
+import pytest
+
+from sentinel.rules.detectors import loss_spike
+from sentinel.rules.window import StepPoint, Window
+
+
+def curve(n=1500, sigma=0.015, seed=0):
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)
+    return np.log(2.0 + 6.0 * (1 + t / 100) ** -0.5) + rng.normal(0, sigma, n)
+
+
+def run(x, grad=None, **params):
+    pts = [StepPoint(step=i, loss=float(math.exp(v)) if math.isfinite(v) else float(v),
+                     grad_norm=None if grad is None else float(grad[i]))
+           for i, v in enumerate(x)]
+    return loss_spike.detect(Window(job="j", steps=pts), loss_spike.Params(**params))
+
+
+def test_healthy_curve_has_no_finding():
+    assert run(curve()) == []
+
+
+def test_lr_warmup_and_decay_is_not_a_spike():
+    n = 2000
+    t = np.arange(n)
+    lr = np.where(t < 200, (t + 1) / 200, 0.1 + 0.45 * (1 + np.cos(np.pi * (t - 200) / 1800)))
+    x = np.log(2.0 + 7.0 * (1 + np.cumsum(lr) / 80) ** -0.6)
+    x += np.random.default_rng(1).normal(0, 0.02, n)
+    assert run(x) == []
+
+
+def test_sharp_spike_is_flagged_at_the_spike_step_and_recovers_fast():
+    x = curve()
+    x[800:803] += 0.5
+    (f,) = run(x)
+    assert f.evidence["detected_step"] == 800
+    assert (f.step_start, f.step_end) == (800, 802)
+    assert f.evidence["classification"] == "recoverable_fast"
+    assert f.state == "resolved" and f.suggested_action == "notify"
+
+
+def test_grad_norm_spike_before_loss_spike_moves_the_first_step_back():
+    x = curve()
+    g = np.full(len(x), 1.0) * np.exp(np.random.default_rng(2).normal(0, 0.1, len(x)))
+    g[797] *= 20
+    x[799] += 0.6
+    (f,) = run(x, grad=g)
+    assert f.step_start == 797 and f.evidence["detected_step"] == 799
+    assert f.evidence["grad_norm_precursor"] is True
+
+
+def test_grad_norm_spike_alone_is_not_a_finding():
+    x = curve()
+    g = np.ones(len(x))
+    g[900] = 30
+    assert run(x, grad=g) == []
+
+
+def test_nan_is_immediate_and_long_nan_is_divergence():
+    x = curve()
+    x[700] = math.nan
+    (f,) = run(x)
+    assert f.evidence["detected_step"] == 700 and f.evidence["nonfinite_steps"] == 1
+    # One NaN step that the run shrugs off (AMP skipped it) needs no rollback.
+    assert f.evidence["classification"] == "recoverable_fast"
+    y = curve()
+    y[700:] = math.nan
+    (g,) = run(y)
+    assert g.evidence["classification"] == "diverged" and g.step_start == 700
+    assert g.suggested_action == "rollback_skip"
+
+
+def test_slow_recovery_is_classified_slow_with_rollback():
+    x = curve(n=2000)
+    t = np.arange(2000 - 800)
+    x[800:] += 0.6 * np.exp(-t / 60)
+    (f,) = run(x)
+    assert f.evidence["classification"] == "recoverable_slow"
+    assert f.step_start == 800 and 850 < f.step_end < 1100
+    assert f.suggested_action == "rollback_skip"
+
+
+def test_higher_plateau_is_non_recoverable():
+    x = curve(n=2000)
+    x[900:] += 0.3
+    (f,) = run(x)
+    assert f.evidence["classification"] == "plateau"
+    assert f.step_start == 900 and f.severity == "critical"
+
+
+def test_gradual_divergence_is_found_and_called_diverged():
+    x = curve(n=2500)
+    t = np.arange(2500 - 1200)
+    x[1200:] += 0.003 * t
+    found = run(x)
+    assert found, "a steady rise of the loss must be found"
+    f = found[0]
+    assert 1150 <= f.step_start <= 1300
+    assert f.evidence["classification"] == "diverged"
+
+
+def test_resume_from_an_earlier_checkpoint_is_not_a_spike():
+    x = curve(n=1500)
+    steps = list(range(0, 600)) + list(range(100, 1500))  # loss at 100 is 1.45x that at 600
+    pts = [StepPoint(step=s, loss=float(math.exp(x[s]))) for s in steps]
+    assert loss_spike.detect(Window(steps=pts), loss_spike.Params()) == []
+
+
+def test_two_ranks_per_step_are_merged():
+    x = curve(n=1000)
+    x[600] += 0.7
+    pts = []
+    for i, v in enumerate(x):
+        for rank in (0, 1):
+            pts.append(StepPoint(step=i, loss=float(math.exp(v)), rank=rank))
+    (f,) = loss_spike.detect(Window(steps=pts), loss_spike.Params())
+    assert f.step_start == 600
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_noisy_unshuffled_bumps_are_not_spikes(seed):
+    rng = np.random.default_rng(seed)
+    x = curve(n=3000, sigma=0.015, seed=seed)
+    s = 50
+    while s < 3000:
+        d = int(rng.integers(5, 31))
+        x[s:s + d] += rng.uniform(0.03, 0.08)
+        s += d + int(rng.integers(10, 110))
+    assert run(x) == []

@@ -1,0 +1,240 @@
+import json
+import logging
+import os
+import random
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from sentinel.train.checkpoint import (
+    CheckpointError,
+    CheckpointStore,
+    restore_training_state,
+    training_state,
+)
+from sentinel.train.data import DataPosition
+
+
+def _state(v: float) -> dict:
+    return {"w": torch.full((64,), v), "note": f"v={v}"}
+
+
+def _corrupt(path, offset=200):
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_save_writes_manifest_with_size_and_sha256(tmp_path):
+    store = CheckpointStore(tmp_path)
+    info = store.save(100, _state(1.0))
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    (entry,) = manifest["checkpoints"]
+    f = tmp_path / entry["file"]
+    import hashlib
+
+    assert entry["step"] == 100 and entry["size"] == f.stat().st_size
+    assert entry["sha256"] == hashlib.sha256(f.read_bytes()).hexdigest() == info.sha256
+    assert store.verify(100)
+    assert torch.equal(store.load(100)["w"], torch.full((64,), 1.0))
+    assert not [p for p in tmp_path.iterdir() if "tmp" in p.name]
+
+
+def test_corrupted_and_truncated_checkpoints_are_refused_and_previous_used(tmp_path, caplog):
+    store = CheckpointStore(tmp_path, keep=5)
+    for s in (10, 20, 30):
+        store.save(s, _state(float(s)))
+    _corrupt(tmp_path / "step_000000030.pt")
+    f20 = tmp_path / "step_000000020.pt"
+    f20.write_bytes(f20.read_bytes()[:-100])
+    caplog.set_level(logging.WARNING)
+    assert not store.verify(30) and not store.verify(20)
+    assert store.latest_verified().step == 10
+    assert "step 30 does not verify" in caplog.text and "(corrupted)" in caplog.text
+    assert "manifest says" in caplog.text and "truncated" in caplog.text
+    with pytest.raises(CheckpointError, match=r"checkpoint step 30 refused: .*sha256"):
+        store.load(30)
+    with pytest.raises(CheckpointError, match=r"step 20 refused: .* bytes, the manifest says"):
+        store.load(20)
+    info, state = store.load_latest()
+    assert info.step == 10 and torch.equal(state["w"], torch.full((64,), 10.0))
+    assert store.latest_verified(before_step=25).step == 10
+    with pytest.raises(CheckpointError,
+                       match=r"no checkpoint for step 15 \(checkpoints in .*: 10, 20, 30\)"):
+        store.load(15)
+
+
+def test_before_step_is_inclusive(tmp_path):
+    store = CheckpointStore(tmp_path, keep=5)
+    for s in (0, 50, 100):
+        store.save(s, _state(float(s)))
+    assert store.latest_verified(before_step=100).step == 100  # state before step 100 ran
+    assert store.latest_verified(before_step=99).step == 50
+    assert store.latest_verified(before_step=-1) is None
+
+
+def test_retention_keeps_newest_k_and_pins(tmp_path):
+    store = CheckpointStore(tmp_path, keep=2)
+    store.save(1, _state(1))
+    store.save(2, _state(2))
+    store.pin(1, "incident-42")
+    store.save(3, _state(3))
+    store.save(4, _state(4))
+    assert [c.step for c in store.checkpoints()] == [1, 3, 4]
+    assert sorted(p.name for p in tmp_path.glob("step_*.pt")) == [
+        "step_000000001.pt", "step_000000003.pt", "step_000000004.pt"]
+    store.unpin("incident-42")
+    assert [c.step for c in store.checkpoints()] == [3, 4]
+    with pytest.raises(CheckpointError, match="cannot pin step 9: no such checkpoint"):
+        store.pin(9, "x")
+
+
+def test_last_verified_survives_when_newer_ones_are_bad(tmp_path):
+    store = CheckpointStore(tmp_path, keep=1)
+    store.save(10, _state(10))
+    store.keep = 5
+    store.save(20, _state(20))
+    store.save(30, _state(30))
+    _corrupt(tmp_path / "step_000000020.pt")
+    _corrupt(tmp_path / "step_000000030.pt")
+    store.keep = 2
+    assert store.prune() == []  # 10 is the last verified: kept although beyond keep=2
+    assert [c.step for c in store.checkpoints()] == [10, 20, 30]
+    assert store.latest_verified().step == 10
+
+
+def test_abandoned_checkpoints_are_never_loaded(tmp_path):
+    store = CheckpointStore(tmp_path, keep=5)
+    for s in (10, 20, 30):
+        store.save(s, _state(s))
+    store.pin(30, "inc-1")
+    assert store.abandon_after(10, "rollback r1") == [20, 30]
+    assert store.latest_verified().step == 10
+    assert [c.step for c in store.checkpoints()] == [10]
+    assert store.info(30).abandoned == "rollback r1"  # pinned: kept for the incident
+    assert store.info(20) is None  # not pinned: deleted
+    with pytest.raises(CheckpointError, match="abandoned"):
+        store.load(30)
+    store.save(20, _state(21))  # the new timeline reaches step 20 again
+    assert store.latest_verified().step == 20
+
+
+def test_writer_false_never_writes(tmp_path):
+    CheckpointStore(tmp_path).save(1, _state(1))
+    reader = CheckpointStore(tmp_path, writer=False)
+    with pytest.raises(CheckpointError, match="writer=False"):
+        reader.save(2, _state(2))
+    assert reader.load(1)["note"] == "v=1"
+
+
+def _train(model, opt, sched, steps):
+    out = []
+    for _ in range(steps):
+        x = torch.randn(8, 4)  # uses the torch RNG: resumed runs must draw the same
+        noise = np.random.rand() + random.random()
+        loss = ((torch.nn.functional.dropout(model(x), 0.5)) ** 2).mean() + noise
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        out.append(float(loss.detach()))
+    return out
+
+
+def _objects():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.01)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.5)
+    return model, opt, sched
+
+
+def test_training_state_resumes_exactly(tmp_path):
+    random.seed(1)
+    np.random.seed(1)
+    model, opt, sched = _objects()
+    _train(model, opt, sched, 5)
+    store = CheckpointStore(tmp_path)
+    store.save(5, training_state(model, opt, sched, DataPosition(7, 56), {"step": 5}))
+    expected = _train(model, opt, sched, 6)
+
+    model2, opt2, sched2 = _objects()  # a new process: fresh objects, other RNG states
+    random.seed(99)
+    np.random.seed(99)
+    torch.manual_seed(99)
+    state = store.load(5)
+    pos = restore_training_state(state, model2, opt2, sched2)
+    assert pos == DataPosition(7, 56) and state["extra"] == {"step": 5}
+    assert _train(model2, opt2, sched2, 6) == expected
+    assert sched2.get_last_lr() == sched.get_last_lr()
+
+
+def test_leftover_temporary_and_unrecorded_files_are_cleaned(tmp_path):
+    store = CheckpointStore(tmp_path)
+    store.save(1, _state(1))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, timeout=30)
+    (tmp_path / f".step_000000002.pt.tmp-{int(dead.stdout)}").write_bytes(b"partial")
+    (tmp_path / f".step_000000003.pt.tmp-{os.getpid()}").write_bytes(b"live writer")
+    (tmp_path / "step_000000004.pt").write_bytes(b"renamed, never recorded")
+    CheckpointStore(tmp_path)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == [f".step_000000003.pt.tmp-{os.getpid()}", "manifest.json",
+                     "step_000000001.pt"]
+
+
+KILLER = textwrap.dedent("""
+    import os, signal, sys, torch
+    import sentinel.train.checkpoint as ck
+    where, d = sys.argv[1], sys.argv[2]
+    store = ck.CheckpointStore(d)
+    store.save(10, {"w": torch.full((1000,), 1.0)})
+    if where == "before_rename":
+        real = os.replace
+        def replace(src, dst):
+            if ".tmp-" in str(src) and "step_" in str(src):
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real(src, dst)
+        ck.os.replace = replace
+    elif where == "mid_write":
+        real_write = ck._HashingWriter.write
+        def write(self, b):
+            if self.size > 1000:
+                self.f.flush()
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real_write(self, b)
+        ck._HashingWriter.write = write
+    elif where == "before_manifest":
+        real = ck.CheckpointStore._write_manifest
+        def wm(self, data):
+            if any(c["step"] == 20 for c in data["checkpoints"]):
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real(self, data)
+        ck.CheckpointStore._write_manifest = wm
+    store.save(20, {"w": torch.full((1000,), 2.0)})
+    print("not killed")
+""")
+
+
+@pytest.mark.parametrize("where", ["mid_write", "before_rename", "before_manifest"])
+def test_killed_while_saving_never_loads_a_partial_checkpoint(tmp_path, where):
+    p = subprocess.run([sys.executable, "-c", KILLER, where, str(tmp_path)],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == -9, p.stderr
+    leftovers = [x.name for x in tmp_path.iterdir() if "000000020" in x.name]
+    assert leftovers, "the kill should have left the step-20 file behind"
+    store = CheckpointStore(tmp_path)  # what a restarted job does
+    info, state = store.load_latest()
+    assert info.step == 10 and torch.equal(state["w"], torch.full((1000,), 1.0))
+    assert [c.step for c in store.checkpoints()] == [10]
+    assert not [x.name for x in tmp_path.iterdir() if "000000020" in x.name]  # debris removed
+
+
+def test_damaged_manifest_is_a_clear_error(tmp_path):
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="manifest .* cannot read it"):
+        CheckpointStore(tmp_path)

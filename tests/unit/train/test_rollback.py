@@ -1,0 +1,191 @@
+import json
+import logging
+import os
+import signal
+import socket
+import stat
+import time
+
+import pytest
+import torch
+
+from sentinel import protocol
+from sentinel.train.checkpoint import CheckpointStore
+from sentinel.train.reporter import Reporter
+from sentinel.train.rollback import (
+    RollbackError,
+    RollbackHandler,
+    RollbackRequest,
+    ensure_token,
+    read_result,
+    read_token,
+    token_path,
+    write_request,
+)
+from sentinel.train.skipplan import SkipPlan
+
+
+class Job:
+    """A run directory with checkpoints 0, 10, 20, a handler and a listening 'agent'."""
+
+    def __init__(self, tmp_path, clock=None):
+        self.dir = tmp_path
+        self.store = CheckpointStore(tmp_path / "checkpoints", keep=5)
+        for s in (0, 10, 20):
+            self.store.save(s, {"w": torch.full((8,), float(s)), "step": s})
+        self.plan = SkipPlan(tmp_path)
+        self.restored = []
+        self.sock_path = str(tmp_path / "agent.sock")
+        self.agent = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.agent.bind(self.sock_path)
+        self.agent.settimeout(0.2)
+        self.now = clock or time.time
+        self.handler = RollbackHandler(
+            tmp_path, "job-a", self.store, self.plan, self.restored.append,
+            Reporter("job-a", rank=0, socket_path=self.sock_path), now=self.now,
+            poll_interval_s=1e9)
+        self.handler.install()
+        self.token = read_token(tmp_path)
+
+    def events(self):
+        out = []
+        try:
+            while True:
+                r = protocol.decode(self.agent.recv(65536))
+                out.append((r.kind, r.fields))
+        except TimeoutError:
+            return out
+
+    def request(self, to_step=10, skip=((25, 30),), job="job-a", token=None, created=None):
+        req = RollbackRequest(id=os.urandom(8).hex(), job=job, to_step=to_step,
+                              skip=list(skip), requested_by="test", reason="spike",
+                              created=time.time() if created is None else created)
+        write_request(self.dir, req, token or self.token)
+        return req
+
+    def close(self):
+        self.handler.uninstall()
+        self.agent.close()
+
+
+@pytest.fixture
+def job(tmp_path):
+    j = Job(tmp_path)
+    yield j
+    j.close()
+
+
+def test_token_is_private_and_stable(tmp_path):
+    tok = ensure_token(tmp_path)
+    mode = stat.S_IMODE(token_path(tmp_path).stat().st_mode)
+    assert mode == 0o600 and len(tok) == 64
+    os.chmod(token_path(tmp_path), 0o644)
+    assert ensure_token(tmp_path) == tok  # same token, permissions tightened again
+    assert stat.S_IMODE(token_path(tmp_path).stat().st_mode) == 0o600
+    with pytest.raises(RollbackError, match="no run token .* is the job running"):
+        read_token(tmp_path / "elsewhere")
+
+
+def test_signalled_request_is_applied_at_the_boundary(job):
+    assert job.handler.at_step_boundary(22) is None  # first boundary polls; nothing there
+    req = job.request(to_step=10, skip=[(25, 30)])
+    assert job.handler.at_step_boundary(23) is None  # no signal, next poll far off: not seen
+    os.kill(os.getpid(), signal.SIGUSR1)
+    out = job.handler.at_step_boundary(24)
+    assert out is not None and (out.from_step, out.to_step) == (24, 10)
+    assert [float(s["w"][0]) for s in job.restored] == [10.0]
+    assert [r.text() for r in SkipPlan(job.dir).ranges] == ["25:30"]  # persisted
+    assert SkipPlan(job.dir).ranges[0].added_by == "test"
+    assert [c.step for c in job.store.checkpoints()] == [0, 10]  # 20 is off the timeline
+    result = read_result(job.dir, req.id)
+    assert result["status"] == "done" and result["pid"] == os.getpid()
+    assert result["total_s"] >= result["read_s"] >= 0
+    assert not (job.dir / "rollback/requests" / f"{req.id}.json").exists()
+    (kind, fields), = job.events()
+    assert kind == "rollback_done"
+    assert fields["to_step"] == 10 and fields["from_step"] == 24 and fields["skipped_batches"] == 5
+    assert fields["total_s"] >= 0 and fields["request_id"] == req.id
+    assert job.handler.at_step_boundary(25) is None  # applied once
+
+
+@pytest.mark.parametrize("token", [b"f" * 64, None])
+def test_unsigned_or_wrongly_signed_requests_are_ignored_and_logged(job, caplog, token):
+    req = job.request(token=b"0" * 64)
+    path = job.dir / "rollback/requests" / f"{req.id}.json"
+    if token is None:
+        raw = json.loads(path.read_text())
+        del raw["signature"]
+        path.write_text(json.dumps(raw))
+    caplog.set_level(logging.WARNING)
+    os.kill(os.getpid(), signal.SIGUSR1)
+    assert job.handler.at_step_boundary(30) is None
+    assert "missing or wrong signature" in caplog.text
+    assert job.restored == [] and len(job.plan) == 0
+    assert path.with_suffix(".rejected").exists() and not path.exists()
+    assert read_result(job.dir, req.id) is None
+    assert job.events() == []
+
+
+def _refused(job, req, step=30):
+    os.kill(os.getpid(), signal.SIGUSR1)
+    assert job.handler.at_step_boundary(step) is None
+    assert job.restored == []
+    result = read_result(job.dir, req.id)
+    assert result["status"] == "refused"
+    (kind, fields), = job.events()
+    assert kind == "rollback_refused" and fields["request_id"] == req.id
+    assert fields["reason"] == result["reason"]
+    return result["reason"]
+
+
+def test_missing_checkpoint_is_refused(job):
+    reason = _refused(job, job.request(to_step=15))
+    assert reason == "no checkpoint for step 15 (available: 0, 10, 20)"
+
+
+def test_checkpoint_that_does_not_verify_is_refused(job):
+    f = job.dir / "checkpoints" / "step_000000010.pt"
+    data = bytearray(f.read_bytes())
+    data[300] ^= 1
+    f.write_bytes(bytes(data))
+    reason = _refused(job, job.request(to_step=10))
+    assert "checkpoint step 10 refused" in reason and "sha256" in reason
+    assert [c.step for c in job.store.checkpoints()] == [0, 10, 20]  # nothing abandoned
+
+
+def test_other_job_stale_and_overlapping_requests_are_refused(job):
+    assert "for job 'job-b', this is job 'job-a'" in _refused(job, job.request(job="job-b"))
+    assert "stale" in _refused(job, job.request(created=time.time() - 7200))
+    job.plan.add([(20, 28)], added_by="earlier", reason="x")
+    assert "bad skip ranges: skip range 25:30 overlaps 20:28" in _refused(job, job.request())
+
+
+def test_a_lost_signal_is_covered_by_polling(tmp_path):
+    t = [1000.0]
+    j = Job(tmp_path, clock=lambda: t[0])
+    try:
+        j.handler.poll_interval_s = 10.0
+        assert j.handler.at_step_boundary(1) is None  # polls now (nothing), next poll at 1010
+        j.request(created=t[0])
+        t[0] += 5
+        assert j.handler.at_step_boundary(2) is None  # not yet due
+        t[0] += 6
+        out = j.handler.at_step_boundary(3)
+        assert out is not None and out.to_step == 10
+    finally:
+        j.close()
+
+
+def test_only_checks_every_n_steps(job):
+    job.handler.check_every = 5
+    job.request()
+    os.kill(os.getpid(), signal.SIGUSR1)
+    assert job.handler.at_step_boundary(21) is None
+    assert job.handler.at_step_boundary(25) is not None
+
+
+def test_request_ids_and_fields_are_validated():
+    with pytest.raises(RollbackError, match="request id '../x'"):
+        RollbackRequest.from_json({"id": "../x", "job": "j", "to_step": 1, "created": 0})
+    with pytest.raises(RollbackError, match="needs id, job, to_step"):
+        RollbackRequest.from_json({"id": "a", "job": "j", "created": 0})
