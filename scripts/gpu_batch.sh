@@ -23,7 +23,15 @@ for part in "$@"; do
       timeout 200 python3 -m pytest -p no:cacheprovider -m gpu tests/gpu/test_burnin_gpu.py -v -s 2>&1 | tail -40
       timeout 300 python3 bench/burnin_gpu.py --out $R/burnin 2>&1 | tail -40
       timeout 120 python3 -m sentinel burnin --duration 15 --json --textfile $R/burnin/burnin.prom > $R/burnin/cli.jsonl 2>$R/burnin/cli.err; echo "burnin cli rc=$?"; tail -5 $R/burnin/cli.err ;;
+    train)
+      timeout 150 python3 -m pytest -p no:cacheprovider -m gpu tests/gpu/test_train_gpu.py -v 2>&1 | tail -20
+      timeout 330 python3 bench/train_gpu.py --no-curves --out $R/train 2>&1 | tail -40 ;;
+    trainbench) timeout 300 python3 bench/train_gpu.py --no-curves --repeats 2 --out $R/train 2>&1 | tail -30 ;;
+    traintest) timeout 200 python3 -m pytest -p no:cacheprovider -m gpu tests/gpu/test_train_gpu.py -v 2>&1 | tail -20 ;;
+    curves) timeout 200 python3 -m bench.detectors.record_real --config small --steps 1000 --device cuda --out $R/real 2>&1 | tail -20 ;;
     *) echo "unknown part $part" ;;
   esac
 done
-tar czf $OUT/results.tgz -C /tmp results
+# Only results, never checkpoints (the 16 MiB limit on returned files).
+(cd /tmp && find results -type f -size -4M ! -path '*/runs/*' ! -path '*recovery_run*' -print0 \
+  | tar czf $OUT/results.tgz --null -T -)

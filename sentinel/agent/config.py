@@ -54,6 +54,16 @@ class AgentConfig:
     gpu_replay: str = field(
         default="", metadata={"help": "serve GPU series from a captured NVML dump (no GPU)"}
     )
+    gpu_slow_fields_seconds: float = field(
+        default=30.0,
+        metadata={
+            "min": 0.0,
+            "help": "refresh the expensive NVML fields (energy, violation counters, PCIe "
+            "replays, max clock, temperature thresholds) at most this often; 0 = every "
+            "scrape. 30 s is dcgm-exporter's default interval; on an H100 these calls cost "
+            "0.4-2.4 ms each (bench/nvml_calls.py) against ~2 us for the rest",
+        },
+    )
     disk_exclude: str = field(
         default=DEFAULT_DISK_EXCLUDE,
         metadata={"help": "regex of /proc/diskstats device names to skip"},

@@ -2,10 +2,10 @@
 
 Layout (JSON, or YAML when PyYAML is installed)::
 
-    {"bf16": {"NVIDIA H100 80GB HBM3": {"floor_tflops": 680, "source": "..."}},
+    {"bf16": {"NVIDIA H100 80GB HBM3": {"floor_tflops": 630, "source": "..."}},
      "fp8": {...}}
 
-A model may also map straight to a number (``"NVIDIA H100 80GB HBM3": 680``). The
+A model may also map straight to a number (``"NVIDIA H100 80GB HBM3": 630``). The
 shipped table is JSON so the burn-in loads it on a GPU box without PyYAML.
 """
 

@@ -475,7 +475,7 @@ def build() -> dict[str, Any]:
                 "Whether each collector's last collect worked.",
                 [target(on_node("sentinel_collector_success", N), "{{collector}}")],
                 mappings=(("1", "OK", "green"), ("0", "FAILED", "red")),
-                w=8,
+                w=6,
             )
         )
         .with_panel(
@@ -484,7 +484,16 @@ def build() -> dict[str, Any]:
                 "Time each collector took; a slow collector delays the whole scrape.",
                 [target(on_node("sentinel_collector_duration_seconds", N), "{{collector}}")],
                 unit="s",
-                w=8,
+                w=6,
+            )
+        )
+        .with_panel(
+            timeseries_panel(
+                "Textfile age",
+                "Seconds since each exported textfile (burn-in results) was written.",
+                [target(f"time() - {on_node('sentinel_textfile_mtime_seconds', N)}", "{{file}}")],
+                unit="s",
+                w=6,
             )
         )
         .with_panel(
@@ -494,7 +503,7 @@ def build() -> dict[str, Any]:
                 [target(f"sentinel_agent_info{{{N}}}", instant=True, table=True)],
                 rename={"Value": "info"},
                 hide=("Time", "__name__", "job", "Value"),
-                w=8,
+                w=6,
             )
         )
     )

@@ -371,7 +371,9 @@ def set_rng_state(st: dict[str, Any]) -> None:
 
     py = st["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
-    torch.set_rng_state(st["torch"])
+    # A checkpoint loaded with map_location="cuda" brings the RNG byte tensors to the
+    # GPU; torch only takes them back as CPU ByteTensors.
+    torch.set_rng_state(st["torch"].cpu())
     if "numpy" in st:
         try:
             import numpy as np
@@ -381,7 +383,7 @@ def set_rng_state(st: dict[str, Any]) -> None:
             name, keys, pos, has_gauss, cached = st["numpy"]
             np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
     if "cuda" in st and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(st["cuda"])
+        torch.cuda.set_rng_state_all([t.cpu() for t in st["cuda"]])
 
 
 def training_state(

@@ -53,7 +53,13 @@ class GpuCollector(Collector):
 
     def __init__(self, ctx: Context, nvml_factory: Callable[[], Nvml] | None = None) -> None:
         super().__init__(ctx)
-        self._factory = nvml_factory or (lambda: Nvml(ctx.nvml_backend))
+        self._factory = nvml_factory or (
+            lambda: Nvml(
+                ctx.nvml_backend,
+                slow_refresh_seconds=ctx.config.gpu_slow_fields_seconds,
+                monotonic=ctx.monotonic,
+            )
+        )
         self._nvml: Nvml | None = None
         self._devices: list[DeviceInfo] = []
         self._unavailable: str | None = None

@@ -17,7 +17,7 @@ from sentinel.agent.nvml import CLOCK_EVENT_REASONS, Nvml, NvmlUnavailable
 from sentinel.agent.nvml_replay import ReplayBackend
 from tests.unit.agent.conftest import H100, make_ctx, samples, value
 
-UUID = "GPU-2ea182e4-2277-007f-8402-a4b297b8ee32"
+UUID = "GPU-52cb8648-0d3c-f8e6-e869-4d0d404c50f2"
 
 
 def load(phase: str) -> dict:
@@ -71,7 +71,7 @@ def test_values_match_the_dump(tmp_path, phase):
         pytest.approx(d["utilization"]["gpu"] / 100)
     assert value(text, "sentinel_gpu_memory_utilization_ratio", **lab) == \
         pytest.approx(d["utilization"]["memory"] / 100)
-    assert value(text, "sentinel_gpu_memory_used_bytes", **lab) == d["memory_info"]["used"]
+    assert value(text, "sentinel_gpu_memory_used_bytes", **lab) == d["memory_info_v2"]["used"]
     assert value(text, "sentinel_gpu_memory_total_bytes", **lab) == d["memory_info"]["total"]
     assert value(text, "sentinel_gpu_power_watts", **lab) == \
         pytest.approx(d["power_usage_mw"] / 1000)
@@ -157,7 +157,8 @@ def test_a_gpu_whose_query_errors_reports_up_0_and_keeps_its_other_series(tmp_pa
     ss = samples(text)
     assert not any(n == "sentinel_gpu_power_watts" and ("gpu", "1") in ls for n, ls in ss)
     assert not any(n == "sentinel_gpu_temperature_celsius" and ("gpu", "1") in ls for n, ls in ss)
-    assert value(ss, "sentinel_gpu_temperature_celsius", gpu="0") == 50
+    temp0 = load("load")["devices"][0]["temperature_gpu"]
+    assert value(ss, "sentinel_gpu_temperature_celsius", gpu="0") == temp0
     assert value(ss, "sentinel_gpu_memory_used_bytes", gpu="1") > 0
 
 
@@ -187,7 +188,9 @@ def test_lost_gpu_keeps_only_up_0_and_the_other_gpu_is_untouched(tmp_path):
     gpu1 = [n for n, ls in after if ("gpu", "1") in ls]
     assert gpu1 == ["sentinel_gpu_up"]
     assert value(after, "sentinel_gpu_up", gpu="0") == 1
-    assert value(after, "sentinel_gpu_power_watts", gpu="0") == pytest.approx(692.483)
+    assert value(after, "sentinel_gpu_power_watts", gpu="0") == pytest.approx(
+        load("load")["devices"][0]["power_usage_mw"] / 1000
+    )
 
 
 def test_lost_gpu_is_flagged_by_the_wrapper(tmp_path):
@@ -259,3 +262,62 @@ def test_replay_file_errors_are_clear(tmp_path):
         ReplayBackend.from_file(bad)
     with pytest.raises(ValueError, match="cannot read"):
         ReplayBackend.from_file(tmp_path / "missing.json")
+
+
+class _Counting:
+    """Wrap a replay backend and count the calls made to it, by name."""
+
+    def __init__(self, inner):
+        self._inner = inner
+        self.calls: dict[str, int] = {}
+
+    def __getattr__(self, name):
+        attr = getattr(self._inner, name)
+        if not callable(attr) or not name.startswith("nvmlDevice"):
+            return attr
+
+        def counted(*a, **k):
+            self.calls[name] = self.calls.get(name, 0) + 1
+            return attr(*a, **k)
+
+        return counted
+
+
+def test_slow_fields_are_cached_between_refreshes():
+    clock = [100.0]
+    backend = _Counting(ReplayBackend(load("load")))
+    nv = Nvml(backend, slow_refresh_seconds=30.0, monotonic=lambda: clock[0])
+    nv.init()
+    first = nv.sample(0)
+    assert first.energy_j is not None and first.violation_ns and first.sm_clock_max_hz
+    energy_calls = backend.calls["nvmlDeviceGetTotalEnergyConsumption"]
+    temp_calls = backend.calls["nvmlDeviceGetTemperature"]
+    clock[0] += 10
+    second = nv.sample(0)
+    # Cheap fields are read on every sample, expensive ones come from the cache ...
+    assert backend.calls["nvmlDeviceGetTemperature"] == temp_calls + 1
+    assert backend.calls["nvmlDeviceGetTotalEnergyConsumption"] == energy_calls
+    assert second.energy_j == first.energy_j and second.violation_ns == first.violation_ns
+    # ... until the refresh interval has passed.
+    clock[0] += 25
+    nv.sample(0)
+    assert backend.calls["nvmlDeviceGetTotalEnergyConsumption"] == energy_calls + 1
+
+
+def test_no_caching_when_refresh_is_zero():
+    backend = _Counting(ReplayBackend(load("load")))
+    nv = Nvml(backend)
+    nv.init()
+    nv.sample(0)
+    nv.sample(0)
+    assert backend.calls["nvmlDeviceGetTotalEnergyConsumption"] == 2
+
+
+def test_memory_used_is_v2_like_nvidia_smi():
+    """v1 counts reserved memory as used; nvidia-smi (and the agent) report v2."""
+    dump = load("load")
+    nv = Nvml(ReplayBackend(dump))
+    nv.init()
+    s = nv.sample(0)
+    v2 = dump["devices"][0]["memory_info_v2"]
+    assert s.memory_used_bytes == v2["used"] != dump["devices"][0]["memory_info"]["used"]

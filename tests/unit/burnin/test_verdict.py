@@ -126,14 +126,14 @@ def test_all_slow_node_is_caught_by_the_model_floor():
     recs = [make_record(i, tflops=600.0) for i in range(8)]
     verdicts = judge(recs, SHIPPED)
     assert all(v.verdict is Verdict.LOW_FLOPS for v in verdicts)
-    assert "below the 680 TFLOPS floor for NVIDIA H100 80GB HBM3 bf16" in (
+    assert "below the 630 TFLOPS floor for NVIDIA H100 80GB HBM3 bf16" in (
         verdicts[0].problems[0].evidence)
 
 
 def test_one_gpu_node_below_baseline():
     v = judge([make_record(0, tflops=500.0)], SHIPPED)[0]
     assert v.verdict is Verdict.LOW_FLOPS
-    assert v.baseline_tflops == 680.0
+    assert v.baseline_tflops == 630.0
     assert judge([make_record(0, tflops=735.0)], SHIPPED)[0].ok
 
 
