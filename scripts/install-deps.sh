@@ -22,6 +22,7 @@ fi
 
 # Node.js and npm type-check the Grafana dashboards against @grafana/schema.
 if ! command -v npm >/dev/null 2>&1; then
+  apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm
 fi
 if [ -f tests/typescript/package.json ] && [ ! -d tests/typescript/node_modules ]; then
@@ -29,6 +30,5 @@ if [ -f tests/typescript/package.json ] && [ ! -d tests/typescript/node_modules 
 fi
 
 # torch 2.13.0 resolves to the local CPU build on the project's machines (see README).
-python3 -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 python3 -m pip install -q 'torch==2.13.0'
 python3 -m pip install -q -e '.[dev,torch]'
