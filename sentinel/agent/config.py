@@ -91,10 +91,11 @@ class AgentConfig:
         default=30.0,
         metadata={"help": "window for tokens/sec", "min": 1.0, "max": 3600.0},
     )
-    # A job silent for 10 minutes has ended or hung; the hang is visible before that
-    # through seconds_since_last_report, and expiring bounds the series count.
+    # A job silent for an hour has ended or hung. Long enough that a hang stays visible
+    # (SentinelJobStoppedReporting fires at 5 minutes and stays red until expiry), short
+    # enough that finished jobs' series go; max_jobs bounds the series count regardless.
     job_expiry_seconds: float = field(
-        default=600.0,
+        default=3600.0,
         metadata={"help": "forget a job after this long without reports", "min": 5.0},
     )
     # 4 MiB holds ~25k step datagrams: seconds of backlog even with many ranks.

@@ -12,6 +12,7 @@ answers the same calls from a captured dump.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -236,6 +237,12 @@ class Nvml:
                 self._memory_v2 = False
         return b.nvmlDeviceGetMemoryInfo(h)
 
+    def _get(self, s: GpuSample, what: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """Call ``fn`` unless the GPU is already known lost (each call would fail slowly)."""
+        if s.gpu_lost:
+            raise _Missing(what)
+        return self._call(s, what, fn, *args)
+
     def _call(self, s: GpuSample, what: str, fn: Callable[..., Any], *args: Any) -> Any:
         """Call ``fn``; on an NVML error record it in ``s`` and raise _Missing."""
         b = self._backend
@@ -288,10 +295,7 @@ class Nvml:
     def _sample_into(self, s: GpuSample, h: Any) -> None:  # noqa: C901 - one field each
         b = self._backend
 
-        def get(what: str, fn: Callable[..., Any], *args: Any) -> Any:
-            if s.gpu_lost:  # once lost, every further call would fail slowly
-                raise _Missing(what)
-            return self._call(s, what, fn, *args)
+        get = functools.partial(self._get, s)
 
         try:
             s.temperature_c = float(get("temperature", b.nvmlDeviceGetTemperature, h,
@@ -370,10 +374,7 @@ class Nvml:
         """Read the fields that are expensive (0.4-2.4 ms each on an H100) or static."""
         b = self._backend
 
-        def get(what: str, fn: Callable[..., Any], *args: Any) -> Any:
-            if s.gpu_lost:
-                raise _Missing(what)
-            return self._call(s, what, fn, *args)
+        get = functools.partial(self._get, s)
 
         try:
             s.slowdown_temperature_c = float(get("slowdown_temperature",
