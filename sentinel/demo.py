@@ -1,9 +1,11 @@
 """``sentinel demo``: run the agent here with a small synthetic job reporting to it.
 
-For now (issue 2) this is the agent in the foreground plus a built-in job that reports
-steps through the real :class:`sentinel.train.Reporter`, so every family shows up on
-``/metrics``. Without a GPU, GPU series come from the captured H100 dump in
-``tests/fixtures/h100`` and the output says so. Ctrl-C stops it.
+The agent in the foreground plus a built-in job that reports steps through the real
+:class:`sentinel.train.Reporter`, so every family shows up on ``/metrics``. The job feeds
+one bad batch (a loss spike at step :data:`SPIKE_STEP`); the rules engine's loss-spike
+detector follows the job through the agent's step stream and prints the finding, with the
+batches a rollback should skip. Without a GPU, GPU series come from the captured H100
+dump in ``tests/fixtures/h100`` and the output says so. Ctrl-C stops it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,10 @@ DEMO_JOB = "demo-gpt"
 REPLAY = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "h100" / "nvml_load.json"
 # A 0.2 s step gives a lively step-time histogram and tokens/sec without using the CPU.
 STEP_SECONDS = 0.2
+# The bad batch: late enough for the detector's baseline (it learns over 20+ steps).
+SPIKE_STEP = 120
+SPIKE_STEPS = 3
+DETECT_EVERY_S = 2.0
 
 
 def register(subparsers: Any) -> None:
@@ -32,10 +38,12 @@ def register(subparsers: Any) -> None:
                    help="HOST:PORT for the agent (default 127.0.0.1:9464)")
     p.add_argument("--seconds", type=float, default=0.0,
                    help="stop after this long (default: run until Ctrl-C)")
+    p.add_argument("--step-seconds", type=float, default=STEP_SECONDS,
+                   help=f"time between the synthetic job's steps (default {STEP_SECONDS})")
     p.set_defaults(func=run)
 
 
-def _job(socket_path: str, stop: threading.Event) -> None:
+def _job(socket_path: str, stop: threading.Event, step_seconds: float) -> None:
     """Report a decaying loss with noise, 4 ranks, until stopped."""
     from sentinel.train.reporter import Reporter  # noqa: PLC0415
 
@@ -45,13 +53,40 @@ def _job(socket_path: str, stop: threading.Event) -> None:
     step = 0
     while not stop.is_set():
         base = 2.0 + 8.0 * math.exp(-step / 300.0)
+        if SPIKE_STEP <= step < SPIKE_STEP + SPIKE_STEPS:
+            base *= 3.0  # a corrupted batch: every rank's loss jumps
         for r, rep in enumerate(reps):
             rep.step(step, loss=base + rng.gauss(0, 0.05), tokens=8 * 2048,
                      grad_norm=1.0 + abs(rng.gauss(0, 0.2)), samples=8)
             if step % 100 == 0 and r == 0:
                 rep.event("checkpoint_saved", step=step)
         step += 1
-        stop.wait(STEP_SECONDS)
+        stop.wait(step_seconds)
+
+
+def _detect(base_url: str, stop: threading.Event) -> None:
+    """Follow the job's step stream and print each new loss-spike finding."""
+    from sentinel.rules.detectors import loss_spike  # noqa: PLC0415
+    from sentinel.rules.sources import SourceError, StepStream  # noqa: PLC0415
+    from sentinel.rules.window import Window  # noqa: PLC0415
+
+    stream = StepStream(base_url, DEMO_JOB)
+    seen: set[tuple[str, int | None]] = set()
+    while not stop.wait(DETECT_EVERY_S):
+        try:
+            stream.poll()
+        except SourceError as e:
+            log.debug("demo detector: %s", e)
+            continue
+        for f in loss_spike.detect(Window(job=DEMO_JOB, steps=list(stream.steps)),
+                                   loss_spike.Params()):
+            key = (f.kind, f.step_start)
+            if key in seen:
+                continue
+            seen.add(key)
+            print(f"finding: {f.summary}\n"
+                  f"  steps {f.step_start}-{f.step_end}, severity {f.severity}, "
+                  f"suggested action {f.suggested_action}", flush=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -87,16 +122,19 @@ def run(args: argparse.Namespace) -> int:
     server = HttpServer(host, port, agent)
     server.start()
     stop = threading.Event()
-    job = threading.Thread(target=_job, args=(sock, stop), daemon=True)
+    job = threading.Thread(target=_job, args=(sock, stop, args.step_seconds), daemon=True)
     job.start()
     base = f"http://{host}:{server.address[1]}"
+    detector = threading.Thread(target=_detect, args=(base, stop), daemon=True)
+    detector.start()
     print(f"""sentinel demo: the agent is running on this machine.
   metrics      {base}/metrics
   health       {base}/healthz
   step stream  {base}/api/v1/steps?job={DEMO_JOB}&since=0
   socket       {sock}   (point a Reporter at it: SENTINEL_AGENT_SOCKET={sock})
   GPUs         {gpu_note}
-  job          '{DEMO_JOB}': 4 ranks reporting a step every {STEP_SECONDS}s
+  job          '{DEMO_JOB}': 4 ranks reporting a step every {args.step_seconds}s,
+               with a bad batch at step {SPIKE_STEP} for the loss-spike detector to find
 Ctrl-C stops it.""", flush=True)
     try:
         if args.seconds > 0:
@@ -109,6 +147,7 @@ Ctrl-C stops it.""", flush=True)
     finally:
         stop.set()
         job.join(5)
+        detector.join(5)
         server.stop()
         agent.close()
     return 0
