@@ -71,7 +71,7 @@ def _detect(base_url: str, stop: threading.Event) -> None:
     from sentinel.rules.window import Window  # noqa: PLC0415
 
     stream = StepStream(base_url, DEMO_JOB)
-    seen: set[tuple[str, int | None]] = set()
+    seen: dict[tuple[str, int | None], str] = {}
     while not stop.wait(DETECT_EVERY_S):
         try:
             stream.poll()
@@ -81,10 +81,11 @@ def _detect(base_url: str, stop: threading.Event) -> None:
         for f in loss_spike.detect(Window(job=DEMO_JOB, steps=list(stream.steps)),
                                    loss_spike.Params()):
             key = (f.kind, f.step_start)
-            if key in seen:
+            prev = seen.get(key)
+            if prev == f.summary:
                 continue
-            seen.add(key)
-            print(f"finding: {f.summary}\n"
+            seen[key] = f.summary  # print again when the classification moves on
+            print(f"{'finding' if prev is None else 'update'}: {f.summary}\n"
                   f"  steps {f.step_start}-{f.step_end}, severity {f.severity}, "
                   f"suggested action {f.suggested_action}", flush=True)
 
