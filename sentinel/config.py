@@ -13,6 +13,7 @@ variables ``SENTINEL_<SECTION>_<KEY>`` (upper case), then explicit overrides (fl
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -116,14 +117,20 @@ def _coerce(key: str, value: Any, tp: Any, from_text: bool) -> Any:
     if tp is float:
         if isinstance(value, bool):
             raise ConfigError(f"{key}: {value!r} is not a number")
+        num: float | None = None
         if isinstance(value, int | float):
-            return float(value)
-        if isinstance(value, str):
+            num = float(value)
+        elif isinstance(value, str):
             try:
-                return float(value.strip())
+                num = float(value.strip())
             except ValueError:
                 pass
-        raise ConfigError(f"{key}: {value!r} is not a number")
+        if num is None:
+            raise ConfigError(f"{key}: {value!r} is not a number")
+        # NaN passes every min/max check and inf overflows timeouts: neither is a setting.
+        if not math.isfinite(num):
+            raise ConfigError(f"{key}: {value!r} is not a finite number (valid: e.g. 5.0)")
+        return num
     if tp is str:
         if isinstance(value, str):
             return value

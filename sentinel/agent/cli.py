@@ -94,6 +94,26 @@ class _MiniNotifier:
             log.debug("sd_notify: %s", e)
 
 
+def watchdog_interval(configured: float, env: dict[str, str] | None = None) -> float:
+    """Return how often to check health and feed the watchdog.
+
+    systemd passes ``WatchdogSec`` as ``$WATCHDOG_USEC``; feeding less often than half
+    of it (sd_watchdog_enabled's advice) would get a healthy agent killed in a loop, so
+    a longer ``agent.watchdog_interval_seconds`` is shortened, with a warning.
+    """
+    raw = (os.environ if env is None else env).get("WATCHDOG_USEC", "")
+    try:
+        limit = int(raw) / 2e6
+    except ValueError:
+        return configured
+    if 0 < limit < configured:
+        log.warning("agent.watchdog_interval_seconds %.1f is not under half of systemd's "
+                    "WatchdogSec (%.1fs): feeding the watchdog every %.1fs instead",
+                    configured, 2 * limit, limit)
+        return limit
+    return configured
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the agent; return the exit code."""
     from sentinel.agent.agent import Agent  # noqa: PLC0415 - keep `sentinel --help` fast
@@ -147,6 +167,7 @@ def run(args: argparse.Namespace) -> int:
              bound[0], bound[1], ",".join(c.name for c in agent.collectors),
              cfg.socket or "off", cfg.udp_address or "off")
     notifier = _notifier()
+    interval = watchdog_interval(cfg.watchdog_interval_seconds)
     if notifier:
         notifier.notify("READY=1")
     was_healthy = True
@@ -165,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
                 for job in agent.training.store.expire():
                     log.info("job %s expired after %.0fs without reports", job,
                              cfg.job_expiry_seconds)
-            stop.wait(cfg.watchdog_interval_seconds)
+            stop.wait(interval)
     finally:
         if notifier:
             notifier.notify("STOPPING=1")

@@ -87,6 +87,12 @@ class _Handler(BaseHTTPRequestHandler):
         if tr is None:
             self._json(404, {"error": "the training collector is disabled on this agent"})
             return
+        unknown = sorted(set(q) - {"job", "since", "rank"})
+        if unknown:
+            # A misspelt "since" would otherwise silently return the whole ring.
+            self._json(400, {"error": f"unknown parameter {unknown[0]!r} "
+                                      "(valid: job, since, rank)"})
+            return
         job = (q.get("job") or [""])[0]
         if not job:
             self._json(400, {"error": "missing parameter 'job' (e.g. ?job=myrun&since=0)"})

@@ -173,6 +173,15 @@ class StepStore:
         cutoff = now - self.rate_window
         while rank.window and rank.window[0][0] <= cutoff:
             rank.window.popleft()
+        if len(rank.window) == rank.window.maxlen and len(rank.window) > 1:
+            # The entry cap pushed reports out before they left the window: dividing by
+            # the full window would understate the rate, so use the span the entries
+            # cover (the oldest entry's tokens belong to the time before that span).
+            oldest, oldest_tokens = rank.window[0]
+            covered = now - oldest
+            if covered <= 0:
+                return 0.0
+            return (sum(t for _, t in rank.window) - oldest_tokens) / covered
         span = min(self.rate_window, now - rank.first_seen)
         if span <= 0:
             return 0.0
@@ -192,12 +201,13 @@ class StepStore:
     def steps(self, job: str, since: int, rank: int | None = None) -> list[dict[str, Any]]:
         """Return the ring's records of ``job`` with step >= since, by (step, rank).
 
-        Raises KeyError if the job is unknown.
+        Returns copies: callers (the HTTP handler) rewrite NaN for JSON, and the ring's
+        own records must keep their float values. Raises KeyError if the job is unknown.
         """
         with self.lock:
             state = self.jobs[job]
             recs = [
-                r for r in state.ring
+                dict(r) for r in state.ring
                 if r["step"] >= since and (rank is None or r["rank"] == rank)
             ]
         recs.sort(key=lambda r: (r["step"], r["rank"]))

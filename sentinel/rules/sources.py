@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections import deque
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,6 +18,10 @@ from sentinel.rules.window import Series, StepPoint, Window
 # Records kept per job between cycles; the agent's own ring is 20,000 per job.
 STEP_CACHE = 20000
 HTTP_TIMEOUT_S = 10.0
+# A poll that brings nothing new reads the whole ring to look for a rolled-back job's
+# repeated steps; at most this often, so a stalled or finished job (kept by the agent for
+# an hour) costs one full read a minute, not one per cycle.
+ROLLBACK_PROBE_S = 60.0
 
 
 class SourceError(RuntimeError):
@@ -73,48 +79,105 @@ class PrometheusSource:
 
 
 class StepStream:
-    """Follow one job's steps through the agent's ``/api/v1/steps`` (bounded cache)."""
+    """Follow one job's steps through the agent's ``/api/v1/steps`` (bounded cache).
+
+    Each poll asks for the steps from the newest step seen, that step included, because
+    the ranks of a job report the same step at slightly different moments: asking from
+    the step after would lose a rank that reported it after the previous poll. Records
+    are told apart by (step, rank, time). A job rolled back to an earlier checkpoint
+    reports steps it already reported, which a ``since`` query cannot see; when a poll
+    brings nothing new (or a step seen before comes again with a new time) the stream
+    reads the agent's whole ring for the job, at most once per ``probe_interval_s``,
+    and appends the records newer than the newest seen, so the detectors see the steps
+    go back (``loss_spike`` treats that as a resume).
+    """
 
     def __init__(self, agent_url: str, job: str, timeout: float = HTTP_TIMEOUT_S,
-                 session: requests.Session | None = None) -> None:
+                 session: requests.Session | None = None,
+                 probe_interval_s: float = ROLLBACK_PROBE_S,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self.url = agent_url.rstrip("/") + "/api/v1/steps"
         self.job = job
         self.timeout = timeout
         self.session = session or requests.Session()
         self.steps: deque[StepPoint] = deque(maxlen=STEP_CACHE)
+        self.probe_interval_s = probe_interval_s
+        self.monotonic = monotonic
         self._since = 0
+        # Keys (step, rank, time) of the records at step ``_since``: the only ones a
+        # poll returns again. Bounded by the agent's ranks per job.
+        self._at_since: set[tuple[int, Any, Any]] = set()
+        self._newest_time: float | None = None
+        self._last_probe: float | None = None
+        # Several rules may read the same stream from the engine's fetch threads.
+        self._lock = threading.Lock()
 
-    def poll(self) -> int:
-        """Fetch steps newer than the last seen; return how many arrived."""
+    def _get(self, since: int) -> list[dict[str, Any]]:
         try:
-            r = self.session.get(self.url, params={"job": self.job, "since": str(self._since)},
+            r = self.session.get(self.url, params={"job": self.job, "since": str(since)},
                                  timeout=self.timeout)
         except requests.RequestException as e:
             raise SourceError(f"agent {self.url}: {e}") from e
         if r.status_code != 200:
             raise SourceError(f"agent {self.url}?job={self.job}: HTTP {r.status_code}: "
                               f"{r.text[:200]}")
-        body = r.json()
-        new = 0
-        last = self._since - 1
-        for rec in body.get("steps", []):
-            step = int(rec["step"])
-            if step < self._since:
-                continue
+        try:
+            steps = r.json().get("steps", [])
+        except (ValueError, AttributeError) as e:
+            raise SourceError(f"agent {self.url}?job={self.job}: not a JSON step list "
+                              f"({e})") from e
+        return list(steps)
+
+    def _point(self, rec: dict[str, Any]) -> StepPoint:
+        try:
             gn = rec.get("grad_norm")
-            self.steps.append(StepPoint(
-                step=step, loss=_float(rec["loss"]),
+            return StepPoint(
+                step=int(rec["step"]), loss=_float(rec["loss"]),
                 grad_norm=None if gn is None else _float(gn),
                 time=float(rec["time"]) if rec.get("time") is not None else None,
                 node=rec.get("host"), rank=rec.get("rank"),
-            ))
-            last = max(last, step)
-            new += 1
-        # Next time ask only for steps after the newest seen (the agent orders by step).
-        self._since = last + 1 if new else self._since
-        return new
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise SourceError(f"agent {self.url}?job={self.job}: bad step record {rec!r} "
+                              f"({e!r})") from e
+
+    def _append(self, points: list[StepPoint]) -> None:
+        for p in points:
+            self.steps.append(p)
+            if p.time is not None and (self._newest_time is None or p.time > self._newest_time):
+                self._newest_time = p.time
+            if p.step > self._since:
+                self._since, self._at_since = p.step, set()
+            if p.step == self._since:
+                self._at_since.add((p.step, p.rank, p.time))
+
+    def poll(self) -> int:
+        """Fetch steps not seen yet (including a rolled-back job's repeats); return how many."""
+        with self._lock:
+            points = [self._point(rec) for rec in self._get(self._since)]
+            new = [p for p in points if (p.step, p.rank, p.time) not in self._at_since]
+            # A step seen before, reported again with another time: the job went back.
+            repeated = any((p.step, p.rank) == (k[0], k[1])
+                           for p in new for k in self._at_since)
+            now = self.monotonic()
+            if (repeated or not new) and self._newest_time is not None and (
+                    self._last_probe is None
+                    or now - self._last_probe >= self.probe_interval_s or repeated):
+                self._last_probe = now
+                newest = self._newest_time
+                after = [self._point(rec) for rec in self._get(0)]
+                after = [p for p in after if p.time is not None and p.time > newest]
+                if after:
+                    # The agent orders by (step, rank): the rerun's steps, oldest first.
+                    self._since, self._at_since = -1, set()
+                    self._append(after)
+                    return len(after)
+            self._append(new)
+            return len(new)
 
     def window(self, rule: Rule, now: float) -> Window:
         """Poll and return the cached steps as a window."""
         self.poll()
-        return Window(job=self.job, steps=list(self.steps), now=now)
+        with self._lock:
+            steps = list(self.steps)
+        return Window(job=self.job, steps=steps, now=now)

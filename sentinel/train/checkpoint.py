@@ -173,11 +173,17 @@ class CheckpointStore:
         name = _file_name(step)
         final = self.dir / name
         tmp = self.dir / f".{name}.tmp-{os.getpid()}"
-        with open(tmp, "wb") as f:
-            w = _HashingWriter(f)
-            torch.save({"sentinel_step": step, "state": state}, w)  # type: ignore[arg-type]
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(tmp, "wb") as f:
+                w = _HashingWriter(f)
+                torch.save({"sentinel_step": step, "state": state}, w)  # type: ignore[arg-type]
+                f.flush()
+                os.fsync(f.fileno())
+        except BaseException:
+            # A failed save (disk full, unpicklable state) must not leave a partial file
+            # per attempt behind: this PID is alive, so start-up cleaning would keep them.
+            tmp.unlink(missing_ok=True)
+            raise
         os.replace(tmp, final)
         fsync_dir(self.dir)
         entry = CheckpointInfo(step, name, w.size, w.sha.hexdigest(), time.time())
@@ -323,8 +329,14 @@ class CheckpointStore:
         """Turn verified checkpoint bytes into the saved state dict."""
         import torch
 
-        obj = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
-        state: dict[str, Any] = obj["state"]
+        try:
+            obj = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+            state: dict[str, Any] = obj["state"]
+        except Exception as e:  # noqa: BLE001 - torch raises many kinds; all mean "cannot load"
+            raise CheckpointError(
+                f"checkpoint verifies but cannot be loaded ({type(e).__name__}: {e}); was it "
+                "saved by another sentinel/torch version or with objects weights_only refuses?"
+            ) from e
         return state
 
     def load(self, step: int, map_location: Any = "cpu") -> dict[str, Any]:

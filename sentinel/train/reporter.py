@@ -53,6 +53,21 @@ def _detect_gpu_uuid() -> str | None:
     return uuid if uuid.startswith(("GPU-", "MIG-")) else f"GPU-{uuid}"
 
 
+def _numbers(extra: dict[str, Any]) -> dict[str, float]:
+    """Keep the extras the agent accepts: numbers (tensors and numpy scalars too)."""
+    out: dict[str, float] = {}
+    for k, v in extra.items():
+        if len(out) >= protocol.MAX_EXTRA_KEYS:
+            break
+        if isinstance(v, str | bytes):
+            continue  # float("1e-3") would work, but a string is not a metric
+        try:
+            out[k] = float(v)
+        except (TypeError, ValueError):
+            continue
+    return out
+
+
 class Reporter:
     """Send one small datagram per step (and per event) to the local agent."""
 
@@ -150,10 +165,17 @@ class Reporter:
         samples: int | None = None,
         **extra: float,
     ) -> None:
-        """Report one finished step. Never blocks, never raises."""
+        """Report one finished step. Never blocks, never raises.
+
+        ``extra`` values that are not numbers (``lr=sched.get_last_lr()`` is a list) are
+        left out, and at most ``protocol.MAX_EXTRA_KEYS`` are sent: the agent drops a
+        whole datagram with a bad extra, which would lose the step itself.
+        """
         if not self.enabled:
             return
         try:
+            if extra:
+                extra = _numbers(extra)
             data = protocol.encode_step(
                 self._step_prefix,
                 step,

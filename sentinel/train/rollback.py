@@ -32,6 +32,7 @@ import os
 import re
 import secrets
 import signal
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -196,15 +197,29 @@ def read_result(run_dir: str | Path, request_id: str) -> dict[str, Any] | None:
 
 
 def job_pids(run_dir: str | Path) -> list[int]:
-    """Return the PIDs the job's ranks recorded in the run directory."""
+    """Return the PIDs the job's ranks on this host recorded in the run directory.
+
+    The run directory is shared by every node of a job; a PID recorded on another host
+    names some other process here, which SIGUSR1 would kill (its default action).
+    Signalling one rank is enough, so ranks of other hosts are left out.
+    """
     out = []
+    here = socket.gethostname()
     d = Path(run_dir) / CONTROL_DIR / PID_DIR
     if d.is_dir():
         for p in sorted(d.glob("*.pid")):
             try:
-                out.append(int(p.read_text().strip()))
-            except (OSError, ValueError):
-                log.warning("ignoring unreadable pid file %s", p)
+                rec = json.loads(p.read_text())
+                if isinstance(rec, dict):
+                    if rec.get("host") != here:
+                        log.info("not signalling %s: rank on host %s", p, rec.get("host"))
+                        continue
+                    rec = rec["pid"]
+                if isinstance(rec, bool) or not isinstance(rec, int):
+                    raise ValueError(f"expected a PID, got {rec!r}")
+                out.append(rec)
+            except (OSError, ValueError, KeyError) as e:
+                log.warning("ignoring unreadable pid file %s (%s)", p, e)
     return out
 
 
@@ -292,7 +307,7 @@ class RollbackHandler:
         pid_dir = self.run_dir / CONTROL_DIR / PID_DIR
         pid_dir.mkdir(parents=True, exist_ok=True)
         self._pid_file = pid_dir / f"rank-{self.rank}.pid"
-        write_json_atomic(self._pid_file, os.getpid())
+        write_json_atomic(self._pid_file, {"pid": os.getpid(), "host": socket.gethostname()})
         self._previous_handler = signal.signal(ROLLBACK_SIGNAL, self._on_signal)
 
     def uninstall(self) -> None:
@@ -379,7 +394,11 @@ class RollbackHandler:
             except (OSError, ValueError, RollbackError) as e:
                 self._reject(path, f"unreadable request ({e})")
                 continue
-            if not isinstance(sig, str) or not hmac.compare_digest(sig, sign(req, self._token)):
+            # Compare bytes: compare_digest raises TypeError on a non-ASCII str, and one
+            # such junk file would then block every request behind it.
+            if not isinstance(sig, str) or not hmac.compare_digest(
+                sig.encode("utf-8"), sign(req, self._token).encode("ascii")
+            ):
                 self._reject(path, "missing or wrong signature (not signed with this run's token)")
                 continue
             if path.stem != req.id or result_path(self.run_dir, req.id).exists():
@@ -436,14 +455,17 @@ class RollbackHandler:
 
     def _apply(self, req: RollbackRequest, step: int, started: float) -> RollbackOutcome | None:
         t0 = time.monotonic()
-        data: bytes | None = None
+        state: dict[str, Any] | None = None
         problem = ""
         try:
-            data = self.store.read_verified(req.to_step)
+            # Deserialise before the vote too: a file that verifies but does not load
+            # must be refused by all ranks, not raise on some after the others agreed.
+            state = self.store.deserialize(self.store.read_verified(req.to_step),
+                                           self.map_location)
         except CheckpointError as e:
             problem = str(e)
         t_read = time.monotonic()
-        if not self._all_reduce_int(0 if data is None else 1, "MIN"):
+        if not self._all_reduce_int(0 if state is None else 1, "MIN"):
             reason = problem or "another rank could not verify the checkpoint (see its log)"
             reason = f"rank {self.rank}: {reason}"
             self._write_result(req, {"status": "refused", "reason": reason, "step": step})
@@ -451,17 +473,21 @@ class RollbackHandler:
                 (self.run_dir / REQUEST_DIR / f"{req.id}.json").unlink(missing_ok=True)
             self._report_refused(req.id, reason, step)
             return None
-        assert data is not None
-        state = self.store.deserialize(data, self.map_location)
-        del data
+        assert state is not None
         self.restore(state)
+        del state
+        if self.rank == 0:
+            # Abandon the newer checkpoints before the skip plan is saved: a crash between
+            # the two then restarts from ``to_step`` and re-applies the pending request.
+            # The other order would restart past the spike with the ranges already in the
+            # plan, and the re-found request would be refused as overlapping.
+            self.store.abandon_after(req.to_step, f"rollback {req.id} from step {step}")
         self.skip_plan.add(req.skip, added_by=req.requested_by or "rollback",
                            reason=f"rollback {req.id}: {req.reason}", save=self.rank == 0)
         t_done = time.monotonic()
         outcome = RollbackOutcome(req, step, req.to_step, t_read - t0, t_done - t_read,
                                   t_done - started)
         if self.rank == 0:
-            self.store.abandon_after(req.to_step, f"rollback {req.id} from step {step}")
             self._write_result(req, {
                 "status": "done", "from_step": step, "to_step": req.to_step,
                 "skip": [list(r) for r in req.skip], "read_s": outcome.read_s,

@@ -67,3 +67,51 @@ def test_unknown_job_is_a_clear_source_error(tmp_path):
     with run_agent(tmp_path) as agent:
         with pytest.raises(SourceError, match="unknown job 'nope'"):
             StepStream(agent.url, "nope").poll()
+
+
+def _poll_until(stream: StepStream, n: int) -> None:
+    deadline = time.monotonic() + 10
+    while len(stream.steps) < n and time.monotonic() < deadline:
+        try:
+            stream.poll()
+        except SourceError:  # 404 until the agent has read the job's first datagram
+            pass
+        time.sleep(0.05)
+
+
+def test_a_rank_reporting_a_step_after_a_poll_is_not_lost(tmp_path):
+    with run_agent(tmp_path) as agent:
+        r0 = Reporter(job="gpt", rank=0, socket_path=agent.socket_path)
+        r1 = Reporter(job="gpt", rank=1, socket_path=agent.socket_path)
+        for step in range(5):
+            r0.step(step, loss=3.0, tokens=4096)
+            r1.step(step, loss=3.0, tokens=4096)
+            time.sleep(0.001)
+        r0.step(5, loss=3.0, tokens=4096)
+        stream = StepStream(agent.url, "gpt")
+        _poll_until(stream, 11)
+        assert len(stream.steps) == 11
+        # Rank 1 finishes step 5 after the poll that saw rank 0's step 5.
+        r1.step(5, loss=3.2, tokens=4096)
+        _poll_until(stream, 12)
+        assert [(p.step, p.rank) for p in stream.steps][-2:] == [(5, 0), (5, 1)]
+        stream.poll()  # nothing new: nothing appended twice
+        assert len(stream.steps) == 12
+
+
+def test_a_job_rolled_back_to_earlier_steps_is_followed(tmp_path):
+    with run_agent(tmp_path) as agent:
+        rep = Reporter(job="gpt", rank=0, socket_path=agent.socket_path)
+        _report(rep, 0, [3.0] * 100)
+        stream = StepStream(agent.url, "gpt", probe_interval_s=0.0)
+        _poll_until(stream, 100)
+        assert len(stream.steps) == 100
+        time.sleep(0.01)  # the rerun's report times are later than the first run's
+        _report(rep, 90, [2.5] * 5)  # rolled back to step 90, still below step 99
+        _poll_until(stream, 105)
+        assert [p.step for p in stream.steps][99:] == [99, 90, 91, 92, 93, 94]
+        assert [p.loss for p in stream.steps][100:] == [2.5] * 5
+        # Past the old newest step, the rerun continues without gaps or repeats.
+        _report(rep, 95, [2.5] * 10)
+        _poll_until(stream, 115)
+        assert [p.step for p in stream.steps][100:] == list(range(90, 105))

@@ -37,6 +37,8 @@ def test_env_list_is_comma_separated():
         ({"demo": {"bogus": 1}}, "demo.bogus: unknown key (valid keys: collectors, enabled"),
         ({"demo": {"interval": "fast"}}, "demo.interval: 'fast' is not a number"),
         ({"demo": {"interval": 0}}, "below the minimum 0.1"),
+        ({"demo": {"interval": float("nan")}}, "demo.interval: nan is not a finite number"),
+        ({"demo": {"interval": float("inf")}}, "demo.interval: inf is not a finite number"),
         ({"demo": {"collectors": ["gpu", "tape"]}}, "'tape' is not valid (valid: gpu, disk, host)"),
         ({"demo": {"enabled": "maybe"}}, "not a boolean"),
         ({"demo": [1, 2]}, "demo: must be a mapping"),
@@ -46,6 +48,11 @@ def test_bad_values_name_key_value_and_valid(data, needle):
     with pytest.raises(ConfigError) as e:
         load_section(Demo, "demo", file_data=data, env={})
     assert needle in str(e.value)
+
+
+def test_non_finite_env_number_is_refused():
+    with pytest.raises(ConfigError, match="SENTINEL_DEMO_INTERVAL .*'nan' is not a finite"):
+        load_section(Demo, "demo", env={"SENTINEL_DEMO_INTERVAL": "nan"})
 
 
 def test_bad_env_key_is_named():

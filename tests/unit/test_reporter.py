@@ -61,3 +61,18 @@ def test_udp_fallback():
     rep.step(1, loss=2.0, tokens=3)
     r = protocol.decode(srv.recv(65536))
     assert r.step == 1
+
+
+def test_a_bad_extra_does_not_lose_the_step(tmp_path):
+    path = str(tmp_path / "agent.sock")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    srv.bind(path)
+    srv.settimeout(2)
+    rep = Reporter(job="j", socket_path=path)
+    # get_last_lr() returns a list; the agent would drop the whole datagram for it.
+    rep.step(3, loss=1.0, tokens=5, lr=[1e-3], note="warmup", mom=0.9,
+             **{f"k{i}": i for i in range(40)})
+    r = protocol.decode(srv.recv(65536))
+    assert isinstance(r, protocol.StepReport) and r.step == 3
+    assert r.extra["mom"] == 0.9 and "lr" not in r.extra and "note" not in r.extra
+    assert len(r.extra) == protocol.MAX_EXTRA_KEYS

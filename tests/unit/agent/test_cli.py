@@ -36,6 +36,8 @@ def agent(*args: str, env: dict | None = None, timeout: float = 30) -> subproces
          r"'fan' is not valid \(valid: gpu, disk, host, training, textfile\)"),
         ("", {"SENTINEL_AGENT_RATE_WINDOW_SECONDS": "soon"}, [],
          r"SENTINEL_AGENT_RATE_WINDOW_SECONDS .*'soon' is not a number"),
+        ("agent:\n  job_expiry_seconds: .nan\n", {}, [],
+         r"agent\.job_expiry_seconds: nan is not a finite number"),
         ("", {}, ["--listen-address=nohost"], r"agent\.listen_address: 'nohost' is not HOST:PORT"),
         ("agent:\n  disk_exclude: '(('\n", {}, [], r"agent\.disk_exclude: '\(\(' is not a valid"),
     ],
@@ -163,7 +165,14 @@ def test_host_collector_reads_the_fixture_procfs(tmp_path):
     assert not c.success
 
 
-def test_notify_socket_gets_ready_and_watchdog(tmp_path):
+@pytest.mark.parametrize(
+    ("interval", "watchdog_usec"),
+    [("0.2", None),
+     # A configured interval longer than systemd's WatchdogSec would get the agent
+     # killed; it must feed at half of $WATCHDOG_USEC (0.2 s here) instead.
+     ("60", "400000")],
+)
+def test_notify_socket_gets_ready_and_watchdog(tmp_path, interval, watchdog_usec):
     """The agent sends READY=1 and then WATCHDOG=1 to $NOTIFY_SOCKET, as systemd expects."""
     from tests.support.services import free_port
 
@@ -172,9 +181,12 @@ def test_notify_socket_gets_ready_and_watchdog(tmp_path):
     srv.bind(str(ns))
     srv.settimeout(15)
     cfg = tmp_path / "c.yml"
-    cfg.write_text("agent:\n  watchdog_interval_seconds: 0.2\n")
-    e = {k: v for k, v in os.environ.items() if not k.startswith("SENTINEL_")}
+    cfg.write_text(f"agent:\n  watchdog_interval_seconds: {interval}\n")
+    e = {k: v for k, v in os.environ.items()
+         if not k.startswith("SENTINEL_") and k != "WATCHDOG_USEC"}
     e["NOTIFY_SOCKET"] = str(ns)
+    if watchdog_usec:
+        e["WATCHDOG_USEC"] = watchdog_usec
     proc = subprocess.Popen(
         [sys.executable, "-m", "sentinel", "agent", f"--config={cfg}",
          f"--listen-address=127.0.0.1:{free_port()}", f"--socket={tmp_path / 'a.sock'}",

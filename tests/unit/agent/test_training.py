@@ -17,7 +17,7 @@ from sentinel import protocol
 from sentinel.agent.agent import Agent
 from sentinel.agent.collectors.training import TrainingCollector
 from sentinel.agent.server import HttpServer
-from sentinel.agent.steps import StepStore
+from sentinel.agent.steps import MAX_RATE_ENTRIES, StepStore
 from sentinel.protocol import Identity, StepReport
 from sentinel.train.reporter import Reporter
 from tests.support.services import free_port
@@ -57,6 +57,17 @@ def test_young_rank_rate_is_not_diluted_by_the_full_window():
     s.add(rep(step=1, tokens=500))
     clk.t += 1.0
     assert s.tokens_per_second(s.jobs["j"].ranks[0], clk.t) == pytest.approx(500.0)
+
+
+def test_rate_is_right_when_more_reports_arrive_than_the_window_can_hold():
+    clk = Clock()
+    s = StepStore(rate_window=30.0, monotonic=clk)
+    for i in range(8000):  # 200 steps/s of 10 tokens for 40 s: 6000 reports per window
+        s.add(rep(step=i, tokens=10, t=i / 200))
+        clk.t += 1 / 200
+    st_ = s.jobs["j"].ranks[0]
+    assert len(st_.window) == MAX_RATE_ENTRIES < 6000
+    assert s.tokens_per_second(st_, clk.t) == pytest.approx(2000.0, rel=0.01)
 
 
 def test_step_duration_histogram_uses_report_times(tmp_path):
@@ -100,6 +111,13 @@ def test_steps_are_ordered_by_step_then_rank_and_filtered():
     assert [(x["step"], x["rank"]) for x in s.steps("j", 0, rank=1)] == [(1, 1), (2, 1), (3, 1)]
     with pytest.raises(KeyError):
         s.steps("nope", 0)
+
+
+def test_steps_returns_copies_so_callers_cannot_corrupt_the_ring():
+    s = StepStore()
+    s.add(rep(step=1, loss=math.nan))
+    s.steps("j", 0)[0]["loss"] = "NaN"
+    assert math.isnan(s.steps("j", 0)[0]["loss"])
 
 
 @pytest.fixture
@@ -157,6 +175,13 @@ def test_reporter_steps_reach_metrics_and_the_step_stream(running):
     assert last["rank"] == 3 and last["tokens"] == 4096 and last["samples"] is None
     assert isinstance(last["time"], float) and last["host"]
     assert body["steps"][0]["loss"] == pytest.approx(1.6)
+    # Asking again gives the same answer: serving must not rewrite the ring's NaN
+    # (a second read of a NaN step once closed the connection without a response).
+    again = requests.get(f"{url}/api/v1/steps", params={"job": "run1", "since": 4},
+                         timeout=5)
+    assert again.status_code == 200 and again.json() == body
+    assert math.isnan(value(requests.get(f"{url}/metrics", timeout=5).text,
+                            "sentinel_train_loss", **lab))
 
 
 def test_steps_api_errors(running):
@@ -171,6 +196,9 @@ def test_steps_api_errors(running):
     assert r.status_code == 400 and "'since'" in r.json()["error"]
     r = requests.get(f"{url}/api/v1/steps", params={"job": "a", "rank": "-1"}, timeout=5)
     assert r.status_code == 400
+    r = requests.get(f"{url}/api/v1/steps", params={"job": "a", "snice": "5"}, timeout=5)
+    assert r.status_code == 400
+    assert r.json() == {"error": "unknown parameter 'snice' (valid: job, since, rank)"}
     assert requests.get(f"{url}/nope", timeout=5).status_code == 404
     assert requests.get(f"{url}/healthz", timeout=5).status_code == 200
 

@@ -37,7 +37,7 @@ def test_api_raises_unavailable_without_cuda():
     (["--memtest-fraction", "1.5"], "burnin.memtest_fraction: 1.5 is above the maximum 0.98"),
     (["--check-every", "0"], "burnin.check_every: 0 is below the minimum 1"),
     (["--size", "64"], "burnin.size: 64 is below the minimum 128"),
-    (["--duration", "nan"], "burnin.duration: nan is not a number"),
+    (["--duration", "nan"], "burnin.duration: nan is not a finite number"),
 ])
 def test_bad_flags_exit_2_naming_the_flag(capsys, argv, message):
     assert main(["burnin", *argv]) == 2

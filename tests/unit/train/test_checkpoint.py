@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+import sentinel.train.checkpoint as ck
 from sentinel.train.checkpoint import (
     CheckpointError,
     CheckpointStore,
@@ -238,3 +239,31 @@ def test_damaged_manifest_is_a_clear_error(tmp_path):
     (tmp_path / "manifest.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="manifest .* cannot read it"):
         CheckpointStore(tmp_path)
+
+
+def test_a_failed_save_leaves_no_partial_file_and_keeps_the_old_ones(tmp_path, monkeypatch):
+    store = CheckpointStore(tmp_path)
+    store.save(1, _state(1))
+    real_write = ck._HashingWriter.write
+
+    def disk_full(self, b):
+        if self.size > 100:
+            raise OSError(28, "No space left on device")
+        return real_write(self, b)
+
+    monkeypatch.setattr(ck._HashingWriter, "write", disk_full)
+    for step in (2, 3):  # a job that catches the error and trains on retries each time
+        with pytest.raises((OSError, RuntimeError)):  # torch wraps the OSError
+            store.save(step, _state(float(step)))
+    # Before: one partial .tmp file per failed attempt, kept (this PID is alive) until
+    # a restart, filling the disk that was already full.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json", "step_000000001.pt"]
+    assert [c.step for c in store.checkpoints()] == [1]
+
+
+def test_a_verified_file_that_cannot_be_deserialised_is_a_checkpoint_error(tmp_path):
+    store = CheckpointStore(tmp_path)
+    store.save(1, {"w": ck.CheckpointInfo(1, "f", 1, "x", 0.0)})  # weights_only refuses it
+    assert store.verify(1)
+    with pytest.raises(CheckpointError, match="verifies but cannot be loaded"):
+        store.load(1)

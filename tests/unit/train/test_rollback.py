@@ -17,6 +17,7 @@ from sentinel.train.rollback import (
     RollbackHandler,
     RollbackRequest,
     ensure_token,
+    job_pids,
     read_result,
     read_token,
     token_path,
@@ -189,3 +190,82 @@ def test_request_ids_and_fields_are_validated():
         RollbackRequest.from_json({"id": "../x", "job": "j", "to_step": 1, "created": 0})
     with pytest.raises(RollbackError, match="needs id, job, to_step"):
         RollbackRequest.from_json({"id": "a", "job": "j", "created": 0})
+
+
+def test_a_junk_signature_does_not_block_the_valid_requests(job, caplog):
+    # A non-ASCII signature made hmac.compare_digest raise TypeError, which aborted the
+    # whole check: the junk file stayed and no request behind it was ever applied.
+    d = job.dir / "rollback/requests"
+    d.mkdir(parents=True, exist_ok=True)
+    junk = RollbackRequest(id="0000-junk", job="job-a", to_step=10, created=time.time())
+    (d / "0000-junk.json").write_text(json.dumps({"request": junk.to_json(),
+                                                  "signature": "\u00e9" * 64}))
+    req = job.request(to_step=10, skip=[(25, 30)])
+    caplog.set_level(logging.WARNING)
+    os.kill(os.getpid(), signal.SIGUSR1)
+    out = job.handler.at_step_boundary(24)
+    assert out is not None and out.request.id == req.id
+    assert "missing or wrong signature" in caplog.text
+    assert (d / "0000-junk.rejected").exists() and not (d / "0000-junk.json").exists()
+
+
+class NotAWeight:
+    """An object ``torch.load(weights_only=True)`` refuses to unpickle."""
+
+
+def test_checkpoint_that_verifies_but_cannot_be_loaded_is_refused(job):
+    # Before: the vote said "verified", then deserialising raised out of the boundary
+    # (in a distributed job, on some ranks only, after all had agreed), the request stayed
+    # pending and a restarted job hit it again.
+    job.store.save(30, {"w": NotAWeight()})
+    req = job.request(to_step=30, skip=[(40, 45)])
+    reason = _refused(job, req)
+    assert "checkpoint verifies but cannot be loaded" in reason
+    assert len(job.plan) == 0 and [c.step for c in job.store.checkpoints()] == [0, 10, 20, 30]
+    assert not (job.dir / "rollback/requests" / f"{req.id}.json").exists()
+
+
+class Crash(BaseException):
+    """Stands for the process being killed at that point."""
+
+
+@pytest.mark.parametrize("where", ["abandon", "skip_plan_save"])
+def test_a_crash_while_applying_leaves_a_state_a_restart_completes(tmp_path, monkeypatch, where):
+    j = Job(tmp_path)
+    req = j.request(to_step=10, skip=[(25, 30)])
+    with monkeypatch.context() as m:
+        if where == "abandon":
+            m.setattr(CheckpointStore, "abandon_after", lambda *a: (_ for _ in ()).throw(Crash()))
+        else:
+            m.setattr(SkipPlan, "save", lambda self: (_ for _ in ()).throw(Crash()))
+        os.kill(os.getpid(), signal.SIGUSR1)
+        with pytest.raises(Crash):
+            j.handler.at_step_boundary(24)
+    j.close()
+    # The restarted job resumes from the newest live checkpoint: never the one past the
+    # spike while the plan already skips its batches.
+    store = CheckpointStore(tmp_path / "checkpoints", keep=5)
+    plan = SkipPlan(tmp_path)
+    resumed = store.latest_verified().step
+    assert (resumed, len(plan)) in {(20, 0), (10, 0)}
+    restored = []
+    h = RollbackHandler(tmp_path, "job-a", store, plan, restored.append, now=time.time)
+    h.install()
+    try:
+        out = h.at_step_boundary(resumed)  # the first boundary polls: the request is pending
+    finally:
+        h.uninstall()
+    assert out is not None and out.request.id == req.id
+    assert read_result(tmp_path, req.id)["status"] == "done"
+    assert [r.text() for r in SkipPlan(tmp_path).ranges] == ["25:30"]
+    assert store.latest_verified().step == 10
+
+
+def test_only_ranks_of_this_host_are_signalled(job):
+    # The run directory is shared by all nodes: a PID another node recorded is some other
+    # process here, and SIGUSR1 (default action: terminate) would kill it.
+    pids = job.dir / ".sentinel" / "pids"
+    assert json.loads((pids / "rank-0.pid").read_text())["pid"] == os.getpid()
+    (pids / "rank-8.pid").write_text(json.dumps({"pid": 4242, "host": "some-other-node"}))
+    (pids / "rank-9.pid").write_text("not a pid")
+    assert job_pids(job.dir) == [os.getpid()]
