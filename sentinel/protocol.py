@@ -45,6 +45,9 @@ TYPE_EVENT = 2
 MAX_DATAGRAM_BYTES = 8192
 MAX_JOB_LEN = 128
 MAX_EXTRA_KEYS = 32
+# Extra key a Reporter adds, after it had to drop reports, with its cumulative count of
+# dropped reports, so the agent can export losses that happened on the sending side.
+EXTRA_REPORTER_DROPPED = "sentinel_reporter_dropped"
 
 _HEADER = struct.Struct("<2sBBH")
 _STEP = struct.Struct("<Bqdqdqd")

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sentinel.protocol import DROP_REASONS, EventReport, StepReport
+from sentinel.protocol import DROP_REASONS, EXTRA_REPORTER_DROPPED, EventReport, StepReport
 
 # Drops the agent adds to the protocol's decode reasons (documented in docs/METRICS.md).
 AGENT_DROP_REASONS = ("too_many_jobs", "too_many_ranks", "queue_full")
@@ -55,6 +55,11 @@ class RankState:
     duration_sum: float = 0.0
     duration_count: int = 0
     events: dict[str, int] = field(default_factory=dict)
+    # Reports the job's Reporter says it dropped on its side: a per-process count, kept
+    # monotonic across process restarts as base (earlier processes) + last (this one).
+    reporter_dropped_base: int = 0
+    reporter_dropped_last: int = 0
+    reporter_dropped_pid: int = -1
 
 
 @dataclass
@@ -154,6 +159,13 @@ class StepStore:
             if report.samples is not None:
                 rank.samples_total += report.samples
             rank.window.append((now, report.tokens))
+            told = report.extra.get(EXTRA_REPORTER_DROPPED)
+            if told is not None and told >= 0:
+                if rank.reporter_dropped_pid != report.identity.pid:
+                    rank.reporter_dropped_base += rank.reporter_dropped_last
+                    rank.reporter_dropped_last = 0
+                    rank.reporter_dropped_pid = report.identity.pid
+                rank.reporter_dropped_last = max(rank.reporter_dropped_last, int(told))
             job.ring.append(
                 {
                     "step": report.step,

@@ -184,8 +184,9 @@ def build() -> dict[str, Any]:
         .with_panel(
             timeseries_panel(
                 "Step reports received / dropped per node",
-                "Datagrams the agents on this job's nodes accepted and dropped (by reason). "
-                "Drops mean gaps in the step stream, not a training problem.",
+                "Datagrams the agents on this job's nodes accepted and dropped (by reason), and "
+                "reports the job's Reporters dropped before sending (agent away, socket queue "
+                "full). Drops mean gaps in the step stream, not a training problem.",
                 [
                     target(
                         f"sum by (hostname) (rate(sentinel_train_datagrams_received_total[{RATE}]) "
@@ -196,6 +197,11 @@ def build() -> dict[str, Any]:
                         f"sum by (hostname, reason) (rate(sentinel_train_datagrams_dropped_total"
                         f"[{RATE}]) * on(instance) group_left(hostname) {JOB_NODES})",
                         "{{hostname}} dropped: {{reason}}",
+                    ),
+                    target(
+                        f"sum by (hostname) (rate(sentinel_train_reporter_dropped_total{{{J}}}"
+                        f"[{RATE}]))",
+                        "{{hostname}} dropped by the Reporter",
                     ),
                 ],
                 unit="reqps",

@@ -97,6 +97,7 @@ class Reporter:
         self.host = host if host is not None else socket.gethostname()
         self.sent = 0
         self.dropped = 0
+        self._dropped_told = 0  # the dropped count the agent has last been sent
         self._sock: socket.socket | None = None
         self._next_try = 0.0
         self._build_prefixes()
@@ -173,9 +174,17 @@ class Reporter:
         """
         if not self.enabled:
             return
+        if self._sock is None and time.monotonic() < self._next_try:
+            self.dropped += 1  # agent away and not due for a retry: skip the encoding
+            return
         try:
             if extra:
                 extra = _numbers(extra)
+            told = None
+            if self.dropped != self._dropped_told:
+                # Tell the agent about reports lost on this side (agent away, queue full).
+                told = self.dropped
+                extra = {**extra, protocol.EXTRA_REPORTER_DROPPED: float(told)}
             data = protocol.encode_step(
                 self._step_prefix,
                 step,
@@ -192,7 +201,10 @@ class Reporter:
         if len(data) > protocol.MAX_DATAGRAM_BYTES:
             self.dropped += 1
             return
+        sent_before = self.sent
         self._send(data)
+        if told is not None and self.sent > sent_before:
+            self._dropped_told = told
 
     def event(self, kind: str, **fields: Any) -> None:
         """Report an event (``rollback_done``, ``checkpoint_saved``, ...). Never raises."""

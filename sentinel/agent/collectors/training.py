@@ -213,6 +213,11 @@ class TrainingCollector(Collector):
         dropped = CounterMetricFamily(
             "sentinel_train_datagrams_dropped", "Datagrams dropped, by reason.", labels=["reason"]
         )
+        rep_dropped = CounterMetricFamily(
+            "sentinel_train_reporter_dropped",
+            "Reports the job's Reporter dropped on its side (agent away, socket queue full).",
+            labels=lab,
+        )
         with self.store.lock:
             for job_name, job in sorted(self.store.jobs.items()):
                 job_info.add_metric([job_name, host, str(len(job.ranks))], 1.0)
@@ -222,6 +227,9 @@ class TrainingCollector(Collector):
                     age.add_metric(lv, max(0.0, now - st.last_seen))
                     for kind, n in sorted(st.events.items()):
                         events.add_metric([*lv, kind], float(n))
+                    rep_dropped.add_metric(
+                        lv, float(st.reporter_dropped_base + st.reporter_dropped_last)
+                    )
                     if st.step < 0:
                         continue  # only events so far
                     step.add_metric(lv, float(st.step))
@@ -242,7 +250,7 @@ class TrainingCollector(Collector):
             for reason, n in sorted(self.store.dropped.items()):
                 dropped.add_metric([reason], float(n))
         return [job_info, rank_info, step, loss, gnorm, tokens, samples, tps, hist, age,
-                events, received, dropped]
+                events, received, dropped, rep_dropped]
 
     def close(self) -> None:
         """Stop the readers, close the sockets and remove the Unix socket file."""

@@ -259,3 +259,34 @@ def test_fuzzed_datagrams_never_stop_the_agent(running, batch):
     assert agent.training.healthy()
     assert store.received + sum(store.dropped.values()) - before == len(batch)
     assert agent.training.collect()
+
+
+def test_reports_dropped_by_the_reporter_are_exported(running, monkeypatch):
+    """Reports lost on the sending side (agent away) show up once the agent is back."""
+    import sentinel.train.reporter as reporter_mod
+
+    agent, url, ctx = running
+    monkeypatch.setattr(reporter_mod, "RECONNECT_INTERVAL_S", 0.0)
+    r = Reporter(job="lossy", rank=1, socket_path=ctx.config.socket + ".elsewhere")
+    for i in range(3):
+        r.step(i, loss=1.0, tokens=10)  # nobody listens on that path: dropped
+    assert r.dropped == 3
+    r.socket_path = ctx.config.socket  # the agent is reachable again
+    r.close()
+    r.step(3, loss=1.0, tokens=10)
+    r.step(4, loss=1.0, tokens=10)
+    store = agent.training.store
+    assert wait_for(lambda: store.received >= 2)
+    text = requests.get(f"{url}/metrics", timeout=5).text
+    assert value(text, "sentinel_train_reporter_dropped_total", job="lossy", rank="1") == 3
+
+
+def test_reporter_dropped_stays_monotonic_across_a_process_restart():
+    store = StepStore(ring_size=100, max_jobs=4, max_ranks=4)
+    key = protocol.EXTRA_REPORTER_DROPPED
+    for pid, told in ((100, 2.0), (100, 5.0), (200, 1.0)):  # pid 200: the rank restarted
+        ident = Identity(job="j", rank=0, pid=pid)
+        store.add(StepReport(identity=ident, step=1, loss=1.0, tokens=1, grad_norm=None,
+                             samples=None, time=1.0, extra={key: told}))
+    st = store.jobs["j"].ranks[0]
+    assert st.reporter_dropped_base + st.reporter_dropped_last == 6
