@@ -16,6 +16,12 @@ from sentinel.agent.collectors.training import finite_or_text
 log = logging.getLogger(__name__)
 
 CONTENT_TYPE_METRICS = "text/plain; version=0.0.4; charset=utf-8"
+# Time a connection gets to deliver a whole request line and headers, counted from when
+# the server starts waiting for it. A per-read timeout alone lets a client that sends a
+# byte every few seconds hold a connection slot forever (16 such clients would lock
+# Prometheus out); a scrape's request arrives in milliseconds. It also closes keep-alive
+# connections idle this long, which costs Prometheus one reconnect per scrape at most.
+REQUEST_DEADLINE_S = 10.0
 
 
 class _Server(ThreadingHTTPServer):
@@ -47,6 +53,29 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
     timeout = 30  # a client that stalls mid-request frees its slot
+
+    def handle_one_request(self) -> None:
+        """Read and answer one request, dropping the connection past REQUEST_DEADLINE_S."""
+        self._deadline = threading.Timer(REQUEST_DEADLINE_S, self._abort)
+        self._deadline.daemon = True
+        self._deadline.start()
+        try:
+            super().handle_one_request()
+        finally:
+            self._deadline.cancel()
+
+    def parse_request(self) -> bool:
+        """Parse the request; once its headers are in, the deadline no longer applies."""
+        self._deadline.cancel()
+        return super().parse_request()
+
+    def _abort(self) -> None:
+        log.debug("closing %s: no complete request in %.0f s", self.client_address,
+                  REQUEST_DEADLINE_S)
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         log.debug("%s " + format, self.address_string(), *args)
