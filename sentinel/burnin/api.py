@@ -55,6 +55,7 @@ class BurninReport:
     verdicts: list[GpuVerdict]
     torch_version: str = ""
     notes: list[str] = field(default_factory=list)
+    textfile_error: str | None = None  # why --textfile was not written (None: written/off)
 
     @property
     def ok(self) -> bool:
@@ -143,6 +144,10 @@ def run_burnin(
     """
     cfg.validate()
     baselines = load_baselines(cfg.baselines_file, cfg.dtype)  # bad file fails before work
+    if cfg.textfile:
+        from sentinel.burnin.report import check_textfile_path  # noqa: PLC0415
+
+        check_textfile_path(cfg.textfile)  # a bad path fails before work, not after it
     torch = torch or import_torch()
     gpus = _select_gpus(torch, cfg)
     if cfg.dtype == "fp8":
@@ -166,23 +171,29 @@ def run_burnin(
     torch.backends.cuda.matmul.allow_tf32 = False
     idents = [_cuda_identity(torch, g) for g in gpus]
     sampler = NvmlSampler(idents, interval=cfg.sample_interval, nvml=nvml)
-    sampler.start()
-    emit({"event": "start", "time": started, "hostname": hostname, "dtype": cfg.dtype,
-          "size": cfg.size, "duration": cfg.duration, "warmup": cfg.warmup,
-          "memtest_seconds": cfg.memtest_seconds, "nvml": sampler.error or "ok",
-          "gpus": [{"gpu": i.cuda_index, "uuid": i.uuid, "name": i.name,
-                    "nvml_index": getattr(sampler.matched.get(i.cuda_index), "index", None)}
-                   for i in idents]})
-
-    a, b = check.make_inputs(torch, cfg.size, cfg.seed)
-    inputs = SharedInputs(a=a, b=b, cpu_rows=check.cpu_reference_rows(torch, a, b, cfg.dtype))
     stop = threading.Event()
-    workers = [GpuWorker(torch, g, cfg, inputs, stop) for g in gpus]
-    for w in workers:
-        w.start()
-    expected_end = (time.monotonic() + cfg.memtest_seconds * 2 + cfg.warmup + cfg.duration
-                    + cfg.hang_timeout + JOIN_GRACE_S)
+    workers: list[GpuWorker] = []
+    sampler.start()
+    # Everything after start() is inside the try: whatever fails (the caller's on_event,
+    # making the inputs, ^C), the workers are told to stop and NVML is released, so a
+    # caller that goes on running (the controller) leaves no GPU burning and no sampler.
     try:
+        emit({"event": "start", "time": started, "hostname": hostname, "dtype": cfg.dtype,
+              "size": cfg.size, "duration": cfg.duration, "warmup": cfg.warmup,
+              "memtest_seconds": cfg.memtest_seconds, "nvml": sampler.error or "ok",
+              "gpus": [{"gpu": i.cuda_index, "uuid": i.uuid, "name": i.name,
+                        "nvml_index": getattr(sampler.matched.get(i.cuda_index), "index",
+                                              None)}
+                       for i in idents]})
+
+        a, b = check.make_inputs(torch, cfg.size, cfg.seed)
+        inputs = SharedInputs(a=a, b=b,
+                              cpu_rows=check.cpu_reference_rows(torch, a, b, cfg.dtype))
+        workers.extend(GpuWorker(torch, g, cfg, inputs, stop) for g in gpus)
+        for w in workers:
+            w.start()
+        expected_end = (time.monotonic() + cfg.memtest_seconds * 2 + cfg.warmup
+                        + cfg.duration + cfg.hang_timeout + JOIN_GRACE_S)
         while any(w.is_alive() for w in workers) and time.monotonic() < expected_end:
             for w in workers:
                 w.join(timeout=cfg.sample_interval / max(1, len(workers)))
@@ -190,10 +201,12 @@ def run_burnin(
                   "gpus": [{"gpu": w.cuda_index, "phase": w.state.phase,
                             "tflops": w.state.last_tflops,
                             "measured_s": round(w.state.measured_s, 3)} for w in workers]})
-    except KeyboardInterrupt:
+    except BaseException:
         stop.set()
+        # One deadline for all workers: eight hung GPUs must not take 8 x hang_timeout.
+        deadline = time.monotonic() + cfg.hang_timeout
         for w in workers:
-            w.join(timeout=cfg.hang_timeout)
+            w.join(timeout=max(0.0, deadline - time.monotonic()))
         raise
     finally:
         sampler.stop()
@@ -229,5 +242,11 @@ def run_burnin(
     if cfg.textfile:
         from sentinel.burnin.report import write_textfile  # noqa: PLC0415
 
-        write_textfile(cfg.textfile, report)
+        try:
+            write_textfile(cfg.textfile, report)
+        except OSError as e:
+            # The verdicts are still good: hand them back and say what was not written.
+            log.error("burn-in textfile %s not written: %s", cfg.textfile, e)
+            report.textfile_error = f"{cfg.textfile} not written: {e.strerror or e}"
+            report.notes.append(f"textfile {report.textfile_error}")
     return report

@@ -115,6 +115,8 @@ def run(args: argparse.Namespace) -> int:
             print(json_line(line), flush=True)
     else:
         print(format_table(report))
-    if cfg.textfile:
+    if report.textfile_error:
+        print(f"sentinel burnin: textfile {report.textfile_error}", file=sys.stderr)
+    elif cfg.textfile:
         print(f"sentinel burnin: wrote {cfg.textfile}", file=sys.stderr)
     return report.exit_code

@@ -149,6 +149,33 @@ def render_textfile(report: BurninReport) -> str:
     return generate_latest(reg).decode()
 
 
+def check_textfile_path(path: str | os.PathLike[str]) -> None:
+    """Raise BurninConfigError unless ``path`` is a ``*.prom`` file this process can write.
+
+    Checked before any GPU work, so a typo costs nothing and never loses a finished run.
+    """
+    from sentinel.burnin.config import BurninConfigError  # noqa: PLC0415
+
+    p = Path(path)
+    if p.suffix != ".prom":
+        raise BurninConfigError(
+            f"burnin.textfile: {str(path)!r} does not end in .prom, so the agent's textfile "
+            f"collector would never read it (valid: a path such as "
+            f"/var/lib/sentinel/textfile/burnin.prom in the agent's --textfile-dir)")
+    if p.is_dir():
+        raise BurninConfigError(f"burnin.textfile: {str(path)!r} is a directory "
+                                f"(valid: a file path ending in .prom)")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise BurninConfigError(
+            f"burnin.textfile: cannot write in {str(p.parent)!r} ({e.strerror or e}); "
+            f"give a directory this user can write") from e
+
+
 def write_textfile(path: str | os.PathLike[str], report: BurninReport) -> None:
     """Write the exposition atomically (temporary file in the same directory, then rename)."""
     p = Path(path)

@@ -112,28 +112,16 @@ def load_steps_jsonl(path: str, around: int | None, window: int) -> Any:
 
     rows: list[tuple[int, float, float | None]] = []
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError as e:
-        raise ConfigError(f"--steps-jsonl {path}: cannot read it ({e.strerror or e})") from None
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-            step = obj["step"]
-            if not isinstance(step, int) or isinstance(step, bool):
-                raise ValueError("step must be an integer")
-            loss = _number(obj["loss"], "loss")
-            tps = obj.get("tokens_per_sec")
-            rows.append((step, loss, None if tps is None else _number(tps, "tokens_per_sec")))
-        except (ValueError, KeyError, TypeError) as e:
-            raise ConfigError(
-                f"--steps-jsonl {path} line {i}: {e!s} (valid: one JSON object per line with "
-                "integer 'step', 'loss' as a number or \"NaN\"/\"Infinity\", optional "
-                "'tokens_per_sec')"
-            ) from None
-    if around is not None:
-        rows = [r for r in rows if abs(r[0] - around) <= window]
+        # Read line by line and keep only the window: a whole run's log can be millions
+        # of steps, and only a few hundred of them are plotted.
+        with Path(path).open(encoding="utf-8") as fh:
+            for i, line in enumerate(fh, 1):
+                row = _parse_step_line(path, i, line)
+                if row is not None and (around is None or abs(row[0] - around) <= window):
+                    rows.append(row)
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else e
+        raise ConfigError(f"--steps-jsonl {path}: cannot read it ({reason})") from None
     if not rows:
         raise ConfigError(f"--steps-jsonl {path}: no steps to plot in the chosen window")
     rows.sort()
@@ -144,6 +132,25 @@ def load_steps_jsonl(path: str, around: int | None, window: int) -> Any:
         tokens_per_sec=tps_values if any(v is not None for v in tps_values) else [],
         mark_step=around,
     )
+
+
+def _parse_step_line(path: str, i: int, line: str) -> tuple[int, float, float | None] | None:
+    if not line.strip():
+        return None
+    try:
+        obj = json.loads(line)
+        step = obj["step"]
+        if not isinstance(step, int) or isinstance(step, bool):
+            raise ValueError("step must be an integer")
+        loss = _number(obj["loss"], "loss")
+        tps = obj.get("tokens_per_sec")
+        return (step, loss, None if tps is None else _number(tps, "tokens_per_sec"))
+    except (ValueError, KeyError, TypeError) as e:
+        raise ConfigError(
+            f"--steps-jsonl {path} line {i}: {e!s} (valid: one JSON object per line with "
+            "integer 'step', 'loss' as a number or \"NaN\"/\"Infinity\", optional "
+            "'tokens_per_sec')"
+        ) from None
 
 
 def _number(v: Any, name: str) -> float:

@@ -39,8 +39,7 @@ class Series:
                 "values; valid: none, or one per step"
             )
         if len(self.step) > MAX_SERIES_POINTS:
-            stride = math.ceil(len(self.step) / MAX_SERIES_POINTS)
-            keep = list(range(0, len(self.step), stride))
+            keep = _decimate(self.loss, MAX_SERIES_POINTS)
             self.step = [self.step[i] for i in keep]
             self.loss = [self.loss[i] for i in keep]
             if self.tokens_per_sec:
@@ -64,6 +63,24 @@ class Series:
             tokens_per_sec=[_dec(v) for v in obj.get("tokens_per_sec", [])],
             mark_step=obj.get("mark_step"),
         )
+
+
+def _decimate(loss: list[float], max_points: int) -> list[int]:
+    """Pick at most ``max_points`` indices, keeping each bucket's lowest and highest loss.
+
+    Taking every n-th point would drop a one-step spike or NaN, the very thing the plot
+    of an incident is for; min-max decimation keeps it (a non-finite loss counts as the
+    highest of its bucket, so a NaN/Inf step is always drawn).
+    """
+    n = len(loss)
+    stride = math.ceil(n / (max_points // 2))
+    keep: list[int] = []
+    for start in range(0, n, stride):
+        idx = range(start, min(start + stride, n))
+        hi = max(idx, key=lambda i: loss[i] if math.isfinite(loss[i]) else math.inf)
+        lo = min(idx, key=lambda i: loss[i] if math.isfinite(loss[i]) else math.inf)
+        keep.extend(sorted({lo, hi}))
+    return keep
 
 
 def _enc(v: float | None) -> float | str | None:

@@ -111,3 +111,35 @@ def test_cli_bad_input_exits_2(
     assert "line 2: step must be an integer" in err and "valid:" in err
     assert main(["notify", "send", "--incident", "i", "--title", "t", "--field", "oops"]) == 2
     assert "NAME=VALUE" in capsys.readouterr().err
+
+
+def test_steps_jsonl_keeps_only_the_window_in_memory(tmp_path: Path) -> None:
+    """A whole run's log is read line by line; only the plotted window is held."""
+    import tracemalloc
+
+    from sentinel.notify.cli import load_steps_jsonl
+
+    steps = tmp_path / "run.jsonl"
+    line = '{"step": %d, "loss": 2.5, "tokens_per_sec": 50000.0, "grad_norm": 1.0}\n'
+    with steps.open("w") as fh:
+        fh.writelines(line % s for s in range(200_000))  # ~14 MB
+    tracemalloc.start()
+    try:
+        series = load_steps_jsonl(str(steps), around=150_000, window=200)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert series.step == list(range(149_800, 150_201)) and series.mark_step == 150_000
+    assert peak < 2_000_000, f"reading the log peaked at {peak} bytes"
+
+
+def test_steps_jsonl_that_is_not_utf8_exits_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("SENTINEL_NOTIFY_QUEUE_DIR", str(tmp_path / "q"))
+    monkeypatch.setenv("SENTINEL_NOTIFY_SLACK_WEBHOOK_URL", "http://127.0.0.1:1/hook")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b'{"step": 1, "loss": 2.0}\n\xff\xfe\n')
+    assert main(["notify", "send", "--incident", "i", "--title", "t",
+                 "--steps-jsonl", str(bad)]) == 2
+    assert f"--steps-jsonl {bad}: cannot read it" in capsys.readouterr().err

@@ -35,6 +35,21 @@ def test_series_round_trips_non_finite_values_and_is_bounded() -> None:
     assert len(big.step) <= MAX_SERIES_POINTS
 
 
+def test_bounding_a_long_series_keeps_its_spike_and_its_nan() -> None:
+    """The plot of a whole run (no --around-step) must still show the incident."""
+    n = 10 * MAX_SERIES_POINTS + 7
+    loss = [3.0 - i * 1e-5 for i in range(n)]
+    loss[12_345] = 40.0  # a one-step spike between the points a stride would keep
+    loss[17_771] = math.nan
+    s = Series(list(range(n)), loss, [1000.0] * n, mark_step=12_345)
+    assert len(s.step) <= MAX_SERIES_POINTS and len(s.tokens_per_sec) == len(s.step)
+    assert s.step == sorted(s.step)
+    assert 12_345 in s.step and s.loss[s.step.index(12_345)] == 40.0
+    assert 17_771 in s.step and math.isnan(s.loss[s.step.index(17_771)])
+    # The ends of the run and the falling trend survive too.
+    assert s.step[0] == 0 and s.step[-1] == n - 1
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
