@@ -364,8 +364,10 @@ def main(argv: list[str] | None = None) -> int:
                                     "grad_norm": json_number(grad_norm), "tokens_per_sec": tps,
                                     "time": time.time(), "node": node}) + "\n")
         step += 1
-    note("eval", step=step, eval_loss=evaluate())
+    eval_loss = evaluate()
+    note("eval", step=step, eval_loss=eval_loss)
     note("done", step=step)
+    reporter.finish(step=step, eval_loss=eval_loss)  # ended on purpose: no stalled-job alert
     if handler is not None:
         handler.uninstall()
     if world > 1:

@@ -16,7 +16,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sentinel.protocol import DROP_REASONS, EXTRA_REPORTER_DROPPED, EventReport, StepReport
+from sentinel.protocol import (
+    DROP_REASONS,
+    EVENT_FINISHED,
+    EXTRA_REPORTER_DROPPED,
+    EventReport,
+    StepReport,
+)
 
 # Drops the agent adds to the protocol's decode reasons (documented in docs/METRICS.md).
 AGENT_DROP_REASONS = ("too_many_jobs", "too_many_ranks", "queue_full")
@@ -29,6 +35,9 @@ STEP_DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 # a 30 s window is 3000; beyond this the oldest entries fall out early.
 MAX_RATE_ENTRIES = 4096
 MAX_EVENT_KINDS = 32
+# A job whose ranks all finished on purpose is kept this long, so a rules engine polling
+# the step stream still reads its last steps, then forgotten.
+FINISHED_GRACE_S = 120.0
 
 
 @dataclass
@@ -60,6 +69,8 @@ class RankState:
     reporter_dropped_base: int = 0
     reporter_dropped_last: int = 0
     reporter_dropped_pid: int = -1
+    # Agent clock when the rank said it finished on purpose; None while it runs.
+    finished_at: float | None = None
 
 
 @dataclass
@@ -138,7 +149,10 @@ class StepStore:
             if isinstance(report, EventReport):
                 if report.kind in rank.events or len(rank.events) < MAX_EVENT_KINDS:
                     rank.events[report.kind] = rank.events.get(report.kind, 0) + 1
+                if report.kind == EVENT_FINISHED:
+                    rank.finished_at = now
                 return True
+            rank.finished_at = None  # reporting steps again: running
             job = self.jobs[report.identity.job]
             if (
                 rank.last_report_time is not None
@@ -200,10 +214,22 @@ class StepStore:
         return sum(t for _, t in rank.window) / span
 
     def _expire_locked(self, now: float) -> list[str]:
-        gone = [j for j, s in self.jobs.items() if now - s.last_seen > self.expiry]
+        gone = [
+            j
+            for j, s in self.jobs.items()
+            if now - s.last_seen > self.expiry or self._finished_long_ago(s, now)
+        ]
         for j in gone:
             del self.jobs[j]
         return gone
+
+    @staticmethod
+    def _finished_long_ago(job: JobState, now: float) -> bool:
+        """Whether every rank finished on purpose over FINISHED_GRACE_S ago."""
+        if not job.ranks:
+            return False
+        ends = [r.finished_at for r in job.ranks.values()]
+        return all(e is not None and now - e > FINISHED_GRACE_S for e in ends)
 
     def expire(self) -> list[str]:
         """Forget jobs silent for longer than the expiry; return their names."""

@@ -224,6 +224,10 @@ class Reporter:
             return
         self._send(data)
 
+    def finish(self, **fields: Any) -> None:
+        """Tell the agent this rank ended on purpose (no stalled-job or drop alerts)."""
+        self.event(protocol.EVENT_FINISHED, **fields)
+
     def close(self) -> None:
         """Close the socket (the Reporter may be used again; it reconnects)."""
         self._close_socket()

@@ -224,7 +224,8 @@ class TrainingCollector(Collector):
                 for r, st in sorted(job.ranks.items()):
                     lv = [job_name, str(r), host]
                     rank_info.add_metric([job_name, str(r), str(st.pid), st.gpu_uuid, host], 1.0)
-                    age.add_metric(lv, max(0.0, now - st.last_seen))
+                    if st.finished_at is None:  # a finished rank has no age to alert on
+                        age.add_metric(lv, max(0.0, now - st.last_seen))
                     for kind, n in sorted(st.events.items()):
                         events.add_metric([*lv, kind], float(n))
                     rep_dropped.add_metric(
@@ -238,7 +239,8 @@ class TrainingCollector(Collector):
                         gnorm.add_metric(lv, st.grad_norm)
                     tokens.add_metric(lv, float(st.tokens_total))
                     samples.add_metric(lv, float(st.samples_total))
-                    tps.add_metric(lv, self.store.tokens_per_second(st, now))
+                    if st.finished_at is None:  # nor a throughput that fell to zero
+                        tps.add_metric(lv, self.store.tokens_per_second(st, now))
                     buckets: list[tuple[str, float]] = []
                     acc = 0
                     for bound, n in zip(STEP_DURATION_BUCKETS, st.bucket_counts, strict=False):

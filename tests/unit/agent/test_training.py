@@ -319,3 +319,40 @@ def test_a_client_trickling_its_request_loses_the_connection(running, monkeypatc
     assert closed and elapsed < 4.5
     # Normal requests are unaffected.
     assert requests.get(f"{url}/healthz", timeout=5).status_code == 200
+
+
+def test_a_finished_rank_stops_its_live_series_and_the_job_is_forgotten(tmp_path):
+    """A job that ends on purpose raises no stalled-job or throughput alert."""
+    clock = Clock()
+    ctx = make_ctx(tmp_path, collectors=["training"])
+    ctx.monotonic = clock
+    c = TrainingCollector(ctx)
+    store = c.store
+    store.monotonic = clock
+    for r in (0, 1):
+        store.add(rep(job="done", rank=r, step=10, t=1.0))
+    store.add(protocol.EventReport(Identity("done", 0, 42, "GPU-x", "h"), "finished", 2.0))
+    text = render_collector(c)
+    # Rank 0 finished: no age or tokens/sec for it; rank 1 still runs.
+    assert "sentinel_train_seconds_since_last_report{" in text
+    assert value(text, "sentinel_train_tokens_per_second", job="done", rank="1") >= 0
+    assert 'sentinel_train_seconds_since_last_report{hostname="node1",job="done",rank="0"}' \
+        not in text
+    assert 'sentinel_train_tokens_per_second{hostname="node1",job="done",rank="0"}' not in text
+    assert value(text, "sentinel_train_step", job="done", rank="0") == 10  # history stays
+    # Once every rank has finished, the job goes after the grace period, not the expiry.
+    store.add(protocol.EventReport(Identity("done", 1, 42, "GPU-x", "h"), "finished", 3.0))
+    clock.t += 60
+    assert store.expire() == []
+    clock.t += 100
+    assert store.expire() == ["done"]
+
+
+def test_a_rank_that_reports_again_after_finishing_is_live_again():
+    clock = Clock()
+    store = StepStore(ring_size=100, max_jobs=4, max_ranks=4, monotonic=clock)
+    store.add(rep(job="j", step=1))
+    store.add(protocol.EventReport(Identity("j", 0, 42, "GPU-x", "h"), "finished", 2.0))
+    assert store.jobs["j"].ranks[0].finished_at is not None
+    store.add(rep(job="j", step=2))
+    assert store.jobs["j"].ranks[0].finished_at is None
