@@ -168,8 +168,14 @@ class StepStream:
                 after = [self._point(rec) for rec in self._get(0)]
                 after = [p for p in after if p.time is not None and p.time > newest]
                 if after:
-                    # The agent orders by (step, rank): the rerun's steps, oldest first.
-                    self._since, self._at_since = -1, set()
+                    if min(p.step for p in after) < self._since:
+                        # The job went back: the rerun's steps (the agent orders them by
+                        # step, rank) restart the bookkeeping.
+                        self._since, self._at_since = -1, set()
+                    else:
+                        # No rollback: records that arrived between the two reads.
+                        after = [p for p in after
+                                 if (p.step, p.rank, p.time) not in self._at_since]
                     self._append(after)
                     return len(after)
             self._append(new)

@@ -8,6 +8,7 @@ Usage in a training loop::
     for step, batch in enumerate(loader):
         loss = train_step(batch)
         rep.step(step, loss=loss_value, tokens=tokens_in_batch, grad_norm=gn)
+    rep.finish()                               # ended on purpose: no stalled-job alert
 
 The datagram goes to the agent's Unix datagram socket (``$SENTINEL_AGENT_SOCKET``,
 default :data:`DEFAULT_SOCKET`), or to UDP on localhost if ``udp`` or

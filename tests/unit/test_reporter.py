@@ -76,3 +76,14 @@ def test_a_bad_extra_does_not_lose_the_step(tmp_path):
     assert isinstance(r, protocol.StepReport) and r.step == 3
     assert r.extra["mom"] == 0.9 and "lr" not in r.extra and "note" not in r.extra
     assert len(r.extra) == protocol.MAX_EXTRA_KEYS
+
+
+def test_finish_sends_the_finished_event(tmp_path):
+    path = str(tmp_path / "agent.sock")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    srv.bind(path)
+    srv.settimeout(2)
+    Reporter(job="j", socket_path=path).finish(step=99)
+    e = protocol.decode(srv.recv(65536))
+    assert isinstance(e, protocol.EventReport)
+    assert e.kind == protocol.EVENT_FINISHED and e.fields == {"step": 99}
