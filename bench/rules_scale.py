@@ -31,7 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.detectors.openmetrics import backfill  # noqa: E402
+from bench.detectors.openmetrics import backfill, backfill_rules  # noqa: E402
 from sentinel.rules.engine import Engine  # noqa: E402
 from sentinel.rules.rules import load_rules  # noqa: E402
 from sentinel.rules.sources import PrometheusSource  # noqa: E402
@@ -134,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         backfill(om, tsdb)
         timings["backfill_s"] = time.perf_counter() - t0
+        # What a running Prometheus would have recorded from the shipped rules.
+        t0 = time.perf_counter()
+        backfill_rules(tsdb, end - args.hours * 3600, end, args.interval)
+        timings["backfill_rules_s"] = time.perf_counter() - t0
         om.unlink()
         meta_path.write_text(json.dumps(meta))
     print(f"data: {meta['series']} series, {meta['samples']} samples {timings}", flush=True)

@@ -5,7 +5,7 @@ import time
 import pytest
 
 from bench.detectors import scenarios
-from bench.detectors.openmetrics import backfill, lines
+from bench.detectors.openmetrics import backfill, backfill_rules, lines
 from sentinel.rules.engine import Engine
 from sentinel.rules.rules import load_rules
 from sentinel.rules.sources import PrometheusSource
@@ -48,6 +48,11 @@ def test_engine_over_prometheus_finds_the_cause(tmp_path, make, cause, node):
     om.write_text("".join(lines(_families(sc))))
     backfill(om, tmp_path / "tsdb", promtool)
     end = max(t for s in sc.series["tokens_per_sec"] for t, _ in s.points)
+    start = min(t for s in sc.series["tokens_per_sec"] for t, _ in s.points)
+    # The throughput rule reads the shipped recording rules' series, as on a real
+    # Prometheus that loads alerts/sentinel.rules.yml.
+    backfill_rules(tmp_path / "tsdb", start, end, 5.0, promtool=promtool,
+                   prometheus=need_binary("prometheus", "prometheus"))
     rules = [r for r in load_rules() if r.name in ("throughput", "gpu-throttle", "diagnosis")]
     with run_prometheus(tmp_path / "prom", tsdb_path=tmp_path / "tsdb") as prom:
         src = PrometheusSource(prom.url)
