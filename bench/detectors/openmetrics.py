@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
-import time
-import urllib.request
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -48,12 +45,6 @@ RECORDING_RULES = Path(__file__).resolve().parents[2] / "alerts" / "sentinel.rul
 PROMETHEUS_READY_S = 60.0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def backfill_rules(
     tsdb: Path,
     start: float,
@@ -69,9 +60,11 @@ def backfill_rules(
     into a TSDB has no such history. ``promtool tsdb create-blocks-from rules`` computes
     it from a Prometheus serving the raw data, into blocks that join the TSDB.
     """
+    from tests.support.services import free_port, stop, wait_http  # noqa: PLC0415
+
     out = tsdb.parent / (tsdb.name + "-rules")
     shutil.rmtree(out, ignore_errors=True)
-    port = _free_port()
+    port = free_port()
     cfg = tsdb.parent / (tsdb.name + "-backfill.yml")
     cfg.write_text("global: {scrape_interval: 1m}\n")
     proc = subprocess.Popen(
@@ -81,33 +74,18 @@ def backfill_rules(
     )
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + PROMETHEUS_READY_S
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/-/ready", timeout=2) as r:  # noqa: S310
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("prometheus did not start for the rules backfill")
-            time.sleep(0.1)
-        r2 = subprocess.run(
+        wait_http(f"{url}/-/ready", timeout=PROMETHEUS_READY_S, proc=proc)
+        r = subprocess.run(
             [promtool, "tsdb", "create-blocks-from", "rules", f"--start={int(start)}",
              f"--end={int(end) + 1}", f"--url={url}", f"--output-dir={out}",
              f"--eval-interval={max(1, int(eval_interval_s))}s", str(rules_file)],
             capture_output=True, text=True, timeout=PROMTOOL_TIMEOUT_S,
         )
-        if r2.returncode != 0:
-            raise RuntimeError(f"promtool rules backfill failed ({r2.returncode}): "
-                               f"{r2.stderr[-2000:]}")
+        if r.returncode != 0:
+            raise RuntimeError(f"promtool rules backfill failed ({r.returncode}): "
+                               f"{r.stderr[-2000:]}")
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=30)
+        stop(proc, timeout=30)
     for block in out.iterdir():
         shutil.move(str(block), str(tsdb / block.name))
     shutil.rmtree(out, ignore_errors=True)
