@@ -474,8 +474,27 @@ class RollbackHandler:
             self._report_refused(req.id, reason, step)
             return None
         assert state is not None
-        self.restore(state)
+        restored = 1
+        try:
+            self.restore(state)
+        except Exception as e:  # noqa: BLE001 - every rank must learn of it, not only this one
+            restored = 0
+            problem = f"restoring the checkpoint failed: {type(e).__name__}: {e}"
+            log.error("rank %d: %s", self.rank, problem)
         del state
+        # A second vote: a rank whose restore raised would otherwise leave the others
+        # in their next collective, waiting for ever. Nothing is safe to continue from
+        # (some ranks hold the old state, some the new): every rank stops. The request
+        # stays pending and no checkpoint is abandoned, so the restarted job (a Slurm
+        # requeue) resumes from its newest checkpoint and applies the request again.
+        if not self._all_reduce_int(restored, "MIN"):
+            reason = f"rank {self.rank}: " + (
+                problem or "another rank failed to restore the checkpoint (see its log)")
+            if self.reporter is not None:
+                self.reporter.event("rollback_failed", request_id=req.id, reason=reason,
+                                    step=step)
+            raise RollbackError(f"rollback {req.id} to step {req.to_step} failed: {reason}; "
+                                "stopping so the job restarts and applies it again")
         if self.rank == 0:
             # Abandon the newer checkpoints before the skip plan is saved: a crash between
             # the two then restarts from ``to_step`` and re-applies the pending request.

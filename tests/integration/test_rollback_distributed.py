@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -61,3 +62,27 @@ def test_both_ranks_roll_back_at_the_same_boundary(tmp_path):
     # DDP keeps the ranks' losses on the same model; each rank saw its half of the batch.
     last = [[e for e in log if e["event"] == "step"][-1] for log in logs]
     assert last[0]["step"] == last[1]["step"] == STEPS - 1
+
+
+def test_a_restore_that_fails_on_one_rank_stops_every_rank(tmp_path):
+    """Rank 1's restore raises after the vote: both ranks stop; neither waits for ever."""
+    worker = Path(__file__).with_name("rollback_restore_fails_worker.py")
+    port = free_port()
+    procs = []
+    for rank in range(2):
+        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+               "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1",
+               "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        procs.append(subprocess.Popen([sys.executable, str(worker), str(tmp_path)], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True, cwd=ROOT))
+    try:
+        outs = [p.communicate(timeout=120)[0] for p in procs]  # a hang would end here
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [3, 3], outs
+    assert "restoring the checkpoint failed: RuntimeError" in outs[1]
+    assert "another rank failed to restore" in outs[0]
+    pending = list((tmp_path / "rollback" / "requests").glob("*.json"))
+    assert len(pending) == 1  # kept for the restarted job

@@ -269,3 +269,26 @@ def test_only_ranks_of_this_host_are_signalled(job):
     (pids / "rank-8.pid").write_text(json.dumps({"pid": 4242, "host": "some-other-node"}))
     (pids / "rank-9.pid").write_text("not a pid")
     assert job_pids(job.dir) == [os.getpid()]
+
+
+def test_a_failed_restore_stops_the_job_and_keeps_the_request_for_the_restart(tmp_path):
+    j = Job(tmp_path)
+    try:
+        def broken_restore(state):
+            raise RuntimeError("size mismatch for w")
+
+        j.handler.restore = broken_restore
+        req = j.request(to_step=10, skip=[(25, 30)])
+        os.kill(os.getpid(), signal.SIGUSR1)
+        with pytest.raises(RollbackError, match="restoring the checkpoint failed: RuntimeError"):
+            j.handler.at_step_boundary(24)
+        # Nothing was half-done on disk: the request is still pending, no result, no skip
+        # ranges, and no checkpoint was abandoned, so a restart applies it again.
+        assert (j.dir / "rollback/requests" / f"{req.id}.json").exists()
+        assert read_result(j.dir, req.id) is None
+        assert len(SkipPlan(j.dir)) == 0
+        assert [c.step for c in j.store.checkpoints()] == [0, 10, 20]
+        (kind, fields), = j.events()
+        assert kind == "rollback_failed" and fields["request_id"] == req.id
+    finally:
+        j.close()
