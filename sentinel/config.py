@@ -21,8 +21,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
-
 T = TypeVar("T")
 
 ENV_PREFIX = "SENTINEL_"
@@ -34,6 +32,8 @@ class ConfigError(ValueError):
 
 def read_yaml_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a YAML config file into a mapping of sections, with clear errors."""
+    import yaml  # here, not at import: burn-in's API runs where PyYAML may be absent
+
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -144,21 +144,33 @@ def _coerce(key: str, value: Any, tp: Any, from_text: bool) -> Any:
     raise ConfigError(f"{key}: unsupported config type {tp!r}")  # a programming error
 
 
-def _check_field(key: str, value: Any, meta: Mapping[str, Any]) -> None:
+def _check_field(
+    key: str, value: Any, meta: Mapping[str, Any], error: type[ValueError] = ConfigError
+) -> None:
     choices = meta.get("choices")
     if choices is not None and value is not None:
         vals = value if isinstance(value, list) else [value]
         for v in vals:
             if v not in choices:
-                raise ConfigError(
-                    f"{key}: {v!r} is not valid (valid: {', '.join(map(str, choices))})"
-                )
+                raise error(f"{key}: {v!r} is not valid (valid: {', '.join(map(str, choices))})")
     lo, hi = meta.get("min"), meta.get("max")
     if isinstance(value, int | float) and not isinstance(value, bool):
+        if value != value:  # NaN passes both comparisons below
+            raise error(f"{key}: {value!r} is not a number")
         if lo is not None and value < lo:
-            raise ConfigError(f"{key}: {value!r} is below the minimum {lo}")
+            raise error(f"{key}: {value!r} is below the minimum {lo}")
         if hi is not None and value > hi:
-            raise ConfigError(f"{key}: {value!r} is above the maximum {hi}")
+            raise error(f"{key}: {value!r} is above the maximum {hi}")
+
+
+def check_fields(obj: Any, section: str, error: type[ValueError] = ConfigError) -> None:
+    """Check every field of dataclass ``obj`` against its metadata's choices and range.
+
+    For objects built in code (a Python API) rather than through :func:`load_section`,
+    which runs the same checks on what it loads.
+    """
+    for f in dataclasses.fields(obj):
+        _check_field(f"{section}.{f.name}", getattr(obj, f.name), f.metadata, error)
 
 
 def load_section(

@@ -7,8 +7,9 @@ through :func:`sentinel.config.load_section` (file, ``SENTINEL_BURNIN_*``, flags
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
+
+from sentinel.config import check_fields
 
 DTYPES = ("bf16", "fp8")
 
@@ -114,22 +115,7 @@ class BurninConfig:
 
     def validate(self) -> None:
         """Check every field against its declared range and choices; raise on the first bad."""
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            key = f"burnin.{f.name}"
-            choices = f.metadata.get("choices")
-            if choices is not None and value not in choices:
-                raise BurninConfigError(
-                    f"{key}: {value!r} is not valid (valid: {', '.join(choices)})"
-                )
-            lo, hi = f.metadata.get("min"), f.metadata.get("max")
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                if value != value:  # NaN passes both comparisons below
-                    raise BurninConfigError(f"{key}: {value!r} is not a number")
-                if lo is not None and value < lo:
-                    raise BurninConfigError(f"{key}: {value!r} is below the minimum {lo}")
-                if hi is not None and value > hi:
-                    raise BurninConfigError(f"{key}: {value!r} is above the maximum {hi}")
+        check_fields(self, "burnin", BurninConfigError)
         if len(set(self.gpus)) != len(self.gpus):
             raise BurninConfigError(f"burnin.gpus: {self.gpus!r} names a GPU twice")
         for g in self.gpus:
