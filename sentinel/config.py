@@ -30,19 +30,25 @@ class ConfigError(ValueError):
     """A configuration key or value is not valid; the message says what would be."""
 
 
-def read_yaml_file(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a YAML config file into a mapping of sections, with clear errors."""
+def load_yaml(path: str | os.PathLike[str], what: str = "config file") -> Any:
+    """Parse a YAML file; a file that cannot be read or parsed is a ConfigError naming it."""
     import yaml  # here, not at import: burn-in's API runs where PyYAML may be absent
 
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as e:
-        raise ConfigError(f"config file {p}: cannot read it ({e.strerror or e})") from e
+        raise ConfigError(f"{what} {p}: cannot read it ({e.strerror or e})") from e
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise ConfigError(f"config file {p}: not valid YAML: {e}") from e
+        raise ConfigError(f"{what} {p}: not valid YAML: {e}") from e
+
+
+def read_yaml_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a YAML config file into a mapping of sections, with clear errors."""
+    p = Path(path)
+    data = load_yaml(p)
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -26,9 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from sentinel.config import ConfigError, load_section
+from sentinel.config import ConfigError, load_section, load_yaml
 from sentinel.rules.detectors import DETECTORS
 from sentinel.rules.finding import ACTIONS, SEVERITIES
 from sentinel.rules.spec import DetectorSpec
@@ -147,12 +145,4 @@ def parse_rules(data: Any, source: str = "rules") -> list[Rule]:
 def load_rules(path: str | Path | None = None) -> list[Rule]:
     """Read and validate a rules file (the packaged defaults when ``path`` is None)."""
     p = Path(path) if path else DEFAULT_RULES
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as e:
-        raise ConfigError(f"rules file {p}: cannot read it ({e.strerror or e})") from e
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"rules file {p}: not valid YAML: {e}") from e
-    return parse_rules(data, f"rules file {p}")
+    return parse_rules(load_yaml(p, "rules file"), f"rules file {p}")
