@@ -46,9 +46,9 @@ def median_us(fn, n: int, warmup: int = 3) -> float:
 
 
 def bench_collect(args, res: dict) -> None:
-    from sentinel.agent.agent import Agent
     from sentinel.agent.collectors.base import Context
     from sentinel.agent.config import AgentConfig
+    from sentinel.agent.exporter import Agent
 
     tmp = tempfile.mkdtemp()
     collectors = ["gpu", "disk", "host", "training", "textfile"]

@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.detectors.openmetrics import backfill, backfill_rules  # noqa: E402
 from sentinel.rules.engine import Engine  # noqa: E402
-from sentinel.rules.rules import load_rules  # noqa: E402
+from sentinel.rules.rulefile import load_rules  # noqa: E402
 from sentinel.rules.sources import PrometheusSource  # noqa: E402
 from tests.support.services import free_port, stop, wait_http  # noqa: E402
 

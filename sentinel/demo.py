@@ -92,9 +92,9 @@ def _detect(base_url: str, stop: threading.Event) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the agent and the synthetic job until Ctrl-C (or --seconds)."""
-    from sentinel.agent.agent import Agent  # noqa: PLC0415
     from sentinel.agent.collectors.base import Context  # noqa: PLC0415
     from sentinel.agent.config import AgentConfig  # noqa: PLC0415
+    from sentinel.agent.exporter import Agent  # noqa: PLC0415
     from sentinel.agent.nvml import Nvml, NvmlUnavailable  # noqa: PLC0415
     from sentinel.agent.server import HttpServer  # noqa: PLC0415
 

@@ -116,8 +116,8 @@ def watchdog_interval(configured: float, env: dict[str, str] | None = None) -> f
 
 def run(args: argparse.Namespace) -> int:
     """Run the agent; return the exit code."""
-    from sentinel.agent.agent import Agent  # noqa: PLC0415 - keep `sentinel --help` fast
     from sentinel.agent.collectors.base import Context  # noqa: PLC0415
+    from sentinel.agent.exporter import Agent  # noqa: PLC0415 - keep `sentinel --help` fast
     from sentinel.agent.server import HttpServer  # noqa: PLC0415
 
     cfg = load_config(args)

@@ -10,8 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from sentinel.agent.agent import Agent
 from sentinel.agent.collectors.training import finite_or_text
+from sentinel.agent.exporter import Agent
 
 log = logging.getLogger(__name__)
 

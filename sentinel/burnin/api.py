@@ -25,7 +25,7 @@ from typing import Any
 
 from sentinel.burnin.baselines import load_baselines
 from sentinel.burnin.config import BurninConfig, BurninConfigError
-from sentinel.burnin.model import GpuRecord, jsonable
+from sentinel.burnin.records import GpuRecord, jsonable
 from sentinel.burnin.verdict import GpuVerdict, VerdictConfig, judge
 
 log = logging.getLogger(__name__)
@@ -161,7 +161,7 @@ def run_burnin(
                     f"--dtype fp8 needs compute capability 9.0 or newer; GPU {g} "
                     f"({torch.cuda.get_device_name(g)}) is {cc[0]}.{cc[1]} (use --dtype bf16)")
     emit = on_event or (lambda _e: None)
-    from sentinel.burnin import check  # noqa: PLC0415 - needs torch
+    from sentinel.burnin import correctness  # noqa: PLC0415 - needs torch
     from sentinel.burnin.runner import GpuWorker, SharedInputs  # noqa: PLC0415
     from sentinel.burnin.sampler import NvmlSampler  # noqa: PLC0415
 
@@ -186,9 +186,9 @@ def run_burnin(
                                               None)}
                        for i in idents]})
 
-        a, b = check.make_inputs(torch, cfg.size, cfg.seed)
+        a, b = correctness.make_inputs(torch, cfg.size, cfg.seed)
         inputs = SharedInputs(a=a, b=b,
-                              cpu_rows=check.cpu_reference_rows(torch, a, b, cfg.dtype))
+                              cpu_rows=correctness.cpu_reference_rows(torch, a, b, cfg.dtype))
         workers.extend(GpuWorker(torch, g, cfg, inputs, stop) for g in gpus)
         for w in workers:
             w.start()

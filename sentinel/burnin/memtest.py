@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sentinel.burnin.model import MemtestResult
+from sentinel.burnin.records import MemtestResult
 
 PATTERNS: tuple[str, ...] = ("walking_ones", "address", "random")
 WORD_BYTES = 8

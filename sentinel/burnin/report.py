@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from sentinel.burnin.model import jsonable
+from sentinel.burnin.records import jsonable
 from sentinel.burnin.verdict import Verdict
 
 if TYPE_CHECKING:

@@ -27,10 +27,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sentinel.burnin import check
+from sentinel.burnin import correctness
 from sentinel.burnin.config import BurninConfig
 from sentinel.burnin.memtest import run_memtest
-from sentinel.burnin.model import CorrectnessResult, MemtestResult, PerfSample
+from sentinel.burnin.records import CorrectnessResult, MemtestResult, PerfSample
 
 # ~0.25 s of work between events: four completions per 1 s report, and at most a few
 # hundred queued launches per chunk, well under CUDA's ~1024-entry launch queue (a full
@@ -53,7 +53,7 @@ class SharedInputs:
 
     a: Any  # CPU bf16 N x N
     b: Any
-    cpu_rows: Any  # CPU fp32 rows of the exact product (check.reference_row_indices)
+    cpu_rows: Any  # CPU fp32 rows of the exact product (correctness.reference_row_indices)
 
 
 @dataclass
@@ -126,15 +126,16 @@ class GpuWorker(threading.Thread):
             mm, c, checker, ref_bad = self._prepare(dev)
             self._burn(stream, mm, c, checker, ref_bad)
 
-    def _prepare(self, dev: Any) -> tuple[Callable[[], Any], Any, check.ResultChecker, int]:
+    def _prepare(self, dev: Any) -> tuple[Callable[[], Any], Any, correctness.ResultChecker, int]:
         torch, cfg, n = self.torch, self.cfg, self.cfg.size
         a = self.inputs.a.to(dev)
         b = self.inputs.b.to(dev)
-        qa, qb = check.quantize(torch, a, cfg.dtype), check.quantize(torch, b, cfg.dtype)
+        qa = correctness.quantize(torch, a, cfg.dtype)
+        qb = correctness.quantize(torch, b, cfg.dtype)
         # fp32 on the SIMT path (TF32 off, set by the caller): independent of tensor cores.
         ref = torch.matmul(qa.float(), qb.float())
-        ref_bad = check.count_reference_mismatches(torch, ref, self.inputs.cpu_rows)
-        checker = check.ResultChecker(torch, ref, cfg.dtype)
+        ref_bad = correctness.count_reference_mismatches(torch, ref, self.inputs.cpu_rows)
+        checker = correctness.ResultChecker(torch, ref, cfg.dtype)
         del ref
         c = torch.empty(n, n, dtype=torch.bfloat16, device=dev)
         if cfg.dtype == "fp8":
@@ -157,7 +158,7 @@ class GpuWorker(threading.Thread):
                 raise GpuHang(f"no work completed for {self.cfg.hang_timeout:.0f} s (GPU hung?)")
             time.sleep(POLL_S)
 
-    def _burn(self, stream: Any, mm: Callable[[], Any], c: Any, checker: check.ResultChecker,
+    def _burn(self, stream: Any, mm: Callable[[], Any], c: Any, checker: correctness.ResultChecker,
               ref_bad: int) -> None:
         torch, cfg = self.torch, self.cfg
         flops1 = flops_per_matmul(cfg.size)
@@ -220,7 +221,7 @@ class GpuWorker(threading.Thread):
         self.result.correctness = CorrectnessResult(
             checks=checks, mismatches=bad, max_abs_error=max_err, tolerance=checker.rule,
             reference=f"fp32 product of the same inputs on this GPU (TF32 off); "
-                      f"{check.REFERENCE_ROWS} rows recomputed on the CPU",
+                      f"{correctness.REFERENCE_ROWS} rows recomputed on the CPU",
             reference_mismatches=ref_bad)
 
     def _emit(self, done_at: float, flops: float, secs: float) -> None:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sentinel.burnin.model import NvmlReading
+from sentinel.burnin.records import NvmlReading
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sentinel.agent.nvml import CLOCK_EVENT_REASONS
-from sentinel.burnin.model import GpuRecord, NvmlReading, PerfSample, jsonable
+from sentinel.burnin.records import GpuRecord, NvmlReading, PerfSample, jsonable
 
 
 class Verdict(enum.StrEnum):

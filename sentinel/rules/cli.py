@@ -51,7 +51,7 @@ def _emit(findings: list[Any]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run offline or online detection; return the exit code."""
-    from sentinel.rules.rules import load_rules
+    from sentinel.rules.rulefile import load_rules
 
     if bool(args.file) == bool(args.prometheus or args.agent):
         print("sentinel detect: give either FILE (offline) or --prometheus/--agent (online)",

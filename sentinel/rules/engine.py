@@ -16,7 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from sentinel.rules.finding import Finding
-from sentinel.rules.rules import Rule
+from sentinel.rules.rulefile import Rule
 from sentinel.rules.window import Window
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ from typing import Any
 
 import requests
 
-from sentinel.rules.rules import Rule
+from sentinel.rules.rulefile import Rule
 from sentinel.rules.window import Series, StepPoint, Window
 
 # Records kept per job between cycles; the agent's own ring is 20,000 per job.

@@ -14,7 +14,7 @@ pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA and an NVIDIA GPU"),
 ]
 
-from sentinel.burnin import check  # noqa: E402
+from sentinel.burnin import correctness  # noqa: E402
 from sentinel.burnin.api import run_burnin  # noqa: E402
 from sentinel.burnin.config import BurninConfig  # noqa: E402
 from sentinel.burnin.memtest import run_memtest  # noqa: E402
@@ -48,9 +48,9 @@ def test_unloaded_gpu_is_ok_with_nvml_matched_by_uuid(unloaded):
 
 def test_checker_has_no_false_positives_on_tensor_cores_and_catches_a_flip():
     dev = torch.device("cuda", 0)
-    a, b = check.make_inputs(torch, 8192, seed=3)
+    a, b = correctness.make_inputs(torch, 8192, seed=3)
     a, b = a.to(dev), b.to(dev)
-    checker = check.ResultChecker(torch, a.float() @ b.float(), "bf16")
+    checker = correctness.ResultChecker(torch, a.float() @ b.float(), "bf16")
     c = torch.empty(8192, 8192, dtype=torch.bfloat16, device=dev)
     for _ in range(5):
         torch.matmul(a, b, out=c)

@@ -7,7 +7,7 @@ import pytest
 from bench.detectors import scenarios
 from bench.detectors.openmetrics import backfill, backfill_rules, lines
 from sentinel.rules.engine import Engine
-from sentinel.rules.rules import load_rules
+from sentinel.rules.rulefile import load_rules
 from sentinel.rules.sources import PrometheusSource
 from tests.support.services import need_binary, run_prometheus
 

@@ -80,7 +80,7 @@ def test_malformed_diskstats_names_the_line():
 
 
 def test_bad_file_fails_the_collector_not_the_scrape(tmp_path):
-    from sentinel.agent.agent import Agent
+    from sentinel.agent.exporter import Agent
 
     d = tmp_path / "proc"
     d.mkdir()

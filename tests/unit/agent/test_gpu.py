@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from sentinel.agent.agent import Agent
 from sentinel.agent.collectors.gpu import GpuCollector
+from sentinel.agent.exporter import Agent
 from sentinel.agent.nvml import CLOCK_EVENT_REASONS, Nvml, NvmlUnavailable
 from sentinel.agent.nvml_replay import ReplayBackend
 from tests.unit.agent.conftest import H100, make_ctx, samples, value

@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sentinel import protocol
-from sentinel.agent.agent import Agent
 from sentinel.agent.collectors.training import TrainingCollector
+from sentinel.agent.exporter import Agent
 from sentinel.agent.server import HttpServer
 from sentinel.agent.steps import MAX_RATE_ENTRIES, StepStore
 from sentinel.protocol import Identity, StepReport

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from sentinel.burnin.model import GpuRecord, NvmlReading, PerfSample
+from sentinel.burnin.records import GpuRecord, NvmlReading, PerfSample
 
 FIXTURES = Path(__file__).with_name("fixtures")
 H100 = "NVIDIA H100 80GB HBM3"

@@ -1,6 +1,6 @@
 from sentinel.rules.engine import Engine
 from sentinel.rules.finding import Finding
-from sentinel.rules.rules import parse_rules
+from sentinel.rules.rulefile import parse_rules
 from sentinel.rules.window import Series, Window
 
 

@@ -2,7 +2,7 @@ import pytest
 
 from sentinel.config import ConfigError
 from sentinel.rules.detectors import DETECTORS
-from sentinel.rules.rules import load_rules, parse_duration, parse_rules
+from sentinel.rules.rulefile import load_rules, parse_duration, parse_rules
 
 
 def test_default_rules_load_and_cover_every_detector():

@@ -5,27 +5,27 @@ import math
 import pytest
 import torch
 
-from sentinel.burnin import check
+from sentinel.burnin import correctness
 
 N = 256
 
 
 @pytest.fixture(scope="module")
 def inputs():
-    return check.make_inputs(torch, N, seed=7)
+    return correctness.make_inputs(torch, N, seed=7)
 
 
 def test_inputs_are_fixed_by_seed(inputs):
-    a2, b2 = check.make_inputs(torch, N, seed=7)
+    a2, b2 = correctness.make_inputs(torch, N, seed=7)
     assert torch.equal(inputs[0], a2) and torch.equal(inputs[1], b2)
-    a3, _ = check.make_inputs(torch, N, seed=8)
+    a3, _ = correctness.make_inputs(torch, N, seed=8)
     assert not torch.equal(inputs[0], a3)
 
 
 def test_a_correct_bf16_product_passes(inputs):
     a, b = inputs
     ref = a.float() @ b.float()
-    checker = check.ResultChecker(torch, ref, "bf16")
+    checker = correctness.ResultChecker(torch, ref, "bf16")
     c = torch.empty(N, N, dtype=torch.bfloat16)
     torch.matmul(a, b, out=c)
     for _ in range(3):
@@ -38,7 +38,7 @@ def test_a_correct_bf16_product_passes(inputs):
 def test_corrupted_elements_are_counted_with_the_max_error(inputs):
     a, b = inputs
     ref = a.float() @ b.float()
-    checker = check.ResultChecker(torch, ref, "bf16")
+    checker = correctness.ResultChecker(torch, ref, "bf16")
     c = (a @ b).clone()
     c[3, 4] = c[3, 4] + 100.0  # a flipped high bit
     c[100, 7] = -c[100, 7] * 8
@@ -50,7 +50,7 @@ def test_corrupted_elements_are_counted_with_the_max_error(inputs):
 
 def test_nan_counts_as_a_mismatch(inputs):
     a, b = inputs
-    checker = check.ResultChecker(torch, a.float() @ b.float(), "bf16")
+    checker = correctness.ResultChecker(torch, a.float() @ b.float(), "bf16")
     c = (a @ b).clone()
     c[0, 0] = float("nan")
     checker.check(c)
@@ -60,7 +60,7 @@ def test_nan_counts_as_a_mismatch(inputs):
 
 def test_stale_result_is_caught(inputs):
     a, b = inputs
-    checker = check.ResultChecker(torch, a.float() @ b.float(), "bf16")
+    checker = correctness.ResultChecker(torch, a.float() @ b.float(), "bf16")
     c = (a @ b).clone()
     c[:16] = 0  # a tile the GPU never wrote
     checker.check(c)
@@ -69,18 +69,18 @@ def test_stale_result_is_caught(inputs):
 
 def test_reference_rows_against_the_cpu(inputs):
     a, b = inputs
-    rows = check.cpu_reference_rows(torch, a, b, "bf16")
+    rows = correctness.cpu_reference_rows(torch, a, b, "bf16")
     ref = a.float() @ b.float()
-    assert check.count_reference_mismatches(torch, ref, rows) == 0
-    idx = check.reference_row_indices(torch, N)
+    assert correctness.count_reference_mismatches(torch, ref, rows) == 0
+    idx = correctness.reference_row_indices(torch, N)
     ref[idx[2], 9] += 1.0  # a broken fp32 path on the GPU
-    assert check.count_reference_mismatches(torch, ref, rows) == 1
+    assert correctness.count_reference_mismatches(torch, ref, rows) == 1
 
 
 def test_fp8_inputs_quantize_and_pass(inputs):
     a, b = inputs
-    qa, qb = check.quantize(torch, a, "fp8"), check.quantize(torch, b, "fp8")
+    qa, qb = correctness.quantize(torch, a, "fp8"), correctness.quantize(torch, b, "fp8")
     assert qa.dtype == torch.float8_e4m3fn
-    checker = check.ResultChecker(torch, qa.float() @ qb.float(), "fp8")
+    checker = correctness.ResultChecker(torch, qa.float() @ qb.float(), "fp8")
     checker.check((qa.float() @ qb.float()).to(torch.bfloat16))
     assert checker.result()[1] == 0
