@@ -30,7 +30,8 @@ FETCH_THREADS = 4
 Fetch = Callable[[Rule, float], Window]
 
 
-def _signature(f: Finding) -> tuple[str, str, str, str]:
+def signature(f: Finding) -> tuple[str, str, str, str]:
+    """Return what makes a finding "changed" for the engine: severity, action, state, class."""
     return (f.severity, f.suggested_action, f.state, str(f.evidence.get("classification", "")))
 
 
@@ -103,7 +104,7 @@ class Engine:
             if k in seen:
                 continue
             seen.add(k)
-            sig = _signature(f)
+            sig = signature(f)
             prev = self._known.get(k)
             if prev is None or prev[0] != sig:
                 changes.append(f)
@@ -115,7 +116,7 @@ class Engine:
             gone = dataclasses.replace(f, state="resolved", evidence=dict(f.evidence))
             gone.evidence["resolved_because"] = "no longer reported by its rule"
             changes.append(gone)
-            self._known[k] = (_signature(gone), gone)
+            self._known[k] = (signature(gone), gone)
         while len(self._known) > self.max_tracked:
             self._known.popitem(last=False)
         return changes

@@ -78,6 +78,61 @@ class Finding:
             "evidence": _json_safe(self.evidence),
         }
 
+    @classmethod
+    def from_dict(cls, d: Any) -> Finding:
+        """Rebuild a finding from :meth:`to_dict` output (a findings JSONL line, the journal).
+
+        Raises ValueError naming the key that is missing or wrong.
+        """
+        if not isinstance(d, dict):
+            raise ValueError(f"a finding must be a JSON object, got {type(d).__name__}")
+        for k in ("kind", "severity", "summary", "suggested_action"):
+            if not isinstance(d.get(k), str):
+                raise ValueError(f"finding: key {k!r} missing or not a string")
+        kw: dict[str, Any] = {}
+        for k in ("detector", "rule", "episode", "state"):
+            if d.get(k) is not None:
+                if not isinstance(d[k], str):
+                    raise ValueError(f"finding: key {k!r} must be a string, got {d[k]!r}")
+                kw[k] = d[k]
+        for k in ("job", "node", "gpu"):
+            v = d.get(k)
+            if v is not None and not isinstance(v, str):
+                raise ValueError(f"finding: key {k!r} must be a string or null, got {v!r}")
+            kw[k] = v
+        for k in ("step_start", "step_end"):
+            v = d.get(k)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+                raise ValueError(f"finding: key {k!r} must be an integer or null, got {v!r}")
+            kw[k] = v
+        for k in ("time_start", "time_end", "confidence"):
+            v = d.get(k)
+            if v is None:
+                continue
+            if isinstance(v, bool) or not isinstance(v, int | float):
+                raise ValueError(f"finding: key {k!r} must be a number or null, got {v!r}")
+            kw[k] = float(v)
+        ev = d.get("evidence", {})
+        if not isinstance(ev, dict):
+            raise ValueError(f"finding: key 'evidence' must be an object, got {ev!r}")
+        kw["evidence"] = _from_json_safe(ev)
+        f = cls(kind=d["kind"], severity=d["severity"], summary=d["summary"],
+                suggested_action=d["suggested_action"], **kw)
+        return f
+
+
+_NONFINITE_TEXT = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+def _from_json_safe(v: Any) -> Any:
+    if isinstance(v, str) and v in _NONFINITE_TEXT:
+        return _NONFINITE_TEXT[v]
+    if isinstance(v, dict):
+        return {k: _from_json_safe(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_from_json_safe(x) for x in v]
+    return v
+
 
 def _json_safe(v: Any) -> Any:
     if isinstance(v, float):
