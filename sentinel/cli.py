@@ -27,6 +27,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("rollback", "sentinel.train.cli"),
     ("notify", "sentinel.notify.cli"),
     ("dashboards", "sentinel.dashboards.cli"),
+    ("controller", "sentinel.controller.cli"),
     ("demo", "sentinel.demo"),
 ]
 

@@ -33,6 +33,9 @@ class ControllerConfig:
         default="", metadata={"help": "Prometheus (or compatible) base URL ('' = step streams "
                               "only)"})
     rules: str = field(default="", metadata={"help": "rules YAML ('' = the packaged defaults)"})
+    scheduler: str = field(
+        default="slurm", metadata={"choices": ("slurm", "none"), "help": "the cluster's "
+                                   "scheduler; none: no spare swaps, burn-in on this host only"})
     interval_seconds: float = field(
         default=15.0, metadata={"help": "seconds per cycle; the systemd watchdog is fed each "
                                 "cycle. 15 s is Prometheus' usual scrape interval: a shorter "

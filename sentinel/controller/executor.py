@@ -85,6 +85,15 @@ class Executor:
             self._running[record.id] = self._pool.submit(self._guarded, record.id)
             return True
 
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until no action runs; False on timeout."""
+        with self._lock:
+            futs = list(self._running.values())
+        from concurrent.futures import wait
+
+        _done, pending = wait(futs, timeout=timeout)
+        return not pending
+
     def reap(self) -> None:
         """Forget finished futures (bounded bookkeeping)."""
         with self._lock:

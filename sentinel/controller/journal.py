@@ -120,8 +120,12 @@ class Journal:
             new = not self.path.exists()
             if new:
                 # Created 0660: root and the sentinel group approve and reset, nobody else.
+                # (SQLite gives its -wal and -shm files the same mode.)
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o660)
-                os.close(fd)
+                try:
+                    os.fchmod(fd, 0o660)  # the umask must not take the group's write away
+                finally:
+                    os.close(fd)
             self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000,
                                        check_same_thread=False, isolation_level=None)
             self._db.row_factory = sqlite3.Row

@@ -96,7 +96,10 @@ class Controller:
 
     def __init__(self, config: ControllerConfig, policy: PolicyConfig, journal: Journal,
                  detector: Detector, world: World, ctx: ActionContext,
-                 teller: Teller | None = None, *, clock: Callable[[], float]) -> None:
+                 teller: Teller | None = None, *, clock: Callable[[], float],
+                 executor: Executor | None = None,
+                 planner: Callable[[ActionContext, Incident, Finding, Decision],
+                                   dict[str, Any]] | None = None) -> None:
         self.config = config
         self.policy = policy
         self.journal = journal
@@ -105,8 +108,10 @@ class Controller:
         self.ctx = ctx
         self.teller = teller
         self.clock = clock
-        self.executor = Executor(ctx, config.max_concurrent_actions,
-                                 on_finished=self._action_finished)
+        self.executor = executor or Executor(ctx, config.max_concurrent_actions,
+                                             on_finished=self._action_finished)
+        # Replay plans without looking at the world (sentinel.controller.replay).
+        self.planner = planner or (lambda c, i, f, d: ACTIONS[str(d.action)].plan(c, i, f, d))
         self._cycle_lock = threading.Lock()
         self.cycles = 0
         self.last_cycle_ok = True
@@ -240,9 +245,8 @@ class Controller:
             if d.refusal:
                 stats.refused += 1
             return None
-        impl = ACTIONS[d.action]
         try:
-            plan = impl.plan(self.ctx, inc, f, d)
+            plan = self.planner(self.ctx, inc, f, d)
         except ActionFailed as e:
             rec = self.journal.add_action(inc.id, d.action, d.mode, ACTION_FAILED, plan={},
                                           node=f.node, job=f.job, reason=d.reason, now=now)

@@ -50,7 +50,7 @@ class ActionContext:
     journal: Journal
     jobs: dict[str, JobSpec]
     clock: Callable[[], float]
-    sleep: Callable[[float], None]
+    sleep: Callable[[float], object]  # returns early (truthy) when the controller stops
     # The followed job's step records, newest last (the loop's step streams).
     steps_of: Callable[[str], list[StepPoint]]
     slurm: Any | None = None        # sentinel.controller.slurm.Slurm when a scheduler is set
