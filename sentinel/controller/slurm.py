@@ -31,9 +31,12 @@ import re
 import subprocess
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ParamSpec, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar
 
 from sentinel.controller.model import PERMANENT, TRANSIENT, ActionFailed
+
+if TYPE_CHECKING:
+    from sentinel.controller.config import ControllerConfig
 
 # The tools a Slurm argv may start with; only these get controller.slurm_bin_dir.
 SLURM_TOOLS = frozenset({"scontrol", "sinfo", "squeue", "sbatch", "srun", "scancel", "salloc"})
@@ -329,6 +332,11 @@ class Slurm:
         self.bin_dir = bin_dir
         self.conf = conf
         self.runner: Runner = runner or subprocess_runner
+
+    @classmethod
+    def from_config(cls, cfg: ControllerConfig, runner: Runner | None = None) -> Slurm:
+        """Return the client of ``controller.slurm_*`` settings (SLURM_CONF from the env)."""
+        return cls(timeout=cfg.slurm_timeout_seconds, bin_dir=cfg.slurm_bin_dir, runner=runner)
 
     def argv(self, argv: Sequence[str]) -> list[str]:
         """Return ``argv`` with controller.slurm_bin_dir in front of a Slurm tool."""

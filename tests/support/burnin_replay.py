@@ -1,0 +1,44 @@
+"""REPLAY of a recorded burn-in: print what `sentinel burnin --json` printed on a real GPU.
+
+Not a burn-in. The Slurm test nodes have no GPU, so the controller's burn-in command in
+the tests is ``srun ... python tests/support/burnin_replay.py REPORT.report.json``: it
+prints the JSON lines recorded next to the report (``REPORT.jsonl``: start, progress,
+result) and the final ``verdict`` line with the whole report under ``report``, as
+``sentinel burnin --json`` does, then exits with the report's exit code (0 passed, 1 a
+GPU failed). The recordings are real runs on an H200 (tests/fixtures/burnin/, see
+tests/fixtures/README.md). It says on stderr that it is a replay.
+
+    python tests/support/burnin_replay.py tests/fixtures/burnin/h200-fail.report.json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+REPORT_SUFFIX = ".report.json"
+
+
+def main(argv: list[str]) -> int:
+    """Print the recorded lines and report; return the report's exit code."""
+    if len(argv) != 1 or not argv[0].endswith(REPORT_SUFFIX):
+        print(f"usage: burnin_replay.py NAME{REPORT_SUFFIX} (with NAME.jsonl beside it)",
+              file=sys.stderr)
+        return 2
+    report = json.loads(Path(argv[0]).read_text())
+    lines = Path(argv[0][: -len(REPORT_SUFFIX)] + ".jsonl").read_text().splitlines()
+    node = os.environ.get("SLURMD_NODENAME", "?")
+    print(f"burnin_replay: REPLAY of {argv[0]} (recorded on {report.get('hostname')}), "
+          f"printed on Slurm node {node}: not a burn-in of this node", file=sys.stderr)
+    for line in lines:
+        event = json.loads(line)
+        if event.get("event") == "verdict":
+            event["report"] = report  # what `sentinel burnin --json` prints since from_dict
+        print(json.dumps(event), flush=True)
+    return int(report["exit_code"])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
