@@ -226,7 +226,7 @@ def _kill_left_behind(root: Path, conf: Path) -> None:
 
 
 def _write_conf(d: Path, nodes: list[str], partition: str, features: dict[str, str],
-                munge_socket: Path) -> Path:
+                munge_socket: Path, partitions: dict[str, list[str]]) -> Path:
     host = socket.gethostname().split(".")[0]
     ctl_port, *node_ports = free_ports(len(nodes) + 1)
     lines = [
@@ -264,6 +264,8 @@ def _write_conf(d: Path, nodes: list[str], partition: str, features: dict[str, s
                      f"CPUs=1 RealMemory=1000{feat}")
     lines.append(f"PartitionName={partition} Nodes={','.join(nodes)} Default=YES State=UP "
                  "MaxTime=INFINITE")
+    for name, members in partitions.items():
+        lines.append(f"PartitionName={name} Nodes={','.join(members)} State=UP MaxTime=INFINITE")
     conf = d / "slurm.conf"
     conf.write_text("\n".join(lines) + "\n")
     return conf
@@ -297,8 +299,12 @@ def _start_munged(munged: str) -> tuple[subprocess.Popen[Any], Path]:
 
 @contextlib.contextmanager
 def run_slurm(tmp: Path, n_nodes: int = 5, *, partition: str = "gpu",
-              features: dict[str, str] | None = None) -> Iterator[SlurmCluster]:
-    """Start munged, slurmctld and ``n_nodes`` slurmd (node1..N); stop them all at the end."""
+              features: dict[str, str] | None = None,
+              partitions: dict[str, list[str]] | None = None) -> Iterator[SlurmCluster]:
+    """Start munged, slurmctld and ``n_nodes`` slurmd (node1..N); stop them all at the end.
+
+    Every node is in ``partition`` (the default one); ``partitions`` adds more.
+    """
     bins = need_slurm()
     tmp.mkdir(parents=True, exist_ok=True)
     nodes = [f"node{i}" for i in range(1, n_nodes + 1)]
@@ -307,7 +313,7 @@ def run_slurm(tmp: Path, n_nodes: int = 5, *, partition: str = "gpu",
     for n in nodes:
         (tmp / "spool" / n).mkdir(parents=True, exist_ok=True)
     conf = _write_conf(tmp, nodes, partition, DEFAULT_FEATURES if features is None else features,
-                       mdir / "munge.socket")
+                       mdir / "munge.socket", partitions or {})
     cluster = SlurmCluster(dir=tmp, conf=conf, nodes=nodes, partition=partition,
                            procs={"munged": munged}, munge_dir=mdir)
     env = cluster.env

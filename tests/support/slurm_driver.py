@@ -63,15 +63,16 @@ def burnin_command(verdict: str) -> list[str]:
 
 
 def config(tmp: Path, *, verdict: str = "pass", policy: dict[str, Any] | None = None,
-           **controller: Any) -> dict[str, Any]:
-    """Return a config file's data: the test job gpt-7b in reservation train, act mode."""
+           jobs: list[dict[str, Any]] | None = None, **controller: Any) -> dict[str, Any]:
+    """Return a config file's data: by default the job gpt-7b in reservation train; act mode."""
     ctl = {"journal": str(tmp / "controller.db"), "scheduler": "slurm", "listen_address": "",
            "interval_seconds": 0.5, "burnin_command": burnin_command(verdict),
            "burnin_timeout_seconds": 60, "requeue_confirm_seconds": 60,
            "slurm_timeout_seconds": 30, "spare_feature": "staged"} | controller
     return {"controller": ctl,
             "policy": {"spare_swap_mode": "act", "burnin_mode": "act"} | (policy or {}),
-            "jobs": [{"name": "gpt-7b", "slurm_job": "gpt-7b", "reservation": "train"}]}
+            "jobs": jobs if jobs is not None else [
+                {"name": "gpt-7b", "slurm_job": "gpt-7b", "reservation": "train"}]}
 
 
 def make(file_data: dict[str, Any], writes_path: Path, detector: Any,
