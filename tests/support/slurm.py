@@ -19,6 +19,7 @@ or munged is a failure; elsewhere the test is skipped naming
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -336,3 +337,49 @@ def run_slurm(tmp: Path, n_nodes: int = 5, *, partition: str = "gpu",
     finally:
         cluster.stop()
         logs.close()
+
+
+# -- captured output, for unit tests of sentinel/controller/slurm.py and the actions ----
+
+FIX = Path(__file__).resolve().parents[1] / "fixtures" / "slurm"
+
+
+def text(name: str) -> str:
+    """Return a captured output file of tests/fixtures/slurm."""
+    return (FIX / name).read_text()
+
+
+def error(name: str) -> dict[str, Any]:
+    """Return a captured failure: argv, returncode, stdout, stderr."""
+    return json.loads(text(name))
+
+
+@dataclass
+class Done:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+class Replay:
+    """A runner answering from captured output; records every argv, timeout and env."""
+
+    def __init__(self, answers: dict[str, Done | BaseException]) -> None:
+        self.answers = answers
+        self.calls: list[tuple[list[str], float, dict[str, str]]] = []
+
+    def __call__(self, argv: list[str], timeout: float, env: dict[str, str]) -> Done:
+        self.calls.append((argv, timeout, env))
+        key = " ".join(argv)
+        for prefix, ans in self.answers.items():
+            if key.startswith(prefix) or key.split("/")[-1].startswith(prefix):
+                if isinstance(ans, BaseException):
+                    raise ans
+                return ans
+        return Done(0, "", "")
+
+
+def from_error(name: str) -> Done:
+    """Return a captured failure as a runner's answer."""
+    e = error(name)
+    return Done(e["returncode"], e["stdout"], e["stderr"])

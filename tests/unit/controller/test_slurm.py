@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
@@ -27,47 +25,7 @@ from sentinel.controller.slurm import (
     parse_sinfo_json,
     slurm_failures,
 )
-
-FIX = Path(__file__).resolve().parents[2] / "fixtures" / "slurm"
-
-
-def text(name: str) -> str:
-    return (FIX / name).read_text()
-
-
-def error(name: str) -> dict:
-    return json.loads(text(name))
-
-
-@dataclass
-class Done:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-class Replay:
-    """A runner answering from captured output; records every argv, timeout and env."""
-
-    def __init__(self, answers: dict[str, Done | BaseException]) -> None:
-        self.answers = answers
-        self.calls: list[tuple[list[str], float, dict[str, str]]] = []
-
-    def __call__(self, argv: list[str], timeout: float, env: dict[str, str]) -> Done:
-        self.calls.append((argv, timeout, env))
-        key = " ".join(argv)
-        for prefix, ans in self.answers.items():
-            if key.startswith(prefix) or key.split("/")[-1].startswith(prefix):
-                if isinstance(ans, BaseException):
-                    raise ans
-                return ans
-        return Done(0, "", "")
-
-
-def from_error(name: str) -> Done:
-    e = error(name)
-    return Done(e["returncode"], e["stdout"], e["stderr"])
-
+from tests.support.slurm import Done, Replay, error, from_error, text
 
 # -- parsing -----------------------------------------------------------------------------
 
