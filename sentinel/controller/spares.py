@@ -31,10 +31,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# How far back the Prometheus lookup reads the burn-in gauges: they are written once per
-# burn-in and scraped every 15 s or so; the newest point in 10 minutes is the current one.
-PROM_LOOKBACK_S = 600.0
-PROM_STEP_S = 60.0
+# The burn-in gauges are two instant queries; a slow Prometheus must not hold a decision.
+PROM_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -47,25 +45,20 @@ class SpareStatus:
     burned_in_at: float | None = None
 
 
-def prometheus_passes(url: str, since: float, now: float,
-                      timeout: float = 10.0) -> dict[str, float]:
-    """Return ``{hostname: time}`` of burn-ins the agents exported as passed since ``since``."""
+def prometheus_passes(url: str, since: float, timeout: float = PROM_TIMEOUT_S
+                      ) -> dict[str, float]:
+    """Return ``{hostname: time}`` of burn-ins the agents export as passed since ``since``."""
     from sentinel.rules.sources import PrometheusSource
 
     prom = PrometheusSource(url, timeout=timeout)
-    start = now - PROM_LOOKBACK_S
 
-    def last(promql: str) -> dict[str, float]:
-        out = {}
-        for s in prom.range(promql, start, now, PROM_STEP_S):
-            pts = s.finite()
-            host = s.labels.get("hostname")
-            if pts and host:
-                out[host] = pts[-1][1]
-        return out
+    def by_host(promql: str) -> dict[str, float]:
+        return {labels["hostname"]: v for labels, v in prom.instant(promql)
+                if labels.get("hostname")}
 
-    ok = last("min by (hostname) (sentinel_burnin_ok)")
-    ts = last("min by (hostname) (sentinel_burnin_timestamp_seconds)")
+    # Every GPU of the host passed (min of ok is 1), and the oldest GPU result is recent.
+    ok = by_host("min by (hostname) (sentinel_burnin_ok)")
+    ts = by_host("min by (hostname) (sentinel_burnin_timestamp_seconds)")
     return {h: t for h, t in ts.items() if ok.get(h) == 1.0 and t >= since}
 
 
@@ -84,7 +77,7 @@ class SparePool:
         passes = burnin_passes(self.journal, since)
         if self.config.prometheus_url:
             try:
-                exported = prometheus_passes(self.config.prometheus_url, since, now)
+                exported = prometheus_passes(self.config.prometheus_url, since)
             except Exception as e:  # noqa: BLE001 - the journal still answers
                 log.warning("spare pool: cannot read burn-ins from Prometheus: %s", e)
                 exported = {}

@@ -19,6 +19,25 @@ import sys
 from pathlib import Path
 
 REPORT_SUFFIX = ".report.json"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "burnin"
+
+
+def replay_lines(report_path: str | Path) -> list[str]:
+    """Return the recorded JSON lines, the whole report on the ``verdict`` line."""
+    report = json.loads(Path(report_path).read_text())
+    recorded = Path(str(report_path)[: -len(REPORT_SUFFIX)] + ".jsonl").read_text()
+    out = []
+    for line in recorded.splitlines():
+        event = json.loads(line)
+        if event.get("event") == "verdict":
+            event["report"] = report  # what `sentinel burnin --json` prints since from_dict
+        out.append(json.dumps(event))
+    return out
+
+
+def recorded(verdict: str) -> str:
+    """Return the replayed stdout of the recorded H200 burn-in, ``pass`` or ``fail``."""
+    return "\n".join(replay_lines(FIXTURES / f"h200-{verdict}{REPORT_SUFFIX}")) + "\n"
 
 
 def main(argv: list[str]) -> int:
@@ -28,15 +47,11 @@ def main(argv: list[str]) -> int:
               file=sys.stderr)
         return 2
     report = json.loads(Path(argv[0]).read_text())
-    lines = Path(argv[0][: -len(REPORT_SUFFIX)] + ".jsonl").read_text().splitlines()
     node = os.environ.get("SLURMD_NODENAME", "?")
     print(f"burnin_replay: REPLAY of {argv[0]} (recorded on {report.get('hostname')}), "
           f"printed on Slurm node {node}: not a burn-in of this node", file=sys.stderr)
-    for line in lines:
-        event = json.loads(line)
-        if event.get("event") == "verdict":
-            event["report"] = report  # what `sentinel burnin --json` prints since from_dict
-        print(json.dumps(event), flush=True)
+    for line in replay_lines(argv[0]):
+        print(line, flush=True)
     return int(report["exit_code"])
 
 

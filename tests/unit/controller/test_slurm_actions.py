@@ -23,10 +23,9 @@ from sentinel.controller.policy import Decision
 from sentinel.controller.slurm import Slurm
 from sentinel.controller.spares import SlurmWorld, SparePool
 from sentinel.rules.finding import Finding
+from tests.support.burnin_replay import FIXTURES as BURNIN
+from tests.support.burnin_replay import recorded
 from tests.support.slurm import Done, Replay, from_error, text
-
-ROOT = Path(__file__).resolve().parents[3]
-BURNIN = ROOT / "tests" / "fixtures" / "burnin"
 
 
 def answers(sinfo: str = "sinfo-running.json", **extra: Done) -> dict[str, Done]:
@@ -158,21 +157,9 @@ def test_burnin_command_placeholders():
         fill_command(["srun", "-w", "{nodes}"], "node3", "r", 1)
 
 
-def replayed(verdict: str) -> str:
-    """What the replay prints: the recorded --json lines, the report on the verdict line."""
-    report = json.loads((BURNIN / f"h200-{verdict}.report.json").read_text())
-    lines = []
-    for line in (BURNIN / f"h200-{verdict}.jsonl").read_text().splitlines():
-        event = json.loads(line)
-        if event["event"] == "verdict":
-            event["report"] = report
-        lines.append(json.dumps(event))
-    return "\n".join(lines) + "\n"
-
-
 def test_report_found_on_the_verdict_line_of_real_output():
     for verdict, ok in (("pass", True), ("fail", False)):
-        doc = report_document(replayed(verdict))
+        doc = report_document(recorded(verdict))
         assert doc["ok"] is ok and doc["gpus"][0]["name"] == "NVIDIA H200"
     whole = (BURNIN / "h200-pass.report.json").read_text()
     assert report_document(whole)["hostname"] == "vm"
@@ -183,6 +170,6 @@ def test_report_found_on_the_verdict_line_of_real_output():
 
 
 def test_read_report_gives_the_verdicts():
-    r = read_report(replayed("fail"))
+    r = read_report(recorded("fail"))
     assert not r.ok and [v.verdict.value for v in r.verdicts] == ["LOW_FLOPS"]
-    assert read_report(replayed("pass")).ok
+    assert read_report(recorded("pass")).ok
