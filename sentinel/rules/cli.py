@@ -12,13 +12,13 @@ Online: ``sentinel detect --prometheus URL [--agent URL --job NAME] [--rules FIL
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from sentinel.config import ConfigError
+from sentinel.jsonnum import dumps
 
 EXIT_OK, EXIT_FOUND, EXIT_BAD = 0, 1, 2
 # A rule that runs offline must read steps (or other findings): series need Prometheus.
@@ -45,7 +45,7 @@ def register(subparsers: Any) -> None:
 
 def _emit(findings: list[Any]) -> None:
     for f in findings:
-        sys.stdout.write(json.dumps(f.to_dict(), sort_keys=True) + "\n")
+        sys.stdout.write(dumps(f.to_dict(), sort_keys=True) + "\n")
     sys.stdout.flush()
 
 

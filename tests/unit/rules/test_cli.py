@@ -6,6 +6,8 @@ import sys
 import numpy as np
 import pytest
 
+from tests.support.strictjson import strict_loads
+
 
 def detect(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "sentinel", "detect", *map(str, args)],
@@ -37,7 +39,7 @@ def test_spike_exits_1_with_one_json_finding_per_line(tmp_path):
     recs[500]["loss"] = "NaN"
     r = detect(write(tmp_path, recs))
     assert r.returncode == 1, r.stderr
-    out = [json.loads(line) for line in r.stdout.splitlines()]
+    out = [strict_loads(line) for line in r.stdout.splitlines()]
     spikes = [f for f in out if f["kind"] == "loss_spike"]
     assert [(f["step_start"], f["step_end"]) for f in spikes] == [(400, 400), (500, 500)]
     for f in out:
