@@ -20,10 +20,10 @@ from sentinel.agent.server import HttpServer
 from sentinel.agent.steps import MAX_RATE_ENTRIES, StepStore
 from sentinel.protocol import Identity, StepReport
 from sentinel.train.reporter import Reporter
+from tests.support.collectors import make_ctx, render_collector
+from tests.support.metrics import value
 from tests.support.services import free_port
 from tests.support.strictjson import strict_loads
-from tests.unit.agent.conftest import make_ctx, value
-from tests.unit.agent.test_gpu import render_collector
 
 
 class Clock:

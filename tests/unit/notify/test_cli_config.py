@@ -11,7 +11,7 @@ import pytest
 from sentinel.cli import main
 from sentinel.config import ConfigError
 from sentinel.notify.config import NotifyConfig, load_notify_config
-from tests.unit.notify.fake_slack import TOKEN, FakeSlack
+from tests.support.fake_slack import TOKEN, FakeSlack
 
 
 def _env(slack: FakeSlack, token_file: Path, tmp_path: Path) -> dict[str, str]:

@@ -15,7 +15,7 @@ from sentinel.notify.message import Notification, Series
 from sentinel.notify.queue import Outbox
 from sentinel.notify.slack import BotTransport, Notifier, WebhookTransport
 from sentinel.secretfile import Secret
-from tests.unit.notify.fake_slack import TOKEN, WEBHOOK_PATH, FakeSlack
+from tests.support.fake_slack import TOKEN, WEBHOOK_PATH, FakeSlack
 
 
 class Clock:
