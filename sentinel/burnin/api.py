@@ -25,8 +25,9 @@ from typing import Any
 
 from sentinel.burnin.baselines import load_baselines
 from sentinel.burnin.config import BurninConfig, BurninConfigError
-from sentinel.burnin.records import GpuRecord, jsonable
+from sentinel.burnin.records import GpuRecord
 from sentinel.burnin.verdict import GpuVerdict, VerdictConfig, judge
+from sentinel.jsonnum import encode
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ class BurninReport:
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready mapping of the whole report."""
-        out: dict[str, Any] = jsonable({
+        out: dict[str, Any] = encode({
             "hostname": self.hostname,
             "started_at": self.started_at,
             "finished_at": self.finished_at,

@@ -6,10 +6,11 @@ Plain dataclasses with ``to_dict``/``from_dict`` so recorded runs (CPU test fixt
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from sentinel.jsonnum import decode_number, encode
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ class GpuRecord:
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready mapping (non-finite floats as strings)."""
-        out: dict[str, Any] = jsonable(asdict(self))
+        out: dict[str, Any] = encode(asdict(self))
         return out
 
     @classmethod
@@ -99,7 +100,7 @@ class GpuRecord:
         mem = d.pop("memtest", None)
         if corr is not None:
             corr = dict(corr)
-            corr["max_abs_error"] = _float(corr["max_abs_error"])
+            corr["max_abs_error"] = decode_number(corr["max_abs_error"])
         return cls(
             perf=perf,
             nvml=nvml,
@@ -108,17 +109,3 @@ class GpuRecord:
             **d,
         )
 
-
-def _float(v: Any) -> float:
-    return float(v)  # float("inf"), float("NaN") parse the JSON strings back
-
-
-def jsonable(v: Any) -> Any:
-    """Replace non-finite floats by "NaN"/"Infinity"/"-Infinity" (contract 3's spelling)."""
-    if isinstance(v, float) and not math.isfinite(v):
-        return "NaN" if math.isnan(v) else ("Infinity" if v > 0 else "-Infinity")
-    if isinstance(v, dict):
-        return {str(k): jsonable(x) for k, x in v.items()}
-    if isinstance(v, list | tuple):
-        return [jsonable(x) for x in v]
-    return v

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from sentinel.burnin.records import jsonable
 from sentinel.burnin.verdict import Verdict
+from sentinel.jsonnum import dumps
 
 if TYPE_CHECKING:
     from sentinel.burnin.api import BurninReport
@@ -19,7 +18,7 @@ BAR_WIDTH = 30
 
 def json_line(event: dict[str, Any]) -> str:
     """Return one JSON line (non-finite numbers spelled "NaN"/"Infinity")."""
-    return json.dumps(jsonable(event), sort_keys=False, allow_nan=False)
+    return dumps(event, sort_keys=False)
 
 
 def result_events(report: BurninReport) -> list[dict[str, Any]]:

@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sentinel.agent.nvml import CLOCK_EVENT_REASONS
-from sentinel.burnin.records import GpuRecord, NvmlReading, PerfSample, jsonable
+from sentinel.burnin.records import GpuRecord, NvmlReading, PerfSample
+from sentinel.jsonnum import encode
 
 
 class Verdict(enum.StrEnum):
@@ -131,7 +132,7 @@ class GpuVerdict:
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready mapping."""
         s = self.stats
-        out: dict[str, Any] = jsonable({
+        out: dict[str, Any] = encode({
             "gpu": self.cuda_index,
             "nvml_index": self.nvml_index,
             "uuid": self.uuid,

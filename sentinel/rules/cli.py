@@ -12,17 +12,15 @@ Online: ``sentinel detect --prometheus URL [--agent URL --job NAME] [--rules FIL
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from sentinel.config import ConfigError
+from sentinel.jsonnum import dumps
 
 EXIT_OK, EXIT_FOUND, EXIT_BAD = 0, 1, 2
-# A rule that runs offline must read steps (or other findings): series need Prometheus.
-OFFLINE_INPUTS = ("steps", "findings")
 
 
 def register(subparsers: Any) -> None:
@@ -45,7 +43,7 @@ def register(subparsers: Any) -> None:
 
 def _emit(findings: list[Any]) -> None:
     for f in findings:
-        sys.stdout.write(json.dumps(f.to_dict(), sort_keys=True) + "\n")
+        sys.stdout.write(dumps(f.to_dict(), sort_keys=True) + "\n")
     sys.stdout.flush()
 
 
@@ -79,13 +77,13 @@ def _offline(args: argparse.Namespace, rules: list[Any]) -> int:
         return EXIT_BAD
     job = args.job or Path(args.file).stem
     found: list[Any] = []
+    # Offline there is no Prometheus: only rules that read steps, then those that read
+    # the findings of the others.
     for rule in rules:
-        if "findings" in rule.spec.inputs:
-            continue
-        if "steps" in rule.spec.inputs:
+        if rule.spec.reads_steps and not rule.spec.reads_findings:
             found += run_rule(rule, Window(job=job, steps=steps))
     for rule in rules:
-        if "findings" in rule.spec.inputs:
+        if rule.spec.reads_findings:
             found += run_rule(rule, Window(job=job, findings=list(found)))
     _emit(found)
     return EXIT_FOUND if found else EXIT_OK
@@ -105,9 +103,9 @@ def _online(args: argparse.Namespace, rules: list[Any]) -> int:
             return EXIT_BAD
         stream = StepStream(args.agent, args.job)
 
-    active = [r for r in rules if "findings" in r.spec.inputs
+    active = [r for r in rules if r.spec.reads_findings
               or (r.series and prom is not None)
-              or (not r.series and "steps" in r.spec.inputs and stream is not None)]
+              or (not r.series and r.spec.reads_steps and stream is not None)]
 
     def fetch(rule: Any, now: float) -> Window:
         if rule.series and prom is not None:

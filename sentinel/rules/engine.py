@@ -67,7 +67,7 @@ class Engine:
         now = self.clock() if now is None else now
         current: list[Finding] = []
         ran: set[str] = set()
-        later = [r for r in self.rules if "findings" in r.spec.inputs]
+        later = [r for r in self.rules if r.spec.reads_findings]
         first = [r for r in self.rules if r not in later]
 
         def get(rule: Rule) -> Window | Exception:

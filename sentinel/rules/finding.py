@@ -7,9 +7,10 @@ new problem from one it already reported and emit ``resolved`` when it goes away
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
+
+from sentinel.jsonnum import encode
 
 SEVERITIES = ("info", "warning", "critical")
 # What the controller should consider doing; detectors only suggest.
@@ -75,19 +76,6 @@ class Finding:
             "time_end": self.time_end,
             "confidence": round(self.confidence, 3),
             "key": self.key,
-            "evidence": _json_safe(self.evidence),
+            "evidence": encode(self.evidence),
         }
 
-
-def _json_safe(v: Any) -> Any:
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "NaN"
-        if math.isinf(v):
-            return "Infinity" if v > 0 else "-Infinity"
-        return v
-    if isinstance(v, dict):
-        return {str(k): _json_safe(x) for k, x in v.items()}
-    if isinstance(v, list | tuple):
-        return [_json_safe(x) for x in v]
-    return v

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections import deque
@@ -12,6 +11,7 @@ from typing import Any
 
 import requests
 
+from sentinel.jsonnum import decode_number
 from sentinel.rules.rulefile import Rule
 from sentinel.rules.window import Series, StepPoint, Window
 
@@ -26,16 +26,6 @@ ROLLBACK_PROBE_S = 60.0
 
 class SourceError(RuntimeError):
     """A source could not answer; the message says which query and why."""
-
-
-_NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf,
-              "+Inf": math.inf, "-Inf": -math.inf}
-
-
-def _float(v: Any) -> float:
-    if isinstance(v, str) and v in _NONFINITE:
-        return _NONFINITE[v]
-    return float(v)
 
 
 class PrometheusSource:
@@ -64,9 +54,11 @@ class PrometheusSource:
             raise SourceError(f"Prometheus {self.url}: query {promql!r} failed: {e}") from e
         with self._lock:
             self.queries += 1
+        # Prometheus sends every sample value as a string ("1.5", "+Inf", "NaN"): its own
+        # format, which float() reads, not sentinel's JSON spelling (sentinel.jsonnum).
         return [
             Series(labels=dict(r.get("metric", {})),
-                   points=[(float(t), _float(v)) for t, v in r.get("values", [])])
+                   points=[(float(t), float(v)) for t, v in r.get("values", [])])
             for r in result
         ]
 
@@ -132,8 +124,8 @@ class StepStream:
         try:
             gn = rec.get("grad_norm")
             return StepPoint(
-                step=int(rec["step"]), loss=_float(rec["loss"]),
-                grad_norm=None if gn is None else _float(gn),
+                step=int(rec["step"]), loss=decode_number(rec["loss"]),
+                grad_norm=None if gn is None else decode_number(gn),
                 time=float(rec["time"]) if rec.get("time") is not None else None,
                 node=rec.get("host"), rank=rec.get("rank"),
             )

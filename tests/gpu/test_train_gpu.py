@@ -37,7 +37,7 @@ def test_example_rolls_back_in_process_on_the_gpu(tmp_path):
         read_token,
         write_request,
     )
-    from tests.integration.test_rollback_example import finish, read_log, start_job, wait_for_step
+    from tests.support.example_job import finish, read_log, start_job, wait_for_step
 
     run_dir = tmp_path / "run"
     proc = start_job(run_dir, "--config", "small", "--device", "cuda", "--max-steps", "80",

@@ -12,8 +12,8 @@ import pytest
 import requests
 
 from tests.support.agent import run_agent
+from tests.support.metrics import check_promtool
 from tests.support.services import run_prometheus
-from tests.unit.agent.test_cli import check_promtool
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures"
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import socket
 import stat
@@ -267,11 +266,3 @@ class TrainingCollector(Collector):
                 if stat.S_ISSOCK(os.lstat(self.socket_path).st_mode):
                     os.unlink(self.socket_path)
 
-
-def finite_or_text(v: float | None) -> float | str | None:
-    """Return v, or "NaN"/"Infinity"/"-Infinity" for the JSON step stream."""
-    if v is None or math.isfinite(v):
-        return v
-    if math.isnan(v):
-        return "NaN"
-    return "Infinity" if v > 0 else "-Infinity"

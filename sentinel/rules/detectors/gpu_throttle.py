@@ -132,6 +132,6 @@ def detect(window: Window, params: Params) -> list[Finding]:
 SPEC = DetectorSpec(
     name=NAME, params=Params, detect=detect,
     inputs=("clock_event_reasons", "temperature", "slowdown_temperature"),
-    required=("clock_event_reasons",), default_severity="warning", default_action="burnin",
+    required=("clock_event_reasons",),
     description="throttle reasons active for much of the window (any bad bit); hot GPUs",
 )

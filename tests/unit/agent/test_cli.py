@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.collectors import FIXTURES, H100, PROC, make_ctx, render_collector
+from tests.support.metrics import check_promtool, samples, value
 from tests.support.services import need_binary
-from tests.unit.agent.conftest import FIXTURES, H100, PROC, samples, value
 
 GOLDEN = FIXTURES / "agent" / "golden.prom"
 TEXTFILES = FIXTURES / "agent" / "textfile"
@@ -94,19 +95,6 @@ def test_golden_scrape_matches_and_passes_promtool(tmp_path):
     check_promtool(text)
 
 
-def check_promtool(text: str) -> None:
-    promtool = need_binary("promtool", "prometheus")
-    r = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True,
-                       text=True, timeout=30)
-    # The only lint allowed is the camelCase of `modelName`, the label dcgm-exporter users
-    # join on (docs/DESIGN.md); everything else must be clean, which the rewritten copy shows.
-    problems = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.strip()]
-    assert all("snake_case" in ln for ln in problems), problems
-    r2 = subprocess.run([promtool, "check", "metrics"], input=text.replace("modelName=",
-                        "model_name="), capture_output=True, text=True, timeout=30)
-    assert r2.returncode == 0 and not (r2.stdout + r2.stderr).strip(), r2.stdout + r2.stderr
-
-
 def test_bad_textfile_fails_only_the_textfile_collector(tmp_path):
     d = tmp_path / "tf"
     shutil.copytree(TEXTFILES, d)
@@ -124,8 +112,6 @@ def test_bad_textfile_fails_only_the_textfile_collector(tmp_path):
 
 def test_textfile_may_not_shadow_agent_metrics(tmp_path):
     from sentinel.agent.collectors.textfile import TextfileCollector
-    from tests.unit.agent.conftest import make_ctx
-    from tests.unit.agent.test_gpu import render_collector
 
     (tmp_path / "x.prom").write_text("sentinel_collector_success{collector=\"gpu\"} 1\n")
     c = TextfileCollector(make_ctx(tmp_path, textfile_dir=str(tmp_path)))
@@ -137,8 +123,6 @@ def test_textfile_may_not_shadow_agent_metrics(tmp_path):
 
 def test_host_collector_reads_the_fixture_procfs(tmp_path):
     from sentinel.agent.collectors.host import HostCollector
-    from tests.unit.agent.conftest import make_ctx
-    from tests.unit.agent.test_gpu import render_collector
 
     proc = tmp_path / "proc"
     shutil.copytree(PROC, proc)

@@ -9,13 +9,13 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry, generate_latest
 
 from sentinel.agent.collectors.gpu import GpuCollector
 from sentinel.agent.exporter import Agent
 from sentinel.agent.nvml import CLOCK_EVENT_REASONS, Nvml, NvmlUnavailable
 from sentinel.agent.nvml_replay import ReplayBackend
-from tests.unit.agent.conftest import H100, make_ctx, samples, value
+from tests.support.collectors import H100, make_ctx, render_collector
+from tests.support.metrics import samples, value
 
 UUID = "GPU-52cb8648-0d3c-f8e6-e869-4d0d404c50f2"
 
@@ -35,16 +35,6 @@ def scrape(tmp_path: Path, backend: ReplayBackend, collectors=("gpu",)) -> tuple
         return agent.render().decode(), agent
     finally:
         agent.close()
-
-
-def render_collector(c: GpuCollector) -> str:
-    class A:
-        def collect(self):
-            return c.collect()
-
-    reg = CollectorRegistry(auto_describe=False)
-    reg.register(A())
-    return generate_latest(reg).decode()
 
 
 @pytest.mark.parametrize("phase", ["idle", "load"])
