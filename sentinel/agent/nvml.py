@@ -22,19 +22,6 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-# Clock-event (throttle) reason bits, from nvml.h (nvmlClocksEventReason*).
-CLOCK_EVENT_REASONS: dict[str, int] = {
-    "gpu_idle": 0x1,
-    "applications_clocks_setting": 0x2,
-    "sw_power_cap": 0x4,
-    "hw_slowdown": 0x8,
-    "sync_boost": 0x10,
-    "sw_thermal_slowdown": 0x20,
-    "hw_thermal_slowdown": 0x40,
-    "hw_power_brake_slowdown": 0x80,
-    "display_clock_setting": 0x100,
-}
-
 # nvml.h enum values (stable ABI), so the replay backend need not define them.
 _TEMPERATURE_GPU = 0
 _THRESHOLD_SHUTDOWN = 0

@@ -24,8 +24,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sentinel.agent.nvml import CLOCK_EVENT_REASONS
 from sentinel.burnin.records import GpuRecord, NvmlReading, PerfSample, jsonable
+from sentinel.gpu.reasons import (
+    BAD_MASK,
+    CLOCK_EVENT_REASONS,
+    HW_THROTTLE_REASONS,
+    POWER_CAP_MASK,
+    POWER_CAP_REASON,
+    SW_THERMAL_REASON,
+)
 
 
 class Verdict(enum.StrEnum):
@@ -50,18 +57,14 @@ SEVERITY: tuple[Verdict, ...] = (
     Verdict.LOW_FLOPS,
 )
 
-HW_THROTTLE_REASONS: tuple[str, ...] = (
-    "hw_slowdown",
-    "hw_thermal_slowdown",
-    "hw_power_brake_slowdown",
-)
-SW_THROTTLE_REASONS: tuple[str, ...] = ("sw_thermal_slowdown", "sw_power_cap")
-HW_MASK = sum(CLOCK_EVENT_REASONS[r] for r in HW_THROTTLE_REASONS)
-# Time counted as "throttled" in reports: hardware reasons and SW thermal slowdown.
-# SW power cap is reported apart: a healthy H100 is power-capped most of a burn-in, and
-# counting it would make the fleet's throttle-time panel useless.
-THROTTLE_TIME_MASK = HW_MASK | CLOCK_EVENT_REASONS["sw_thermal_slowdown"]
-POWER_CAP_MASK = CLOCK_EVENT_REASONS["sw_power_cap"]
+# Reasons that count only when the GPU is also slow (see the module docstring): SW
+# thermal slowdown and SW power cap. HW reasons (sentinel.gpu.reasons) always count.
+SW_THROTTLE_REASONS: tuple[str, ...] = (SW_THERMAL_REASON, POWER_CAP_REASON)
+# Time counted as "throttled" in reports: the shared bad set (HW reasons and SW thermal
+# slowdown), as the alert and the dashboards count it. SW power cap is reported apart: a
+# healthy H100 is power-capped most of a burn-in, and counting it would make the fleet's
+# throttle-time panel useless.
+THROTTLE_TIME_MASK = BAD_MASK
 
 # One second of HW slowdown during a burn-in is already a hardware event worth a
 # look. gpud waits for 6 of 10 minutes because it watches training, where brief events
@@ -355,11 +358,11 @@ def _judge_one(rec: GpuRecord, st: GpuStats, config: VerdictConfig, best: float 
         m_during, m_clean = _mean_tflops(during), _mean_tflops(clean)
         slower_while = (m_during is not None and m_clean is not None
                         and m_during < (1.0 - tol) * m_clean)
-        explains = speed_suffers and (name != "sw_power_cap" or clocks_low)
+        explains = speed_suffers and (name != POWER_CAP_REASON or clocks_low)
         if explains or slower_while:
             if slower_while and m_during is not None and m_clean is not None:
                 how = f"{m_during:.1f} TFLOPS while active vs {m_clean:.1f} otherwise"
-            elif name == "sw_power_cap" and st.sm_clock_median_hz and best_clock:
+            elif name == POWER_CAP_REASON and st.sm_clock_median_hz and best_clock:
                 how = (f"SM clock median {st.sm_clock_median_hz / 1e6:.0f} MHz vs "
                        f"{best_clock / 1e6:.0f} MHz on the best GPU, while slow "
                        f"(mean {mean:.1f} TFLOPS)")
@@ -369,9 +372,8 @@ def _judge_one(rec: GpuRecord, st: GpuStats, config: VerdictConfig, best: float 
             thr_data[name] = n
     if thr_parts:
         masks = sorted({r.clock_event_reasons for r in readings
-                        if r.clock_event_reasons and r.clock_event_reasons & (
-                            HW_MASK | CLOCK_EVENT_REASONS["sw_thermal_slowdown"]
-                            | POWER_CAP_MASK)})
+                        if r.clock_event_reasons
+                        and r.clock_event_reasons & (BAD_MASK | POWER_CAP_MASK)})
         extra = [f"reason bitmasks seen: {', '.join(f'{x:#06x}' for x in masks)}"]
         grown = {k: v for k, v in st.violation_seconds.items() if v > 0}
         if grown:

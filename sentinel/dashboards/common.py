@@ -29,22 +29,17 @@ from grafana_foundation_sdk.models import common as cm
 from grafana_foundation_sdk.models import dashboard as dm
 from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
+from sentinel.gpu.reasons import BAD_REASONS, promql_regex
+
 DATASOURCE_VAR = "datasource"
 DS = dm.DataSourceRef(type_val="prometheus", uid="${" + DATASOURCE_VAR + "}")
 # uid of the datasource deploy/grafana provisions; dashboards still pick via $datasource.
 PROVISIONED_DATASOURCE_UID = "sentinel-prometheus"
 TAGS = ["sentinel"]
 
-# Clock-event reasons that mean the GPU is slowed by heat or by the board protecting
-# itself: gpu-fryer's bad list (HW slowdown, HW thermal, SW thermal) plus the power
-# brake. sw_power_cap and gpu_idle are normal under load / at rest and are not counted.
-BAD_THROTTLE_REASONS = (
-    "hw_slowdown",
-    "hw_thermal_slowdown",
-    "sw_thermal_slowdown",
-    "hw_power_brake_slowdown",
-)
-BAD_THROTTLE_RE = "|".join(BAD_THROTTLE_REASONS)
+# Clock-event reasons the "hard-throttled" panels count: the shared bad set (slowed by
+# heat or hardware protection; sw_power_cap and gpu_idle are normal and not counted).
+BAD_THROTTLE_RE = promql_regex(BAD_REASONS)
 
 # Degrees below the GPU's own slowdown temperature at which panels turn yellow / red.
 # H100s under sustained load run 10-20 C below slowdown; within 5 C the next load

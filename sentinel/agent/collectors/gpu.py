@@ -10,13 +10,13 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from sentinel.agent.collectors.base import Collector, Context
 from sentinel.agent.nvml import (
-    CLOCK_EVENT_REASONS,
     DeviceInfo,
     GpuSample,
     Nvml,
     NvmlUnavailable,
     XidWaiter,
 )
+from sentinel.gpu.reasons import CLOCK_EVENT_REASONS
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from sentinel.agent.collectors.gpu import GpuCollector
 from sentinel.agent.exporter import Agent
-from sentinel.agent.nvml import CLOCK_EVENT_REASONS, Nvml, NvmlUnavailable
+from sentinel.agent.nvml import Nvml, NvmlUnavailable
 from sentinel.agent.nvml_replay import ReplayBackend
+from sentinel.gpu.reasons import CLOCK_EVENT_REASONS
 from tests.unit.agent.conftest import H100, make_ctx, samples, value
 
 UUID = "GPU-52cb8648-0d3c-f8e6-e869-4d0d404c50f2"
