@@ -95,8 +95,8 @@ def run(args: argparse.Namespace) -> int:
     from sentinel.agent.collectors.base import Context  # noqa: PLC0415
     from sentinel.agent.config import AgentConfig  # noqa: PLC0415
     from sentinel.agent.exporter import Agent  # noqa: PLC0415
-    from sentinel.agent.nvml import Nvml, NvmlUnavailable  # noqa: PLC0415
     from sentinel.agent.server import HttpServer  # noqa: PLC0415
+    from sentinel.gpu.nvml import Nvml, NvmlUnavailable  # noqa: PLC0415
 
     tmp = Path(tempfile.mkdtemp(prefix="sentinel-demo-"))
     sock = str(tmp / "agent.sock")
@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         probe.shutdown()
     except NvmlUnavailable as e:
         if REPLAY.exists():
-            from sentinel.agent.nvml_replay import ReplayBackend  # noqa: PLC0415
+            from sentinel.gpu.nvml_replay import ReplayBackend  # noqa: PLC0415
 
             ctx.nvml_backend = ReplayBackend.from_file(REPLAY)
             gpu_note = f"no NVML here ({e}); GPU series replay {REPLAY}"

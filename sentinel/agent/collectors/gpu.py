@@ -1,4 +1,4 @@
-"""GPU metrics through NVML (sentinel.agent.nvml), plus the XID event counter."""
+"""GPU metrics through NVML (sentinel.gpu.nvml), plus the XID event counter."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Callable
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from sentinel.agent.collectors.base import Collector, Context
-from sentinel.agent.nvml import (
+from sentinel.gpu.nvml import (
     DeviceInfo,
     GpuSample,
     Nvml,

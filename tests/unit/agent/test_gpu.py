@@ -13,8 +13,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from sentinel.agent.collectors.gpu import GpuCollector
 from sentinel.agent.exporter import Agent
-from sentinel.agent.nvml import Nvml, NvmlUnavailable
-from sentinel.agent.nvml_replay import ReplayBackend
+from sentinel.gpu.nvml import Nvml, NvmlUnavailable
+from sentinel.gpu.nvml_replay import ReplayBackend
 from sentinel.gpu.reasons import CLOCK_EVENT_REASONS
 from tests.unit.agent.conftest import H100, make_ctx, samples, value
 

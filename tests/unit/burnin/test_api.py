@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from sentinel.agent.nvml import Nvml
-from sentinel.agent.nvml_replay import ReplayBackend
 from sentinel.burnin.api import run_burnin
 from sentinel.burnin.config import BurninConfig, BurninConfigError
 from sentinel.burnin.verdict import Verdict
 from sentinel.cli import main
+from sentinel.gpu.nvml import Nvml
+from sentinel.gpu.nvml_replay import ReplayBackend
 
 torch = pytest.importorskip("torch")
 

@@ -3,7 +3,7 @@
 The dump is what ``scripts/capture_gpu_fixtures.py`` writes (``nvml_<phase>.json``):
 per device, each query's raw value or ``{"error": "NVMLError_X", "value": code}``.
 :class:`ReplayBackend` exposes the subset of the ``pynvml`` API that
-:class:`sentinel.agent.nvml.Nvml` calls, raising its own :class:`NVMLError` (with
+:class:`sentinel.gpu.nvml.Nvml` calls, raising its own :class:`NVMLError` (with
 the same ``value`` codes) where the dump recorded an error, so the wrapper's error
 handling is exercised exactly as on a real GPU. A dump may also carry
 ``"xid_events": [{"uuid": "GPU-...", "xid": 79}, ...]``, delivered once through the

@@ -6,7 +6,7 @@ query, or one broken GPU, never breaks a scrape. ``NOT_SUPPORTED`` is not an err
 a field the board does not have (say, PCIe replay on some SKUs) is simply absent.
 
 The backend is the ``pynvml`` module of ``nvidia-ml-py`` by default; tests and
-``--gpu-replay`` pass :class:`sentinel.agent.nvml_replay.ReplayBackend`, which
+``--gpu-replay`` pass :class:`sentinel.gpu.nvml_replay.ReplayBackend`, which
 answers the same calls from a captured dump.
 """
 
