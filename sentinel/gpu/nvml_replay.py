@@ -71,6 +71,11 @@ def error(name_or_code: str | int) -> NVMLError:
 
 REPLAY_WAIT_MS = 50
 
+# The dump of one H100 under load (captured as tests/fixtures/README.md describes), shipped
+# in the package: `sentinel demo` replays it where there is no NVML, and the tests use
+# this one copy. Package data (pyproject's **/*.json), so it works installed from a wheel.
+H100_LOAD = Path(__file__).with_name("replays") / "h100_load.json"
+
 _THRESHOLDS = {0: "SHUTDOWN", 1: "SLOWDOWN", 2: "MEM_MAX", 3: "GPU_MAX"}
 _POLICIES = {0: "POWER", 1: "THERMAL", 2: "SYNC_BOOST", 3: "BOARD_LIMIT", 4: "LOW_UTILIZATION",
              5: "RELIABILITY", 10: "TOTAL_APP_CLOCKS", 11: "TOTAL_BASE_CLOCKS"}

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from sentinel.gpu.nvml_replay import H100_LOAD
 from tests.support.services import need_binary
-from tests.unit.agent.conftest import FIXTURES, H100, PROC, samples, value
+from tests.unit.agent.conftest import FIXTURES, PROC, samples, value
 
 GOLDEN = FIXTURES / "agent" / "golden.prom"
 TEXTFILES = FIXTURES / "agent" / "textfile"
@@ -69,7 +70,7 @@ def once_fixture_scrape(tmp_path: Path) -> str:
     cfg = tmp_path / "sentinel.yml"
     cfg.write_text("agent:\n  hostname: node1\n  filesystem_paths: ['/']\n")
     r = agent(f"--config={cfg}", "--once", f"--procfs={PROC}",
-              f"--gpu-replay={H100 / 'nvml_load.json'}", f"--textfile-dir={TEXTFILES}",
+              f"--gpu-replay={H100_LOAD}", f"--textfile-dir={TEXTFILES}",
               f"--socket={tmp_path / 'agent.sock'}")
     assert r.returncode == 0, r.stderr
     return r.stdout

@@ -8,7 +8,6 @@ run their real code. Only what needs a GPU is replaced.
 import threading
 import time
 import types
-from pathlib import Path
 
 import pytest
 
@@ -17,11 +16,11 @@ from sentinel.burnin.config import BurninConfig, BurninConfigError
 from sentinel.burnin.verdict import Verdict
 from sentinel.cli import main
 from sentinel.gpu.nvml import Nvml
-from sentinel.gpu.nvml_replay import ReplayBackend
+from sentinel.gpu.nvml_replay import H100_LOAD, ReplayBackend
 
 torch = pytest.importorskip("torch")
 
-LOAD = Path(__file__).parents[2] / "fixtures" / "h100" / "nvml_load.json"
+LOAD = H100_LOAD
 SMALL = {"size": 128, "duration": 1.0, "warmup": 0.0, "memtest_seconds": 0.0,
          "hang_timeout": 1.0, "sample_interval": 0.1, "check_every": 4}
 

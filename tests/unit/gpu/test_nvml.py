@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 
 from sentinel.gpu.nvml import FIELDS, GpuSample, Nvml
-from sentinel.gpu.nvml_replay import ReplayBackend
+from sentinel.gpu.nvml_replay import H100_LOAD, ReplayBackend
 
-LOAD = Path(__file__).resolve().parents[2] / "fixtures" / "h100" / "nvml_load.json"
+LOAD = H100_LOAD
 
 
 def load() -> dict:
