@@ -160,12 +160,12 @@ def test_unwritable_textfile_directory_exits_2_naming_it(tmp_path, capsys):
 
 def test_late_textfile_failure_keeps_the_results(tmp_path, monkeypatch):
     backend, uuid = _replay()
-    import sentinel.burnin.report as report_mod
+    import sentinel.burnin.api as api_mod
 
     def full_disk(path, report):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(report_mod, "write_textfile", full_disk)
+    monkeypatch.setattr(api_mod, "write_textfile", full_disk)
     rep = run_burnin(BurninConfig(**SMALL, textfile=str(tmp_path / "b.prom")),
                      nvml=Nvml(backend), torch=FakeTorch(uuid))
     assert rep.verdicts and rep.records[0].perf
