@@ -24,6 +24,7 @@ from grafana_foundation_sdk.builders import bargauge, stat, statetimeline, table
 from grafana_foundation_sdk.builders import common as cb
 from grafana_foundation_sdk.builders import dashboard as db
 from grafana_foundation_sdk.builders import prometheus as pb
+from grafana_foundation_sdk.cog import builder as cogbuilder
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import common as cm
 from grafana_foundation_sdk.models import dashboard as dm
@@ -69,6 +70,25 @@ BAND_WINDOWS = ("1h", "6h", "24h")
 BAND_WINDOW_DEFAULT = "6h"
 BAND_TOLERANCES = ("0.05", "0.1", "0.2")
 BAND_TOLERANCE_DEFAULT = "0.1"
+
+
+# What a row function returns: its panels, in order.
+PanelBuilder = cogbuilder.Builder[dm.Panel]
+
+# Grafana's rate window variable: at least four scrape intervals, so rate() always has
+# two samples however far the panel is zoomed out.
+RATE_INTERVAL = "$__rate_interval"
+
+
+def with_rows(
+    d: db.Dashboard, rows: Sequence[tuple[str, Sequence[PanelBuilder]]]
+) -> db.Dashboard:
+    """Add each (title, panels) row to ``d``: the row, then its panels, in order."""
+    for title, panels in rows:
+        d = d.with_row(db.Row(title))
+        for p in panels:
+            d = d.with_panel(p)
+    return d
 
 
 def on_node(expr: str, node_matcher: str = 'hostname=~"$node"') -> str:
