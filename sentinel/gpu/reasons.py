@@ -73,11 +73,6 @@ def mask(reasons: tuple[str, ...] | list[str]) -> int:
     return out
 
 
-def active(bits: int) -> list[str]:
-    """Return the names of the reasons set in ``bits``, in bit order."""
-    return [name for name, bit in CLOCK_EVENT_REASONS.items() if bits & bit]
-
-
 def promql_regex(reasons: tuple[str, ...] | list[str]) -> str:
     """Return the alternation for a ``reason=~"..."`` matcher over ``reasons``."""
     return "|".join(reasons)
