@@ -5,7 +5,8 @@ The agent in the foreground plus a built-in job that reports steps through the r
 one bad batch (a loss spike at step :data:`SPIKE_STEP`); the rules engine's loss-spike
 detector follows the job through the agent's step stream and prints the finding, with the
 batches a rollback should skip. Without a GPU, GPU series come from the captured H100
-dump in ``tests/fixtures/h100`` and the output says so. Ctrl-C stops it.
+dump shipped in the package (``sentinel/gpu/replays``) and the output says so. Ctrl-C
+stops it.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from sentinel.gpu.nvml_replay import H100_LOAD, ReplayBackend
+
 log = logging.getLogger(__name__)
 
 DEMO_JOB = "demo-gpt"
-REPLAY = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "h100" / "nvml_load.json"
+REPLAY = H100_LOAD
 # A 0.2 s step gives a lively step-time histogram and tokens/sec without using the CPU.
 STEP_SECONDS = 0.2
 # The bad batch: late enough for the detector's baseline (it learns over 20+ steps).
@@ -95,8 +98,8 @@ def run(args: argparse.Namespace) -> int:
     from sentinel.agent.collectors.base import Context  # noqa: PLC0415
     from sentinel.agent.config import AgentConfig  # noqa: PLC0415
     from sentinel.agent.exporter import Agent  # noqa: PLC0415
-    from sentinel.agent.nvml import Nvml, NvmlUnavailable  # noqa: PLC0415
     from sentinel.agent.server import HttpServer  # noqa: PLC0415
+    from sentinel.gpu.nvml import Nvml, NvmlUnavailable  # noqa: PLC0415
 
     tmp = Path(tempfile.mkdtemp(prefix="sentinel-demo-"))
     sock = str(tmp / "agent.sock")
@@ -111,8 +114,6 @@ def run(args: argparse.Namespace) -> int:
         probe.shutdown()
     except NvmlUnavailable as e:
         if REPLAY.exists():
-            from sentinel.agent.nvml_replay import ReplayBackend  # noqa: PLC0415
-
             ctx.nvml_backend = ReplayBackend.from_file(REPLAY)
             gpu_note = f"no NVML here ({e}); GPU series replay {REPLAY}"
         else:

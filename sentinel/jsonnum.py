@@ -56,6 +56,21 @@ def decode_number(v: Any) -> float:
     raise ValueError(f"{v!r} is not a number (valid: {VALID})")
 
 
+def decode(v: Any) -> Any:
+    """Return a copy of a value tree with the three spellings (at any depth) as floats.
+
+    For trees whose schema is not known (evidence, free-form data): any string that is
+    exactly "NaN", "Infinity" or "-Infinity" is taken for the number.
+    """
+    if isinstance(v, str):
+        return NONFINITE.get(v, v)
+    if isinstance(v, list):
+        return [decode(x) for x in v]
+    if isinstance(v, dict):
+        return {k: decode(x) for k, x in v.items()}
+    return v
+
+
 def dumps(obj: Any, **kwargs: Any) -> str:
     """Serialise ``obj`` as strict JSON with non-finite floats spelled as strings."""
     return json.dumps(encode(obj), allow_nan=False, **kwargs)

@@ -125,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
     if cfg.hostname:
         ctx.hostname = cfg.hostname
     if cfg.gpu_replay:
-        from sentinel.agent.nvml_replay import ReplayBackend  # noqa: PLC0415
+        from sentinel.gpu.nvml_replay import ReplayBackend  # noqa: PLC0415
 
         try:
             ctx.nvml_backend = ReplayBackend.from_file(cfg.gpu_replay)

@@ -1,7 +1,8 @@
 """What a burn-in records per GPU: the input of the verdict and of every report.
 
 Plain dataclasses with ``to_dict``/``from_dict`` so recorded runs (CPU test fixtures,
-``--json`` output) round-trip. Times are seconds since the measured window began.
+``--json`` output) round-trip; ``from_dict`` checks keys and types
+(:mod:`sentinel.burnin.typedjson`). Times are seconds since the measured window began.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from sentinel.jsonnum import decode_number, encode
+from sentinel.burnin.typedjson import read_dataclass
+from sentinel.jsonnum import encode
 
 
 @dataclass(frozen=True)
@@ -90,22 +92,11 @@ class GpuRecord:
         return out
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> GpuRecord:
-        """Build a record from :meth:`to_dict` output (or a hand-written fixture)."""
-        d = dict(d)
-        perf = [PerfSample(**p) for p in d.pop("perf", [])]
-        nvml = [NvmlReading(**{**r, "violation_ns": dict(r.get("violation_ns", {}))})
-                for r in d.pop("nvml", [])]
-        corr = d.pop("correctness", None)
-        mem = d.pop("memtest", None)
-        if corr is not None:
-            corr = dict(corr)
-            corr["max_abs_error"] = decode_number(corr["max_abs_error"])
-        return cls(
-            perf=perf,
-            nvml=nvml,
-            correctness=CorrectnessResult(**corr) if corr is not None else None,
-            memtest=MemtestResult(**mem) if mem is not None else None,
-            **d,
-        )
+    def from_dict(cls, d: Mapping[str, Any], where: str = "record") -> GpuRecord:
+        """Build a record from :meth:`to_dict` output (or a hand-written fixture).
+
+        Raises :class:`~sentinel.burnin.typedjson.FormatError` naming the key (under
+        ``where``) that is missing, unknown or of the wrong type.
+        """
+        return read_dataclass(cls, d, where)
 

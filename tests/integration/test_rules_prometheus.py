@@ -6,6 +6,7 @@ import pytest
 
 from bench.detectors import scenarios
 from bench.detectors.openmetrics import backfill, backfill_rules, lines
+from sentinel.gpu.reasons import CLOCK_EVENT_REASONS
 from sentinel.rules.engine import Engine
 from sentinel.rules.rulefile import load_rules
 from sentinel.rules.sources import PrometheusSource
@@ -21,8 +22,8 @@ def _families(sc):
     reasons = []
     for s in sc.series.get("clock_event_reasons", []):
         base = {"hostname": s.labels["hostname"], "gpu": s.labels["gpu"], "UUID": s.labels["UUID"]}
-        for reason, bit in (("hw_slowdown", 0x8), ("sw_power_cap", 0x4),
-                            ("sw_thermal_slowdown", 0x20)):
+        for reason in ("hw_slowdown", "sw_power_cap", "sw_thermal_slowdown"):
+            bit = CLOCK_EVENT_REASONS[reason]
             reasons.append(({**base, "reason": reason},
                             [(t, 1.0 if int(v) & bit else 0.0) for t, v in s.points]))
     if reasons:

@@ -10,9 +10,12 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from sentinel.agent.collectors.base import Context
 from sentinel.agent.config import AgentConfig
+from sentinel.gpu.nvml_replay import H100_LOAD
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 H100 = FIXTURES / "h100"
+# The H100's NVML dumps at idle and under load (the load one ships in the package).
+NVML_DUMPS = {"idle": H100 / "nvml_idle.json", "load": H100_LOAD}
 PROC = FIXTURES / "agent" / "proc"
 
 

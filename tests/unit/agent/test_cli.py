@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.collectors import FIXTURES, H100, PROC, make_ctx, render_collector
+from sentinel.gpu.nvml_replay import H100_LOAD
+from tests.support.collectors import FIXTURES, PROC, make_ctx, render_collector
 from tests.support.metrics import check_promtool, samples, value
 from tests.support.services import need_binary
 
@@ -70,7 +71,7 @@ def once_fixture_scrape(tmp_path: Path) -> str:
     cfg = tmp_path / "sentinel.yml"
     cfg.write_text("agent:\n  hostname: node1\n  filesystem_paths: ['/']\n")
     r = agent(f"--config={cfg}", "--once", f"--procfs={PROC}",
-              f"--gpu-replay={H100 / 'nvml_load.json'}", f"--textfile-dir={TEXTFILES}",
+              f"--gpu-replay={H100_LOAD}", f"--textfile-dir={TEXTFILES}",
               f"--socket={tmp_path / 'agent.sock'}")
     assert r.returncode == 0, r.stderr
     return r.stdout

@@ -12,16 +12,17 @@ import pytest
 
 from sentinel.agent.collectors.gpu import GpuCollector
 from sentinel.agent.exporter import Agent
-from sentinel.agent.nvml import CLOCK_EVENT_REASONS, Nvml, NvmlUnavailable
-from sentinel.agent.nvml_replay import ReplayBackend
-from tests.support.collectors import H100, make_ctx, render_collector
+from sentinel.gpu.nvml import Nvml, NvmlUnavailable
+from sentinel.gpu.nvml_replay import ReplayBackend
+from sentinel.gpu.reasons import CLOCK_EVENT_REASONS
+from tests.support.collectors import H100, NVML_DUMPS, make_ctx, render_collector
 from tests.support.metrics import samples, value
 
 UUID = "GPU-52cb8648-0d3c-f8e6-e869-4d0d404c50f2"
 
 
 def load(phase: str) -> dict:
-    return json.loads((H100 / f"nvml_{phase}.json").read_text())
+    return json.loads(NVML_DUMPS[phase].read_text())
 
 
 def scrape(tmp_path: Path, backend: ReplayBackend, collectors=("gpu",)) -> tuple[str, Agent]:

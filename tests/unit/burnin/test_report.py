@@ -5,10 +5,10 @@ import json
 
 import pytest
 
-from sentinel.burnin.api import BurninReport
 from sentinel.burnin.baselines import load_baselines
 from sentinel.burnin.config import BurninConfig
 from sentinel.burnin.report import (
+    BurninReport,
     ProgressBar,
     format_table,
     json_line,
