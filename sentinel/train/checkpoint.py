@@ -304,8 +304,7 @@ class CheckpointStore:
                 return c
         return None
 
-    def read_verified(self, step: int) -> bytes:
-        """Read checkpoint ``step`` and check it against the manifest, or raise CheckpointError."""
+    def _live_entry(self, step: int) -> CheckpointInfo:
         entry = self.info(step)
         if entry is None:
             raise CheckpointError(f"no checkpoint for step {step} ({self._have()})")
@@ -313,6 +312,22 @@ class CheckpointStore:
             raise CheckpointError(
                 f"checkpoint step {step} was abandoned ({entry.abandoned}); {self._have()}"
             )
+        return entry
+
+    def require_verified(self, step: int) -> CheckpointInfo:
+        """Check checkpoint ``step`` without loading it (the file is hashed in chunks).
+
+        Return its manifest entry, or raise CheckpointError saying why it cannot be used.
+        """
+        entry = self._live_entry(step)
+        problem = self._problem(entry, None)
+        if problem:
+            raise CheckpointError(f"checkpoint step {step} refused: {problem}")
+        return entry
+
+    def read_verified(self, step: int) -> bytes:
+        """Read checkpoint ``step`` and check it against the manifest, or raise CheckpointError."""
+        entry = self._live_entry(step)
         try:
             data = (self.dir / entry.file).read_bytes()
         except OSError as e:
