@@ -69,6 +69,28 @@ class Rule:
         """Return the detector this rule runs."""
         return DETECTORS[self.detector]
 
+    @property
+    def label(self) -> str:
+        """Name this rule as it runs: a steps rule runs once per job it follows."""
+        return self.name if self.job is None else f"{self.name}[{self.job}]"
+
+    def source(self, *, online: bool = True) -> str | None:
+        """Return where this rule's data comes from: ``findings``, ``series`` or ``steps``.
+
+        ``findings`` rules (the diagnosis) run after the others on their findings. Online,
+        a rule that maps series reads Prometheus; offline (a JSON-lines file) there is no
+        Prometheus, so a rule runs if its detector can read step records. None: the rule
+        cannot run there.
+        """
+        inputs = self.spec.inputs
+        if "findings" in inputs:
+            return "findings"
+        if online and self.series:
+            return "series"
+        if "steps" in inputs:
+            return "steps"
+        return None
+
 
 def _rule(i: int, raw: Any, seen: set[str]) -> Rule:
     where = f"rules[{i}]"
