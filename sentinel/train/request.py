@@ -43,9 +43,6 @@ REJECTED_SUFFIX = ".rejected"
 ROLLBACK_SIGNAL = signal.SIGUSR1
 # How often wait_result looks for the job's answer; the job answers within a step.
 RESULT_POLL_S = 0.1
-# What status() can say: no trace of the id; written, not yet handled; ignored by the job
-# (bad signature or id); applied; refused (the result says why).
-STATUSES = ("absent", "pending", "rejected", "done", "refused")
 _ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
@@ -404,10 +401,13 @@ def read_result(run_dir: str | Path, request_id: str) -> dict[str, Any] | None:
 
 
 def status(run_dir: str | Path, request_id: str) -> str:
-    """Return how far request ``request_id`` got, from the files alone (see STATUSES).
+    """Return how far request ``request_id`` got, from the files alone.
 
-    The result is looked at first and again last: the job writes the result before it
-    removes the request, so a request that vanishes between two looks is answered.
+    ``absent``: no trace of the id; ``pending``: written, not handled yet; ``rejected``:
+    ignored by the job (bad signature, or an id already handled); ``done``: applied;
+    ``refused``: the result says why. The result is looked at first and again last: the
+    job writes the result before it removes the request, so a request that vanishes
+    between two looks is answered.
     """
     check_id(request_id)
     for attempt in range(2):

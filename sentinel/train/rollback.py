@@ -191,7 +191,7 @@ class RollbackHandler:
         if self._pid_file is not None:
             self._pid_file.unlink(missing_ok=True)
 
-    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+    def _on_signal(self, _signum: int, _frame: FrameType | None) -> None:
         # Only set a flag: the real work happens at the next step boundary.
         self._signalled = True
         if self._signalled_at is None:
