@@ -71,6 +71,27 @@ class Rule:
         """Return the detector this rule runs."""
         return DETECTORS[self.detector]
 
+    @property
+    def label(self) -> str:
+        """Name this rule as it runs: a steps rule runs once per job it follows."""
+        return self.name if self.job is None else f"{self.name}[{self.job}]"
+
+    def source(self, *, online: bool = True) -> str | None:
+        """Return where this rule's data comes from: ``findings``, ``series`` or ``steps``.
+
+        ``findings`` rules (the diagnosis) run after the others on their findings. Online,
+        a rule that maps series reads Prometheus; offline (a JSON-lines file) there is no
+        Prometheus, so a rule runs if its detector can read step records. None: the rule
+        cannot run there.
+        """
+        if self.spec.reads_findings:
+            return "findings"
+        if online and self.series:
+            return "series"
+        if self.spec.reads_steps:
+            return "steps"
+        return None
+
 
 def _rule(i: int, raw: Any, seen: set[str]) -> Rule:
     where = f"rules[{i}]"

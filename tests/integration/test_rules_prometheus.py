@@ -7,7 +7,7 @@ import pytest
 from bench.detectors import scenarios
 from bench.detectors.openmetrics import backfill, backfill_rules, lines
 from sentinel.gpu.reasons import CLOCK_EVENT_REASONS
-from sentinel.rules.engine import Engine
+from sentinel.rules.online import OnlineDetector
 from sentinel.rules.rulefile import load_rules
 from sentinel.rules.sources import PrometheusSource
 from tests.support.services import need_binary, run_prometheus
@@ -57,9 +57,9 @@ def test_engine_over_prometheus_finds_the_cause(tmp_path, make, cause, node):
     rules = [r for r in load_rules() if r.name in ("throughput", "gpu-throttle", "diagnosis")]
     with run_prometheus(tmp_path / "prom", tsdb_path=tmp_path / "tsdb") as prom:
         src = PrometheusSource(prom.url)
-        engine = Engine(rules)
-        out = engine.evaluate(lambda rule, now: src.window(rule, now), now=end)
-        assert engine.errors == {}
+        detector = OnlineDetector(rules, src)
+        out = detector.cycle(now=end)
+        assert detector.errors == {} and detector.inactive() == {}
         diag = [f for f in out if f.kind == "diagnosis"]
         assert diag, [f.summary for f in out]
         assert {d.evidence["cause"] for d in diag} == {cause}, [d.summary for d in diag]
@@ -71,4 +71,4 @@ def test_engine_over_prometheus_finds_the_cause(tmp_path, make, cause, node):
         if cause == "straggler":
             assert "node05" in names and len(names) <= 3, names
         # A second cycle reports nothing new: the findings are deduplicated.
-        assert engine.evaluate(lambda rule, now: src.window(rule, now), now=end) == []
+        assert detector.cycle(now=end) == []
