@@ -11,6 +11,7 @@ import time
 import numpy as np
 import pytest
 
+from sentinel.config import ConfigError
 from sentinel.rules.online import OnlineDetector
 from sentinel.rules.rulefile import load_rules, parse_rules
 from sentinel.rules.sources import SourceError, StepStream
@@ -121,16 +122,19 @@ def test_detect_online_follows_a_job_through_the_agent(tmp_path):
            "and no Prometheus is given" in r.stderr
 
 
+def test_a_rule_without_its_series_is_refused_at_load():
+    with pytest.raises(ConfigError, match="no-series"):
+        parse_rules({"rules": [{"name": "no-series", "detector": "gpu_errors"}]})
+
+
 def test_inactive_rules_say_why():
     rules = load_rules() + parse_rules({"rules": [
         {"name": "c-only", "detector": "loss_spike", "job": "gpt-c"},
-        {"name": "no-series", "detector": "gpu_errors"},
     ]})
     det = OnlineDetector(rules)
     why = det.inactive()
     assert why["loss-spike"] == "reads steps and no job's step stream is followed"
     assert why["gpu-errors"].startswith("reads series (xid_new, ")
     assert why["c-only"] == "follows job 'gpt-c', whose step stream is not followed"
-    assert why["no-series"].startswith("maps no series, and its detector gpu_errors")
     assert det.active() == ["diagnosis"]
     assert det.cycle() == [] and det.errors == {}
