@@ -42,9 +42,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--once", action="store_true",
                    help="print one exposition to stdout and exit")
     for cls in COLLECTORS:
+        default = "on" if cls.default_enabled else "off"
         p.add_argument(f"--collector.{cls.name}", dest=f"collector_{cls.name}",
                        action="store_const", const=True, default=None,
-                       help=f"enable the {cls.name} collector")
+                       help=f"enable the {cls.name} collector ({default} by default)")
         p.add_argument(f"--no-collector.{cls.name}", dest=f"collector_{cls.name}",
                        action="store_const", const=False, help=f"disable the {cls.name} collector")
     p.set_defaults(func=run)
