@@ -124,6 +124,16 @@ class AgentConfig:
     watchdog_interval_seconds: float = field(
         default=5.0, metadata={"help": "how often the main loop checks health", "min": 0.1}
     )
+    # Prometheus's default scrape_timeout is 10 s: at 5 s a scrape with a hung collector
+    # still returns, with the other collectors' data, well inside it. A healthy collect
+    # takes milliseconds (eight H100s: ~2 ms), so 5 s is only ever missed by a hang.
+    collector_timeout_seconds: float = field(
+        default=5.0,
+        metadata={"help": "a collector that has not returned within this is left out of "
+                  "the scrape (success 0); below Prometheus's scrape_timeout (10 s by "
+                  "default) so the other collectors' data still arrives",
+                  "min": 0.01, "max": 300.0},
+    )
     # An NVML call stuck for 20 s is a hung driver: stop feeding the watchdog.
     collect_stall_seconds: float = field(
         default=20.0,

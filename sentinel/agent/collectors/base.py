@@ -35,10 +35,11 @@ class Collector:
     otherwise) is whether it runs when the config does not list collectors, as
     node_exporter's ``registerCollector(name, default, ...)``.
 
-    ``collect`` may raise; the agent then reports ``sentinel_collector_success 0`` for
-    this collector and drops its output for that scrape. A collector that works but
-    is degraded (NVML absent, a bad textfile) sets ``self.success = False`` instead,
-    keeping what it could export.
+    ``collect`` runs in the collector's own worker thread and may raise or overrun
+    ``agent.collector_timeout_seconds``; the agent then reports
+    ``sentinel_collector_success 0`` for this collector and drops its output for that
+    scrape. A collector that works but is degraded (NVML absent, a bad textfile) sets
+    ``self.success = False`` instead, keeping what it could export.
     """
 
     name: ClassVar[str] = ""
