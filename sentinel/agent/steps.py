@@ -80,7 +80,6 @@ class RankState:
         default_factory=lambda: [0] * (len(STEP_DURATION_BUCKETS) + 1)
     )
     duration_sum: float = 0.0
-    duration_count: int = 0
     events: dict[str, int] = field(default_factory=dict)
     # Reports the job's Reporter says it dropped on its side: a per-process count, kept
     # monotonic across process restarts as base (earlier processes) + last (this one).
@@ -183,7 +182,6 @@ class StepStore:
                 if dt >= 0:
                     rank.bucket_counts[bisect.bisect_left(STEP_DURATION_BUCKETS, dt)] += 1
                     rank.duration_sum += dt
-                    rank.duration_count += 1
             rank.last_report_time = report.time
             rank.last_step = report.step
             rank.step = report.step
