@@ -481,10 +481,25 @@ def build() -> dict[str, Any]:
         .with_panel(
             timeseries_panel(
                 "Collector duration",
-                "Time each collector took; a slow collector delays the whole scrape.",
+                "Time each collector took; while one is overdue, how long it has been running.",
                 [target(on_node("sentinel_collector_duration_seconds", N), "{{collector}}")],
                 unit="s",
                 w=6,
+            )
+        )
+        .with_panel(
+            timeseries_panel(
+                "Collector timeouts",
+                "Scrapes that left a collector out because it had not returned within "
+                "agent.collector_timeout_seconds; one that stays here is hung (a wedged "
+                "NVML call, a dead NFS mount).",
+                [
+                    target(
+                        on_node(f"increase(sentinel_collector_timeouts_total[{RATE}])", N),
+                        "{{collector}}",
+                    )
+                ],
+                w=4,
             )
         )
         .with_panel(
@@ -493,7 +508,7 @@ def build() -> dict[str, Any]:
                 "Seconds since each exported textfile (burn-in results) was written.",
                 [target(f"time() - {on_node('sentinel_textfile_mtime_seconds', N)}", "{{file}}")],
                 unit="s",
-                w=6,
+                w=4,
             )
         )
         .with_panel(
@@ -503,7 +518,7 @@ def build() -> dict[str, Any]:
                 [target(f"sentinel_agent_info{{{N}}}", instant=True, table=True)],
                 rename={"Value": "info"},
                 hide=("Time", "__name__", "job", "Value"),
-                w=6,
+                w=4,
             )
         )
     )
