@@ -512,10 +512,24 @@ def _agent_row() -> list[PanelBuilder]:
         ),
         timeseries_panel(
             "Collector duration",
-            "Time each collector took; a slow collector delays the whole scrape.",
+            "Time each collector took; while one is overdue, how long it has been running.",
             [target(on_node("sentinel_collector_duration_seconds", NODE_MATCHER), "{{collector}}")],
             unit="s",
             w=6,
+        ),
+        timeseries_panel(
+            "Collector timeouts",
+            "Scrapes that left a collector out because it had not returned within "
+            "agent.collector_timeout_seconds; one that stays here is hung (a wedged "
+            "NVML call, a dead NFS mount).",
+            [
+                target(
+                    on_node(f"increase(sentinel_collector_timeouts_total[{RATE_INTERVAL}])",
+                            NODE_MATCHER),
+                    "{{collector}}",
+                ),
+            ],
+            w=4,
         ),
         timeseries_panel(
             "Textfile age",
@@ -527,7 +541,7 @@ def _agent_row() -> list[PanelBuilder]:
                 ),
             ],
             unit="s",
-            w=6,
+            w=4,
         ),
         table_panel(
             "Agent build",
@@ -535,6 +549,6 @@ def _agent_row() -> list[PanelBuilder]:
             [target(f"sentinel_agent_info{{{NODE_MATCHER}}}", instant=True, table=True)],
             rename={"Value": "info"},
             hide=("Time", "__name__", "job", "Value"),
-            w=6,
+            w=4,
         ),
     ]

@@ -28,6 +28,15 @@ class SourceError(RuntimeError):
     """A source could not answer; the message says which query and why."""
 
 
+def _batch(v: Any) -> int | None:
+    """Return a step record's batch index: an integer >= 0, or None (not reported)."""
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise ValueError(f"batch {v!r} is not a batch index (valid: an integer >= 0 or null)")
+    return v
+
+
 class PrometheusSource:
     """Range queries through prometheus-api-client (one per series role of a rule)."""
 
@@ -127,7 +136,7 @@ class StepStream:
                 step=int(rec["step"]), loss=decode_number(rec["loss"]),
                 grad_norm=None if gn is None else decode_number(gn),
                 time=float(rec["time"]) if rec.get("time") is not None else None,
-                node=rec.get("host"), rank=rec.get("rank"),
+                node=rec.get("host"), rank=rec.get("rank"), batch=_batch(rec.get("batch")),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise SourceError(f"agent {self.url}?job={self.job}: bad step record {rec!r} "

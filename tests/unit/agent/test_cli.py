@@ -157,8 +157,8 @@ def test_host_collector_reads_the_fixture_procfs(tmp_path):
      # killed; it must feed at half of $WATCHDOG_USEC (0.2 s here) instead.
      ("60", "400000")],
 )
-def test_notify_socket_gets_ready_and_watchdog(tmp_path, interval, watchdog_usec):
-    """The agent sends READY=1 and then WATCHDOG=1 to $NOTIFY_SOCKET, as systemd expects."""
+def test_notify_socket_gets_ready_watchdog_and_stopping(tmp_path, interval, watchdog_usec):
+    """The agent sends READY=1, then WATCHDOG=1, then STOPPING=1 on SIGTERM, as systemd expects."""
     from tests.support.services import free_port
 
     ns = tmp_path / "notify.sock"
@@ -168,13 +168,14 @@ def test_notify_socket_gets_ready_and_watchdog(tmp_path, interval, watchdog_usec
     cfg = tmp_path / "c.yml"
     cfg.write_text(f"agent:\n  watchdog_interval_seconds: {interval}\n")
     e = {k: v for k, v in os.environ.items()
-         if not k.startswith("SENTINEL_") and k != "WATCHDOG_USEC"}
+         if not k.startswith("SENTINEL_") and k not in ("WATCHDOG_USEC", "WATCHDOG_PID")}
     e["NOTIFY_SOCKET"] = str(ns)
     if watchdog_usec:
         e["WATCHDOG_USEC"] = watchdog_usec
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "sentinel", "agent", f"--config={cfg}",
-         f"--listen-address=127.0.0.1:{free_port()}", f"--socket={tmp_path / 'a.sock'}",
+         f"--listen-address=127.0.0.1:{port}", f"--socket={tmp_path / 'a.sock'}",
          f"--procfs={PROC}", "--no-collector.gpu"], env=e,
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     got: list[str] = []
@@ -182,12 +183,17 @@ def test_notify_socket_gets_ready_and_watchdog(tmp_path, interval, watchdog_usec
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline and got.count("WATCHDOG=1") < 2:
             got.append(srv.recv(4096).decode())
-    finally:
         proc.terminate()
-        proc.wait(10)
+        got.append(srv.recv(4096).decode())
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
         srv.close()
-    assert got[0] == "READY=1"
-    assert got.count("WATCHDOG=1") >= 2
+    assert got[0] == f"READY=1\nSTATUS=serving http://127.0.0.1:{port}/metrics"
+    assert got[1:-1] == ["WATCHDOG=1"] * (len(got) - 2) and len(got) >= 4
+    assert got[-1] == "STOPPING=1"
 
 
 def test_unit_file_verifies_without_warnings(tmp_path):
