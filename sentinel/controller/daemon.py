@@ -156,10 +156,11 @@ def _notifier(file_data: dict[str, Any] | None, env: dict[str, str] | None) -> A
 
 def serve(parts: Parts, stop: threading.Event, *, once: bool = False) -> int:
     """Run cycles until ``stop`` (or one cycle with ``once``); return an exit code."""
-    from sentinel.systemd import Systemd
+    from sentinel.systemd import Notifier
 
     ctl = parts.controller
-    sd = Systemd()
+    sd = Notifier.from_env()
+    interval = sd.interval(parts.config.interval_seconds, "controller.interval_seconds")
     resumed = ctl.resume()
     if resumed:
         log.info("resumed %d unfinished action(s): %s", len(resumed), ", ".join(resumed))
@@ -174,11 +175,11 @@ def serve(parts: Parts, stop: threading.Event, *, once: bool = False) -> int:
                 log.warning("cycle %d: %s", ctl.cycles, "; ".join(stats.errors))
             sd.status(f"cycle {ctl.cycles}: {stats.findings} finding(s), {stats.started} "
                       f"action(s) started, {len(ctl.executor.running())} running")
-            sd.watchdog(healthy=True)
+            sd.watchdog(healthy=True)  # a cycle ended: the loop is alive
             if once:
                 _wait_actions(ctl, stop)
                 break
-            stop.wait(max(0.0, parts.config.interval_seconds - (time.monotonic() - t0)))
+            stop.wait(max(0.0, interval - (time.monotonic() - t0)))
     finally:
         sd.stopping()
         ctl.stop(wait=not once)

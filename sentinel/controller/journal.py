@@ -39,6 +39,7 @@ from sentinel.controller.model import (
     Incident,
     StepRecord,
 )
+from sentinel.jsonnum import decode, dumps
 
 SCHEMA_VERSION = 1
 # Rows of a closed incident and events are kept this long (the audit trail people read).
@@ -93,13 +94,11 @@ class JournalError(RuntimeError):
 
 
 def _dumps(obj: Any) -> str:
-    from sentinel.rules.finding import _json_safe
-
-    return json.dumps(_json_safe(obj), sort_keys=True, allow_nan=False)
+    return dumps(obj, sort_keys=True)
 
 
 def _loads(text: str | None) -> Any:
-    return json.loads(text) if text else {}
+    return decode(json.loads(text)) if text else {}
 
 
 def new_id(prefix: str) -> str:

@@ -24,13 +24,14 @@ import requests
 
 from sentinel.dashboards.common import iter_panels
 from sentinel.dashboards.generate import DASHBOARDS
+from sentinel.gpu.nvml_replay import H100_LOAD
 from tests.support.agent import run_agent
 from tests.support.services import Prometheus, run_prometheus, stop
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
-FIXTURE = ROOT / "tests" / "fixtures" / "h100" / "nvml_load.json"
+FIXTURE = H100_LOAD
 JOB = "dash-test-job"
 HOST = "dash-test-node"
 # Stand-ins for Grafana's built-in interval variables at a 1 s scrape interval:
