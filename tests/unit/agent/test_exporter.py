@@ -13,7 +13,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from sentinel.agent.collectors import Collector
 from sentinel.agent.exporter import Agent
 from sentinel.agent.server import HttpServer
-from tests.unit.agent.conftest import make_ctx, value
+from tests.support.collectors import make_ctx
+from tests.support.metrics import value
 
 TIMEOUT_S = 0.5
 

@@ -15,7 +15,8 @@ from sentinel.agent.config import AgentConfig, default_collectors
 from sentinel.agent.exporter import Agent
 from sentinel.cli import build_parser
 from sentinel.config import ConfigError, load_section
-from tests.unit.agent.conftest import PROC, samples, value
+from tests.support.collectors import PROC
+from tests.support.metrics import samples, value
 
 BUILTIN = ["gpu", "disk", "host", "training", "textfile"]
 

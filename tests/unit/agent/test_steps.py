@@ -14,7 +14,7 @@ from sentinel.agent.server import HttpServer
 from sentinel.agent.steps import MAX_BATCH_INDEX, StepStore, batch_index
 from sentinel.protocol import Identity, StepReport
 from sentinel.train.reporter import Reporter
-from tests.unit.agent.conftest import make_ctx
+from tests.support.collectors import make_ctx
 
 
 def report(step: int, rank: int = 0, **extra: float) -> StepReport:

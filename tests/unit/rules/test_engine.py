@@ -98,7 +98,8 @@ def test_a_rule_bound_to_jobs_resolves_only_the_findings_of_the_job_that_ran():
 def test_rule_source_is_the_one_answer_to_which_rules_run_where():
     rules = {r.name: r for r in parse_rules({"rules": [
         {"name": "spike", "detector": "loss_spike"},
-        {"name": "stall", "detector": "job_stalled", "series": {"step_duration": "x"}},
+        {"name": "stall", "detector": "job_stalled", "series": {"step_duration": "x",
+                                                          "seconds_since_last_report": "y"}},
         {"name": "xid", "detector": "gpu_errors", "series": {"gpu_up": "x"}},
         {"name": "diag", "detector": "diagnosis"},
     ]})}
