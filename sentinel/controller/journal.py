@@ -270,6 +270,11 @@ class Journal:
                            "ORDER BY id DESC LIMIT 1", (key,))
         return (rows[0]["incident_id"], _loads(rows[0]["finding"])) if rows else None
 
+    def latest_world(self) -> tuple[float, dict[str, Any]] | None:
+        """Return (time, world) of the newest recorded finding: what the world said last."""
+        rows = self._query("SELECT time, world FROM findings ORDER BY id DESC LIMIT 1")
+        return (float(rows[0]["time"]), dict(_loads(rows[0]["world"]))) if rows else None
+
     def record_decision(self, incident_id: str, finding_key: str, decision: dict[str, Any],
                         now: float | None = None) -> None:
         """Keep a policy decision (what, mode, refusal, why)."""
