@@ -47,6 +47,9 @@ CYCLE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 12
 # (a swap waiting in the queue).
 INCIDENT_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0,
                     21600.0, 86400.0)
+# Where a cycle's errors come from (the loop's error lines: "rules: ...", "goodput JOB: ...",
+# "FINDING KEY: ...").
+ERROR_STAGES = ("rules", "finding", "goodput")
 # /healthz fails when no cycle completed within this many intervals.
 HEALTH_INTERVALS = 3.0
 # Journal rows are read from this long before the previous cycle: an action thread may
@@ -101,7 +104,8 @@ class ControllerMetrics:
         self.last_cycle_mono: float | None = None
         self.last_success: float | None = None
         self.cycle_seconds = _Histogram(CYCLE_BUCKETS)
-        self.errors: dict[str, int] = {}
+        # Known stages start at 0 so a rate() of them has data before the first error.
+        self.errors: dict[str, int] = dict.fromkeys(ERROR_STAGES, 0)
         self.decisions: dict[tuple[str, str], int] = {}
         self.opened: dict[str, int] = {}
         self.ended: dict[tuple[str, str], int] = {}
@@ -119,7 +123,6 @@ class ControllerMetrics:
             self.last_cycle_mono = self.monotonic()
             self.cycle_seconds.observe(float(stats.seconds))
             for err in stats.errors:
-                # The loop's error lines: "rules: ...", "goodput JOB: ...", "FINDING KEY: ...".
                 stage = "rules" if err.startswith("rules:") else \
                     "goodput" if err.startswith("goodput ") else "finding"
                 self.errors[stage] = self.errors.get(stage, 0) + 1
@@ -229,14 +232,17 @@ class _Collector:
 
     def collect(self) -> Iterator[Metric]:
         yield from self._counted()
+        ok = True
         try:
-            yield from self._journal()
+            # Read everything first: a scrape never shows half of the journal's families.
+            families = list(self._journal())
         except Exception as e:  # noqa: BLE001 - a locked or broken journal must not break a scrape
             log.warning("metrics: cannot read the journal: %s", e)
-            g = GaugeMetricFamily("sentinel_controller_journal_readable",
-                                  "1 if the last scrape could read the journal.")
-            g.add_metric([], 0.0)
-            yield g
+            families, ok = [], False
+        yield from families
+        yield _gauge("sentinel_controller_journal_readable", "1 if this scrape could read the "
+                     "journal (0: its series are missing from this scrape).",
+                     {(): 1.0 if ok else 0.0})
 
     def _counted(self) -> Iterator[Metric]:
         m = self.m
@@ -293,11 +299,9 @@ class _Collector:
         yield _gauge("sentinel_controller_breaker_open", "1 while the circuit breaker is open "
                      "(every action paused until `sentinel controller reset-breaker`).",
                      {(): 1.0 if br.open else 0.0})
-        info = GaugeMetricFamily("sentinel_controller_breaker_info", "Why the breaker is open "
-                                 "(present only while it is).", labels=["reason"])
-        if br.open:
-            info.add_metric([br.reason], 1.0)
-        yield info
+        yield _gauge("sentinel_controller_breaker_info", "Always 1; `reason` says why the "
+                     "breaker is open (empty while it is closed).",
+                     {(br.reason if br.open else "",): 1.0}, ["reason"])
         yield from _goodput(j.goodput())
 
 

@@ -7,6 +7,7 @@ from typing import Any
 from grafana_foundation_sdk.builders import dashboard as db
 from grafana_foundation_sdk.models import dashboard as dm
 
+from sentinel.dashboards import controller
 from sentinel.dashboards.common import (
     BAND_TOLERANCE_DEFAULT,
     BAND_TOLERANCES,
@@ -289,6 +290,7 @@ def build() -> dict[str, Any]:
             )
         )
     )
+    d = controller.add_row(d)
     annotations = [
         prometheus_annotation(
             "Job events",
@@ -308,5 +310,6 @@ def build() -> dict[str, Any]:
             "{{severity}} {{hostname}} {{gpu}}",
             "alertname,severity",
         ),
+        *controller.annotation_queries(),
     ]
     return finish(d, annotations)

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from sentinel.controller.actions import ACTIONS
-from sentinel.controller.config import JobSpec
 from sentinel.controller.goodput import (
     Context,
     GoodputAccountant,
@@ -227,9 +226,8 @@ def test_the_loop_charges_a_rollback_to_its_incident_and_action(tmp_path, monkey
     now = [first[-1].time]
     stream: list[StepPoint] = list(first)
     det = ScriptedDetector([[spike(first[120].time)]])
-    ctl = make_controller(tmp_path, det, clock=lambda: now[0])
-    ctl.ctx.jobs["gpt"] = JobSpec(name="gpt")
-    ctl.goodput.steps_of = lambda job: list(stream)
+    ctl = make_controller(tmp_path, det, clock=lambda: now[0],
+                          steps={"gpt": lambda: list(stream)})
     ctl.cycle()
     assert ctl.executor.wait_idle(30)
     [a] = ctl.journal.actions()

@@ -10,11 +10,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sentinel.config import ConfigError
 from sentinel.controller.actions import ACTIONS
-from sentinel.controller.config import ControllerConfig, JobSpec
+from sentinel.controller.config import ControllerConfig
 from sentinel.controller.metrics import ControllerMetrics
 from sentinel.rules.finding import Finding
 from sentinel.rules.window import StepPoint
-from tests.support.controller import FixedWorld, ScriptedDetector, ToyAction, make_controller
+from tests.support.controller import ScriptedDetector, SpareWorld, ToyAction, make_controller
 from tests.support.services import free_port
 from tests.unit.agent.test_cli import check_promtool
 
@@ -31,11 +31,6 @@ def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
 
 def value(text: str, name: str, **labels: str) -> float | None:
     return samples(text).get((name, frozenset(labels.items())))
-
-
-class SpareWorld(FixedWorld):
-    def ready_spares(self) -> int:
-        return 3
 
 
 def spike(t):
@@ -56,10 +51,9 @@ def loop(tmp_path, monkeypatch):
     monkeypatch.setitem(ACTIONS, "rollback_skip", ToyAction())
     now = [T0]
     det = ScriptedDetector([[spike(T0 - 40)], [drop(T0 - 10)]])
-    ctl = make_controller(tmp_path, det, clock=lambda: now[0], world=SpareWorld())
     steps = [StepPoint(step=s, loss=2.0, time=T0 - 200 + s, rank=0) for s in range(150)]
-    ctl.ctx.jobs["gpt"] = JobSpec(name="gpt")
-    ctl.goodput.steps_of = lambda job: steps
+    ctl = make_controller(tmp_path, det, clock=lambda: now[0],
+                          world=SpareWorld(ready_spares=3), steps={"gpt": lambda: steps})
     m = ControllerMetrics(ctl.journal, ctl.config, world=ctl.world, clock=lambda: now[0])
     ctl.observers.append(m.observe_cycle)
     return ctl, m, now
@@ -97,6 +91,9 @@ def test_a_real_loop_shows_in_the_metrics(loop):
     assert value(text, "sentinel_controller_incident_recover_seconds_count",
                  kind="loss_spike") == 1
     assert value(text, "sentinel_controller_breaker_open") == 0
+    assert value(text, "sentinel_controller_breaker_info", reason="") == 1
+    assert value(text, "sentinel_controller_journal_readable") == 1
+    assert value(text, "sentinel_controller_cycle_errors_total", stage="rules") == 0
     assert value(text, "sentinel_controller_ready_spares") == 3
     assert value(text, "sentinel_controller_job_goodput_ratio", job="gpt") == pytest.approx(1.0)
     assert value(text, "sentinel_controller_job_wall_seconds", job="gpt") == 149
@@ -170,3 +167,16 @@ def test_bad_listen_address_is_a_config_error(addr):
         dataclasses.replace(ControllerConfig(), listen_address=addr).validate()
     ControllerConfig(listen_address="").validate()
     ControllerConfig(listen_address="[::1]:9465").validate()
+
+
+def test_an_unreadable_journal_does_not_break_the_scrape(loop):
+    ctl, m, _now = loop
+    ctl.cycle()
+    assert ctl.executor.wait_idle(30)
+    ctl.stop()
+    ctl.journal.close()
+    text = m.render().decode()
+    check_promtool(text)
+    assert value(text, "sentinel_controller_journal_readable") == 0
+    assert value(text, "sentinel_controller_cycles_total") == 1
+    assert "sentinel_controller_breaker_open" not in text

@@ -9,7 +9,7 @@ import pytest
 
 from sentinel.cli import main
 from sentinel.controller.actions import ACTIONS
-from sentinel.controller.config import JobSpec, PolicyConfig
+from sentinel.controller.config import PolicyConfig
 from sentinel.controller.status import duration
 from sentinel.rules.finding import Finding
 from sentinel.rules.window import StepPoint
@@ -38,15 +38,14 @@ def written(tmp_path, monkeypatch):
     monkeypatch.setitem(ACTIONS, "spare_swap", ToyAction())
     now = [T0]
     det = ScriptedDetector([[spike("gpt", T0 - 30)], [xid("node3", T0 - 5)]])
-    ctl = make_controller(tmp_path, det, clock=lambda: now[0],
-                          policy=PolicyConfig(spare_swap_mode="ask"),
-                          world=FixedWorld(ready_spares=2, nodes_total=16))
     steps = [StepPoint(step=s, loss=2.0, time=T0 - 300 + s, rank=0) for s in range(200)]
     # Restarted by someone from step 150, 6 s after step 199 (before the loop's actions).
     steps += [StepPoint(step=s, loss=2.0, time=T0 - 95 + s - 150, rank=0)
               for s in range(150, 170)]
-    ctl.ctx.jobs["gpt"] = JobSpec(name="gpt")
-    ctl.goodput.steps_of = lambda job: steps
+    ctl = make_controller(tmp_path, det, clock=lambda: now[0],
+                          policy=PolicyConfig(spare_swap_mode="ask"),
+                          world=FixedWorld(ready_spares=2, nodes_total=16),
+                          steps={"gpt": lambda: steps})
     ctl.cycle()
     assert ctl.executor.wait_idle(30)
     now[0] += 15
