@@ -55,7 +55,7 @@ def bench_collect(args, res: dict) -> None:
     cfg = AgentConfig(socket=os.path.join(tmp, "a.sock"), collectors=collectors)
     ctx = Context(config=cfg)
     if args.gpu_replay:
-        from sentinel.agent.nvml_replay import ReplayBackend
+        from sentinel.gpu.nvml_replay import ReplayBackend
 
         ctx.nvml_backend = ReplayBackend.from_file(args.gpu_replay)
     agent = Agent(ctx)

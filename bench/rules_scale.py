@@ -32,12 +32,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.detectors.openmetrics import backfill, backfill_rules  # noqa: E402
+from sentinel.gpu.reasons import BAD_REASONS  # noqa: E402
 from sentinel.rules.engine import Engine  # noqa: E402
 from sentinel.rules.rulefile import load_rules  # noqa: E402
 from sentinel.rules.sources import PrometheusSource  # noqa: E402
 from tests.support.services import free_port, stop, wait_http  # noqa: E402
 
-REASONS = ("hw_slowdown", "sw_thermal_slowdown", "hw_thermal_slowdown", "hw_power_brake_slowdown")
+REASONS = BAD_REASONS  # the reasons the default gpu-throttle rule asks for
 
 
 def generate(path: Path, nodes: int, gpus: int, interval: float, hours: float, end: float,

@@ -13,15 +13,14 @@ Part 2 (``--curves``, on by default): loss curves for the rules benchmark, in th
 detector-input JSON-lines format: a clean run, a run with bad batches injected at a
 few steps, and a run with a too-high learning rate; ``labels.json`` says which steps
 are bad. Everything goes into ``--out`` (default ./out/train_gpu); the summary is also
-printed. Needs only torch (no PyYAML): the request is written with
-``sentinel.train.rollback`` exactly as ``sentinel rollback`` writes it.
+printed. Needs only torch (no PyYAML): the request is submitted with
+``sentinel.train.request``, the module ``sentinel rollback`` uses.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import statistics
 import subprocess
@@ -35,13 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 EXAMPLE = ROOT / "examples" / "train_gpt.py"
 
-from sentinel.train.rollback import (  # noqa: E402
-    ROLLBACK_SIGNAL,
-    RollbackRequest,
-    read_result,
-    read_token,
-    write_request,
-)
+from sentinel.train.request import read_result, submit  # noqa: E402
 
 
 def read_log(run_dir: Path) -> list[dict[str, Any]]:
@@ -95,13 +88,9 @@ def recovery(args: argparse.Namespace, out: Path) -> dict[str, Any]:
                 tail = log[rbs[n_rb - 1] + 1:] if n_rb else log
                 return any(e["event"] == "step" and e["step"] >= back_to + ahead for e in tail)
             wait(past, proc, 900, f"step {back_to + ahead}")
-            token = read_token(run_dir)
-            req = RollbackRequest(id=uuid.uuid4().hex, job=f"gpt-{args.config}", to_step=back_to,
-                                  skip=[], requested_by="bench", reason="bench",
-                                  created=time.time())
             t_req = time.time()
-            write_request(run_dir, req, token)
-            os.kill(proc.pid, ROLLBACK_SIGNAL)
+            req = submit(run_dir, f"gpt-{args.config}", back_to, [], request_id=uuid.uuid4().hex,
+                         requested_by="bench", reason="bench", pids=[proc.pid]).request
             res = wait(lambda r=req: read_result(run_dir, r.id), proc, 300, "rollback result")
             assert res["status"] == "done", res
 

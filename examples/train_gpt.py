@@ -44,6 +44,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
+from sentinel import jsonnum  # noqa: E402
 from sentinel.train import (  # noqa: E402
     CheckpointError,
     CheckpointStore,
@@ -154,13 +155,6 @@ def bad_batch(x: torch.Tensor, seed: int, index: int) -> torch.Tensor:
     """
     g = torch.Generator().manual_seed(seed * 1_000_003 + index)
     return torch.randint(0, 256, tuple(x.shape), generator=g).to(x.device)
-
-
-def json_number(v: float) -> float | str:
-    """Return ``v``, or the detector-input spelling of a non-finite value."""
-    if math.isfinite(v):
-        return v
-    return "NaN" if math.isnan(v) else ("Infinity" if v > 0 else "-Infinity")
 
 
 def parse_steps(text: str) -> set[int]:
@@ -360,9 +354,10 @@ def main(argv: list[str] | None = None) -> int:
         note("step", step=step, batch=b.index, loss=loss_v, grad_norm=grad_norm,
              tokens_per_sec=tps, step_s=dt)
         if jsonl is not None:
-            jsonl.write(json.dumps({"step": step, "loss": json_number(loss_v),
-                                    "grad_norm": json_number(grad_norm), "tokens_per_sec": tps,
-                                    "time": time.time(), "node": node}) + "\n")
+            # NaN/Inf spelled as strings (sentinel.jsonnum): the detector-input format.
+            jsonl.write(jsonnum.dumps({"step": step, "loss": loss_v, "grad_norm": grad_norm,
+                                       "tokens_per_sec": tps, "time": time.time(),
+                                       "node": node}) + "\n")
         step += 1
     eval_loss = evaluate()
     note("eval", step=step, eval_loss=eval_loss)

@@ -2,10 +2,10 @@
 
 The agent in the foreground plus a built-in job that reports steps through the real
 :class:`sentinel.train.Reporter`, so every family shows up on ``/metrics``. The job feeds
-one bad batch (a loss spike at step :data:`SPIKE_STEP`); the rules engine's loss-spike
-detector follows the job through the agent's step stream and prints the finding, with the
-batches a rollback should skip. Without a GPU, GPU series come from the captured H100
-dump in ``tests/fixtures/h100`` and the output says so. Ctrl-C stops it.
+one bad batch (a loss spike at step :data:`SPIKE_STEP`); the default rules, run by the
+online detector on the agent's step stream, find it and the demo prints the finding and
+its updates. Without a GPU, GPU series come from the captured H100 dump shipped in the
+package (``sentinel/gpu/replays``) and the output says so. Ctrl-C stops it.
 """
 
 from __future__ import annotations
@@ -19,10 +19,12 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from sentinel.gpu.nvml_replay import H100_LOAD, ReplayBackend
+
 log = logging.getLogger(__name__)
 
 DEMO_JOB = "demo-gpt"
-REPLAY = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "h100" / "nvml_load.json"
+REPLAY = H100_LOAD
 # A 0.2 s step gives a lively step-time histogram and tokens/sec without using the CPU.
 STEP_SECONDS = 0.2
 # The bad batch: late enough for the detector's baseline (it learns over 20+ steps).
@@ -65,29 +67,27 @@ def _job(socket_path: str, stop: threading.Event, step_seconds: float) -> None:
 
 
 def _detect(base_url: str, stop: threading.Event) -> None:
-    """Follow the job's step stream and print each new loss-spike finding."""
-    from sentinel.rules.detectors import loss_spike  # noqa: PLC0415
-    from sentinel.rules.sources import SourceError, StepStream  # noqa: PLC0415
-    from sentinel.rules.window import Window  # noqa: PLC0415
+    """Run the default rules on the job's step stream and print each finding's changes."""
+    from sentinel.rules.online import OnlineDetector  # noqa: PLC0415
+    from sentinel.rules.rulefile import load_rules  # noqa: PLC0415
+    from sentinel.rules.sources import StepStream  # noqa: PLC0415
 
-    stream = StepStream(base_url, DEMO_JOB)
-    seen: dict[tuple[str, int | None], str] = {}
+    # No Prometheus here: the step-reading rules (loss-spike) and the diagnosis run.
+    detector = OnlineDetector(load_rules(), streams={DEMO_JOB: StepStream(base_url, DEMO_JOB)})
+    printed: set[str] = set()  # keys printed once: later changes print as updates
     while not stop.wait(DETECT_EVERY_S):
-        try:
-            stream.poll()
-        except SourceError as e:
-            log.debug("demo detector: %s", e)
-            continue
-        for f in loss_spike.detect(Window(job=DEMO_JOB, steps=list(stream.steps)),
-                                   loss_spike.Params()):
-            key = (f.kind, f.step_start)
-            prev = seen.get(key)
-            if prev == f.summary:
-                continue
-            seen[key] = f.summary  # print again when the classification moves on
-            print(f"{'finding' if prev is None else 'update'}: {f.summary}\n"
+        for f in detector.cycle():
+            # A spike that recovered before a cycle saw it is new, though already resolved.
+            if f.key not in printed:
+                word = "finding"
+            else:
+                word = "resolved" if f.state == "resolved" else "update"
+            printed.add(f.key)
+            print(f"{word}: {f.summary}\n"
                   f"  steps {f.step_start}-{f.step_end}, severity {f.severity}, "
                   f"suggested action {f.suggested_action}", flush=True)
+        for rule, err in detector.errors.items():
+            log.debug("demo detector: rule %s: %s", rule, err)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -95,8 +95,8 @@ def run(args: argparse.Namespace) -> int:
     from sentinel.agent.collectors.base import Context  # noqa: PLC0415
     from sentinel.agent.config import AgentConfig  # noqa: PLC0415
     from sentinel.agent.exporter import Agent  # noqa: PLC0415
-    from sentinel.agent.nvml import Nvml, NvmlUnavailable  # noqa: PLC0415
     from sentinel.agent.server import HttpServer  # noqa: PLC0415
+    from sentinel.gpu.nvml import Nvml, NvmlUnavailable  # noqa: PLC0415
 
     tmp = Path(tempfile.mkdtemp(prefix="sentinel-demo-"))
     sock = str(tmp / "agent.sock")
@@ -111,8 +111,6 @@ def run(args: argparse.Namespace) -> int:
         probe.shutdown()
     except NvmlUnavailable as e:
         if REPLAY.exists():
-            from sentinel.agent.nvml_replay import ReplayBackend  # noqa: PLC0415
-
             ctx.nvml_backend = ReplayBackend.from_file(REPLAY)
             gpu_note = f"no NVML here ({e}); GPU series replay {REPLAY}"
         else:

@@ -48,6 +48,10 @@ MAX_EXTRA_KEYS = 32
 # Extra key a Reporter adds, after it had to drop reports, with its cumulative count of
 # dropped reports, so the agent can export losses that happened on the sending side.
 EXTRA_REPORTER_DROPPED = "sentinel_reporter_dropped"
+# Extra key carrying the global batch index a step trained on (``Reporter.step(...,
+# batch=i)``); steps and batch indices part ways after the first skipped batch, and the
+# agent's step stream keeps it so a loss spike's steps map to the batches to skip.
+EXTRA_BATCH = "batch"
 # Event a rank sends when it ends on purpose (Reporter.finish): the agent stops exporting
 # its live series (age, tokens/sec), so a finished job raises no "stopped reporting" or
 # "throughput drop" alert, and forgets the job soon after every rank has finished.

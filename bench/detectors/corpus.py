@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sentinel.rules.jsonl import read_steps
+
 HERE = Path(__file__).resolve().parent
 REAL_DIR = HERE / "curves" / "real"
 
@@ -233,14 +235,6 @@ def synthetic(per_family: int = 12, n: int = 3000, seed: int = 0) -> list[Curve]
     ]
 
 
-def _num(v: object) -> float | None:
-    if v is None:
-        return None
-    if isinstance(v, str):
-        return float(v)  # "NaN", "Infinity"
-    return float(v)  # type: ignore[arg-type]
-
-
 def load_real(directory: Path = REAL_DIR) -> list[Curve]:
     """Load recorded curves and their labels (see the module docstring for the format)."""
     curves: list[Curve] = []
@@ -253,16 +247,10 @@ def load_real(directory: Path = REAL_DIR) -> list[Curve]:
                   for e in labels.get("events", [])]
         if labels.get("healthy", not events) and events:
             raise ValueError(f"{label_path}: healthy is true but events are listed")
-        steps: list[int] = []
-        loss: list[float] = []
-        gn: list[float | None] = []
-        for line in path.read_text().splitlines():
-            if not line.strip():
-                continue
-            rec = json.loads(line)
-            steps.append(int(rec["step"]))
-            loss.append(float(_num(rec["loss"]) or 0.0))
-            gn.append(_num(rec.get("grad_norm")))
+        points = read_steps(path)  # the detector-input format, through its one parser
+        steps = [p.step for p in points]
+        loss = [p.loss for p in points]
+        gn = [p.grad_norm for p in points]
         family = labels.get("family") or ("real_events" if events else "real_healthy")
         curves.append(Curve(path.stem, family, steps, loss, gn, events))
     return curves

@@ -26,6 +26,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from sentinel.rules.jsonl import read_steps
+
 ROOT = Path(__file__).resolve().parents[2]
 BAD_BATCH_SPAN = 20  # steps a corrupted batch may disturb the loss for
 RUN_TIMEOUT_S = 1800
@@ -44,12 +46,7 @@ def _train(out: Path, name: str, extra: list[str], args: argparse.Namespace) -> 
 
 
 def _losses(path: Path) -> list[tuple[int, float]]:
-    out = []
-    for line in path.read_text().splitlines():
-        rec = json.loads(line)
-        v = rec["loss"]
-        out.append((int(rec["step"]), float(v) if not isinstance(v, str) else float(v)))
-    return out
+    return [(p.step, p.loss) for p in read_steps(path)]
 
 
 def _label(path: Path, labels: dict[str, object]) -> None:

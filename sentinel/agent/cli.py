@@ -5,16 +5,20 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import os
 import signal
-import socket
 import sys
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sentinel.agent.collectors import COLLECTORS
+from sentinel.agent.collectors.base import Context
 from sentinel.agent.config import AgentConfig
 from sentinel.config import ConfigError, describe, load_section, read_yaml_file
+from sentinel.systemd import Notifier
+
+if TYPE_CHECKING:
+    from sentinel.agent.exporter import Agent
+    from sentinel.agent.server import HttpServer
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +42,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--once", action="store_true",
                    help="print one exposition to stdout and exit")
     for cls in COLLECTORS:
+        default = "on" if cls.default_enabled else "off"
         p.add_argument(f"--collector.{cls.name}", dest=f"collector_{cls.name}",
                        action="store_const", const=True, default=None,
-                       help=f"enable the {cls.name} collector")
+                       help=f"enable the {cls.name} collector ({default} by default)")
         p.add_argument(f"--no-collector.{cls.name}", dest=f"collector_{cls.name}",
                        action="store_const", const=False, help=f"disable the {cls.name} collector")
     p.set_defaults(func=run)
@@ -68,82 +73,50 @@ def load_config(args: argparse.Namespace, env: dict[str, str] | None = None) -> 
     return cfg
 
 
-def _notifier() -> Any:
-    """Return an object with .notify(str) talking to $NOTIFY_SOCKET, or None."""
-    if not os.environ.get("NOTIFY_SOCKET"):
-        return None
-    try:
-        import sdnotify  # noqa: PLC0415 - only under systemd
-    except ImportError:
-        return _MiniNotifier(os.environ["NOTIFY_SOCKET"])
-    return sdnotify.SystemdNotifier()
-
-
-class _MiniNotifier:
-    """The sd_notify datagram, for machines without the sdnotify package."""
-
-    def __init__(self, path: str) -> None:
-        self.addr = "\0" + path[1:] if path.startswith("@") else path
-
-    def notify(self, state: str) -> None:
-        try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-                s.connect(self.addr)
-                s.sendall(state.encode())
-        except OSError as e:
-            log.debug("sd_notify: %s", e)
-
-
-def watchdog_interval(configured: float, env: dict[str, str] | None = None) -> float:
-    """Return how often to check health and feed the watchdog.
-
-    systemd passes ``WatchdogSec`` as ``$WATCHDOG_USEC``; feeding less often than half
-    of it (sd_watchdog_enabled's advice) would get a healthy agent killed in a loop, so
-    a longer ``agent.watchdog_interval_seconds`` is shortened, with a warning.
-    """
-    raw = (os.environ if env is None else env).get("WATCHDOG_USEC", "")
-    try:
-        limit = int(raw) / 2e6
-    except ValueError:
-        return configured
-    if 0 < limit < configured:
-        log.warning("agent.watchdog_interval_seconds %.1f is not under half of systemd's "
-                    "WatchdogSec (%.1fs): feeding the watchdog every %.1fs instead",
-                    configured, 2 * limit, limit)
-        return limit
-    return configured
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run the agent; return the exit code."""
-    from sentinel.agent.collectors.base import Context  # noqa: PLC0415
-    from sentinel.agent.exporter import Agent  # noqa: PLC0415 - keep `sentinel --help` fast
-    from sentinel.agent.server import HttpServer  # noqa: PLC0415
-
-    cfg = load_config(args)
+def _context(cfg: AgentConfig) -> Context:
+    """Return the collectors' Context for ``cfg`` (loading the GPU replay, if any)."""
     ctx = Context(config=cfg)
     if cfg.hostname:
         ctx.hostname = cfg.hostname
     if cfg.gpu_replay:
-        from sentinel.agent.nvml_replay import ReplayBackend  # noqa: PLC0415
+        from sentinel.gpu.nvml_replay import ReplayBackend  # noqa: PLC0415
 
         try:
             ctx.nvml_backend = ReplayBackend.from_file(cfg.gpu_replay)
         except ValueError as e:
             raise ConfigError(f"agent.gpu_replay: {e}") from None
-    if args.once:
-        # One exposition needs no report sockets; the training collector shows drops only.
-        agent = Agent(ctx)
-        for c in agent.collectors:
-            if c.name != "training":
-                c.start()
-        try:
-            sys.stdout.buffer.write(agent.render())
-            sys.stdout.flush()
-        finally:
-            agent.close()
-        return 0
+    return ctx
 
+
+def run(args: argparse.Namespace) -> int:
+    """Run the agent; return the exit code."""
+    cfg = load_config(args)
+    ctx = _context(cfg)
+    return _print_once(ctx) if args.once else _serve(ctx)
+
+
+def _print_once(ctx: Context) -> int:
+    """Print one exposition to stdout; no report sockets (training shows drops only)."""
+    from sentinel.agent.exporter import Agent  # noqa: PLC0415 - keep `sentinel --help` fast
+
+    agent = Agent(ctx)
+    for c in agent.collectors:
+        if c.name != "training":
+            c.start()
+    try:
+        sys.stdout.buffer.write(agent.render())
+        sys.stdout.flush()
+    finally:
+        agent.close()
+    return 0
+
+
+def _serve(ctx: Context) -> int:
+    """Serve HTTP and the report sockets until SIGTERM/SIGINT."""
+    from sentinel.agent.exporter import Agent  # noqa: PLC0415
+    from sentinel.agent.server import HttpServer  # noqa: PLC0415
+
+    cfg = ctx.config
     host, port = cfg.listen()
     agent = Agent(ctx)
     try:
@@ -162,34 +135,32 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
-    bound = server.address
-    log.info("serving on http://%s:%d/metrics, collectors: %s, socket: %s, udp: %s",
-             bound[0], bound[1], ",".join(c.name for c in agent.collectors),
-             cfg.socket or "off", cfg.udp_address or "off")
-    notifier = _notifier()
-    interval = watchdog_interval(cfg.watchdog_interval_seconds)
-    if notifier:
-        notifier.notify("READY=1")
-    was_healthy = True
+    bound = f"http://{server.address[0]}:{server.address[1]}/metrics"
+    log.info("serving on %s, collectors: %s, socket: %s, udp: %s", bound,
+             ",".join(c.name for c in agent.collectors), cfg.socket or "off",
+             cfg.udp_address or "off")
+    sd = Notifier.from_env()
+    sd.ready(f"serving {bound}")
     try:
-        while not stop.is_set():
-            ok, why = agent.health()
-            if not server.alive():
-                ok, why = False, "the HTTP server thread died"
-            if ok:
-                if notifier:
-                    notifier.notify("WATCHDOG=1")
-            elif was_healthy:
-                log.error("unhealthy, not feeding the watchdog: %s", why)
-            was_healthy = ok
-            if agent.training is not None:
-                for job in agent.training.store.expire():
-                    log.info("job %s expired after %.0fs without reports", job,
-                             cfg.job_expiry_seconds)
-            stop.wait(interval)
+        _main_loop(agent, server, sd, stop)
     finally:
-        if notifier:
-            notifier.notify("STOPPING=1")
+        sd.stopping()
         server.stop()
         agent.close()
     return 0
+
+
+def _main_loop(agent: Agent, server: HttpServer, sd: Notifier, stop: threading.Event) -> None:
+    """Feed the watchdog while healthy and expire silent jobs, until ``stop`` is set."""
+    cfg = agent.ctx.config
+    interval = sd.interval(cfg.watchdog_interval_seconds, "agent.watchdog_interval_seconds")
+    while not stop.is_set():
+        ok, why = agent.health()
+        if not server.alive():
+            ok, why = False, "the HTTP server thread died"
+        sd.watchdog(ok, why)
+        if agent.training is not None:
+            for job in agent.training.store.expire():
+                log.info("job %s expired after %.0fs without reports", job,
+                         cfg.job_expiry_seconds)
+        stop.wait(interval)

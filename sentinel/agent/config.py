@@ -4,14 +4,32 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from sentinel.config import ConfigError
+
+if TYPE_CHECKING:
+    from sentinel.agent.collectors.base import Collector
 
 DEFAULT_LISTEN_ADDRESS = "0.0.0.0:9464"
 DEFAULT_SOCKET = "/run/sentinel/agent.sock"
 # node_exporter's default device exclusion: RAM disks, loops, floppies and partitions
 # (sda1, nvme0n1p1, ...), which would double-count their parent disk's I/O.
 DEFAULT_DISK_EXCLUDE = r"^(z?ram|loop|fd|(h|s|v|xv)d[a-z]|nvme\d+n\d+p)\d+$"
+
+
+def registered_collectors() -> list[type[Collector]]:
+    """Return the collector classes of ``sentinel/agent/collectors/__init__.py``, in order."""
+    # Imported when called, not with this module: the collectors import this module's
+    # users, and `import sentinel.agent.config` stays free of them.
+    from sentinel.agent.collectors import COLLECTORS  # noqa: PLC0415
+
+    return list(COLLECTORS)
+
+
+def default_collectors() -> list[str]:
+    """Return the names of the collectors that declare themselves on by default."""
+    return [c.name for c in registered_collectors() if c.default_enabled]
 
 
 def _split_hostport(key: str, value: str) -> tuple[str, int]:
@@ -36,12 +54,11 @@ class AgentConfig:
         default="",
         metadata={"help": "HOST:PORT of the UDP fallback for step reports ('' = off)"},
     )
+    # Names and defaults come from the collectors themselves (collectors/__init__.py);
+    # validate() checks the names against that list.
     collectors: list[str] = field(
-        default_factory=lambda: ["gpu", "disk", "host", "training", "textfile"],
-        metadata={
-            "help": "collectors to run",
-            "choices": ("gpu", "disk", "host", "training", "textfile"),
-        },
+        default_factory=default_collectors,
+        metadata={"help": "collectors to run (the names of the --collector.NAME flags)"},
     )
     hostname: str = field(
         default="", metadata={"help": "value of the hostname label ('' = this machine's name)"}
@@ -107,6 +124,16 @@ class AgentConfig:
     watchdog_interval_seconds: float = field(
         default=5.0, metadata={"help": "how often the main loop checks health", "min": 0.1}
     )
+    # Prometheus's default scrape_timeout is 10 s: at 5 s a scrape with a hung collector
+    # still returns, with the other collectors' data, well inside it. A healthy collect
+    # takes milliseconds (eight H100s: ~2 ms), so 5 s is only ever missed by a hang.
+    collector_timeout_seconds: float = field(
+        default=5.0,
+        metadata={"help": "a collector that has not returned within this is left out of "
+                  "the scrape (success 0); below Prometheus's scrape_timeout (10 s by "
+                  "default) so the other collectors' data still arrives",
+                  "min": 0.01, "max": 300.0},
+    )
     # An NVML call stuck for 20 s is a hung driver: stop feeding the watchdog.
     collect_stall_seconds: float = field(
         default=20.0,
@@ -119,7 +146,12 @@ class AgentConfig:
     )
 
     def validate(self) -> None:
-        """Check the values that need more than a type: addresses and the regex."""
+        """Check the values that need more than a type: names, addresses and the regex."""
+        known = [c.name for c in registered_collectors()]
+        for name in self.collectors:
+            if name not in known:
+                raise ConfigError(f"agent.collectors: {name!r} is not valid "
+                                  f"(valid: {', '.join(known)})")
         _split_hostport("agent.listen_address", self.listen_address)
         if self.udp_address:
             _split_hostport("agent.udp_address", self.udp_address)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import socket
 import threading
@@ -10,8 +9,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from sentinel.agent.collectors.training import finite_or_text
 from sentinel.agent.exporter import Agent
+from sentinel.jsonnum import dumps
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +88,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def _json(self, code: int, obj: Any) -> None:
-        self._send(code, json.dumps(obj).encode(), "application/json")
+        # NaN/Inf losses leave as "NaN"/"Infinity" strings: strict JSON for every client.
+        self._send(code, dumps(obj).encode(), "application/json")
 
     def do_HEAD(self) -> None:  # noqa: N802
         self.do_GET()
@@ -147,9 +147,6 @@ class _Handler(BaseHTTPRequestHandler):
             known = ", ".join(store.job_names()) or "none"
             self._json(404, {"error": f"unknown job {job!r} (known: {known})"})
             return
-        for r in recs:
-            r["loss"] = finite_or_text(r["loss"])
-            r["grad_norm"] = finite_or_text(r["grad_norm"])
         self._json(200, {"job": job, "steps": recs})
 
 

@@ -8,6 +8,7 @@ and capped in length. Reports beyond a bound are dropped and counted by reason.
 from __future__ import annotations
 
 import bisect
+import logging
 import math
 import threading
 import time
@@ -19,10 +20,13 @@ from typing import Any
 from sentinel.protocol import (
     DROP_REASONS,
     EVENT_FINISHED,
+    EXTRA_BATCH,
     EXTRA_REPORTER_DROPPED,
     EventReport,
     StepReport,
 )
+
+log = logging.getLogger(__name__)
 
 # Drops the agent adds to the protocol's decode reasons (documented in docs/METRICS.md).
 AGENT_DROP_REASONS = ("too_many_jobs", "too_many_ranks", "queue_full")
@@ -38,6 +42,20 @@ MAX_EVENT_KINDS = 32
 # A job whose ranks all finished on purpose is kept this long, so a rules engine polling
 # the step stream still reads its last steps, then forgotten.
 FINISHED_GRACE_S = 120.0
+# Extras travel as JSON numbers and are decoded as floats: above 2**53 a float cannot
+# name every integer, so no exact batch index lies there (and no run comes near it).
+MAX_BATCH_INDEX = 2**53
+
+
+def batch_index(value: float | None) -> int | None:
+    """Return the batch index a step's ``batch`` extra names, or None if it names none.
+
+    Valid: a whole number from 0 to MAX_BATCH_INDEX. Anything else (3.5, -1, NaN, 1e300)
+    is not an index; the step is kept without one.
+    """
+    if value is None or not math.isfinite(value) or value != int(value):
+        return None
+    return int(value) if 0 <= value <= MAX_BATCH_INDEX else None
 
 
 @dataclass
@@ -62,7 +80,6 @@ class RankState:
         default_factory=lambda: [0] * (len(STEP_DURATION_BUCKETS) + 1)
     )
     duration_sum: float = 0.0
-    duration_count: int = 0
     events: dict[str, int] = field(default_factory=dict)
     # Reports the job's Reporter says it dropped on its side: a per-process count, kept
     # monotonic across process restarts as base (earlier processes) + last (this one).
@@ -71,6 +88,8 @@ class RankState:
     reporter_dropped_pid: int = -1
     # Agent clock when the rank said it finished on purpose; None while it runs.
     finished_at: float | None = None
+    # Whether a bad batch index from this rank was logged (once per rank, not per step).
+    bad_batch_logged: bool = False
 
 
 @dataclass
@@ -163,7 +182,6 @@ class StepStore:
                 if dt >= 0:
                     rank.bucket_counts[bisect.bisect_left(STEP_DURATION_BUCKETS, dt)] += 1
                     rank.duration_sum += dt
-                    rank.duration_count += 1
             rank.last_report_time = report.time
             rank.last_step = report.step
             rank.step = report.step
@@ -190,9 +208,23 @@ class StepStore:
                     "samples": report.samples,
                     "time": report.time,
                     "host": report.identity.host,
+                    "batch": self._batch(report, rank),
                 }
             )
             return True
+
+    @staticmethod
+    def _batch(report: StepReport, rank: RankState) -> int | None:
+        """Return the report's batch index; log a bad one once per rank."""
+        raw = report.extra.get(EXTRA_BATCH)
+        batch = batch_index(raw)
+        if raw is not None and batch is None and not rank.bad_batch_logged:
+            rank.bad_batch_logged = True
+            log.warning("job %s rank %d: step %d has %s=%r, which is not a batch index "
+                        "(valid: a whole number 0..2**53); such steps are kept without one",
+                        report.identity.job, report.identity.rank, report.step, EXTRA_BATCH,
+                        raw)
+        return batch
 
     def tokens_per_second(self, rank: RankState, now: float) -> float:
         """Tokens reported in the last window, over the window (or the rank's age)."""

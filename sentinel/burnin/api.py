@@ -20,17 +20,16 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from sentinel.burnin.baselines import load_baselines
 from sentinel.burnin.config import BurninConfig, BurninConfigError
-from sentinel.burnin.records import GpuRecord, jsonable
-from sentinel.burnin.verdict import GpuVerdict, VerdictConfig, judge
+from sentinel.burnin.records import GpuRecord
+from sentinel.burnin.report import BurninReport, check_textfile_path, write_textfile
+from sentinel.burnin.verdict import VerdictConfig, judge
 
 log = logging.getLogger(__name__)
 
-EXIT_OK, EXIT_FAILED, EXIT_CANNOT_RUN = 0, 1, 2
 # Past the expected end, how long to wait for a worker before calling it hung; the
 # worker's own hang timeout normally fires first.
 JOIN_GRACE_S = 30.0
@@ -40,49 +39,6 @@ Event = dict[str, Any]
 
 class BurninUnavailable(RuntimeError):
     """The burn-in cannot run on this machine; the message says why and what it needs."""
-
-
-@dataclass
-class BurninReport:
-    """The outcome of one burn-in: every GPU's record and verdict."""
-
-    hostname: str
-    started_at: float  # Unix time
-    finished_at: float
-    wall_seconds: float
-    config: BurninConfig
-    records: list[GpuRecord]
-    verdicts: list[GpuVerdict]
-    torch_version: str = ""
-    notes: list[str] = field(default_factory=list)
-    textfile_error: str | None = None  # why --textfile was not written (None: written/off)
-
-    @property
-    def ok(self) -> bool:
-        """Return True when every GPU passed."""
-        return all(v.ok for v in self.verdicts)
-
-    @property
-    def exit_code(self) -> int:
-        """Return 0 when every GPU passed, 1 otherwise."""
-        return EXIT_OK if self.ok else EXIT_FAILED
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return a JSON-ready mapping of the whole report."""
-        out: dict[str, Any] = jsonable({
-            "hostname": self.hostname,
-            "started_at": self.started_at,
-            "finished_at": self.finished_at,
-            "wall_seconds": self.wall_seconds,
-            "ok": self.ok,
-            "exit_code": self.exit_code,
-            "config": asdict(self.config),
-            "torch_version": self.torch_version,
-            "notes": self.notes,
-            "gpus": [{**v.to_dict(), "record": r.to_dict()}
-                     for r, v in zip(self.records, self.verdicts, strict=True)],
-        })
-        return out
 
 
 def import_torch() -> Any:
@@ -145,24 +101,11 @@ def run_burnin(
     cfg.validate()
     baselines = load_baselines(cfg.baselines_file, cfg.dtype)  # bad file fails before work
     if cfg.textfile:
-        from sentinel.burnin.report import check_textfile_path  # noqa: PLC0415
-
         check_textfile_path(cfg.textfile)  # a bad path fails before work, not after it
     torch = torch or import_torch()
     gpus = _select_gpus(torch, cfg)
     if cfg.dtype == "fp8":
-        if not hasattr(torch, "float8_e4m3fn") or not hasattr(torch, "_scaled_mm"):
-            raise BurninUnavailable(f"--dtype fp8 needs torch with float8 matmuls "
-                                    f"(this is torch {torch.__version__})")
-        for g in gpus:
-            cc = torch.cuda.get_device_capability(g)
-            if cc < (9, 0):
-                raise BurninUnavailable(
-                    f"--dtype fp8 needs compute capability 9.0 or newer; GPU {g} "
-                    f"({torch.cuda.get_device_name(g)}) is {cc[0]}.{cc[1]} (use --dtype bf16)")
-    emit = on_event or (lambda _e: None)
-    from sentinel.burnin import correctness  # noqa: PLC0415 - needs torch
-    from sentinel.burnin.runner import GpuWorker, SharedInputs  # noqa: PLC0415
+        _check_fp8(torch, gpus)
     from sentinel.burnin.sampler import NvmlSampler  # noqa: PLC0415
 
     started, t_start = time.time(), time.monotonic()
@@ -171,6 +114,43 @@ def run_burnin(
     torch.backends.cuda.matmul.allow_tf32 = False
     idents = [_cuda_identity(torch, g) for g in gpus]
     sampler = NvmlSampler(idents, interval=cfg.sample_interval, nvml=nvml)
+    emit = on_event or (lambda _e: None)
+    start_event = {"event": "start", "time": started, "hostname": hostname}
+    workers = _run_workers(torch, cfg, idents, sampler, emit, start_event, t_start)
+    records = [_record(ident, w, sampler, cfg) for ident, w in zip(idents, workers, strict=True)]
+    verdicts = judge(records, VerdictConfig(
+        tolerance=cfg.tolerance, baselines=baselines, baseline_override=cfg.baseline_tflops,
+        sample_interval_s=cfg.sample_interval))
+    report = BurninReport(
+        hostname=hostname, started_at=started, finished_at=time.time(),
+        wall_seconds=time.monotonic() - t_start, config=cfg, records=records,
+        verdicts=verdicts, torch_version=str(torch.__version__),
+        notes=[f"NVML: {sampler.error}"] if sampler.error else [])
+    if cfg.textfile:
+        _write_textfile(cfg.textfile, report)
+    return report
+
+
+def _check_fp8(torch: Any, gpus: list[int]) -> None:
+    """Raise BurninUnavailable unless this torch and every GPU can run fp8 matmuls."""
+    if not hasattr(torch, "float8_e4m3fn") or not hasattr(torch, "_scaled_mm"):
+        raise BurninUnavailable(f"--dtype fp8 needs torch with float8 matmuls "
+                                f"(this is torch {torch.__version__})")
+    for g in gpus:
+        cc = torch.cuda.get_device_capability(g)
+        if cc < (9, 0):
+            raise BurninUnavailable(
+                f"--dtype fp8 needs compute capability 9.0 or newer; GPU {g} "
+                f"({torch.cuda.get_device_name(g)}) is {cc[0]}.{cc[1]} (use --dtype bf16)")
+
+
+def _run_workers(torch: Any, cfg: BurninConfig, idents: list[Any], sampler: Any,
+                 emit: Callable[[Event], None], start_event: Event,
+                 t_start: float) -> list[Any]:
+    """Run one worker per GPU with NVML sampled alongside; return the finished workers."""
+    from sentinel.burnin import correctness  # noqa: PLC0415 - needs torch
+    from sentinel.burnin.runner import GpuWorker, SharedInputs  # noqa: PLC0415
+
     stop = threading.Event()
     workers: list[GpuWorker] = []
     sampler.start()
@@ -178,18 +158,17 @@ def run_burnin(
     # making the inputs, ^C), the workers are told to stop and NVML is released, so a
     # caller that goes on running (the controller) leaves no GPU burning and no sampler.
     try:
-        emit({"event": "start", "time": started, "hostname": hostname, "dtype": cfg.dtype,
-              "size": cfg.size, "duration": cfg.duration, "warmup": cfg.warmup,
-              "memtest_seconds": cfg.memtest_seconds, "nvml": sampler.error or "ok",
+        emit({**start_event, "dtype": cfg.dtype, "size": cfg.size, "duration": cfg.duration,
+              "warmup": cfg.warmup, "memtest_seconds": cfg.memtest_seconds,
+              "nvml": sampler.error or "ok",
               "gpus": [{"gpu": i.cuda_index, "uuid": i.uuid, "name": i.name,
                         "nvml_index": getattr(sampler.matched.get(i.cuda_index), "index",
                                               None)}
                        for i in idents]})
-
         a, b = correctness.make_inputs(torch, cfg.size, cfg.seed)
         inputs = SharedInputs(a=a, b=b,
                               cpu_rows=correctness.cpu_reference_rows(torch, a, b, cfg.dtype))
-        workers.extend(GpuWorker(torch, g, cfg, inputs, stop) for g in gpus)
+        workers.extend(GpuWorker(torch, i.cuda_index, cfg, inputs, stop) for i in idents)
         for w in workers:
             w.start()
         expected_end = (time.monotonic() + cfg.memtest_seconds * 2 + cfg.warmup
@@ -210,43 +189,35 @@ def run_burnin(
         raise
     finally:
         sampler.stop()
+    return workers
 
-    records = []
-    for ident, w in zip(idents, workers, strict=True):
-        res = w.result
-        error = res.error
-        if w.is_alive():
-            error = error or "the GPU's worker did not finish (GPU hung?)"
-        dev = sampler.matched.get(ident.cuda_index)
-        readings = []
-        if res.window_start is not None:
-            readings = sampler.readings(ident.cuda_index, res.window_start,
-                                        res.window_end or time.monotonic())
-        nvml_error = sampler.error or (None if dev is not None else
-                                       "no NVML device with this UUID or PCI bus id")
-        records.append(GpuRecord(
-            cuda_index=ident.cuda_index, uuid=ident.uuid or getattr(dev, "uuid", ""),
-            name=ident.name, pci_bus_id=getattr(dev, "pci_bus_id", "") or ident.pci_bus_id,
-            nvml_index=getattr(dev, "index", None), dtype=cfg.dtype, duration_s=cfg.duration,
-            perf=res.perf, nvml=readings, correctness=res.correctness, memtest=res.memtest,
-            error=error, nvml_error=nvml_error))
-    verdicts = judge(records, VerdictConfig(
-        tolerance=cfg.tolerance, baselines=baselines, baseline_override=cfg.baseline_tflops,
-        sample_interval_s=cfg.sample_interval))
-    finished = time.time()
-    report = BurninReport(
-        hostname=hostname, started_at=started, finished_at=finished,
-        wall_seconds=time.monotonic() - t_start, config=cfg, records=records,
-        verdicts=verdicts, torch_version=str(torch.__version__),
-        notes=[f"NVML: {sampler.error}"] if sampler.error else [])
-    if cfg.textfile:
-        from sentinel.burnin.report import write_textfile  # noqa: PLC0415
 
-        try:
-            write_textfile(cfg.textfile, report)
-        except OSError as e:
-            # The verdicts are still good: hand them back and say what was not written.
-            log.error("burn-in textfile %s not written: %s", cfg.textfile, e)
-            report.textfile_error = f"{cfg.textfile} not written: {e.strerror or e}"
-            report.notes.append(f"textfile {report.textfile_error}")
-    return report
+def _record(ident: Any, w: Any, sampler: Any, cfg: BurninConfig) -> GpuRecord:
+    """Return what one GPU's worker and the NVML sampler recorded for it."""
+    res = w.result
+    error = res.error
+    if w.is_alive():
+        error = error or "the GPU's worker did not finish (GPU hung?)"
+    dev = sampler.matched.get(ident.cuda_index)
+    readings = []
+    if res.window_start is not None:
+        readings = sampler.readings(ident.cuda_index, res.window_start,
+                                    res.window_end or time.monotonic())
+    nvml_error = sampler.error or (None if dev is not None else
+                                   "no NVML device with this UUID or PCI bus id")
+    return GpuRecord(
+        cuda_index=ident.cuda_index, uuid=ident.uuid or getattr(dev, "uuid", ""),
+        name=ident.name, pci_bus_id=getattr(dev, "pci_bus_id", "") or ident.pci_bus_id,
+        nvml_index=getattr(dev, "index", None), dtype=cfg.dtype, duration_s=cfg.duration,
+        perf=res.perf, nvml=readings, correctness=res.correctness, memtest=res.memtest,
+        error=error, nvml_error=nvml_error)
+
+
+def _write_textfile(path: str, report: BurninReport) -> None:
+    """Write the textfile; a failure is noted in the report, whose verdicts still stand."""
+    try:
+        write_textfile(path, report)
+    except OSError as e:
+        log.error("burn-in textfile %s not written: %s", path, e)
+        report.textfile_error = f"{path} not written: {e.strerror or e}"
+        report.notes.append(f"textfile {report.textfile_error}")

@@ -11,8 +11,7 @@ import sys
 from typing import Any
 
 from sentinel.burnin.config import BurninConfig, BurninConfigError, parse_gpu_list
-
-EXIT_CANNOT_RUN = 2
+from sentinel.burnin.report import EXIT_CANNOT_RUN
 
 
 def register(subparsers: Any) -> None:

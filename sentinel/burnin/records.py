@@ -1,15 +1,18 @@
 """What a burn-in records per GPU: the input of the verdict and of every report.
 
 Plain dataclasses with ``to_dict``/``from_dict`` so recorded runs (CPU test fixtures,
-``--json`` output) round-trip. Times are seconds since the measured window began.
+``--json`` output) round-trip; ``from_dict`` checks keys and types
+(:mod:`sentinel.burnin.typedjson`). Times are seconds since the measured window began.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from sentinel.burnin.typedjson import read_dataclass
+from sentinel.jsonnum import encode
 
 
 @dataclass(frozen=True)
@@ -85,40 +88,15 @@ class GpuRecord:
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready mapping (non-finite floats as strings)."""
-        out: dict[str, Any] = jsonable(asdict(self))
+        out: dict[str, Any] = encode(asdict(self))
         return out
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> GpuRecord:
-        """Build a record from :meth:`to_dict` output (or a hand-written fixture)."""
-        d = dict(d)
-        perf = [PerfSample(**p) for p in d.pop("perf", [])]
-        nvml = [NvmlReading(**{**r, "violation_ns": dict(r.get("violation_ns", {}))})
-                for r in d.pop("nvml", [])]
-        corr = d.pop("correctness", None)
-        mem = d.pop("memtest", None)
-        if corr is not None:
-            corr = dict(corr)
-            corr["max_abs_error"] = _float(corr["max_abs_error"])
-        return cls(
-            perf=perf,
-            nvml=nvml,
-            correctness=CorrectnessResult(**corr) if corr is not None else None,
-            memtest=MemtestResult(**mem) if mem is not None else None,
-            **d,
-        )
+    def from_dict(cls, d: Mapping[str, Any], where: str = "record") -> GpuRecord:
+        """Build a record from :meth:`to_dict` output (or a hand-written fixture).
 
+        Raises :class:`~sentinel.burnin.typedjson.FormatError` naming the key (under
+        ``where``) that is missing, unknown or of the wrong type.
+        """
+        return read_dataclass(cls, d, where)
 
-def _float(v: Any) -> float:
-    return float(v)  # float("inf"), float("NaN") parse the JSON strings back
-
-
-def jsonable(v: Any) -> Any:
-    """Replace non-finite floats by "NaN"/"Infinity"/"-Infinity" (contract 3's spelling)."""
-    if isinstance(v, float) and not math.isfinite(v):
-        return "NaN" if math.isnan(v) else ("Infinity" if v > 0 else "-Infinity")
-    if isinstance(v, dict):
-        return {str(k): jsonable(x) for k, x in v.items()}
-    if isinstance(v, list | tuple):
-        return [jsonable(x) for x in v]
-    return v

@@ -1,25 +1,125 @@
-"""Show a burn-in: progress bar, final table, JSON lines and the Prometheus textfile."""
+"""A burn-in's report: the format (to and from JSON), and how it is shown.
+
+:class:`BurninReport` is what :func:`sentinel.burnin.api.run_burnin` returns and what
+``--json``'s final ``verdict`` line carries (``report``), read back by
+:meth:`BurninReport.from_dict`. The rest shows it: progress bar, table, JSON lines and
+the Prometheus textfile.
+"""
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
-from sentinel.burnin.records import jsonable
-from sentinel.burnin.verdict import Verdict
+from sentinel.burnin.config import BurninConfig, BurninConfigError
+from sentinel.burnin.records import GpuRecord
+from sentinel.burnin.typedjson import Fields, FormatError, read_dataclass
+from sentinel.burnin.verdict import GpuVerdict, Verdict
+from sentinel.jsonnum import dumps, encode
 
-if TYPE_CHECKING:
-    from sentinel.burnin.api import BurninReport
-
+EXIT_OK, EXIT_FAILED, EXIT_CANNOT_RUN = 0, 1, 2
 BAR_WIDTH = 30
+
+
+@dataclass
+class BurninReport:
+    """The outcome of one burn-in: every GPU's record and verdict."""
+
+    hostname: str
+    started_at: float  # Unix time
+    finished_at: float
+    wall_seconds: float
+    config: BurninConfig
+    records: list[GpuRecord]
+    verdicts: list[GpuVerdict]
+    torch_version: str = ""
+    notes: list[str] = field(default_factory=list)
+    textfile_error: str | None = None  # why --textfile was not written (None: written/off)
+
+    @property
+    def ok(self) -> bool:
+        """Return True when every GPU passed."""
+        return all(v.ok for v in self.verdicts)
+
+    @property
+    def exit_code(self) -> int:
+        """Return 0 when every GPU passed, 1 otherwise."""
+        return EXIT_OK if self.ok else EXIT_FAILED
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready mapping of the whole report."""
+        out: dict[str, Any] = encode({
+            "hostname": self.hostname,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "wall_seconds": self.wall_seconds,
+            "ok": self.ok,
+            "exit_code": self.exit_code,
+            "config": asdict(self.config),
+            "torch_version": self.torch_version,
+            "notes": self.notes,
+            "textfile_error": self.textfile_error,
+            "gpus": [{**v.to_dict(), "record": r.to_dict()}
+                     for r, v in zip(self.records, self.verdicts, strict=True)],
+        })
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> BurninReport:
+        """Read back a report from :meth:`to_dict` output (e.g. another node's ``--json``).
+
+        Raises FormatError naming the key that is missing, unknown or of the wrong type
+        (``report.gpus[3].verdict: 'SLOW' is not a valid Verdict (valid: OK, ...)``), or
+        a derived value (``ok``, ``exit_code``) that disagrees with the verdicts.
+        """
+        f = Fields(d, "report")
+        records, verdicts = [], []
+        for i, g in enumerate(f.get("gpus", list[dict[str, Any]])):
+            where = f"report.gpus[{i}]"
+            gf = dict(g)
+            if "record" not in gf:
+                raise FormatError(f"{where}.record: missing")
+            rec = GpuRecord.from_dict(gf.pop("record"), f"{where}.record")
+            v = GpuVerdict.from_dict(gf, where)
+            if rec.cuda_index != v.cuda_index:
+                raise FormatError(f"{where}.record.cuda_index: {rec.cuda_index} is not the "
+                                  f"verdict's GPU {v.cuda_index}")
+            records.append(rec)
+            verdicts.append(v)
+        report = cls(
+            hostname=f.get("hostname", str), started_at=f.get("started_at", float),
+            finished_at=f.get("finished_at", float), wall_seconds=f.get("wall_seconds", float),
+            config=_config(f.get("config", dict[str, Any])), records=records,
+            verdicts=verdicts, torch_version=f.get("torch_version", str),
+            notes=f.get("notes", list[str]),
+            # Older reports lack it; None says no textfile write is known to have failed.
+            textfile_error=f.get("textfile_error", str | None, None),
+        )
+        for key, derived in (("ok", report.ok), ("exit_code", report.exit_code)):
+            said = f.get(key, type(derived))
+            if said != derived:
+                raise FormatError(f"report.{key}: {said!r}, but the GPUs' verdicts give "
+                                  f"{derived!r}")
+        f.done()
+        return report
+
+
+def _config(d: dict[str, Any]) -> BurninConfig:
+    cfg = read_dataclass(BurninConfig, d, "report.config")
+    try:
+        cfg.validate()
+    except BurninConfigError as e:
+        raise FormatError(f"report.config: {e}") from e
+    return cfg
 
 
 def json_line(event: dict[str, Any]) -> str:
     """Return one JSON line (non-finite numbers spelled "NaN"/"Infinity")."""
-    return json.dumps(jsonable(event), sort_keys=False, allow_nan=False)
+    return dumps(event, sort_keys=False)
 
 
 def result_events(report: BurninReport) -> list[dict[str, Any]]:
@@ -38,6 +138,8 @@ def result_events(report: BurninReport) -> list[dict[str, Any]]:
         "gpus": [{"gpu": v.cuda_index, "uuid": v.uuid, "verdict": v.verdict.value,
                   "problems": [p.verdict.value for p in v.problems]} for v in report.verdicts],
         "notes": report.notes,
+        # The whole report, for a reader on another node (BurninReport.from_dict).
+        "report": report.to_dict(),
     })
     return out
 
@@ -154,8 +256,6 @@ def check_textfile_path(path: str | os.PathLike[str]) -> None:
 
     Checked before any GPU work, so a typo costs nothing and never loses a finished run.
     """
-    from sentinel.burnin.config import BurninConfigError  # noqa: PLC0415
-
     p = Path(path)
     if p.suffix != ".prom":
         raise BurninConfigError(

@@ -1,6 +1,6 @@
 """Sample NVML once a second for the GPUs under test, matched to CUDA devices by UUID.
 
-NVML is reached only through :mod:`sentinel.agent.nvml`. CUDA and NVML number GPUs
+NVML is reached only through :mod:`sentinel.gpu.nvml`. CUDA and NVML number GPUs
 differently (``CUDA_VISIBLE_DEVICES``, ``CUDA_DEVICE_ORDER``), so a CUDA device is
 matched to its NVML device by UUID, or by PCI bus id when the UUID is unknown, never
 by index. Without NVML the burn-in still runs; throttling is then not judged.
@@ -96,7 +96,7 @@ class NvmlSampler:
     def start(self) -> None:
         """Start NVML and the sampling thread; on failure record why and sample nothing."""
         try:
-            from sentinel.agent.nvml import Nvml, NvmlUnavailable  # noqa: PLC0415
+            from sentinel.gpu.nvml import Nvml, NvmlUnavailable  # noqa: PLC0415
         except ImportError as e:
             self.error = f"NVML wrapper unavailable: {e}"
             return

@@ -24,8 +24,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sentinel.agent.nvml import CLOCK_EVENT_REASONS
-from sentinel.burnin.records import GpuRecord, NvmlReading, PerfSample, jsonable
+from sentinel.burnin.records import GpuRecord, NvmlReading, PerfSample
+from sentinel.burnin.typedjson import Fields
+from sentinel.gpu.reasons import (
+    BAD_MASK,
+    CLOCK_EVENT_REASONS,
+    HW_THROTTLE_REASONS,
+    POWER_CAP_MASK,
+    POWER_CAP_REASON,
+    SW_THERMAL_REASON,
+)
+from sentinel.jsonnum import encode
 
 
 class Verdict(enum.StrEnum):
@@ -50,18 +59,14 @@ SEVERITY: tuple[Verdict, ...] = (
     Verdict.LOW_FLOPS,
 )
 
-HW_THROTTLE_REASONS: tuple[str, ...] = (
-    "hw_slowdown",
-    "hw_thermal_slowdown",
-    "hw_power_brake_slowdown",
-)
-SW_THROTTLE_REASONS: tuple[str, ...] = ("sw_thermal_slowdown", "sw_power_cap")
-HW_MASK = sum(CLOCK_EVENT_REASONS[r] for r in HW_THROTTLE_REASONS)
-# Time counted as "throttled" in reports: hardware reasons and SW thermal slowdown.
-# SW power cap is reported apart: a healthy H100 is power-capped most of a burn-in, and
-# counting it would make the fleet's throttle-time panel useless.
-THROTTLE_TIME_MASK = HW_MASK | CLOCK_EVENT_REASONS["sw_thermal_slowdown"]
-POWER_CAP_MASK = CLOCK_EVENT_REASONS["sw_power_cap"]
+# Reasons that count only when the GPU is also slow (see the module docstring): SW
+# thermal slowdown and SW power cap. HW reasons (sentinel.gpu.reasons) always count.
+SW_THROTTLE_REASONS: tuple[str, ...] = (SW_THERMAL_REASON, POWER_CAP_REASON)
+# Time counted as "throttled" in reports: the shared bad set (HW reasons and SW thermal
+# slowdown), as the alert and the dashboards count it. SW power cap is reported apart: a
+# healthy H100 is power-capped most of a burn-in, and counting it would make the fleet's
+# throttle-time panel useless.
+THROTTLE_TIME_MASK = BAD_MASK
 
 # One second of HW slowdown during a burn-in is already a hardware event worth a
 # look. gpud waits for 6 of 10 minutes because it watches training, where brief events
@@ -131,7 +136,7 @@ class GpuVerdict:
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready mapping."""
         s = self.stats
-        out: dict[str, Any] = jsonable({
+        out: dict[str, Any] = encode({
             "gpu": self.cuda_index,
             "nvml_index": self.nvml_index,
             "uuid": self.uuid,
@@ -156,6 +161,38 @@ class GpuVerdict:
             "node_best_tflops": self.node_best_tflops,
             "notes": self.notes,
         })
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str = "verdict") -> GpuVerdict:
+        """Build a verdict from :meth:`to_dict` output; FormatError names a bad key."""
+        f = Fields(d, where)
+        tflops = f.object("tflops")
+        stats = GpuStats(
+            tflops_min=tflops.get("min", float | None),
+            tflops_median=tflops.get("median", float | None),
+            tflops_max=tflops.get("max", float | None),
+            tflops_mean=tflops.get("mean", float | None),
+            work_seconds=f.get("work_seconds", float),
+            samples=f.get("samples", int),
+            temperature_max_c=f.get("temperature_max_c", float | None),
+            power_mean_w=f.get("power_mean_w", float | None),
+            sm_clock_median_hz=f.get("sm_clock_median_hz", float | None),
+            throttle_seconds=f.get("throttle_seconds", float),
+            power_capped_seconds=f.get("power_capped_seconds", float),
+            reason_seconds=f.get("reason_seconds", dict[str, float]),
+            violation_seconds=f.get("violation_seconds", dict[str, float]),
+        )
+        tflops.done()
+        out = cls(
+            cuda_index=f.get("gpu", int), nvml_index=f.get("nvml_index", int | None),
+            uuid=f.get("uuid", str), name=f.get("name", str), verdict=f.get("verdict", Verdict),
+            problems=f.get("problems", list[Problem]), stats=stats,
+            baseline_tflops=f.get("baseline_tflops", float | None),
+            node_best_tflops=f.get("node_best_tflops", float | None),
+            notes=f.get("notes", list[str]),
+        )
+        f.done()
         return out
 
 
@@ -231,6 +268,16 @@ def baseline_for(rec: GpuRecord, config: VerdictConfig) -> float | None:
     return low.get(rec.name.lower())
 
 
+@dataclass(frozen=True)
+class _NodeBest:
+    """The node's fastest GPU, against which each GPU's speed and clocks are judged."""
+
+    tflops: float | None  # its work-weighted mean TFLOPS (None: no GPU did work)
+    rec: GpuRecord | None
+    sm_clock_hz: float | None  # its SM clock median
+    n_worked: int  # GPUs that did work without an error
+
+
 def judge(records: Sequence[GpuRecord], config: VerdictConfig | None = None) -> list[GpuVerdict]:
     """Return one verdict per GPU record, in the records' order."""
     config = config or VerdictConfig()
@@ -241,34 +288,46 @@ def judge(records: Sequence[GpuRecord], config: VerdictConfig | None = None) -> 
     best_clock = None
     if best_rec is not None:
         best_clock = stats[list(records).index(best_rec)].sm_clock_median_hz
-    out = []
-    for rec, st in zip(records, stats, strict=True):
-        out.append(_judge_one(rec, st, config, best, best_rec, best_clock, len(worked)))
-    return out
+    node = _NodeBest(best, best_rec, best_clock, len(worked))
+    return [_judge_one(rec, st, config, node) for rec, st in zip(records, stats, strict=True)]
 
 
-def _judge_one(rec: GpuRecord, st: GpuStats, config: VerdictConfig, best: float | None,
-               best_rec: GpuRecord | None, best_clock: float | None,
-               n_worked: int) -> GpuVerdict:
-    problems: list[Problem] = []
-    notes: list[str] = []
-    tol = config.tolerance
+def _judge_one(rec: GpuRecord, st: GpuStats, config: VerdictConfig,
+               node: _NodeBest) -> GpuVerdict:
+    notes: list[str] = []  # in the order of the checks: results, speed, throttling
     baseline = baseline_for(rec, config)
+    found = [_no_work(rec, st), _wrong_results(rec, st, notes), _memory_errors(rec)]
+    low_flops = _low_flops(rec, st, config, node, baseline, notes)
+    found += [low_flops, _throttled(rec, st, config, node, low_flops is not None, notes)]
+    if any(r.gpu_lost for r in rec.nvml):
+        notes.append("NVML reported the GPU lost during the run")
+    problems = sorted((p for p in found if p is not None),
+                      key=lambda p: SEVERITY.index(p.verdict))
+    verdict = problems[0].verdict if problems else Verdict.OK
+    return GpuVerdict(
+        cuda_index=rec.cuda_index, nvml_index=rec.nvml_index, uuid=rec.uuid, name=rec.name,
+        verdict=verdict, problems=problems, stats=st, baseline_tflops=baseline,
+        node_best_tflops=node.tflops, notes=notes,
+    )
 
-    # NO_WORK: nothing completed, or the runner stopped (crash, CUDA error, hang).
+
+def _no_work(rec: GpuRecord, st: GpuStats) -> Problem | None:
+    """NO_WORK: nothing completed, or the runner stopped (crash, CUDA error, hang)."""
     if st.tflops_mean is None or st.tflops_mean <= 0:
         why = f": {rec.error}" if rec.error else ""
-        problems.append(Problem(Verdict.NO_WORK, f"completed no matmul work{why}",
-                                {"error": rec.error}))
-    elif rec.error is not None:
-        problems.append(Problem(
+        return Problem(Verdict.NO_WORK, f"completed no matmul work{why}", {"error": rec.error})
+    if rec.error is not None:
+        return Problem(
             Verdict.NO_WORK,
             f"stopped after {st.work_seconds:.1f} s of work of the {rec.duration_s:.0f} s "
             f"asked: {rec.error}",
             {"error": rec.error, "work_seconds": st.work_seconds},
-        ))
+        )
+    return None
 
-    # WRONG_RESULTS: any element beyond tolerance, or a reference the CPU disagrees with.
+
+def _wrong_results(rec: GpuRecord, st: GpuStats, notes: list[str]) -> Problem | None:
+    """WRONG_RESULTS: any element beyond tolerance, or a reference the CPU disagrees with."""
     c = rec.correctness
     if c is not None and (c.mismatches > 0 or c.reference_mismatches > 0):
         parts = []
@@ -278,117 +337,126 @@ def _judge_one(rec: GpuRecord, st: GpuStats, config: VerdictConfig, best: float 
         if c.reference_mismatches > 0:
             parts.append(f"the GPU's fp32 reference disagrees with the CPU in "
                          f"{c.reference_mismatches} checked elements")
-        problems.append(Problem(Verdict.WRONG_RESULTS, "; ".join(parts), {
+        return Problem(Verdict.WRONG_RESULTS, "; ".join(parts), {
             "mismatches": c.mismatches, "checks": c.checks, "max_abs_error": c.max_abs_error,
-            "reference_mismatches": c.reference_mismatches}))
-    elif c is None and st.tflops_mean:
+            "reference_mismatches": c.reference_mismatches})
+    if c is None and st.tflops_mean:
         notes.append("results were not checked")
     elif c is not None and c.checks == 0 and st.tflops_mean:
         notes.append("no result check completed")
+    return None
 
+
+def _memory_errors(rec: GpuRecord) -> Problem | None:
+    """MEMORY_ERRORS: words the memory test read back different from what it wrote."""
     m = rec.memtest
-    if m is not None and m.mismatches > 0:
-        where = ("" if m.first_bad_offset is None
-                 else f", first at byte offset {m.first_bad_offset:#x}")
-        ex = f" ({'; '.join(m.examples[:3])})" if m.examples else ""
-        problems.append(Problem(Verdict.MEMORY_ERRORS,
-                                f"{m.mismatches} words read back wrong in "
-                                f"{m.bytes_tested / 2**30:.1f} GiB tested ({m.passes} passes of "
-                                f"{', '.join(m.patterns)}){where}{ex}",
-                                {"mismatches": m.mismatches, "bytes_tested": m.bytes_tested,
-                                 "first_bad_offset": m.first_bad_offset}))
+    if m is None or m.mismatches == 0:
+        return None
+    where = "" if m.first_bad_offset is None else f", first at byte offset {m.first_bad_offset:#x}"
+    ex = f" ({'; '.join(m.examples[:3])})" if m.examples else ""
+    return Problem(Verdict.MEMORY_ERRORS,
+                   f"{m.mismatches} words read back wrong in {m.bytes_tested / 2**30:.1f} GiB "
+                   f"tested ({m.passes} passes of {', '.join(m.patterns)}){where}{ex}",
+                   {"mismatches": m.mismatches, "bytes_tested": m.bytes_tested,
+                    "first_bad_offset": m.first_bad_offset})
 
-    # LOW_FLOPS against the node's best GPU and against the model's floor.
-    low_parts: list[str] = []
-    low_data: dict[str, Any] = {}
+
+def _low_flops(rec: GpuRecord, st: GpuStats, config: VerdictConfig, node: _NodeBest,
+               baseline: float | None, notes: list[str]) -> Problem | None:
+    """LOW_FLOPS against the node's best GPU and against the model's floor."""
+    parts: list[str] = []
+    data: dict[str, Any] = {}
     mean = st.tflops_mean
-    if mean:
-        if best is not None and best_rec is not None and best_rec is not rec:
-            below = 1.0 - mean / best
-            if below > tol:
-                low_parts.append(
-                    f"mean {mean:.1f} TFLOPS is {below:.1%} below the node's best GPU "
-                    f"(GPU {best_rec.cuda_index}: {best:.1f} TFLOPS; tolerance {tol:.0%})")
-                low_data.update(node_best_tflops=best, below_best=below)
-        if baseline is not None and mean < baseline:
-            low_parts.append(f"mean {mean:.1f} TFLOPS is below the {baseline:.0f} TFLOPS floor "
-                             f"for {rec.name} {rec.dtype}")
-            low_data.update(baseline_tflops=baseline)
-        if low_parts:
-            low_data["tflops_mean"] = mean
-            problems.append(Problem(Verdict.LOW_FLOPS, "; ".join(low_parts), low_data))
+    tol = config.tolerance
+    if mean and node.tflops is not None and node.rec is not None and node.rec is not rec:
+        below = 1.0 - mean / node.tflops
+        if below > tol:
+            parts.append(
+                f"mean {mean:.1f} TFLOPS is {below:.1%} below the node's best GPU "
+                f"(GPU {node.rec.cuda_index}: {node.tflops:.1f} TFLOPS; tolerance {tol:.0%})")
+            data.update(node_best_tflops=node.tflops, below_best=below)
+    if mean and baseline is not None and mean < baseline:
+        parts.append(f"mean {mean:.1f} TFLOPS is below the {baseline:.0f} TFLOPS floor "
+                     f"for {rec.name} {rec.dtype}")
+        data.update(baseline_tflops=baseline)
     if baseline is None:
         notes.append(f"no TFLOPS floor for {rec.name!r} {rec.dtype}: compared only with the "
                      f"node's best GPU (set --baseline-tflops or --baselines)")
-    if n_worked < 2 and baseline is None and mean:
+    if node.n_worked < 2 and baseline is None and mean:
         notes.append("one GPU with work and no floor: its speed was not judged")
+    if not parts:
+        return None
+    data["tflops_mean"] = mean
+    return Problem(Verdict.LOW_FLOPS, "; ".join(parts), data)
 
-    # THROTTLED: HW reasons always; SW reasons only when speed suffers.
+
+def _throttled(rec: GpuRecord, st: GpuStats, config: VerdictConfig, node: _NodeBest,
+               speed_suffers: bool, notes: list[str]) -> Problem | None:
+    """THROTTLED: HW reasons always; SW reasons only when speed suffers."""
     if rec.nvml_error:
         notes.append(f"no NVML readings ({rec.nvml_error}): throttling not checked")
     readings = rec.nvml
-    thr_parts: list[str] = []
-    thr_data: dict[str, Any] = {}
     n_read = sum(1 for r in readings if r.clock_event_reasons is not None)
+    parts: list[str] = []
+    data: dict[str, Any] = {}
     for name in HW_THROTTLE_REASONS:
         bit = CLOCK_EVENT_REASONS[name]
-        n = sum(1 for r in readings if r.clock_event_reasons is not None
-                and r.clock_event_reasons & bit)
+        n = _count(readings, bit)
         if n >= config.hw_throttle_min_samples:
-            thr_parts.append(f"{name} active in {n} of {n_read} samples "
-                             f"(first at {_first_seen(readings, bit):.1f} s)")
-            thr_data[name] = n
-    speed_suffers = bool(low_parts)
+            parts.append(f"{name} active in {n} of {n_read} samples "
+                         f"(first at {_first_seen(readings, bit):.1f} s)")
+            data[name] = n
+    _sw_throttle(rec, st, config, node, speed_suffers, n_read, parts, data)
+    if not parts:
+        return None
+    masks = sorted({r.clock_event_reasons for r in readings
+                    if r.clock_event_reasons
+                    and r.clock_event_reasons & (BAD_MASK | POWER_CAP_MASK)})
+    extra = [f"reason bitmasks seen: {', '.join(f'{x:#06x}' for x in masks)}"]
+    grown = {k: v for k, v in st.violation_seconds.items() if v > 0}
+    if grown:
+        extra.append("violation time " + ", ".join(f"{k} +{v:.1f} s" for k, v in grown.items()))
+    if st.temperature_max_c is not None:
+        extra.append(f"max temperature {st.temperature_max_c:.0f} C")
+    data.update(bitmasks=masks, violation_seconds=grown, temperature_max_c=st.temperature_max_c)
+    return Problem(Verdict.THROTTLED, "; ".join(parts + extra), data)
+
+
+def _count(readings: Sequence[NvmlReading], bit: int) -> int:
+    return sum(1 for r in readings
+               if r.clock_event_reasons is not None and r.clock_event_reasons & bit)
+
+
+def _sw_throttle(rec: GpuRecord, st: GpuStats, config: VerdictConfig, node: _NodeBest,
+                 speed_suffers: bool, n_read: int, parts: list[str],
+                 data: dict[str, Any]) -> None:
+    """Add the SW reasons (thermal, power cap) that explain a slowdown to ``parts``/``data``."""
+    tol = config.tolerance
     # A healthy H100 sits at its power cap through a whole burn-in at full speed, and a
     # GPU slowed by another process is power-capped too. So power cap on a slow GPU
     # counts only if its clocks are also below the best GPU's: then the cap is the cause.
-    clocks_low = (st.sm_clock_median_hz is not None and best_clock is not None
-                  and best_rec is not rec
-                  and st.sm_clock_median_hz < (1.0 - tol) * best_clock)
+    clocks_low = (st.sm_clock_median_hz is not None and node.sm_clock_hz is not None
+                  and node.rec is not rec
+                  and st.sm_clock_median_hz < (1.0 - tol) * node.sm_clock_hz)
     for name in SW_THROTTLE_REASONS:
         bit = CLOCK_EVENT_REASONS[name]
-        n = sum(1 for r in readings if r.clock_event_reasons is not None
-                and r.clock_event_reasons & bit)
+        n = _count(rec.nvml, bit)
         if n == 0 or not rec.perf:
             continue
-        during, clean = _samples_overlapping(rec.perf, readings, bit)
+        during, clean = _samples_overlapping(rec.perf, rec.nvml, bit)
         m_during, m_clean = _mean_tflops(during), _mean_tflops(clean)
         slower_while = (m_during is not None and m_clean is not None
                         and m_during < (1.0 - tol) * m_clean)
-        explains = speed_suffers and (name != "sw_power_cap" or clocks_low)
-        if explains or slower_while:
-            if slower_while and m_during is not None and m_clean is not None:
-                how = f"{m_during:.1f} TFLOPS while active vs {m_clean:.1f} otherwise"
-            elif name == "sw_power_cap" and st.sm_clock_median_hz and best_clock:
-                how = (f"SM clock median {st.sm_clock_median_hz / 1e6:.0f} MHz vs "
-                       f"{best_clock / 1e6:.0f} MHz on the best GPU, while slow "
-                       f"(mean {mean:.1f} TFLOPS)")
-            else:
-                how = f"while the GPU is slow (mean {mean:.1f} TFLOPS)"
-            thr_parts.append(f"{name} active in {n} of {n_read} samples, {how}")
-            thr_data[name] = n
-    if thr_parts:
-        masks = sorted({r.clock_event_reasons for r in readings
-                        if r.clock_event_reasons and r.clock_event_reasons & (
-                            HW_MASK | CLOCK_EVENT_REASONS["sw_thermal_slowdown"]
-                            | POWER_CAP_MASK)})
-        extra = [f"reason bitmasks seen: {', '.join(f'{x:#06x}' for x in masks)}"]
-        grown = {k: v for k, v in st.violation_seconds.items() if v > 0}
-        if grown:
-            extra.append("violation time " + ", ".join(f"{k} +{v:.1f} s"
-                                                       for k, v in grown.items()))
-        if st.temperature_max_c is not None:
-            extra.append(f"max temperature {st.temperature_max_c:.0f} C")
-        thr_data.update(bitmasks=masks, violation_seconds=grown,
-                        temperature_max_c=st.temperature_max_c)
-        problems.append(Problem(Verdict.THROTTLED, "; ".join(thr_parts + extra), thr_data))
-    if any(r.gpu_lost for r in readings):
-        notes.append("NVML reported the GPU lost during the run")
-
-    problems.sort(key=lambda p: SEVERITY.index(p.verdict))
-    verdict = problems[0].verdict if problems else Verdict.OK
-    return GpuVerdict(
-        cuda_index=rec.cuda_index, nvml_index=rec.nvml_index, uuid=rec.uuid, name=rec.name,
-        verdict=verdict, problems=problems, stats=st, baseline_tflops=baseline,
-        node_best_tflops=best, notes=notes,
-    )
+        explains = speed_suffers and (name != POWER_CAP_REASON or clocks_low)
+        if not (explains or slower_while):
+            continue
+        if slower_while and m_during is not None and m_clean is not None:
+            how = f"{m_during:.1f} TFLOPS while active vs {m_clean:.1f} otherwise"
+        elif name == POWER_CAP_REASON and st.sm_clock_median_hz and node.sm_clock_hz:
+            how = (f"SM clock median {st.sm_clock_median_hz / 1e6:.0f} MHz vs "
+                   f"{node.sm_clock_hz / 1e6:.0f} MHz on the best GPU, while slow "
+                   f"(mean {st.tflops_mean:.1f} TFLOPS)")
+        else:
+            how = f"while the GPU is slow (mean {st.tflops_mean:.1f} TFLOPS)"
+        parts.append(f"{name} active in {n} of {n_read} samples, {how}")
+        data[name] = n

@@ -21,6 +21,7 @@ from sentinel.controller.actions.base import ActionContext
 from sentinel.controller.config import ControllerConfig, JobSpec, PolicyConfig, load_jobs
 from sentinel.controller.journal import Journal
 from sentinel.controller.loop import Controller
+from sentinel.controller.metrics import ControllerMetrics
 from sentinel.rules.finding import Finding
 from sentinel.rules.window import StepPoint
 
@@ -39,6 +40,7 @@ class Parts:
     streams: dict[str, Any] = field(default_factory=dict)
     notifier: Any | None = None
     slurm: Any | None = None
+    metrics: Any | None = None  # sentinel.controller.metrics.ControllerMetrics
 
 
 class StreamWorld:
@@ -139,8 +141,10 @@ def build(file_data: dict[str, Any] | None, *, env: dict[str, str] | None = None
                         sleep=sleep or stop_sleep.wait, steps_of=steps_of, slurm=slurm,
                         teller=teller)
     ctl = Controller(cfg, policy, journal, detector, world, ctx, teller, clock=clock)
+    metrics = ControllerMetrics(journal, cfg, world=world, clock=clock)
+    ctl.observers.append(metrics.observe_cycle)
     return Parts(controller=ctl, config=cfg, policy=policy, jobs=jobs, journal=journal,
-                 streams=streams, notifier=notifier, slurm=slurm)
+                 streams=streams, notifier=notifier, slurm=slurm, metrics=metrics)
 
 
 def _notifier(file_data: dict[str, Any] | None, env: dict[str, str] | None) -> Any | None:
@@ -157,10 +161,16 @@ def _notifier(file_data: dict[str, Any] | None, env: dict[str, str] | None) -> A
 
 def serve(parts: Parts, stop: threading.Event, *, once: bool = False) -> int:
     """Run cycles until ``stop`` (or one cycle with ``once``); return an exit code."""
-    from sentinel.systemd import Systemd
+    from sentinel.systemd import Notifier
 
     ctl = parts.controller
-    sd = Systemd()
+    sd = Notifier.from_env()
+    interval = sd.interval(parts.config.interval_seconds, "controller.interval_seconds")
+    server = None
+    # `once` runs beside the daemon: the port is the daemon's.
+    if not once and parts.metrics is not None and parts.config.listen_address:
+        server = parts.metrics.serve()
+        log.info("serving /metrics and /healthz on %s:%d", *server.address)
     resumed = ctl.resume()
     if resumed:
         log.info("resumed %d unfinished action(s): %s", len(resumed), ", ".join(resumed))
@@ -175,13 +185,15 @@ def serve(parts: Parts, stop: threading.Event, *, once: bool = False) -> int:
                 log.warning("cycle %d: %s", ctl.cycles, "; ".join(stats.errors))
             sd.status(f"cycle {ctl.cycles}: {stats.findings} finding(s), {stats.started} "
                       f"action(s) started, {len(ctl.executor.running())} running")
-            sd.watchdog(healthy=True)
+            sd.watchdog(healthy=True)  # a cycle ended: the loop is alive
             if once:
                 _wait_actions(ctl, stop)
                 break
-            stop.wait(max(0.0, parts.config.interval_seconds - (time.monotonic() - t0)))
+            stop.wait(max(0.0, interval - (time.monotonic() - t0)))
     finally:
         sd.stopping()
+        if server is not None:
+            server.stop()
         ctl.stop(wait=not once)
         if parts.notifier is not None:
             try:

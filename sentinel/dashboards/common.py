@@ -24,10 +24,13 @@ from grafana_foundation_sdk.builders import bargauge, stat, statetimeline, table
 from grafana_foundation_sdk.builders import common as cb
 from grafana_foundation_sdk.builders import dashboard as db
 from grafana_foundation_sdk.builders import prometheus as pb
+from grafana_foundation_sdk.cog import builder as cogbuilder
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import common as cm
 from grafana_foundation_sdk.models import dashboard as dm
 from grafana_foundation_sdk.models.prometheus import PromQueryFormat
+
+from sentinel.gpu.reasons import BAD_REASONS, promql_regex
 
 DATASOURCE_VAR = "datasource"
 DS = dm.DataSourceRef(type_val="prometheus", uid="${" + DATASOURCE_VAR + "}")
@@ -35,16 +38,9 @@ DS = dm.DataSourceRef(type_val="prometheus", uid="${" + DATASOURCE_VAR + "}")
 PROVISIONED_DATASOURCE_UID = "sentinel-prometheus"
 TAGS = ["sentinel"]
 
-# Clock-event reasons that mean the GPU is slowed by heat or by the board protecting
-# itself: gpu-fryer's bad list (HW slowdown, HW thermal, SW thermal) plus the power
-# brake. sw_power_cap and gpu_idle are normal under load / at rest and are not counted.
-BAD_THROTTLE_REASONS = (
-    "hw_slowdown",
-    "hw_thermal_slowdown",
-    "sw_thermal_slowdown",
-    "hw_power_brake_slowdown",
-)
-BAD_THROTTLE_RE = "|".join(BAD_THROTTLE_REASONS)
+# Clock-event reasons the "hard-throttled" panels count: the shared bad set (slowed by
+# heat or hardware protection; sw_power_cap and gpu_idle are normal and not counted).
+BAD_THROTTLE_RE = promql_regex(BAD_REASONS)
 
 # Degrees below the GPU's own slowdown temperature at which panels turn yellow / red.
 # H100s under sustained load run 10-20 C below slowdown; within 5 C the next load
@@ -74,6 +70,25 @@ BAND_WINDOWS = ("1h", "6h", "24h")
 BAND_WINDOW_DEFAULT = "6h"
 BAND_TOLERANCES = ("0.05", "0.1", "0.2")
 BAND_TOLERANCE_DEFAULT = "0.1"
+
+
+# What a row function returns: its panels, in order.
+PanelBuilder = cogbuilder.Builder[dm.Panel]
+
+# Grafana's rate window variable: at least four scrape intervals, so rate() always has
+# two samples however far the panel is zoomed out.
+RATE_INTERVAL = "$__rate_interval"
+
+
+def with_rows(
+    d: db.Dashboard, rows: Sequence[tuple[str, Sequence[PanelBuilder]]]
+) -> db.Dashboard:
+    """Add each (title, panels) row to ``d``: the row, then its panels, in order."""
+    for title, panels in rows:
+        d = d.with_row(db.Row(title))
+        for p in panels:
+            d = d.with_panel(p)
+    return d
 
 
 def on_node(expr: str, node_matcher: str = 'hostname=~"$node"') -> str:

@@ -1,7 +1,8 @@
 """Upload the dashboards to a Grafana server through its HTTP API (grafana-client).
 
-The token comes from a file or from ``$SENTINEL_GRAFANA_TOKEN`` and is only ever
-placed in the Authorization header: it is never logged or printed, and URLs are
+The token comes from a file (read by :mod:`sentinel.secretfile`) or from
+``$SENTINEL_GRAFANA_TOKEN``, is held as a :class:`~sentinel.secretfile.Secret` and is only
+ever placed in the Authorization header: it is never logged or printed, and URLs are
 shown without their user-info part.
 """
 
@@ -11,7 +12,6 @@ import dataclasses
 import logging
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -25,6 +25,7 @@ from grafana_client.client import (
 )
 
 from sentinel.config import ConfigError
+from sentinel.secretfile import Secret, SecretFileError, read_secret_file
 
 log = logging.getLogger(__name__)
 
@@ -87,29 +88,16 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
 
 
-def read_token(token_file: str | None, env: dict[str, str] | None = None) -> str | None:
+def read_token(token_file: str | None, env: dict[str, str] | None = None) -> Secret | None:
     """Return the token from ``token_file`` or ``$SENTINEL_GRAFANA_TOKEN`` (None: no token)."""
     if token_file:
-        p = Path(token_file)
         try:
-            token = p.read_text(encoding="utf-8").strip()
-        except OSError as e:
-            raise PushError(
-                f"cannot read the token file {p}: {e.strerror or e} "
-                f"(give a readable file, or set ${TOKEN_ENV})",
-                EXIT_USAGE,
-            ) from e
-        if not token:
-            raise PushError(f"the token file {p} is empty (it must hold the token)", EXIT_USAGE)
-        if any(c.isspace() for c in token):
-            raise PushError(
-                f"the token file {p} holds more than one word (it must hold only the token)",
-                EXIT_USAGE,
-            )
-        return token
+            return read_secret_file(token_file, "dashboards.token_file (--token-file)")
+        except SecretFileError as e:
+            raise PushError(str(e), EXIT_USAGE) from None
     env = dict(os.environ) if env is None else env
     token = env.get(TOKEN_ENV, "").strip()
-    return token or None
+    return Secret(token) if token else None
 
 
 def _explain(e: GrafanaException, url: str, what: str) -> PushError:
@@ -141,7 +129,7 @@ def push(
     url: str,
     dashboards: dict[str, dict[str, Any]],
     *,
-    token: str | None,
+    token: Secret | None,
     config: DashboardsConfig | None = None,
     api: GrafanaApi | None = None,
 ) -> list[str]:
@@ -152,7 +140,8 @@ def push(
     cfg = config or DashboardsConfig()
     cfg = dataclasses.replace(cfg, grafana_url=url)
     cfg.validate()
-    grafana = api or GrafanaApi.from_url(url, credential=token, timeout=cfg.timeout_s)
+    credential = token.reveal() if token else None
+    grafana = api or GrafanaApi.from_url(url, credential=credential, timeout=cfg.timeout_s)
     what = f"looking up folder {cfg.folder_uid!r}"
     try:
         try:

@@ -7,14 +7,17 @@ from typing import Any
 from grafana_foundation_sdk.builders import dashboard as db
 from grafana_foundation_sdk.models import dashboard as dm
 
+from sentinel.dashboards import controller
 from sentinel.dashboards.common import (
     BAND_TOLERANCE_DEFAULT,
     BAND_TOLERANCES,
     BAND_WINDOW_DEFAULT,
     BAND_WINDOWS,
+    RATE_INTERVAL,
     REPORT_AGE_CRIT_S,
     REPORT_AGE_WARN_S,
     TAGS,
+    PanelBuilder,
     custom_variable,
     dashed_line,
     datasource_variable,
@@ -24,28 +27,44 @@ from sentinel.dashboards.common import (
     stat_panel,
     target,
     timeseries_panel,
+    with_rows,
 )
 
 UID = "sentinel-training"
 TITLE = "Sentinel / Training run"
 
-J = 'job="$job"'
-JN = 'job="$job", hostname=~"$node"'
-RATE = "$__rate_interval"
+# Label matchers: the selected job, and the selected job on the selected nodes.
+JOB_MATCHER = 'job="$job"'
+JOB_NODE_MATCHER = 'job="$job", hostname=~"$node"'
 
 # The job's expected per-node throughput: the median node's mean tokens/sec over the
 # band window. rate() over the whole window reads each counter once per point, where a
 # median-over-time subquery would evaluate the inner query hundreds of times per point.
 EXPECTED_TPS = (
-    f"quantile(0.5, sum by (hostname) (rate(sentinel_train_tokens_total{{{J}}}[$band_window])))"
+    "quantile(0.5, sum by (hostname) "
+    f"(rate(sentinel_train_tokens_total{{{JOB_MATCHER}}}[$band_window])))"
 )
 # Attach hostname to agent-level series (datagram counters) of the nodes running the job.
-JOB_NODES = f"max by (instance, hostname) (sentinel_train_job_info{{{JN}}})"
+JOB_NODES = f"max by (instance, hostname) (sentinel_train_job_info{{{JOB_NODE_MATCHER}}})"
 
 
 def build() -> dict[str, Any]:
     """Build the Training run dashboard as Grafana JSON data."""
-    d = (
+    d = with_rows(_dashboard(), [
+        ("Overview", _overview_row()),
+        ("Throughput", [_tokens_per_node_panel(), _samples_per_node_panel(),
+                        _step_reports_panel()]),
+        ("Loss and gradients", _loss_row()),
+        ("Step time", _step_time_row()),
+        ("Events", [_job_events_panel()]),
+    ])
+    d = controller.add_row(d)
+    return finish(d, _annotations())
+
+
+def _dashboard() -> db.Dashboard:
+    """The dashboard itself: title, time range and variables."""
+    return (
         db.Dashboard(TITLE)
         .uid(UID)
         .description(
@@ -76,224 +95,242 @@ def build() -> dict[str, Any]:
                 "band_tolerance", "Band half-width", BAND_TOLERANCES, BAND_TOLERANCE_DEFAULT
             )
         )
-        .with_row(db.Row("Overview"))
-        .with_panel(
-            stat_panel(
-                "Step",
-                "Highest step any rank of the job reported.",
-                [target(f"max(sentinel_train_step{{{J}}})")],
-                decimals=0,
-            )
+    )
+
+
+def _overview_row() -> list[PanelBuilder]:
+    """Step, throughput, ranks reporting and non-finite losses, as single numbers."""
+    return [
+        stat_panel(
+            "Step",
+            "Highest step any rank of the job reported.",
+            [target(f"max(sentinel_train_step{{{JOB_MATCHER}}})")],
+            decimals=0,
+        ),
+        stat_panel(
+            "Tokens/s (job)",
+            "Sum over ranks of the agent's tokens/sec (agent rate window).",
+            [target(f"sum(sentinel_train_tokens_per_second{{{JOB_MATCHER}}})")],
+            unit="short",
+        ),
+        stat_panel(
+            "Ranks reporting",
+            f"Ranks whose last step report is younger than {REPORT_AGE_CRIT_S} s.",
+            [
+                target(
+                    f"sum(sentinel_train_seconds_since_last_report{{{JOB_MATCHER}}} "
+                    f"< bool {REPORT_AGE_CRIT_S})"
+                )
+            ],
+            decimals=0,
+        ),
+        stat_panel(
+            "Last report age",
+            "Age of the oldest rank's last step report: a hang shows here first.",
+            [target(f"max(sentinel_train_seconds_since_last_report{{{JOB_MATCHER}}})")],
+            unit="s",
+            steps=[(None, "green"), (REPORT_AGE_WARN_S, "yellow"), (REPORT_AGE_CRIT_S, "red")],
+        ),
+        stat_panel(
+            "Ranks with NaN/Inf loss",
+            "Ranks whose last reported loss is not finite.",
+            [
+                target(
+                    f"sum(sentinel_train_loss{{{JOB_MATCHER}}} "
+                    f"!= bool sentinel_train_loss{{{JOB_MATCHER}}}) "
+                    f"+ sum(abs(sentinel_train_loss{{{JOB_MATCHER}}}) == bool +Inf)"
+                )
+            ],
+            steps=[(None, "green"), (1, "red")],
+            decimals=0,
+        ),
+        stat_panel(
+            "Ranks",
+            "Ranks known to the agents for this job (rank info series).",
+            [target(f"count(sentinel_train_rank_info{{{JOB_MATCHER}}})")],
+            decimals=0,
+        ),
+    ]
+
+
+def _tokens_per_node_panel() -> PanelBuilder:
+    """Tokens/s per node with the expected band drawn around the median node."""
+    return (
+        timeseries_panel(
+            "Tokens/s per node against the expected band",
+            "Per-node tokens/sec. The band is the median node's mean tokens/sec over "
+            "the last $band_window, plus or minus $band_tolerance; a node that stays below it "
+            "is a straggler, the whole job below it is a job-wide slowdown (dataloader, "
+            "storage).",
+            [
+                target(
+                    "sum by (hostname) "
+                    f"(rate(sentinel_train_tokens_total{{{JOB_NODE_MATCHER}}}[{RATE_INTERVAL}]))",
+                    "{{hostname}}",
+                ),
+                target(EXPECTED_TPS, "expected"),
+                target(f"(1 - $band_tolerance) * {EXPECTED_TPS}", "band low"),
+                target(f"(1 + $band_tolerance) * {EXPECTED_TPS}", "band high"),
+            ],
+            w=24,
+            h=9,
+            many_series=True,
         )
-        .with_panel(
-            stat_panel(
-                "Tokens/s (job)",
-                "Sum over ranks of the agent's tokens/sec (agent rate window).",
-                [target(f"sum(sentinel_train_tokens_per_second{{{J}}})")],
-                unit="short",
-            )
-        )
-        .with_panel(
-            stat_panel(
-                "Ranks reporting",
-                f"Ranks whose last step report is younger than {REPORT_AGE_CRIT_S} s.",
-                [
-                    target(
-                        f"sum(sentinel_train_seconds_since_last_report{{{J}}} "
-                        f"< bool {REPORT_AGE_CRIT_S})"
-                    )
-                ],
-                decimals=0,
-            )
-        )
-        .with_panel(
-            stat_panel(
-                "Last report age",
-                "Age of the oldest rank's last step report: a hang shows here first.",
-                [target(f"max(sentinel_train_seconds_since_last_report{{{J}}})")],
-                unit="s",
-                steps=[(None, "green"), (REPORT_AGE_WARN_S, "yellow"), (REPORT_AGE_CRIT_S, "red")],
-            )
-        )
-        .with_panel(
-            stat_panel(
-                "Ranks with NaN/Inf loss",
-                "Ranks whose last reported loss is not finite.",
-                [
-                    target(
-                        f"sum(sentinel_train_loss{{{J}}} != bool sentinel_train_loss{{{J}}}) "
-                        f"+ sum(abs(sentinel_train_loss{{{J}}}) == bool +Inf)"
-                    )
-                ],
-                steps=[(None, "green"), (1, "red")],
-                decimals=0,
-            )
-        )
-        .with_panel(
-            stat_panel(
-                "Ranks",
-                "Ranks known to the agents for this job (rank info series).",
-                [target(f"count(sentinel_train_rank_info{{{J}}})")],
-                decimals=0,
-            )
-        )
-        .with_row(db.Row("Throughput"))
-        .with_panel(
-            timeseries_panel(
-                "Tokens/s per node against the expected band",
-                "Per-node tokens/sec. The band is the median node's mean tokens/sec over "
-                "the last $band_window, plus or minus $band_tolerance; a node that stays below it "
-                "is a straggler, the whole job below it is a job-wide slowdown (dataloader, "
-                "storage).",
-                [
-                    target(
-                        f"sum by (hostname) (rate(sentinel_train_tokens_total{{{JN}}}[{RATE}]))",
-                        "{{hostname}}",
-                    ),
-                    target(EXPECTED_TPS, "expected"),
-                    target(f"(1 - $band_tolerance) * {EXPECTED_TPS}", "band low"),
-                    target(f"(1 + $band_tolerance) * {EXPECTED_TPS}", "band high"),
-                ],
-                w=24,
-                h=9,
-                many_series=True,
-            )
-            .override_by_name("expected", dashed_line("blue"))
-            .override_by_name("band low", dashed_line("orange"))
-            .override_by_name(
-                "band high",
-                [
-                    *dashed_line("orange"),
-                    dm.DynamicConfigValue(id_val="custom.fillBelowTo", value="band low"),
-                    dm.DynamicConfigValue(id_val="custom.fillOpacity", value=8),
-                ],
-            )
-        )
-        .with_panel(
-            timeseries_panel(
-                "Samples/s per node",
-                "Samples per second from the samples counter (ranks that report samples).",
-                [
-                    target(
-                        f"sum by (hostname) (rate(sentinel_train_samples_total{{{JN}}}[{RATE}]))",
-                        "{{hostname}}",
-                    )
-                ],
-            )
-        )
-        .with_panel(
-            timeseries_panel(
-                "Step reports received / dropped per node",
-                "Datagrams the agents on this job's nodes accepted and dropped (by reason), and "
-                "reports the job's Reporters dropped before sending (agent away, socket queue "
-                "full). Drops mean gaps in the step stream, not a training problem.",
-                [
-                    target(
-                        f"sum by (hostname) (rate(sentinel_train_datagrams_received_total[{RATE}]) "
-                        f"* on(instance) group_left(hostname) {JOB_NODES})",
-                        "{{hostname}} received",
-                    ),
-                    target(
-                        f"sum by (hostname, reason) (rate(sentinel_train_datagrams_dropped_total"
-                        f"[{RATE}]) * on(instance) group_left(hostname) {JOB_NODES})",
-                        "{{hostname}} dropped: {{reason}}",
-                    ),
-                    target(
-                        f"sum by (hostname) (rate(sentinel_train_reporter_dropped_total{{{J}}}"
-                        f"[{RATE}]))",
-                        "{{hostname}} dropped by the Reporter",
-                    ),
-                ],
-                unit="reqps",
-            )
-        )
-        .with_row(db.Row("Loss and gradients"))
-        .with_panel(
-            timeseries_panel(
-                "Loss",
-                "Last reported loss of each rank at each scrape: mean, lowest and highest "
-                "rank. Step-exact values are in the agent's step stream (/api/v1/steps).",
-                [
-                    target(f"avg(sentinel_train_loss{{{J}}})", "mean over ranks"),
-                    target(f"min(sentinel_train_loss{{{J}}})", "lowest rank"),
-                    target(f"max(sentinel_train_loss{{{J}}})", "highest rank"),
-                ],
-            )
-        )
-        .with_panel(
-            timeseries_panel(
-                "Grad norm",
-                "Gradient norm reported by the ranks; grad-norm spikes often come before "
-                "loss spikes.",
-                [
-                    target(f"max(sentinel_train_grad_norm{{{J}}})", "highest rank"),
-                    target(f"avg(sentinel_train_grad_norm{{{J}}})", "mean over ranks"),
-                ],
-            )
-        )
-        .with_row(db.Row("Step time"))
-        .with_panel(
-            timeseries_panel(
-                "Step time per node (median) and job p99",
-                "From the agents' histogram of time between consecutive step reports.",
-                [
-                    target(
-                        "histogram_quantile(0.5, sum by (le, hostname) "
-                        f"(rate(sentinel_train_step_duration_seconds_bucket{{{JN}}}[{RATE}])))",
-                        "{{hostname}} p50",
-                    ),
-                    target(
-                        "histogram_quantile(0.99, sum by (le) "
-                        f"(rate(sentinel_train_step_duration_seconds_bucket{{{J}}}[{RATE}])))",
-                        "job p99",
-                    ),
-                    target(
-                        f"sum(rate(sentinel_train_step_duration_seconds_sum{{{J}}}[{RATE}])) / "
-                        f"sum(rate(sentinel_train_step_duration_seconds_count{{{J}}}[{RATE}]))",
-                        "job mean",
-                    ),
-                ],
-                unit="s",
-                many_series=True,
-            )
-        )
-        .with_panel(
-            timeseries_panel(
-                "Seconds since last step report",
-                "Per node, the oldest rank's report age. Lines: warn and hang thresholds.",
-                [
-                    target(
-                        f"max by (hostname) (sentinel_train_seconds_since_last_report{{{JN}}})",
-                        "{{hostname}}",
-                    )
-                ],
-                unit="s",
-                steps=[(None, "green"), (REPORT_AGE_WARN_S, "yellow"), (REPORT_AGE_CRIT_S, "red")],
-            )
-        )
-        .with_row(db.Row("Events"))
-        .with_panel(
-            timeseries_panel(
-                "Job events",
-                "Events the job reported (checkpoint_saved, rollback_done, ...) per "
-                "interval, by kind. The same events are annotations on every panel.",
-                [
-                    target(
-                        f"sum by (kind) (increase(sentinel_train_events_total{{{J}}}[{RATE}]))",
-                        "{{kind}}",
-                    )
-                ],
-                bars=True,
-                w=24,
-                h=6,
-            )
+        .override_by_name("expected", dashed_line("blue"))
+        .override_by_name("band low", dashed_line("orange"))
+        .override_by_name(
+            "band high",
+            [
+                *dashed_line("orange"),
+                dm.DynamicConfigValue(id_val="custom.fillBelowTo", value="band low"),
+                dm.DynamicConfigValue(id_val="custom.fillOpacity", value=8),
+            ],
         )
     )
-    annotations = [
+
+
+def _samples_per_node_panel() -> PanelBuilder:
+    """Samples/s per node from the samples counter."""
+    return timeseries_panel(
+        "Samples/s per node",
+        "Samples per second from the samples counter (ranks that report samples).",
+        [
+            target(
+                "sum by (hostname) "
+                f"(rate(sentinel_train_samples_total{{{JOB_NODE_MATCHER}}}[{RATE_INTERVAL}]))",
+                "{{hostname}}",
+            )
+        ],
+    )
+
+
+def _step_reports_panel() -> PanelBuilder:
+    """Step reports the agents received and dropped, and the Reporters' own drops."""
+    return timeseries_panel(
+        "Step reports received / dropped per node",
+        "Datagrams the agents on this job's nodes accepted and dropped (by reason), and "
+        "reports the job's Reporters dropped before sending (agent away, socket queue "
+        "full). Drops mean gaps in the step stream, not a training problem.",
+        [
+            target(
+                "sum by (hostname) "
+                f"(rate(sentinel_train_datagrams_received_total[{RATE_INTERVAL}]) "
+                f"* on(instance) group_left(hostname) {JOB_NODES})",
+                "{{hostname}} received",
+            ),
+            target(
+                f"sum by (hostname, reason) (rate(sentinel_train_datagrams_dropped_total"
+                f"[{RATE_INTERVAL}]) * on(instance) group_left(hostname) {JOB_NODES})",
+                "{{hostname}} dropped: {{reason}}",
+            ),
+            target(
+                "sum by (hostname) "
+                f"(rate(sentinel_train_reporter_dropped_total{{{JOB_MATCHER}}}"
+                f"[{RATE_INTERVAL}]))",
+                "{{hostname}} dropped by the Reporter",
+            ),
+        ],
+        unit="reqps",
+    )
+
+
+def _loss_row() -> list[PanelBuilder]:
+    """Loss and grad norm over the job's ranks."""
+    return [
+        timeseries_panel(
+            "Loss",
+            "Last reported loss of each rank at each scrape: mean, lowest and highest "
+            "rank. Step-exact values are in the agent's step stream (/api/v1/steps).",
+            [
+                target(f"avg(sentinel_train_loss{{{JOB_MATCHER}}})", "mean over ranks"),
+                target(f"min(sentinel_train_loss{{{JOB_MATCHER}}})", "lowest rank"),
+                target(f"max(sentinel_train_loss{{{JOB_MATCHER}}})", "highest rank"),
+            ],
+        ),
+        timeseries_panel(
+            "Grad norm",
+            "Gradient norm reported by the ranks; grad-norm spikes often come before "
+            "loss spikes.",
+            [
+                target(f"max(sentinel_train_grad_norm{{{JOB_MATCHER}}})", "highest rank"),
+                target(f"avg(sentinel_train_grad_norm{{{JOB_MATCHER}}})", "mean over ranks"),
+            ],
+        ),
+    ]
+
+
+def _step_time_row() -> list[PanelBuilder]:
+    """Step time per node and for the job, and the age of each node's last report."""
+    return [
+        timeseries_panel(
+            "Step time per node (median) and job p99",
+            "From the agents' histogram of time between consecutive step reports.",
+            [
+                target(
+                    "histogram_quantile(0.5, sum by (le, hostname) "
+                    f"(rate(sentinel_train_step_duration_seconds_bucket{{{JOB_NODE_MATCHER}}}"
+                    f"[{RATE_INTERVAL}])))",
+                    "{{hostname}} p50",
+                ),
+                target(
+                    "histogram_quantile(0.99, sum by (le) "
+                    f"(rate(sentinel_train_step_duration_seconds_bucket{{{JOB_MATCHER}}}"
+                    f"[{RATE_INTERVAL}])))",
+                    "job p99",
+                ),
+                target(
+                    f"sum(rate(sentinel_train_step_duration_seconds_sum{{{JOB_MATCHER}}}"
+                    f"[{RATE_INTERVAL}])) / "
+                    f"sum(rate(sentinel_train_step_duration_seconds_count{{{JOB_MATCHER}}}"
+                    f"[{RATE_INTERVAL}]))",
+                    "job mean",
+                ),
+            ],
+            unit="s",
+            many_series=True,
+        ),
+        timeseries_panel(
+            "Seconds since last step report",
+            "Per node, the oldest rank's report age. Lines: warn and hang thresholds.",
+            [
+                target(
+                    "max by (hostname) "
+                    f"(sentinel_train_seconds_since_last_report{{{JOB_NODE_MATCHER}}})",
+                    "{{hostname}}",
+                )
+            ],
+            unit="s",
+            steps=[(None, "green"), (REPORT_AGE_WARN_S, "yellow"), (REPORT_AGE_CRIT_S, "red")],
+        ),
+    ]
+
+
+def _job_events_panel() -> PanelBuilder:
+    """The job's reported events per interval, by kind."""
+    return timeseries_panel(
+        "Job events",
+        "Events the job reported (checkpoint_saved, rollback_done, ...) per "
+        "interval, by kind. The same events are annotations on every panel.",
+        [
+            target(
+                "sum by (kind) "
+                f"(increase(sentinel_train_events_total{{{JOB_MATCHER}}}[{RATE_INTERVAL}]))",
+                "{{kind}}",
+            )
+        ],
+        bars=True,
+        w=24,
+        h=6,
+    )
+
+
+def _annotations() -> list[dict[str, object]]:
+    """Job events and firing alerts of the job or its nodes, on every panel."""
+    return [
         prometheus_annotation(
             "Job events",
             "sum by (kind, hostname) "
-            f"(increase(sentinel_train_events_total{{{J}}}[$__interval])) > 0",
+            f"(increase(sentinel_train_events_total{{{JOB_MATCHER}}}[$__interval])) > 0",
             "blue",
             "{{kind}}",
             "reported by the job on {{hostname}}",
@@ -301,12 +338,12 @@ def build() -> dict[str, Any]:
         ),
         prometheus_annotation(
             "Alerts",
-            f'ALERTS{{alertstate="firing", {J}}} or (ALERTS{{alertstate="firing"}} '
-            f"and on(hostname) sentinel_train_job_info{{{J}}})",
+            f'ALERTS{{alertstate="firing", {JOB_MATCHER}}} or (ALERTS{{alertstate="firing"}} '
+            f"and on(hostname) sentinel_train_job_info{{{JOB_MATCHER}}})",
             "red",
             "{{alertname}}",
             "{{severity}} {{hostname}} {{gpu}}",
             "alertname,severity",
         ),
+        *controller.annotation_queries(),
     ]
-    return finish(d, annotations)

@@ -16,7 +16,6 @@ import argparse
 import json
 import socket
 import time
-from pathlib import Path
 from typing import Any
 
 from sentinel.config import ConfigError, read_yaml_file
@@ -107,58 +106,31 @@ def _parse_fields(items: list[str]) -> dict[str, str]:
 
 
 def load_steps_jsonl(path: str, around: int | None, window: int) -> Any:
-    """Read detector-input JSON lines into a plot Series, windowed around a step."""
-    from sentinel.notify.message import Series
+    """Read detector-input JSON lines into a plot Series, windowed around a step.
 
-    rows: list[tuple[int, float, float | None]] = []
+    The lines go through the rules engine's parser (``sentinel detect`` reads the same
+    format), one at a time, keeping only the window: a whole run's log can be millions
+    of steps, and only a few hundred of them are plotted.
+    """
+    from sentinel.notify.message import Series
+    from sentinel.rules.jsonl import InputError, iter_steps
+
     try:
-        # Read line by line and keep only the window: a whole run's log can be millions
-        # of steps, and only a few hundred of them are plotted.
-        with Path(path).open(encoding="utf-8") as fh:
-            for i, line in enumerate(fh, 1):
-                row = _parse_step_line(path, i, line)
-                if row is not None and (around is None or abs(row[0] - around) <= window):
-                    rows.append(row)
-    except (OSError, UnicodeDecodeError) as e:
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else e
-        raise ConfigError(f"--steps-jsonl {path}: cannot read it ({reason})") from None
-    if not rows:
-        raise ConfigError(f"--steps-jsonl {path}: no steps to plot in the chosen window")
-    rows.sort()
-    tps_values = [r[2] for r in rows]
+        points = [p for p in iter_steps(path) if around is None or abs(p.step - around) <= window]
+    except InputError as e:
+        raise ConfigError(f"--steps-jsonl {e}") from None
+    if not points:
+        where = f"within {window} steps of step {around}" if around is not None else "in it"
+        raise ConfigError(f"--steps-jsonl {path}: no steps to plot {where} (valid: one JSON "
+                          'object per line like {"step": 1, "loss": 2.5})')
+    points.sort(key=lambda p: p.step)
+    tps_values = [p.tokens_per_sec for p in points]
     return Series(
-        step=[r[0] for r in rows],
-        loss=[r[1] for r in rows],
+        step=[p.step for p in points],
+        loss=[p.loss for p in points],
         tokens_per_sec=tps_values if any(v is not None for v in tps_values) else [],
         mark_step=around,
     )
-
-
-def _parse_step_line(path: str, i: int, line: str) -> tuple[int, float, float | None] | None:
-    if not line.strip():
-        return None
-    try:
-        obj = json.loads(line)
-        step = obj["step"]
-        if not isinstance(step, int) or isinstance(step, bool):
-            raise ValueError("step must be an integer")
-        loss = _number(obj["loss"], "loss")
-        tps = obj.get("tokens_per_sec")
-        return (step, loss, None if tps is None else _number(tps, "tokens_per_sec"))
-    except (ValueError, KeyError, TypeError) as e:
-        raise ConfigError(
-            f"--steps-jsonl {path} line {i}: {e!s} (valid: one JSON object per line with "
-            "integer 'step', 'loss' as a number or \"NaN\"/\"Infinity\", optional "
-            "'tokens_per_sec')"
-        ) from None
-
-
-def _number(v: Any, name: str) -> float:
-    if isinstance(v, str) and v in ("NaN", "Infinity", "-Infinity"):
-        return float(v)
-    if isinstance(v, int | float) and not isinstance(v, bool):
-        return float(v)
-    raise ValueError(f"{name} {v!r} is not a number")
 
 
 def _cmd_send(args: argparse.Namespace) -> int:

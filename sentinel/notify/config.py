@@ -2,42 +2,22 @@
 
 Secrets (a bot token or an incoming-webhook URL) come from a file
 (``notify.slack_token_file``, ``SENTINEL_NOTIFY_SLACK_TOKEN_FILE``) or from the
-environment (``SENTINEL_NOTIFY_SLACK_TOKEN``). They are held in :class:`Secret`, whose
-``repr`` and ``str`` never show the value, and the config fields that may carry one are
-left out of the dataclass ``repr``.
+environment (``SENTINEL_NOTIFY_SLACK_TOKEN``). Files are read by
+:func:`sentinel.secretfile.read_secret_file` (mode 600, one word); secrets are held in
+:class:`sentinel.secretfile.Secret`, whose ``repr`` and ``str`` never show the value,
+and the config fields that may carry one are left out of the dataclass ``repr``.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from sentinel.config import ConfigError, load_section
+from sentinel.secretfile import Secret, read_secret_file
 
 SECTION = "notify"
-
-
-class Secret:
-    """A secret string that never prints itself; call :meth:`reveal` to use it."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        """Return the secret value (only to hand it to the Slack client)."""
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('***')"
-
-    __str__ = __repr__
-
-    def __bool__(self) -> bool:
-        return bool(self._value)
 
 
 @dataclass
@@ -138,17 +118,7 @@ class NotifyConfig:
 
 def _secret(path: str, value: str, key: str) -> Secret | None:
     if path:
-        p = Path(path)
-        try:
-            text = p.read_text(encoding="utf-8").strip()
-        except OSError as e:
-            raise ConfigError(
-                f"{key}: cannot read {p} ({e.strerror or e}); valid: a readable file "
-                "holding only the secret"
-            ) from None
-        if not text:
-            raise ConfigError(f"{key}: {p} is empty; valid: a file holding only the secret")
-        return Secret(text)
+        return read_secret_file(path, key)
     if value:
         return Secret(value.strip())
     return None

@@ -9,6 +9,8 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from sentinel.jsonnum import decode_number, dumps, encode_number
+
 # Kinds of message. ``open`` starts an incident's thread; the others are replies in it.
 KINDS = ("open", "update", "resolved", "image")
 SEVERITIES = ("info", "warning", "critical")
@@ -49,8 +51,8 @@ class Series:
         """Encode for the queue; non-finite numbers become strings JSON can hold."""
         return {
             "step": self.step,
-            "loss": [_enc(v) for v in self.loss],
-            "tokens_per_sec": [_enc(v) for v in self.tokens_per_sec],
+            "loss": [encode_number(v) for v in self.loss],
+            "tokens_per_sec": [encode_number(v) for v in self.tokens_per_sec],
             "mark_step": self.mark_step,
         }
 
@@ -59,8 +61,9 @@ class Series:
         """Decode what :meth:`to_json` wrote."""
         return cls(
             step=[int(s) for s in obj["step"]],
-            loss=[math.nan if v is None else float(v) for v in obj["loss"]],
-            tokens_per_sec=[_dec(v) for v in obj.get("tokens_per_sec", [])],
+            loss=[math.nan if v is None else decode_number(v) for v in obj["loss"]],
+            tokens_per_sec=[None if v is None else decode_number(v)
+                            for v in obj.get("tokens_per_sec", [])],
             mark_step=obj.get("mark_step"),
         )
 
@@ -81,22 +84,6 @@ def _decimate(loss: list[float], max_points: int) -> list[int]:
         lo = min(idx, key=lambda i: loss[i] if math.isfinite(loss[i]) else math.inf)
         keep.extend(sorted({lo, hi}))
     return keep
-
-
-def _enc(v: float | None) -> float | str | None:
-    if v is None:
-        return None
-    if math.isnan(v):
-        return "NaN"
-    if math.isinf(v):
-        return "Infinity" if v > 0 else "-Infinity"
-    return v
-
-
-def _dec(v: Any) -> float | None:
-    if v is None:
-        return None
-    return float(v)  # float() reads "NaN", "Infinity" and "-Infinity"
 
 
 @dataclass
@@ -140,7 +127,7 @@ class Notification:
         """Encode for the on-disk queue."""
         obj = asdict(self)
         obj["series"] = self.series.to_json() if self.series is not None else None
-        return json.dumps(obj, ensure_ascii=False, allow_nan=False)
+        return dumps(obj, ensure_ascii=False)
 
     @classmethod
     def from_json(cls, raw: str) -> Notification:

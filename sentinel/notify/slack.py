@@ -27,10 +27,11 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.error import URLError
 
-from sentinel.notify.config import NotifyConfig, Secret
+from sentinel.notify.config import NotifyConfig
 from sentinel.notify.message import Notification, Series
 from sentinel.notify.queue import Outbox, Row
 from sentinel.notify.ratelimit import ChannelLimiter
+from sentinel.secretfile import Secret
 
 log = logging.getLogger(__name__)
 

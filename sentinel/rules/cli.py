@@ -5,24 +5,22 @@ JSON lines and prints one JSON finding per line. Exit 0 with no findings, 1 with
 findings, 2 on bad input (the message names the line and why) or bad rules.
 
 Online: ``sentinel detect --prometheus URL [--agent URL --job NAME] [--rules FILE]
-[--once | --interval 15]`` evaluates every rule each cycle and prints state changes
-(new, changed, resolved findings).
+[--once | --interval 15]`` evaluates every rule its sources allow each cycle and prints
+state changes (new, changed, resolved findings); rules left out say why on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from sentinel.config import ConfigError
+from sentinel.jsonnum import dumps
 
 EXIT_OK, EXIT_FOUND, EXIT_BAD = 0, 1, 2
-# A rule that runs offline must read steps (or other findings): series need Prometheus.
-OFFLINE_INPUTS = ("steps", "findings")
 
 
 def register(subparsers: Any) -> None:
@@ -45,7 +43,7 @@ def register(subparsers: Any) -> None:
 
 def _emit(findings: list[Any]) -> None:
     for f in findings:
-        sys.stdout.write(json.dumps(f.to_dict(), sort_keys=True) + "\n")
+        sys.stdout.write(dumps(f.to_dict(), sort_keys=True) + "\n")
     sys.stdout.flush()
 
 
@@ -79,49 +77,37 @@ def _offline(args: argparse.Namespace, rules: list[Any]) -> int:
         return EXIT_BAD
     job = args.job or Path(args.file).stem
     found: list[Any] = []
+    # A file has no series: only rules that can read steps run, then the findings rules.
     for rule in rules:
-        if "findings" in rule.spec.inputs:
-            continue
-        if "steps" in rule.spec.inputs:
+        if rule.source(online=False) == "steps":
             found += run_rule(rule, Window(job=job, steps=steps))
     for rule in rules:
-        if "findings" in rule.spec.inputs:
+        if rule.source(online=False) == "findings":
             found += run_rule(rule, Window(job=job, findings=list(found)))
     _emit(found)
     return EXIT_FOUND if found else EXIT_OK
 
 
 def _online(args: argparse.Namespace, rules: list[Any]) -> int:
-    from sentinel.rules.engine import Engine
+    from sentinel.rules.online import OnlineDetector
     from sentinel.rules.sources import PrometheusSource, StepStream
-    from sentinel.rules.window import Window
 
-    prom = PrometheusSource(args.prometheus) if args.prometheus else None
-    stream = None
-    if args.agent:
-        if not args.job:
-            print("sentinel detect: --agent needs --job (the job whose steps to follow)",
-                  file=sys.stderr)
-            return EXIT_BAD
-        stream = StepStream(args.agent, args.job)
-
-    active = [r for r in rules if "findings" in r.spec.inputs
-              or (r.series and prom is not None)
-              or (not r.series and "steps" in r.spec.inputs and stream is not None)]
-
-    def fetch(rule: Any, now: float) -> Window:
-        if rule.series and prom is not None:
-            return prom.window(rule, now)
-        assert stream is not None
-        return stream.window(rule, now)
-
-    engine = Engine(active)
+    if args.agent and not args.job:
+        print("sentinel detect: --agent needs --job (the job whose steps to follow)",
+              file=sys.stderr)
+        return EXIT_BAD
+    detector = OnlineDetector(
+        rules, PrometheusSource(args.prometheus) if args.prometheus else None,
+        {args.job: StepStream(args.agent, args.job)} if args.agent else {},
+    )
+    for name, why in detector.inactive().items():
+        print(f"sentinel detect: rule {name} inactive: {why}", file=sys.stderr)
     any_found = False
     while True:
-        changes = engine.evaluate(fetch)
+        changes = detector.cycle()
         _emit(changes)
-        any_found = any_found or bool(engine.firing()) or bool(changes)
-        for name, err in engine.errors.items():
+        any_found = any_found or bool(detector.firing()) or bool(changes)
+        for name, err in detector.errors.items():
             print(f"sentinel detect: rule {name}: {err}", file=sys.stderr)
         if args.once:
             return EXIT_FOUND if any_found else EXIT_OK

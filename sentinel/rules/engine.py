@@ -4,6 +4,10 @@ The engine remembers which findings are firing, keyed by ``Finding.key``. Each
 cycle it emits a finding that is new, one whose severity, action or classification
 changed, and a ``resolved`` copy of one that its rule no longer reports or reports
 as resolved. Memory is bounded: at most ``max_tracked`` keys are remembered.
+
+A rule runs once per cycle; a steps rule bound to a job (``Rule.job``) is its own run,
+named by ``Rule.label``, so a finding is resolved only when the run that reported it
+ran again without it: a job whose stream failed keeps its findings.
 """
 
 from __future__ import annotations
@@ -59,17 +63,21 @@ class Engine:
         self.fetch_threads = fetch_threads
         self.max_tracked = max_tracked
         self.clock = clock
-        # key -> last emitted signature; insertion order = age, for the bound.
-        self._known: OrderedDict[str, tuple[tuple[str, str, str, str], Finding]] = OrderedDict()
+        # key -> (last emitted signature, finding, label of the rule run that reported it);
+        # insertion order = age, for the bound.
+        self._known: OrderedDict[str, tuple[tuple[str, str, str, str], Finding, str]] = (
+            OrderedDict())
+        # rule label -> why its data could not be fetched this cycle.
         self.errors: dict[str, str] = {}
 
     def evaluate(self, fetch: Fetch, now: float | None = None) -> list[Finding]:
         """Run every rule once (diagnosis last, on this cycle's findings); return changes."""
         now = self.clock() if now is None else now
         current: list[Finding] = []
+        origins: list[str] = []
         ran: set[str] = set()
-        later = [r for r in self.rules if "findings" in r.spec.inputs]
-        first = [r for r in self.rules if r not in later]
+        later = [r for r in self.rules if r.source() == "findings"]
+        first = [r for r in self.rules if r.source() != "findings"]
 
         def get(rule: Rule) -> Window | Exception:
             try:
@@ -84,22 +92,31 @@ class Engine:
             windows = [get(r) for r in first]
         for rule, window in zip(first, windows, strict=True):
             if isinstance(window, Exception):
-                self.errors[rule.name] = str(window)
-                log.warning("rule %s: cannot fetch its data: %s", rule.name, window)
+                self.errors[rule.label] = str(window)
+                log.warning("rule %s: cannot fetch its data: %s", rule.label, window)
                 continue
-            self.errors.pop(rule.name, None)
-            current += run_rule(rule, window)
-            ran.add(rule.name)
+            self.errors.pop(rule.label, None)
+            found = run_rule(rule, window)
+            current += found
+            origins += [rule.label] * len(found)
+            ran.add(rule.label)
         for rule in later:
-            current += run_rule(rule, Window(findings=list(current), now=now))
-            ran.add(rule.name)
-        return self.update(current, ran)
+            found = run_rule(rule, Window(findings=list(current), now=now))
+            current += found
+            origins += [rule.label] * len(found)
+            ran.add(rule.label)
+        return self.update(current, ran, origins)
 
-    def update(self, findings: list[Finding], rules_ran: set[str]) -> list[Finding]:
-        """Compare this cycle's findings with the remembered ones; return the changes."""
+    def update(self, findings: list[Finding], rules_ran: set[str],
+               origins: list[str] | None = None) -> list[Finding]:
+        """Compare this cycle's findings with the remembered ones; return the changes.
+
+        ``rules_ran`` holds the labels of the rule runs that completed; ``origins`` gives
+        the label of the run behind each finding (default: the finding's rule name).
+        """
         changes: list[Finding] = []
         seen: set[str] = set()
-        for f in findings:
+        for i, f in enumerate(findings):
             k = f.key
             if k in seen:
                 continue
@@ -108,19 +125,19 @@ class Engine:
             prev = self._known.get(k)
             if prev is None or prev[0] != sig:
                 changes.append(f)
-            self._known[k] = (sig, f)
+            self._known[k] = (sig, f, f.rule if origins is None else origins[i])
             self._known.move_to_end(k)
-        for k, (_sig, f) in list(self._known.items()):
-            if k in seen or f.rule not in rules_ran or f.state == "resolved":
+        for k, (_sig, f, origin) in list(self._known.items()):
+            if k in seen or origin not in rules_ran or f.state == "resolved":
                 continue
             gone = dataclasses.replace(f, state="resolved", evidence=dict(f.evidence))
             gone.evidence["resolved_because"] = "no longer reported by its rule"
             changes.append(gone)
-            self._known[k] = (signature(gone), gone)
+            self._known[k] = (signature(gone), gone, origin)
         while len(self._known) > self.max_tracked:
             self._known.popitem(last=False)
         return changes
 
     def firing(self) -> list[Finding]:
         """Return the findings currently firing."""
-        return [f for _, f in self._known.values() if f.state == "firing"]
+        return [f for _, f, _ in self._known.values() if f.state == "firing"]

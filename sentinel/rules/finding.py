@@ -7,9 +7,10 @@ new problem from one it already reported and emit ``resolved`` when it goes away
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
+
+from sentinel.jsonnum import decode, encode
 
 SEVERITIES = ("info", "warning", "critical")
 # What the controller should consider doing; detectors only suggest.
@@ -75,7 +76,7 @@ class Finding:
             "time_end": self.time_end,
             "confidence": round(self.confidence, 3),
             "key": self.key,
-            "evidence": _json_safe(self.evidence),
+            "evidence": encode(self.evidence),
         }
 
     @classmethod
@@ -115,34 +116,8 @@ class Finding:
         ev = d.get("evidence", {})
         if not isinstance(ev, dict):
             raise ValueError(f"finding: key 'evidence' must be an object, got {ev!r}")
-        kw["evidence"] = _from_json_safe(ev)
+        kw["evidence"] = decode(ev)
         f = cls(kind=d["kind"], severity=d["severity"], summary=d["summary"],
                 suggested_action=d["suggested_action"], **kw)
         return f
 
-
-_NONFINITE_TEXT = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
-
-
-def _from_json_safe(v: Any) -> Any:
-    if isinstance(v, str) and v in _NONFINITE_TEXT:
-        return _NONFINITE_TEXT[v]
-    if isinstance(v, dict):
-        return {k: _from_json_safe(x) for k, x in v.items()}
-    if isinstance(v, list):
-        return [_from_json_safe(x) for x in v]
-    return v
-
-
-def _json_safe(v: Any) -> Any:
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "NaN"
-        if math.isinf(v):
-            return "Infinity" if v > 0 else "-Infinity"
-        return v
-    if isinstance(v, dict):
-        return {str(k): _json_safe(x) for k, x in v.items()}
-    if isinstance(v, list | tuple):
-        return [_json_safe(x) for x in v]
-    return v

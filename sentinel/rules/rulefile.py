@@ -7,7 +7,9 @@ Format::
         detector: throughput_drop        # one of sentinel.rules.detectors.DETECTORS
         window: 10m                      # range fetched each cycle (default 10m)
         step: 5s                         # resolution of range queries (default 5s)
-        series:                          # role -> PromQL (roles: the detector's inputs)
+        series:                          # role -> PromQL: the detector's series inputs,
+                                         # its required ones at least (none: read steps)
+          tokens_per_sec: 'sum by (hostname) (...)'
           tokens_per_sec_cluster: 'quantile(0.5, sum by (hostname) (...))'
         thresholds: {drop_ratio: 0.1}    # the detector's Params fields
         severity: warning                # optional: overrides the detector's severity
@@ -69,6 +71,27 @@ class Rule:
         """Return the detector this rule runs."""
         return DETECTORS[self.detector]
 
+    @property
+    def label(self) -> str:
+        """Name this rule as it runs: a steps rule runs once per job it follows."""
+        return self.name if self.job is None else f"{self.name}[{self.job}]"
+
+    def source(self, *, online: bool = True) -> str | None:
+        """Return where this rule's data comes from: ``findings``, ``series`` or ``steps``.
+
+        ``findings`` rules (the diagnosis) run after the others on their findings. Online,
+        a rule that maps series reads Prometheus; offline (a JSON-lines file) there is no
+        Prometheus, so a rule runs if its detector can read step records. None: the rule
+        cannot run there.
+        """
+        if self.spec.reads_findings:
+            return "findings"
+        if online and self.series:
+            return "series"
+        if self.spec.reads_steps:
+            return "steps"
+        return None
+
 
 def _rule(i: int, raw: Any, seen: set[str]) -> Rule:
     where = f"rules[{i}]"
@@ -90,18 +113,7 @@ def _rule(i: int, raw: Any, seen: set[str]) -> Rule:
         raise ConfigError(f"{where}.detector: {det!r} is not valid "
                           f"(valid: {', '.join(DETECTORS)})")
     spec = DETECTORS[det]
-    series = raw.get("series") or {}
-    if not isinstance(series, dict):
-        raise ConfigError(f"{where}.series: must map a role to a PromQL string "
-                          f"(valid roles: {', '.join(spec.inputs)})")
-    for role, q in series.items():
-        if role not in spec.inputs or role in ("steps", "findings"):
-            valid = [r for r in spec.inputs if r not in ("steps", "findings")]
-            raise ConfigError(f"{where}.series.{role}: not an input of {det} "
-                              f"(valid: {', '.join(valid) or 'none'})")
-        if not isinstance(q, str) or not q.strip():
-            raise ConfigError(f"{where}.series.{role}: {q!r} is not valid (valid: a PromQL "
-                              "expression string)")
+    series = _series(where, spec, raw.get("series") or {})
     thresholds = raw.get("thresholds") or {}
     if not isinstance(thresholds, dict):
         raise ConfigError(f"{where}.thresholds: must be a mapping of {det} parameters")
@@ -122,11 +134,39 @@ def _rule(i: int, raw: Any, seen: set[str]) -> Rule:
     if job is not None and not isinstance(job, str):
         raise ConfigError(f"{where}.job: {job!r} is not valid (valid: a job name string)")
     return Rule(
-        name=name, detector=det, params=params, series=dict(series),
+        name=name, detector=det, params=params, series=series,
         window_s=parse_duration(f"{where}.window", raw.get("window", "10m")),
         step_s=parse_duration(f"{where}.step", raw.get("step", "5s")),
         severity=sev, action=action, job=job, enabled=enabled,
     )
+
+
+def _series(where: str, spec: DetectorSpec, series: Any) -> dict[str, str]:
+    """Check a rule's role -> PromQL map against what its detector reads and needs."""
+    det, valid = spec.name, ", ".join(spec.series_roles) or "none"
+    if not isinstance(series, dict):
+        raise ConfigError(f"{where}.series: must map a role to a PromQL string "
+                          f"(valid roles: {valid})")
+    for role, q in series.items():
+        if role not in spec.series_roles:
+            raise ConfigError(f"{where}.series.{role}: not an input of {det} (valid: {valid})")
+        if not isinstance(q, str) or not q.strip():
+            raise ConfigError(f"{where}.series.{role}: {q!r} is not valid (valid: a PromQL "
+                              "expression string)")
+    # With no series a detector that reads steps or findings runs on those; otherwise
+    # the rule reads Prometheus and must map what the detector needs from it.
+    if not series and (spec.reads_steps or spec.reads_findings):
+        return {}
+    if not series:
+        raise ConfigError(f"{where}.series: {det} reads Prometheus series and the rule maps "
+                          f"none (valid roles: {valid}; needed: "
+                          f"{', '.join(spec.required) or 'at least one'})")
+    missing = [r for r in spec.required if r not in series]
+    if missing:
+        also = "; or no series, to read steps" if spec.reads_steps else ""
+        raise ConfigError(f"{where}.series: {det} needs {', '.join(missing)}, which the rule "
+                          f"does not map (valid roles: {valid}{also})")
+    return dict(series)
 
 
 def parse_rules(data: Any, source: str = "rules") -> list[Rule]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections import deque
@@ -12,6 +11,7 @@ from typing import Any
 
 import requests
 
+from sentinel.jsonnum import decode_number
 from sentinel.rules.rulefile import Rule
 from sentinel.rules.window import Series, StepPoint, Window
 
@@ -28,14 +28,13 @@ class SourceError(RuntimeError):
     """A source could not answer; the message says which query and why."""
 
 
-_NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf,
-              "+Inf": math.inf, "-Inf": -math.inf}
-
-
-def _float(v: Any) -> float:
-    if isinstance(v, str) and v in _NONFINITE:
-        return _NONFINITE[v]
-    return float(v)
+def _batch(v: Any) -> int | None:
+    """Return a step record's batch index: an integer >= 0, or None (not reported)."""
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise ValueError(f"batch {v!r} is not a batch index (valid: an integer >= 0 or null)")
+    return v
 
 
 class PrometheusSource:
@@ -64,9 +63,11 @@ class PrometheusSource:
             raise SourceError(f"Prometheus {self.url}: query {promql!r} failed: {e}") from e
         with self._lock:
             self.queries += 1
+        # Prometheus sends every sample value as a string ("1.5", "+Inf", "NaN"): its own
+        # format, which float() reads, not sentinel's JSON spelling (sentinel.jsonnum).
         return [
             Series(labels=dict(r.get("metric", {})),
-                   points=[(float(t), _float(v)) for t, v in r.get("values", [])])
+                   points=[(float(t), float(v)) for t, v in r.get("values", [])])
             for r in result
         ]
 
@@ -78,7 +79,8 @@ class PrometheusSource:
             raise SourceError(f"Prometheus {self.url}: query {promql!r} failed: {e}") from e
         with self._lock:
             self.queries += 1
-        return [(dict(r.get("metric", {})), _float(r["value"][1])) for r in result]
+        # Values are Prometheus' strings ("1", "+Inf"), which float() reads (see range()).
+        return [(dict(r.get("metric", {})), float(r["value"][1])) for r in result]
 
     def window(self, rule: Rule, now: float) -> Window:
         """Fetch every series role of ``rule`` over its window ending at ``now``."""
@@ -142,10 +144,10 @@ class StepStream:
         try:
             gn = rec.get("grad_norm")
             return StepPoint(
-                step=int(rec["step"]), loss=_float(rec["loss"]),
-                grad_norm=None if gn is None else _float(gn),
+                step=int(rec["step"]), loss=decode_number(rec["loss"]),
+                grad_norm=None if gn is None else decode_number(gn),
                 time=float(rec["time"]) if rec.get("time") is not None else None,
-                node=rec.get("host"), rank=rec.get("rank"),
+                node=rec.get("host"), rank=rec.get("rank"), batch=_batch(rec.get("batch")),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise SourceError(f"agent {self.url}?job={self.job}: bad step record {rec!r} "

@@ -18,7 +18,7 @@ from sentinel.rules.finding import Finding
 
 @dataclass(frozen=True)
 class StepPoint:
-    """One training step: loss, grad norm, throughput, when and where."""
+    """One training step: loss, grad norm, throughput, when, where and on which batch."""
 
     step: int
     loss: float
@@ -27,6 +27,9 @@ class StepPoint:
     time: float | None = None
     node: str | None = None
     rank: int | None = None
+    # Global batch index the step trained on, when the job reports it: equal to the
+    # step until the first skipped batch, so a spike's steps map to the batches to skip.
+    batch: int | None = None
 
 
 @dataclass

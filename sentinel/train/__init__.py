@@ -9,7 +9,8 @@ from sentinel.train.checkpoint import (
 )
 from sentinel.train.data import DataPosition, EpochShuffleSampler, ResumableBatches
 from sentinel.train.reporter import Reporter
-from sentinel.train.rollback import RollbackHandler, RollbackRequest
+from sentinel.train.request import RollbackRequest
+from sentinel.train.rollback import RollbackHandler
 from sentinel.train.skipplan import SkipPlan, SkipPlanError
 
 __all__ = [

@@ -3,6 +3,7 @@
 Layout of a store directory::
 
     manifest.json               {"version": 1, "checkpoints": [...], "pins": {incident: step}}
+    manifest.lock               empty; flock'd around every change of the manifest
     step_000001200.pt           one torch.save file per checkpoint
     .step_000001400.pt.tmp-PID  a checkpoint being written (never loaded)
 
@@ -11,10 +12,18 @@ fsynced; only then is it added to the manifest (itself written atomically). A fi
 that is not in the manifest, or whose size or sha256 does not match it, is never
 loaded. A checkpoint labelled step ``S`` holds the state *before* training step ``S``
 runs (``S`` optimizer steps done), so resuming from it runs step ``S`` next.
+
+Every read-modify-write of the manifest (save, prune, abandon, pin, unpin) holds an
+exclusive ``flock`` on ``manifest.lock``, so a pin made by another process (the
+controller) while the job saves is never lost, nor is the job's new entry. The lock
+file is mode 0644 whatever the umask: ``flock`` needs only read access, so any process
+that can read the directory's files and write the directory can take it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import io
 import json
@@ -22,7 +31,9 @@ import logging
 import os
 import random
 import re
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -34,6 +45,10 @@ log = logging.getLogger(__name__)
 
 MANIFEST_FILE = "manifest.json"
 MANIFEST_VERSION = 1
+LOCK_FILE = "manifest.lock"
+# Readable by all: the file holds nothing, and a controller running as another user must
+# be able to lock it (flock works on a read-only descriptor).
+LOCK_MODE = 0o644
 # Newest checkpoints kept besides pinned ones: three covers "roll back ~100 steps"
 # (PaLM) at the usual checkpoint interval while bounding disk use.
 DEFAULT_KEEP = 3
@@ -107,11 +122,53 @@ class CheckpointStore:
         self.dir = Path(directory)
         self.keep = keep
         self.writer = writer
+        # Threads of this process share one flock; the RLock orders them and lets a
+        # locked method call another (save -> prune).
+        self._thread_lock = threading.RLock()
+        self._lock_depth = 0
+        self._lock_fd = -1
         if writer:
             self.dir.mkdir(parents=True, exist_ok=True)
             self._clean_debris()
 
     # -- manifest ---------------------------------------------------------------------
+    def _open_lock(self) -> int:
+        path = self.dir / LOCK_FILE
+        try:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                             LOCK_MODE)
+            except FileExistsError:
+                return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            raise CheckpointError(
+                f"cannot open the manifest lock {path} ({e.strerror}): changing the manifest "
+                f"(a pin included) needs read access to it and write access to {self.dir}"
+            ) from e
+        os.fchmod(fd, LOCK_MODE)  # the umask must not lock other users out
+        return fd
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the manifest lock (re-entrant) for a read-modify-write of the manifest."""
+        with self._thread_lock:
+            if self._lock_depth == 0:
+                fd = self._open_lock()
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                except BaseException:
+                    os.close(fd)
+                    raise
+                self._lock_fd = fd
+            self._lock_depth += 1
+            try:
+                yield
+            finally:
+                self._lock_depth -= 1
+                if self._lock_depth == 0:
+                    fd, self._lock_fd = self._lock_fd, -1
+                    os.close(fd)  # closing the last descriptor releases the flock
+
     def _read_manifest(self) -> dict[str, Any]:
         path = self.dir / MANIFEST_FILE
         if not path.exists():
@@ -152,6 +209,10 @@ class CheckpointStore:
     # -- writing ----------------------------------------------------------------------
     def _clean_debris(self) -> None:
         """Remove temporary files of dead writers and files the manifest never took in."""
+        with self._locked():
+            self._clean_debris_locked()
+
+    def _clean_debris_locked(self) -> None:
         known = {c.file for c in self.checkpoints(include_abandoned=True)}
         for p in self.dir.iterdir():
             m = _TMP_RE.match(p.name)
@@ -187,43 +248,59 @@ class CheckpointStore:
         os.replace(tmp, final)
         fsync_dir(self.dir)
         entry = CheckpointInfo(step, name, w.size, w.sha.hexdigest(), time.time())
-        data = self._read_manifest()
-        data["checkpoints"] = [c for c in data["checkpoints"] if c["step"] != step]
-        data["checkpoints"].append(asdict(entry))
-        self._write_manifest(data)
-        self.prune()
+        with self._locked():
+            data = self._read_manifest()
+            data["checkpoints"] = [c for c in data["checkpoints"] if c["step"] != step]
+            data["checkpoints"].append(asdict(entry))
+            self._write_manifest(data)
+            self.prune()
         return entry
 
     def pin(self, step: int, incident: str) -> None:
-        """Keep checkpoint ``step`` while ``incident`` is open, whatever retention says."""
-        if self.info(step) is None:
-            raise CheckpointError(f"cannot pin step {step}: no such checkpoint ({self._have()})")
-        data = self._read_manifest()
-        data["pins"][incident] = step
-        self._write_manifest(data)
+        """Keep checkpoint ``step`` while ``incident`` is open, whatever retention says.
+
+        Safe from another process (the controller) while the job saves and prunes.
+        """
+        with self._locked():
+            data = self._read_manifest()
+            if not any(c["step"] == step for c in data["checkpoints"]):
+                raise CheckpointError(
+                    f"cannot pin step {step}: no such checkpoint ({self._have()})")
+            data["pins"][incident] = step
+            self._write_manifest(data)
 
     def unpin(self, incident: str) -> None:
-        """Release the pin of ``incident`` (no-op if it had none) and apply retention."""
-        data = self._read_manifest()
-        if data["pins"].pop(incident, None) is not None:
-            self._write_manifest(data)
-            self.prune()
+        """Release the pin of ``incident`` (no-op if it had none).
+
+        A writer applies retention now; otherwise the job's next save does.
+        """
+        with self._locked():
+            data = self._read_manifest()
+            if data["pins"].pop(incident, None) is not None:
+                self._write_manifest(data)
+                if self.writer:
+                    self.prune()
 
     def abandon_after(self, step: int, reason: str) -> list[int]:
         """Mark checkpoints newer than ``step`` as off the timeline (after a rollback)."""
-        data = self._read_manifest()
-        gone = []
-        for c in data["checkpoints"]:
-            if c["step"] > step and c.get("abandoned") is None:
-                c["abandoned"] = reason
-                gone.append(int(c["step"]))
-        if gone:
-            self._write_manifest(data)
-            self.prune()
+        with self._locked():
+            data = self._read_manifest()
+            gone = []
+            for c in data["checkpoints"]:
+                if c["step"] > step and c.get("abandoned") is None:
+                    c["abandoned"] = reason
+                    gone.append(int(c["step"]))
+            if gone:
+                self._write_manifest(data)
+                self.prune()
         return gone
 
     def prune(self) -> list[int]:
         """Delete checkpoints beyond the newest ``keep``, except pinned and the last verified."""
+        with self._locked():
+            return self._prune_locked()
+
+    def _prune_locked(self) -> list[int]:
         data = self._read_manifest()
         entries = sorted((CheckpointInfo(**c) for c in data["checkpoints"]),
                          key=lambda c: c.step, reverse=True)
@@ -304,8 +381,7 @@ class CheckpointStore:
                 return c
         return None
 
-    def read_verified(self, step: int) -> bytes:
-        """Read checkpoint ``step`` and check it against the manifest, or raise CheckpointError."""
+    def _live_entry(self, step: int) -> CheckpointInfo:
         entry = self.info(step)
         if entry is None:
             raise CheckpointError(f"no checkpoint for step {step} ({self._have()})")
@@ -313,6 +389,22 @@ class CheckpointStore:
             raise CheckpointError(
                 f"checkpoint step {step} was abandoned ({entry.abandoned}); {self._have()}"
             )
+        return entry
+
+    def require_verified(self, step: int) -> CheckpointInfo:
+        """Check checkpoint ``step`` without loading it (the file is hashed in chunks).
+
+        Return its manifest entry, or raise CheckpointError saying why it cannot be used.
+        """
+        entry = self._live_entry(step)
+        problem = self._problem(entry, None)
+        if problem:
+            raise CheckpointError(f"checkpoint step {step} refused: {problem}")
+        return entry
+
+    def read_verified(self, step: int) -> bytes:
+        """Read checkpoint ``step`` and check it against the manifest, or raise CheckpointError."""
+        entry = self._live_entry(step)
         try:
             data = (self.dir / entry.file).read_bytes()
         except OSError as e:

@@ -4,19 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
-import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-log = logging.getLogger(__name__)
-
-# How often --wait looks for the job's answer; the job answers within a step.
-RESULT_POLL_S = 0.1
 
 
 @dataclass
@@ -77,16 +70,7 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Submit the request, signal the job, wait for its answer."""
     from sentinel.config import load_section, read_yaml_file
-    from sentinel.train.checkpoint import CheckpointError, CheckpointStore
-    from sentinel.train.rollback import (
-        ROLLBACK_SIGNAL,
-        RollbackError,
-        RollbackRequest,
-        job_pids,
-        read_result,
-        read_token,
-        write_request,
-    )
+    from sentinel.train.request import RollbackError, read_token
     from sentinel.train.skipplan import SkipPlan, SkipPlanError, parse_range
 
     file_data = read_yaml_file(args.config) if args.config else None
@@ -103,61 +87,34 @@ def run(args: argparse.Namespace) -> int:
         print(f"sentinel rollback: {e}", file=sys.stderr)
         return 2
     try:
+        # The token first: without it nothing else is worth checking.
         token = read_token(run_dir)
+        return _submit_and_wait(args, cfg, skip, token)
     except RollbackError as e:
         print(f"sentinel rollback: {e}", file=sys.stderr)
         return 1
 
-    store = CheckpointStore(args.checkpoint_dir or run_dir / cfg.checkpoint_subdir, writer=False)
-    try:
-        if args.to_step is not None:
-            to_step = int(args.to_step)
-            store.read_verified(to_step)  # refuse early with the reason; the job checks again
-        else:
-            found = store.latest_verified(before_step=args.before_step)
-            if found is None:
-                steps = ", ".join(str(c.step) for c in store.checkpoints()) or "none"
-                print(f"sentinel rollback: no verified checkpoint at or before step "
-                      f"{args.before_step} in {store.dir} (checkpoints: {steps})", file=sys.stderr)
-                return 1
-            to_step = found.step
-    except CheckpointError as e:
-        print(f"sentinel rollback: {e}", file=sys.stderr)
-        return 1
 
-    req = RollbackRequest(
-        id=uuid.uuid4().hex, job=args.job, to_step=to_step, skip=skip,
+def _submit_and_wait(args: argparse.Namespace, cfg: RollbackConfig,
+                     skip: list[tuple[int, int]], token: bytes) -> int:
+    """Choose the checkpoint, submit, and print the job's answer; RollbackError on failure."""
+    from sentinel.train.request import choose_target, submit, wait_result
+
+    run_dir: Path = args.run_dir
+    to_step = choose_target(args.checkpoint_dir or run_dir / cfg.checkpoint_subdir,
+                            to_step=args.to_step, before_step=args.before_step)
+    sub = submit(
+        run_dir, args.job, to_step, skip, request_id=uuid.uuid4().hex,
         requested_by=args.requested_by or os.environ.get("USER", "") or "sentinel rollback",
-        reason=args.reason, created=time.time(),
+        reason=args.reason, signal=not args.no_signal, pids=args.pid, token=token,
     )
-    path = write_request(run_dir, req, token)
-    log.info("wrote rollback request %s (to step %d, skip %s)", path, to_step, args.skip)
-
-    if not args.no_signal:
-        pids = args.pid or job_pids(run_dir)
-        if not pids:
-            print(f"sentinel rollback: request written to {path}, but no job PID is recorded "
-                  f"in {run_dir}; pass --pid or --no-signal", file=sys.stderr)
-            return 1
-        for pid in pids:
-            try:
-                os.kill(pid, ROLLBACK_SIGNAL)
-            except ProcessLookupError:
-                log.warning("job PID %d is not running", pid)
-            except PermissionError:
-                print(f"sentinel rollback: not allowed to signal PID {pid}", file=sys.stderr)
-                return 1
-
     if cfg.wait_s <= 0:
-        print(json.dumps({"id": req.id, "status": "submitted", "to_step": to_step}))
+        print(json.dumps({"id": sub.request.id, "status": "submitted", "to_step": to_step}))
         return 0
-    deadline = time.monotonic() + cfg.wait_s
-    while time.monotonic() < deadline:
-        result = read_result(run_dir, req.id)
-        if result is not None:
-            print(json.dumps(result, sort_keys=True))
-            return 0 if result.get("status") == "done" else 1
-        time.sleep(RESULT_POLL_S)
-    print(f"sentinel rollback: no answer from the job within {cfg.wait_s:g} s "
-          f"(request {path} is still pending)", file=sys.stderr)
-    return 1
+    result = wait_result(run_dir, sub.request.id, cfg.wait_s)
+    if result is None:
+        print(f"sentinel rollback: no answer from the job within {cfg.wait_s:g} s "
+              f"(request {sub.path} is still pending)", file=sys.stderr)
+        return 1
+    print(json.dumps(result, sort_keys=True))
+    return 0 if result.get("status") == "done" else 1

@@ -24,34 +24,39 @@ Requests that cannot be honoured are refused: a result file and a
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import logging
 import os
-import re
 import secrets
 import signal
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
 
 from sentinel.train._atomic import write_json_atomic
 from sentinel.train.checkpoint import CheckpointError, CheckpointStore
+from sentinel.train.request import (
+    REJECTED_SUFFIX,
+    REQUEST_DIR,
+    ROLLBACK_SIGNAL,
+    RollbackError,
+    RollbackRequest,
+    pid_dir,
+    read_token,
+    request_path,
+    result_path,
+    sign,
+    token_path,
+)
 from sentinel.train.skipplan import SkipPlan, SkipPlanError
 
 log = logging.getLogger(__name__)
 
-CONTROL_DIR = ".sentinel"
-TOKEN_FILE = "token"  # noqa: S105 - a file name, not a secret
-PID_DIR = "pids"
-REQUEST_DIR = "rollback/requests"
-RESULT_DIR = "rollback/results"
-ROLLBACK_SIGNAL = signal.SIGUSR1
 # A request older than this is stale: the spike it answered is long past, and acting
 # on it now would throw away good training. An hour covers a slow human in the loop.
 DEFAULT_MAX_REQUEST_AGE_S = 3600.0
@@ -62,11 +67,6 @@ MAX_CLOCK_SKEW_S = 60.0
 DEFAULT_POLL_INTERVAL_S = 10.0
 # Requests read per boundary: bounds the work a flood of junk files can cause.
 MAX_REQUESTS_PER_CHECK = 16
-_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-
-
-class RollbackError(Exception):
-    """A rollback request cannot be made or read; the message says why and what to do."""
 
 
 class EventSink(Protocol):
@@ -76,12 +76,7 @@ class EventSink(Protocol):
         """Report an event."""
 
 
-# -- token ----------------------------------------------------------------------------
-def token_path(run_dir: str | Path) -> Path:
-    """Return where the run's token lives."""
-    return Path(run_dir) / CONTROL_DIR / TOKEN_FILE
-
-
+# -- token (the job creates it; requesters read it) ------------------------------------
 def ensure_token(run_dir: str | Path) -> bytes:
     """Create the run's token (mode 0600) if absent and return it; tighten loose modes."""
     path = token_path(run_dir)
@@ -99,128 +94,6 @@ def ensure_token(run_dir: str | Path) -> bytes:
             f.flush()
             os.fsync(f.fileno())
     return read_token(run_dir)
-
-
-def read_token(run_dir: str | Path) -> bytes:
-    """Read the run's token, or raise RollbackError saying how to get one."""
-    path = token_path(run_dir)
-    try:
-        tok = path.read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        raise RollbackError(
-            f"no run token at {path}: the job creates it when its rollback handler is "
-            "installed; is --run-dir the job's run directory and is the job running?"
-        ) from None
-    except PermissionError:
-        raise RollbackError(
-            f"cannot read {path}: only the job's user may request a rollback"
-        ) from None
-    if len(tok) < 32:
-        raise RollbackError(f"run token {path} is too short to be one sentinel wrote")
-    return tok.encode("ascii")
-
-
-# -- requests -------------------------------------------------------------------------
-@dataclass(frozen=True)
-class RollbackRequest:
-    """Ask job ``job`` to reload checkpoint ``to_step`` and skip ``skip`` batch ranges."""
-
-    id: str
-    job: str
-    to_step: int
-    skip: list[tuple[int, int]] = field(default_factory=list)
-    requested_by: str = ""
-    reason: str = ""
-    created: float = 0.0
-
-    def to_json(self) -> dict[str, Any]:
-        """Return the canonical JSON form (what is signed)."""
-        d = asdict(self)
-        d["skip"] = [[int(a), int(b)] for a, b in self.skip]
-        return d
-
-    @classmethod
-    def from_json(cls, d: Any) -> RollbackRequest:
-        """Parse a request object, or raise RollbackError naming the bad field."""
-        if not isinstance(d, dict):
-            raise RollbackError(f"request must be an object, got {type(d).__name__}")
-        try:
-            skip = [(int(a), int(b)) for a, b in d.get("skip", [])]
-            req = cls(
-                id=str(d["id"]), job=str(d["job"]), to_step=int(d["to_step"]), skip=skip,
-                requested_by=str(d.get("requested_by", "")), reason=str(d.get("reason", "")),
-                created=float(d["created"]),
-            )
-        except (KeyError, TypeError, ValueError) as e:
-            raise RollbackError(
-                f"request {d!r}: needs id, job, to_step (int), created (time) and skip "
-                f"(list of [start, end]) ({e})"
-            ) from e
-        if not _ID_RE.match(req.id):
-            raise RollbackError(f"request id {req.id!r}: use 1-64 of A-Z a-z 0-9 _ . -")
-        return req
-
-
-def _canonical(obj: dict[str, Any]) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode("utf-8")
-
-
-def sign(request: RollbackRequest, token: bytes) -> str:
-    """Return the HMAC-SHA256 of the request's canonical JSON under ``token``."""
-    return hmac.new(token, _canonical(request.to_json()), hashlib.sha256).hexdigest()
-
-
-def write_request(run_dir: str | Path, request: RollbackRequest, token: bytes) -> Path:
-    """Write a signed request atomically into the run directory; return its path."""
-    if not _ID_RE.match(request.id):
-        raise RollbackError(f"request id {request.id!r}: use 1-64 of A-Z a-z 0-9 _ . -")
-    d = Path(run_dir) / REQUEST_DIR
-    d.mkdir(parents=True, exist_ok=True)
-    path = d / f"{request.id}.json"
-    write_json_atomic(path, {"request": request.to_json(), "signature": sign(request, token)},
-                      mode=0o600)
-    return path
-
-
-def result_path(run_dir: str | Path, request_id: str) -> Path:
-    """Return where the job writes the outcome of request ``request_id``."""
-    return Path(run_dir) / RESULT_DIR / f"{request_id}.json"
-
-
-def read_result(run_dir: str | Path, request_id: str) -> dict[str, Any] | None:
-    """Return the outcome of a request, or None while it is pending."""
-    try:
-        data: dict[str, Any] = json.loads(result_path(run_dir, request_id).read_text("utf-8"))
-    except FileNotFoundError:
-        return None
-    return data
-
-
-def job_pids(run_dir: str | Path) -> list[int]:
-    """Return the PIDs the job's ranks on this host recorded in the run directory.
-
-    The run directory is shared by every node of a job; a PID recorded on another host
-    names some other process here, which SIGUSR1 would kill (its default action).
-    Signalling one rank is enough, so ranks of other hosts are left out.
-    """
-    out = []
-    here = socket.gethostname()
-    d = Path(run_dir) / CONTROL_DIR / PID_DIR
-    if d.is_dir():
-        for p in sorted(d.glob("*.pid")):
-            try:
-                rec = json.loads(p.read_text())
-                if isinstance(rec, dict):
-                    if rec.get("host") != here:
-                        log.info("not signalling %s: rank on host %s", p, rec.get("host"))
-                        continue
-                    rec = rec["pid"]
-                if isinstance(rec, bool) or not isinstance(rec, int):
-                    raise ValueError(f"expected a PID, got {rec!r}")
-                out.append(rec)
-            except (OSError, ValueError, KeyError) as e:
-                log.warning("ignoring unreadable pid file %s (%s)", p, e)
-    return out
 
 
 # -- the job's side -------------------------------------------------------------------
@@ -304,9 +177,9 @@ class RollbackHandler:
             self._dist.barrier(group=self.group)  # token exists before others read it
         if self.rank != 0:
             self._token = read_token(self.run_dir)
-        pid_dir = self.run_dir / CONTROL_DIR / PID_DIR
-        pid_dir.mkdir(parents=True, exist_ok=True)
-        self._pid_file = pid_dir / f"rank-{self.rank}.pid"
+        pids = pid_dir(self.run_dir)
+        pids.mkdir(parents=True, exist_ok=True)
+        self._pid_file = pids / f"rank-{self.rank}.pid"
         write_json_atomic(self._pid_file, {"pid": os.getpid(), "host": socket.gethostname()})
         self._previous_handler = signal.signal(ROLLBACK_SIGNAL, self._on_signal)
 
@@ -318,7 +191,7 @@ class RollbackHandler:
         if self._pid_file is not None:
             self._pid_file.unlink(missing_ok=True)
 
-    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+    def _on_signal(self, _signum: int, _frame: FrameType | None) -> None:
         # Only set a flag: the real work happens at the next step boundary.
         self._signalled = True
         if self._signalled_at is None:
@@ -436,7 +309,7 @@ class RollbackHandler:
     def _reject(self, path: Path, why: str) -> None:
         log.warning("ignoring rollback request %s: %s", path, why)
         try:
-            path.rename(path.with_suffix(".rejected"))
+            path.rename(path.with_suffix(REJECTED_SUFFIX))
         except OSError:
             path.unlink(missing_ok=True)
 
@@ -470,7 +343,7 @@ class RollbackHandler:
             reason = f"rank {self.rank}: {reason}"
             self._write_result(req, {"status": "refused", "reason": reason, "step": step})
             if self.rank == 0:
-                (self.run_dir / REQUEST_DIR / f"{req.id}.json").unlink(missing_ok=True)
+                request_path(self.run_dir, req.id).unlink(missing_ok=True)
             self._report_refused(req.id, reason, step)
             return None
         assert state is not None
@@ -512,7 +385,7 @@ class RollbackHandler:
                 "skip": [list(r) for r in req.skip], "read_s": outcome.read_s,
                 "restore_s": outcome.restore_s, "total_s": outcome.total_s, "pid": os.getpid(),
             })
-            (self.run_dir / REQUEST_DIR / f"{req.id}.json").unlink(missing_ok=True)
+            request_path(self.run_dir, req.id).unlink(missing_ok=True)
         log.info("rolled back from step %d to %d (request %s), skipping %s", step,
                  req.to_step, req.id, req.skip)
         if self.reporter is not None:

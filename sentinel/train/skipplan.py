@@ -186,15 +186,6 @@ class SkipPlan:
             i += 1
         return batch
 
-    def skipped_between(self, start: int, end: int) -> int:
-        """Return how many batches in ``[start, end)`` are skipped."""
-        n = 0
-        for r in self._ranges:
-            lo, hi = max(r.start, start), min(r.end, end)
-            if hi > lo:
-                n += hi - lo
-        return n
-
     def to_json(self) -> list[dict[str, Any]]:
         """Return the ranges as JSON-ready dicts."""
         return [asdict(r) for r in self._ranges]

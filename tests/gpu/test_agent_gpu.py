@@ -50,7 +50,7 @@ def _smi(smi: str) -> list[dict[str, float]]:
 
 def test_agent_matches_nvidia_smi_under_load():
     smi, torch = _need_gpu()
-    from sentinel.agent.nvml import Nvml
+    from sentinel.gpu.nvml import Nvml
 
     stop = threading.Event()
 

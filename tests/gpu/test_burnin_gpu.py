@@ -107,6 +107,10 @@ def test_cli_json_lines_and_textfile(tmp_path):
     kinds = [e["event"] for e in events]
     assert kinds[0] == "start" and "progress" in kinds and kinds[-1] == "verdict", r.stderr
     assert r.returncode == events[-1]["exit_code"]
+    from sentinel.burnin.report import BurninReport
+
+    report = BurninReport.from_dict(events[-1]["report"])  # what a controller reads back
+    assert report.exit_code == r.returncode and [rec.cuda_index for rec in report.records] == [0]
     from prometheus_client.parser import text_string_to_metric_families
 
     names = {f.name for f in text_string_to_metric_families(prom.read_text())}

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import time
 import uuid
 
 import pytest
@@ -30,14 +28,8 @@ def test_cuda_rng_state_round_trips_through_a_checkpoint(tmp_path):
 
 
 def test_example_rolls_back_in_process_on_the_gpu(tmp_path):
-    from sentinel.train.rollback import (
-        ROLLBACK_SIGNAL,
-        RollbackRequest,
-        read_result,
-        read_token,
-        write_request,
-    )
-    from tests.integration.test_rollback_example import finish, read_log, start_job, wait_for_step
+    from sentinel.train.request import submit, wait_result
+    from tests.support.example_job import finish, read_log, start_job, wait_for_step
 
     run_dir = tmp_path / "run"
     proc = start_job(run_dir, "--config", "small", "--device", "cuda", "--max-steps", "80",
@@ -45,14 +37,10 @@ def test_example_rolls_back_in_process_on_the_gpu(tmp_path):
                      "--min-step-seconds", "0.05", "--threads", "0")
     try:
         wait_for_step(proc, run_dir, 43, timeout=300)
-        req = RollbackRequest(id=uuid.uuid4().hex, job="gpt-small", to_step=40, skip=[(40, 42)],
-                              requested_by="gpu test", reason="spike", created=time.time())
-        write_request(run_dir, req, read_token(run_dir))
-        os.kill(proc.pid, ROLLBACK_SIGNAL)
-        deadline = time.monotonic() + 120
-        while read_result(run_dir, req.id) is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert read_result(run_dir, req.id)["status"] == "done"
+        sub = submit(run_dir, "gpt-small", 40, [(40, 42)], request_id=uuid.uuid4().hex,
+                     requested_by="gpu test", reason="spike", pids=[proc.pid])
+        assert sub.signalled == [proc.pid]
+        assert wait_result(run_dir, sub.request.id, 120)["status"] == "done"
         finish(proc, timeout=300)
     finally:
         proc.kill()

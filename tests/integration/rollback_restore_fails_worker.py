@@ -8,20 +8,14 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
 from sentinel.train.checkpoint import CheckpointStore
-from sentinel.train.rollback import (
-    RollbackError,
-    RollbackHandler,
-    RollbackRequest,
-    read_token,
-    write_request,
-)
+from sentinel.train.request import RollbackError, submit
+from sentinel.train.rollback import RollbackHandler
 from sentinel.train.skipplan import SkipPlan
 
 
@@ -44,9 +38,8 @@ def main() -> int:
     handler.install()
     dist.barrier()
     if rank == 0:
-        req = RollbackRequest(id=os.urandom(8).hex(), job="job-d", to_step=10, skip=[(25, 30)],
-                              requested_by="test", reason="spike", created=time.time())
-        write_request(run_dir, req, read_token(run_dir))
+        submit(run_dir, "job-d", 10, [(25, 30)], request_id=os.urandom(8).hex(),
+               requested_by="test", reason="spike", signal=False)
     dist.barrier()
     try:
         for step in range(22, 30):

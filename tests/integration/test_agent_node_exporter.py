@@ -10,10 +10,9 @@ import requests
 
 from sentinel.agent.collectors.disk import DiskCollector
 from sentinel.agent.config import DEFAULT_DISK_EXCLUDE
+from tests.support.collectors import make_ctx, proc_dir, render_collector
+from tests.support.metrics import samples
 from tests.support.services import free_port, need_binary, stop
-from tests.unit.agent.conftest import make_ctx, samples
-from tests.unit.agent.test_disk import proc_dir
-from tests.unit.agent.test_gpu import render_collector
 
 
 @pytest.mark.integration

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import requests
 
+from sentinel.gpu.nvml_replay import H100_LOAD
 from tests.support.agent import run_agent
+from tests.support.metrics import check_promtool
 from tests.support.services import run_prometheus
-from tests.unit.agent.test_cli import check_promtool
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures"
 
@@ -65,7 +66,7 @@ REPORTER = textwrap.dedent("""
 
 @pytest.mark.integration
 def test_prometheus_sees_every_family(tmp_path):
-    replay = FIX / "h100" / "nvml_load.json"
+    replay = H100_LOAD
     import json
 
     dump = json.loads(replay.read_text())

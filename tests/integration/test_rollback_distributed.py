@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_rollback_example import (
+from tests.support.example_job import (
     EXAMPLE,
     ROOT,
     read_log,

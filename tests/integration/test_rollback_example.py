@@ -3,26 +3,25 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
-import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from sentinel import protocol
+from tests.support.example_job import (
+    EXAMPLE,
+    MAX_STEPS,
+    finish,
+    read_log,
+    rollback_cli,
+    start_job,
+    wait_for_step,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
-EXAMPLE = ROOT / "examples" / "train_gpt.py"
-MAX_STEPS = 350
 BAD = [160, 161, 162]
-# Common flags: tiny model, one thread (the CI box is shared), paced steps so the test
-# has time to react to the spike while the job is still running.
-FLAGS = ["--config", "tiny", "--threads", "1", "--checkpoint-every", "50", "--eval-every", "50",
-         "--keep", "5", "--min-step-seconds", "0.02"]
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -56,51 +55,6 @@ class Agent:
         self._stop = True
         self.thread.join(5)
         self.sock.close()
-
-
-def start_job(run_dir: Path, *extra: str, env: dict | None = None,
-              argv_prefix: list[str] | None = None) -> subprocess.Popen:
-    cmd = [*(argv_prefix or [sys.executable, str(EXAMPLE)]), "--run-dir", str(run_dir),
-           "--max-steps", str(MAX_STEPS), *FLAGS, *extra]
-    return subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, cwd=ROOT)
-
-
-def read_log(run_dir: Path, rank: int = 0) -> list[dict]:
-    path = run_dir / "log" / f"rank{rank}.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def wait_for_step(proc: subprocess.Popen, run_dir: Path, step: int, rank: int = 0,
-                  timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if any(e["event"] == "step" and e["step"] >= step for e in read_log(run_dir, rank)):
-            return
-        if proc.poll() is not None:
-            raise AssertionError(f"job exited early ({proc.returncode}): {proc.stdout.read()}")
-        time.sleep(0.05)
-    raise AssertionError(f"job never reached step {step}")
-
-
-def finish(proc: subprocess.Popen, timeout: float = 180) -> str:
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, _ = proc.communicate()
-        raise AssertionError(f"job did not finish in {timeout} s: {out}") from None
-    assert proc.returncode == 0, out
-    return out
-
-
-def rollback_cli(run_dir: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "sentinel", "rollback", "--job", "gpt-tiny", "--run-dir",
-         str(run_dir), "--wait", "60", *args],
-        capture_output=True, text=True, timeout=90, cwd=ROOT)
 
 
 def steps_by_step(log: list[dict]) -> dict[int, dict]:

@@ -6,7 +6,8 @@ import pytest
 
 from bench.detectors import scenarios
 from bench.detectors.openmetrics import backfill, backfill_rules, lines
-from sentinel.rules.engine import Engine
+from sentinel.gpu.reasons import CLOCK_EVENT_REASONS
+from sentinel.rules.online import OnlineDetector
 from sentinel.rules.rulefile import load_rules
 from sentinel.rules.sources import PrometheusSource
 from tests.support.services import need_binary, run_prometheus
@@ -21,8 +22,8 @@ def _families(sc):
     reasons = []
     for s in sc.series.get("clock_event_reasons", []):
         base = {"hostname": s.labels["hostname"], "gpu": s.labels["gpu"], "UUID": s.labels["UUID"]}
-        for reason, bit in (("hw_slowdown", 0x8), ("sw_power_cap", 0x4),
-                            ("sw_thermal_slowdown", 0x20)):
+        for reason in ("hw_slowdown", "sw_power_cap", "sw_thermal_slowdown"):
+            bit = CLOCK_EVENT_REASONS[reason]
             reasons.append(({**base, "reason": reason},
                             [(t, 1.0 if int(v) & bit else 0.0) for t, v in s.points]))
     if reasons:
@@ -56,9 +57,9 @@ def test_engine_over_prometheus_finds_the_cause(tmp_path, make, cause, node):
     rules = [r for r in load_rules() if r.name in ("throughput", "gpu-throttle", "diagnosis")]
     with run_prometheus(tmp_path / "prom", tsdb_path=tmp_path / "tsdb") as prom:
         src = PrometheusSource(prom.url)
-        engine = Engine(rules)
-        out = engine.evaluate(lambda rule, now: src.window(rule, now), now=end)
-        assert engine.errors == {}
+        detector = OnlineDetector(rules, src)
+        out = detector.cycle(now=end)
+        assert detector.errors == {} and detector.inactive() == {}
         diag = [f for f in out if f.kind == "diagnosis"]
         assert diag, [f.summary for f in out]
         assert {d.evidence["cause"] for d in diag} == {cause}, [d.summary for d in diag]
@@ -70,4 +71,4 @@ def test_engine_over_prometheus_finds_the_cause(tmp_path, make, cause, node):
         if cause == "straggler":
             assert "node05" in names and len(names) <= 3, names
         # A second cycle reports nothing new: the findings are deduplicated.
-        assert engine.evaluate(lambda rule, now: src.window(rule, now), now=end) == []
+        assert detector.cycle(now=end) == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -16,12 +17,19 @@ from tests.support.agent import run_agent
 pytestmark = pytest.mark.integration
 
 
-def _report(rep: Reporter, start: int, losses: list[float]) -> None:
+def _report(rep: Reporter, start: int, losses: list[float],
+            batch: Callable[[int], int] | None = None) -> None:
     # Real steps are milliseconds apart at least; a tight loop would overrun the kernel's
     # Unix datagram queue (net.unix.max_dgram_qlen, 10 on this CI machine) and be dropped.
     for step, loss in enumerate(losses, start=start):
-        rep.step(step, loss=loss, tokens=4096, grad_norm=1.0)
+        extra = {} if batch is None else {"batch": batch(step)}
+        rep.step(step, loss=loss, tokens=4096, grad_norm=1.0, **extra)
         time.sleep(0.001)
+
+
+def _batch_of(step: int) -> int:
+    """Batch index of a step in a run that skipped batches 200..202 (a rollback before)."""
+    return step if step < 200 else step + 3
 
 
 def _losses(n: int = 600) -> list[float]:
@@ -36,7 +44,7 @@ def test_spike_reported_through_the_agent_is_found_at_its_step(tmp_path):
     losses = _losses()
     with run_agent(tmp_path) as agent:
         rep = Reporter(job="gpt", rank=0, socket_path=agent.socket_path)
-        _report(rep, 0, losses[:300])
+        _report(rep, 0, losses[:300], _batch_of)
         stream = StepStream(agent.url, "gpt")
         deadline = time.monotonic() + 10
         while len(stream.steps) < 300 and time.monotonic() < deadline:
@@ -47,12 +55,14 @@ def test_spike_reported_through_the_agent_is_found_at_its_step(tmp_path):
             time.sleep(0.05)
         assert len(stream.steps) == 300
         # The stream asks only for new steps: the second half arrives on later polls.
-        _report(rep, 300, losses[300:])
+        _report(rep, 300, losses[300:], _batch_of)
         deadline = time.monotonic() + 10
         while len(stream.steps) < len(losses) and time.monotonic() < deadline:
             stream.poll()
             time.sleep(0.05)
         assert [p.step for p in stream.steps] == list(range(len(losses)))
+        # The batch index each step reported comes back with it, past the skip too.
+        assert [p.batch for p in stream.steps] == [_batch_of(s) for s in range(len(losses))]
         assert rep.dropped == 0
 
         window = stream.window(rule=None, now=time.time())  # type: ignore[arg-type]
@@ -61,6 +71,9 @@ def test_spike_reported_through_the_agent_is_found_at_its_step(tmp_path):
         f = findings[0]
         assert f.evidence["detected_step"] == 420
         assert f.step_start <= 420 <= f.step_end
+        # So the spike's steps name the exact batches a rollback should skip.
+        spiked = [p.batch for p in stream.steps if f.step_start <= p.step <= f.step_end]
+        assert 423 in spiked and spiked == list(range(f.step_start + 3, f.step_end + 4))
 
 
 def test_unknown_job_is_a_clear_source_error(tmp_path):

@@ -6,10 +6,10 @@ and the parts its row allows; nothing imports the controller but the top-level C
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2] / "sentinel"
+from tests.support.imports import PACKAGE as ROOT
+from tests.support.imports import imports_with_lines
 
 # The parts, each a package under sentinel/.
 PARTS = ("agent", "train", "rules", "burnin", "notify", "dashboards", "controller")
@@ -29,19 +29,17 @@ ALLOWED: dict[str, set[str]] = {
 }
 
 
-def _imports(path: Path) -> list[tuple[int, str]]:
+def _imports(path: Path, root: Path) -> list[tuple[int, str]]:
+    """Return (line, module) for each sentinel module ``path`` imports (a name imported
+    from a package counts as that module when it is one)."""
     out = []
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            if node.module == "sentinel":
-                out += [(node.lineno, f"sentinel.{a.name}") for a in node.names]
-            elif node.module.startswith("sentinel."):
-                out += [(node.lineno, node.module)]
-                out += [(node.lineno, f"{node.module}.{a.name}") for a in node.names
-                        if (ROOT / node.module.split(".", 1)[1].replace(".", "/") / a.name
-                            ).with_suffix(".py").exists()]
-        elif isinstance(node, ast.Import):
-            out += [(node.lineno, a.name) for a in node.names if a.name.startswith("sentinel.")]
+    for line, mod in imports_with_lines(path):
+        if mod == "sentinel" or not mod.startswith("sentinel."):
+            continue
+        sub = root / mod.split(".", 1)[1].replace(".", "/")
+        if mod.count(".") >= 2 and not (sub.with_suffix(".py").exists() or sub.is_dir()):
+            mod = mod.rsplit(".", 1)[0]  # a name (class, function) from a module
+        out.append((line, mod))
     return out
 
 
@@ -49,7 +47,7 @@ def _violations(root: Path = ROOT) -> list[str]:
     bad = []
     for path in sorted(root.rglob("*.py")):
         src = path.relative_to(root).with_suffix("").parts[0]
-        for line, mod in _imports(path):
+        for line, mod in _imports(path, root):
             parts = mod.split(".")
             target = parts[1]
             if target == src or target == "__version__":

@@ -1,8 +1,10 @@
 """The agent's collectors, one file each, registered in :data:`COLLECTORS`.
 
-Adding a collector means adding a file with a :class:`~.base.Collector` subclass and
-one line here; ``--collector.NAME`` / ``--no-collector.NAME`` and the config's
-``agent.collectors`` choices follow from this list.
+Adding a collector means adding a file with a :class:`~.base.Collector` subclass (which
+declares its ``name`` and ``default_enabled``) and one line here; the config's
+``agent.collectors`` names and default, and the ``--collector.NAME`` /
+``--no-collector.NAME`` flags, follow from this list. ``sentinel --help`` imports it,
+so a collector module imports heavy libraries (psutil, NVML) inside its methods.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""What every collector is: a name, ``collect()`` returning metric families, ``close()``."""
+"""What every collector is: a name, a default, ``collect()`` returning families, ``close()``."""
 
 from __future__ import annotations
 
@@ -6,11 +6,13 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from prometheus_client.core import Metric
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
 
-from sentinel.agent.config import AgentConfig
+    # Only for annotations: the config finds the collectors through this package.
+    from sentinel.agent.config import AgentConfig
 
 
 @dataclass
@@ -26,15 +28,22 @@ class Context:
 
 
 class Collector:
-    """Base class: subclasses set ``name`` and implement :meth:`collect`.
+    """Base class: subclasses set ``name`` and ``default_enabled`` and implement ``collect``.
 
-    ``collect`` may raise; the agent then reports ``sentinel_collector_success 0`` for
-    this collector and drops its output for that scrape. A collector that works but
-    is degraded (NVML absent, a bad textfile) sets ``self.success = False`` instead,
-    keeping what it could export.
+    ``name`` is the collector's label value, its entry in ``agent.collectors`` and its
+    ``--collector.NAME`` flag; ``default_enabled`` (True unless a collector says
+    otherwise) is whether it runs when the config does not list collectors, as
+    node_exporter's ``registerCollector(name, default, ...)``.
+
+    ``collect`` runs in the collector's own worker thread and may raise or overrun
+    ``agent.collector_timeout_seconds``; the agent then reports
+    ``sentinel_collector_success 0`` for this collector and drops its output for that
+    scrape. A collector that works but is degraded (NVML absent, a bad textfile) sets
+    ``self.success = False`` instead, keeping what it could export.
     """
 
-    name = ""
+    name: ClassVar[str] = ""
+    default_enabled: ClassVar[bool] = True
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx

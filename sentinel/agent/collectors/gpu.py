@@ -1,4 +1,4 @@
-"""GPU metrics through NVML (sentinel.agent.nvml), plus the XID event counter."""
+"""GPU metrics through NVML (sentinel.gpu.nvml), plus the XID event counter."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ from collections.abc import Callable
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from sentinel.agent.collectors.base import Collector, Context
-from sentinel.agent.nvml import (
-    CLOCK_EVENT_REASONS,
+from sentinel.gpu.nvml import (
     DeviceInfo,
     GpuSample,
     Nvml,
     NvmlUnavailable,
     XidWaiter,
 )
+from sentinel.gpu.reasons import CLOCK_EVENT_REASONS
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ class GpuCollector(Collector):
     def _labels(self, d: DeviceInfo) -> list[str]:
         return [str(d.index), d.uuid, d.name, d.pci_bus_id, self.ctx.hostname]
 
-    def collect(self) -> list[Metric]:  # noqa: C901 - one family after another
+    def collect(self) -> list[Metric]:
         """Sample every GPU and build the GPU families."""
         self._try_init()
         avail = GaugeMetricFamily(
@@ -117,91 +117,24 @@ class GpuCollector(Collector):
             self.success = False
             return [avail]
         self.success = True
-        nv = self._nvml
-        up = GaugeMetricFamily(
-            "sentinel_gpu_up",
-            "1 if every query of this GPU worked in the last collect, 0 if it errored or vanished.",
-            labels=LABELS,
-        )
-        gauges = {
-            name: GaugeMetricFamily(name, help_, labels=LABELS) for name, help_, _ in _GAUGES
-        }
-        energy = CounterMetricFamily(
-            "sentinel_gpu_energy_joules", "Energy used since the driver loaded.", labels=LABELS
-        )
-        reasons = GaugeMetricFamily(
-            "sentinel_gpu_clock_event_active",
-            "1 while this clock-event (throttle) reason is active.",
-            labels=[*LABELS, "reason"],
-        )
-        violation = CounterMetricFamily(
-            "sentinel_gpu_violation_seconds",
-            "Time clocks were held below target, by NVML perf policy.",
-            labels=[*LABELS, "reason"],
-        )
-        ecc = CounterMetricFamily(
-            "sentinel_gpu_ecc_errors", "ECC error counts.", labels=[*LABELS, "type", "counter"]
-        )
-        remapped = GaugeMetricFamily(
-            "sentinel_gpu_remapped_rows", "Rows remapped, by cause.", labels=[*LABELS, "cause"]
-        )
-        pending = GaugeMetricFamily(
-            "sentinel_gpu_remap_pending", "1 if a row remap is pending (reset needed).",
-            labels=LABELS,
-        )
-        failure = GaugeMetricFamily(
-            "sentinel_gpu_remap_failure", "1 if a row remap failed.", labels=LABELS
-        )
-        replay = CounterMetricFamily(
-            "sentinel_gpu_pcie_replay", "PCIe replay counter.", labels=LABELS
-        )
-        xid = CounterMetricFamily(
-            "sentinel_gpu_xid_errors",
-            "XID events seen by the agent's NVML event waiter (every event counts).",
-            labels=[*LABELS, "xid"],
-        )
-        by_uuid: dict[str, DeviceInfo] = {}
+        fams = _Families()
         for d in self._devices:
-            by_uuid[d.uuid] = d
-            lab = self._labels(d)
-            s: GpuSample = nv.sample(d.index)
+            s = self._nvml.sample(d.index)
             if s.errors:
                 log.debug("GPU %d: %s", d.index, "; ".join(s.errors))
-            up.add_metric(lab, 0.0 if (s.errors or s.gpu_lost) else 1.0)
-            if s.gpu_lost:
-                continue  # a lost GPU keeps only sentinel_gpu_up 0
-            for name, _help, attr in _GAUGES:
-                v = getattr(s, attr)
-                if v is not None:
-                    gauges[name].add_metric(lab, float(v))
-            if s.energy_j is not None:
-                energy.add_metric(lab, s.energy_j)
-            if s.clock_event_reasons is not None:
-                for rname, bit in CLOCK_EVENT_REASONS.items():
-                    active = 1.0 if s.clock_event_reasons & bit else 0.0
-                    reasons.add_metric([*lab, rname], active)
-            for vname, ns in s.violation_ns.items():
-                violation.add_metric([*lab, vname], ns / 1e9)
-            for (etype, counter), n in s.ecc_errors.items():
-                ecc.add_metric([*lab, etype, counter], float(n))
-            if s.remapped_rows_correctable is not None:
-                remapped.add_metric([*lab, "correctable"], float(s.remapped_rows_correctable))
-            if s.remapped_rows_uncorrectable is not None:
-                remapped.add_metric([*lab, "uncorrectable"], float(s.remapped_rows_uncorrectable))
-            if s.remap_pending is not None:
-                pending.add_metric(lab, float(s.remap_pending))
-            if s.remap_failure is not None:
-                failure.add_metric(lab, float(s.remap_failure))
-            if s.pcie_replay is not None:
-                replay.add_metric(lab, float(s.pcie_replay))
+            fams.add_sample(self._labels(d), s)
+        self._add_xids(fams.xid)
+        return [avail, *fams.metrics()]
+
+    def _add_xids(self, xid: CounterMetricFamily) -> None:
+        """Add the XID counts, labelled like their GPU (an unknown UUID keeps only it)."""
+        by_uuid = {d.uuid: d for d in self._devices}
         with self._xid_lock:
             counts = dict(self._xid_counts)
         for (uuid, code), n in sorted(counts.items()):
             dev = by_uuid.get(uuid)
             lab = self._labels(dev) if dev else ["", uuid, "", "", self.ctx.hostname]
             xid.add_metric([*lab, str(code)], float(n))
-        return [avail, up, *gauges.values(), energy, reasons, violation, ecc, remapped,
-                pending, failure, replay, xid]
 
     def close(self) -> None:
         """Stop the XID waiter and release NVML."""
@@ -211,3 +144,88 @@ class GpuCollector(Collector):
         if self._nvml is not None:
             self._nvml.shutdown()
             self._nvml = None
+
+
+class _Families:
+    """The per-GPU metric families of one collect, filled one GPU sample at a time."""
+
+    def __init__(self) -> None:
+        self.up = GaugeMetricFamily(
+            "sentinel_gpu_up",
+            "1 if every query of this GPU worked in the last collect, 0 if it errored or vanished.",
+            labels=LABELS,
+        )
+        self.gauges = {
+            name: GaugeMetricFamily(name, help_, labels=LABELS) for name, help_, _ in _GAUGES
+        }
+        self.energy = CounterMetricFamily(
+            "sentinel_gpu_energy_joules", "Energy used since the driver loaded.", labels=LABELS
+        )
+        self.reasons = GaugeMetricFamily(
+            "sentinel_gpu_clock_event_active",
+            "1 while this clock-event (throttle) reason is active.",
+            labels=[*LABELS, "reason"],
+        )
+        self.violation = CounterMetricFamily(
+            "sentinel_gpu_violation_seconds",
+            "Time clocks were held below target, by NVML perf policy.",
+            labels=[*LABELS, "reason"],
+        )
+        self.ecc = CounterMetricFamily(
+            "sentinel_gpu_ecc_errors", "ECC error counts.", labels=[*LABELS, "type", "counter"]
+        )
+        self.remapped = GaugeMetricFamily(
+            "sentinel_gpu_remapped_rows", "Rows remapped, by cause.", labels=[*LABELS, "cause"]
+        )
+        self.pending = GaugeMetricFamily(
+            "sentinel_gpu_remap_pending", "1 if a row remap is pending (reset needed).",
+            labels=LABELS,
+        )
+        self.failure = GaugeMetricFamily(
+            "sentinel_gpu_remap_failure", "1 if a row remap failed.", labels=LABELS
+        )
+        self.replay = CounterMetricFamily(
+            "sentinel_gpu_pcie_replay", "PCIe replay counter.", labels=LABELS
+        )
+        self.xid = CounterMetricFamily(
+            "sentinel_gpu_xid_errors",
+            "XID events seen by the agent's NVML event waiter (every event counts).",
+            labels=[*LABELS, "xid"],
+        )
+
+    def add_sample(self, lab: list[str], s: GpuSample) -> None:
+        """Add one GPU's sample; a lost GPU keeps only sentinel_gpu_up 0."""
+        self.up.add_metric(lab, 0.0 if (s.errors or s.gpu_lost) else 1.0)
+        if s.gpu_lost:
+            return
+        for name, _help, attr in _GAUGES:
+            v = getattr(s, attr)
+            if v is not None:
+                self.gauges[name].add_metric(lab, float(v))
+        if s.energy_j is not None:
+            self.energy.add_metric(lab, s.energy_j)
+        if s.clock_event_reasons is not None:
+            for rname, bit in CLOCK_EVENT_REASONS.items():
+                self.reasons.add_metric([*lab, rname], 1.0 if s.clock_event_reasons & bit else 0.0)
+        for vname, ns in s.violation_ns.items():
+            self.violation.add_metric([*lab, vname], ns / 1e9)
+        for (etype, counter), n in s.ecc_errors.items():
+            self.ecc.add_metric([*lab, etype, counter], float(n))
+        self._add_remap(lab, s)
+        if s.pcie_replay is not None:
+            self.replay.add_metric(lab, float(s.pcie_replay))
+
+    def _add_remap(self, lab: list[str], s: GpuSample) -> None:
+        if s.remapped_rows_correctable is not None:
+            self.remapped.add_metric([*lab, "correctable"], float(s.remapped_rows_correctable))
+        if s.remapped_rows_uncorrectable is not None:
+            self.remapped.add_metric([*lab, "uncorrectable"], float(s.remapped_rows_uncorrectable))
+        if s.remap_pending is not None:
+            self.pending.add_metric(lab, float(s.remap_pending))
+        if s.remap_failure is not None:
+            self.failure.add_metric(lab, float(s.remap_failure))
+
+    def metrics(self) -> list[Metric]:
+        """Return the families in exposition order."""
+        return [self.up, *self.gauges.values(), self.energy, self.reasons, self.violation,
+                self.ecc, self.remapped, self.pending, self.failure, self.replay, self.xid]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
-import psutil
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from sentinel.agent.collectors.base import Collector, Context
@@ -22,11 +22,18 @@ class HostCollector(Collector):
         self.paths = list(ctx.config.filesystem_paths)
         self._prev_cpu: tuple[float, float] | None = None
 
-    def _cpu_times(self) -> tuple[float, float]:
-        """Return (busy, total) CPU seconds from <procfs>/stat."""
+    def _psutil(self) -> Any:
+        """Return psutil reading the configured procfs."""
+        # Imported here so that `sentinel --help`, which lists the collectors, skips it.
+        import psutil  # noqa: PLC0415
+
         # psutil reads /proc through this module global; the agent is its only user.
         psutil.PROCFS_PATH = self.procfs
-        t = psutil.cpu_times()
+        return psutil
+
+    def _cpu_times(self) -> tuple[float, float]:
+        """Return (busy, total) CPU seconds from <procfs>/stat."""
+        t = self._psutil().cpu_times()
         idle = t.idle + getattr(t, "iowait", 0.0)
         total = sum(t)
         # guest time is already inside user/nice on Linux; do not count it twice.
@@ -44,8 +51,7 @@ class HostCollector(Collector):
         )
         cpu.add_metric([], max(0.0, min(1.0, (busy - prev[0]) / d_total)) if d_total > 0 else 0.0)
 
-        psutil.PROCFS_PATH = self.procfs
-        vm = psutil.virtual_memory()
+        vm = self._psutil().virtual_memory()
         mem_total = GaugeMetricFamily("sentinel_host_memory_total_bytes", "Total RAM.")
         mem_total.add_metric([], float(vm.total))
         mem_avail = GaugeMetricFamily(

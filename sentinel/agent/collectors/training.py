@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import socket
 import stat
@@ -28,7 +27,7 @@ from prometheus_client.core import (
 
 from sentinel import protocol
 from sentinel.agent.collectors.base import Collector, Context
-from sentinel.agent.steps import STEP_DURATION_BUCKETS, StepStore
+from sentinel.agent.steps import STEP_DURATION_BUCKETS, RankState, StepStore
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +127,95 @@ def _bind_udp(host: str, port: int, rcvbuf: int) -> socket.socket:
     return s
 
 
+class _Families:
+    """The training families of one scrape, filled in rank by rank."""
+
+    def __init__(self) -> None:
+        lab = ["job", "rank", "hostname"]
+        self.step = GaugeMetricFamily("sentinel_train_step", "Last reported step.", labels=lab)
+        self.loss = GaugeMetricFamily(
+            "sentinel_train_loss", "Last reported loss (NaN is exported as NaN).", labels=lab
+        )
+        self.gnorm = GaugeMetricFamily(
+            "sentinel_train_grad_norm", "Last reported gradient norm.", labels=lab
+        )
+        self.tokens = CounterMetricFamily("sentinel_train_tokens", "Tokens processed.",
+                                          labels=lab)
+        self.samples = CounterMetricFamily("sentinel_train_samples", "Samples processed.",
+                                           labels=lab)
+        self.tps = GaugeMetricFamily(
+            "sentinel_train_tokens_per_second",
+            "Tokens per second over the agent's rate window.",
+            labels=lab,
+        )
+        self.hist = HistogramMetricFamily(
+            "sentinel_train_step_duration_seconds",
+            "Time between consecutive step reports of a rank.",
+            labels=lab,
+        )
+        self.age = GaugeMetricFamily(
+            "sentinel_train_seconds_since_last_report", "Age of the last report.", labels=lab
+        )
+        self.events = CounterMetricFamily(
+            "sentinel_train_events", "Events reported by the job.", labels=[*lab, "kind"]
+        )
+        self.job_info = GaugeMetricFamily(
+            "sentinel_train_job_info", "A training job on this node.",
+            labels=["job", "hostname", "ranks"],
+        )
+        self.rank_info = GaugeMetricFamily(
+            "sentinel_train_rank_info",
+            "Joins a job's rank to its process and GPU.",
+            labels=["job", "rank", "pid", "UUID", "hostname"],
+        )
+        self.received = CounterMetricFamily(
+            "sentinel_train_datagrams_received",
+            "Step and event datagrams accepted.",
+        )
+        self.dropped = CounterMetricFamily(
+            "sentinel_train_datagrams_dropped", "Datagrams dropped, by reason.",
+            labels=["reason"],
+        )
+        self.rep_dropped = CounterMetricFamily(
+            "sentinel_train_reporter_dropped",
+            "Reports the job's Reporter dropped on its side (agent away, socket queue full).",
+            labels=lab,
+        )
+
+    def all(self) -> list[Metric]:
+        """Return the families in exposition order."""
+        return [self.job_info, self.rank_info, self.step, self.loss, self.gnorm, self.tokens,
+                self.samples, self.tps, self.hist, self.age, self.events, self.received,
+                self.dropped, self.rep_dropped]
+
+    def add_rank(self, lv: list[str], st: RankState, now: float, tps: float | None) -> None:
+        """Add one rank's series; ``lv`` is (job, rank, hostname), ``tps`` None if finished."""
+        job, rank, host = lv
+        self.rank_info.add_metric([job, rank, str(st.pid), st.gpu_uuid, host], 1.0)
+        if st.finished_at is None:  # a finished rank has no age to alert on
+            self.age.add_metric(lv, max(0.0, now - st.last_seen))
+        for kind, n in sorted(st.events.items()):
+            self.events.add_metric([*lv, kind], float(n))
+        self.rep_dropped.add_metric(lv, float(st.reporter_dropped_base + st.reporter_dropped_last))
+        if st.step < 0:
+            return  # only events so far
+        self.step.add_metric(lv, float(st.step))
+        self.loss.add_metric(lv, st.loss)
+        if st.grad_norm is not None:
+            self.gnorm.add_metric(lv, st.grad_norm)
+        self.tokens.add_metric(lv, float(st.tokens_total))
+        self.samples.add_metric(lv, float(st.samples_total))
+        if tps is not None:  # nor a throughput that fell to zero
+            self.tps.add_metric(lv, tps)
+        buckets: list[tuple[str, float]] = []
+        acc = 0
+        for bound, n in zip(STEP_DURATION_BUCKETS, st.bucket_counts, strict=False):
+            acc += n
+            buckets.append((repr(bound), float(acc)))
+        buckets.append(("+Inf", float(acc + st.bucket_counts[-1])))
+        self.hist.add_metric(lv, buckets, st.duration_sum)
+
+
 class TrainingCollector(Collector):
     """Per job and rank: step, loss, grad norm, tokens, rates, step-time histogram."""
 
@@ -146,7 +234,6 @@ class TrainingCollector(Collector):
         )
         self.readers: list[_Reader] = []
         self.socket_path = c.socket
-        self.udp_bound: tuple[str, int] | None = None
 
     def start(self) -> None:
         """Bind the report sockets and start their reader threads."""
@@ -157,7 +244,6 @@ class TrainingCollector(Collector):
         udp = c.udp()
         if udp:
             s = _bind_udp(udp[0], udp[1], c.socket_rcvbuf_bytes)
-            self.udp_bound = s.getsockname()[:2]
             self.readers.append(_Reader(s, self.store, "udp", ovfl=True))
         for r in self.readers:
             r.start()
@@ -166,93 +252,23 @@ class TrainingCollector(Collector):
         """Return True while every reader thread runs."""
         return all(r.thread.is_alive() for r in self.readers)
 
-    def collect(self) -> list[Metric]:  # noqa: C901 - one family after another
+    def collect(self) -> list[Metric]:
         """Build the training families from the store."""
         host = self.ctx.hostname
         now = self.ctx.monotonic()
         self.store.expire()
-        lab = ["job", "rank", "hostname"]
-        step = GaugeMetricFamily("sentinel_train_step", "Last reported step.", labels=lab)
-        loss = GaugeMetricFamily(
-            "sentinel_train_loss", "Last reported loss (NaN is exported as NaN).", labels=lab
-        )
-        gnorm = GaugeMetricFamily(
-            "sentinel_train_grad_norm", "Last reported gradient norm.", labels=lab
-        )
-        tokens = CounterMetricFamily("sentinel_train_tokens", "Tokens processed.", labels=lab)
-        samples = CounterMetricFamily("sentinel_train_samples", "Samples processed.", labels=lab)
-        tps = GaugeMetricFamily(
-            "sentinel_train_tokens_per_second",
-            "Tokens per second over the agent's rate window.",
-            labels=lab,
-        )
-        hist = HistogramMetricFamily(
-            "sentinel_train_step_duration_seconds",
-            "Time between consecutive step reports of a rank.",
-            labels=lab,
-        )
-        age = GaugeMetricFamily(
-            "sentinel_train_seconds_since_last_report", "Age of the last report.", labels=lab
-        )
-        events = CounterMetricFamily(
-            "sentinel_train_events", "Events reported by the job.", labels=[*lab, "kind"]
-        )
-        job_info = GaugeMetricFamily(
-            "sentinel_train_job_info", "A training job on this node.",
-            labels=["job", "hostname", "ranks"],
-        )
-        rank_info = GaugeMetricFamily(
-            "sentinel_train_rank_info",
-            "Joins a job's rank to its process and GPU.",
-            labels=["job", "rank", "pid", "UUID", "hostname"],
-        )
-        received = CounterMetricFamily(
-            "sentinel_train_datagrams_received",
-            "Step and event datagrams accepted.",
-        )
-        dropped = CounterMetricFamily(
-            "sentinel_train_datagrams_dropped", "Datagrams dropped, by reason.", labels=["reason"]
-        )
-        rep_dropped = CounterMetricFamily(
-            "sentinel_train_reporter_dropped",
-            "Reports the job's Reporter dropped on its side (agent away, socket queue full).",
-            labels=lab,
-        )
+        f = _Families()
         with self.store.lock:
             for job_name, job in sorted(self.store.jobs.items()):
-                job_info.add_metric([job_name, host, str(len(job.ranks))], 1.0)
+                f.job_info.add_metric([job_name, host, str(len(job.ranks))], 1.0)
                 for r, st in sorted(job.ranks.items()):
-                    lv = [job_name, str(r), host]
-                    rank_info.add_metric([job_name, str(r), str(st.pid), st.gpu_uuid, host], 1.0)
-                    if st.finished_at is None:  # a finished rank has no age to alert on
-                        age.add_metric(lv, max(0.0, now - st.last_seen))
-                    for kind, n in sorted(st.events.items()):
-                        events.add_metric([*lv, kind], float(n))
-                    rep_dropped.add_metric(
-                        lv, float(st.reporter_dropped_base + st.reporter_dropped_last)
-                    )
-                    if st.step < 0:
-                        continue  # only events so far
-                    step.add_metric(lv, float(st.step))
-                    loss.add_metric(lv, st.loss)
-                    if st.grad_norm is not None:
-                        gnorm.add_metric(lv, st.grad_norm)
-                    tokens.add_metric(lv, float(st.tokens_total))
-                    samples.add_metric(lv, float(st.samples_total))
-                    if st.finished_at is None:  # nor a throughput that fell to zero
-                        tps.add_metric(lv, self.store.tokens_per_second(st, now))
-                    buckets: list[tuple[str, float]] = []
-                    acc = 0
-                    for bound, n in zip(STEP_DURATION_BUCKETS, st.bucket_counts, strict=False):
-                        acc += n
-                        buckets.append((repr(bound), float(acc)))
-                    buckets.append(("+Inf", float(acc + st.bucket_counts[-1])))
-                    hist.add_metric(lv, buckets, st.duration_sum)
-            received.add_metric([], float(self.store.received))
+                    tps = None if st.finished_at is not None else (
+                        self.store.tokens_per_second(st, now))
+                    f.add_rank([job_name, str(r), host], st, now, tps)
+            f.received.add_metric([], float(self.store.received))
             for reason, n in sorted(self.store.dropped.items()):
-                dropped.add_metric([reason], float(n))
-        return [job_info, rank_info, step, loss, gnorm, tokens, samples, tps, hist, age,
-                events, received, dropped, rep_dropped]
+                f.dropped.add_metric([reason], float(n))
+        return f.all()
 
     def close(self) -> None:
         """Stop the readers, close the sockets and remove the Unix socket file."""
@@ -267,11 +283,3 @@ class TrainingCollector(Collector):
                 if stat.S_ISSOCK(os.lstat(self.socket_path).st_mode):
                     os.unlink(self.socket_path)
 
-
-def finite_or_text(v: float | None) -> float | str | None:
-    """Return v, or "NaN"/"Infinity"/"-Infinity" for the JSON step stream."""
-    if v is None or math.isfinite(v):
-        return v
-    if math.isnan(v):
-        return "NaN"
-    return "Infinity" if v > 0 else "-Infinity"

@@ -20,11 +20,6 @@ class Episode:
     worst: float
     last_bad: float
 
-    def as_dict(self) -> dict[str, float | None]:
-        """Return a JSON-ready summary."""
-        return {"start": self.start, "end": self.end, "flagged": self.flagged,
-                "baseline": self.baseline, "worst": self.worst}
-
 
 def resolution(points: list[tuple[float, float]], hint: float | None = None) -> float:
     """Return the sample spacing: ``hint`` if given, else the median gap."""

@@ -132,6 +132,5 @@ def detect(window: Window, params: Params) -> list[Finding]:
 
 SPEC = DetectorSpec(
     name=NAME, params=Params, detect=detect, inputs=("findings",), required=(),
-    default_severity="warning", default_action="notify",
     description="storage stall / job-wide slowdown (worsening?) / throttling GPU / straggler",
 )

@@ -73,6 +73,6 @@ def detect(window: Window, params: Params) -> list[Finding]:
 
 SPEC = DetectorSpec(
     name=NAME, params=Params, detect=detect, inputs=("disk_read_latency",),
-    required=("disk_read_latency",), default_severity="warning", default_action="notify",
+    required=("disk_read_latency",),
     description="disk read latency far above the node's own baseline",
 )

@@ -106,6 +106,5 @@ def detect(window: Window, params: Params) -> list[Finding]:
 SPEC = DetectorSpec(
     name=NAME, params=Params, detect=detect,
     inputs=("xid_new", "ecc_uncorrected_new", "remap_failure", "gpu_up"), required=(),
-    default_severity="critical", default_action="spare_swap",
     description="new XIDs by class, uncorrected ECC, row-remap failure, GPU gone",
 )

@@ -4,31 +4,20 @@ Throttle reasons are a bitmask: a GPU throttled for HW slowdown *and* power cap 
 once has both bits set, so the check is ``mask & BAD_REASONS != 0`` (gpu-fryer's
 equality test misses combined bits). Input either a bitmask series (value = mask) or
 the agent's one-series-per-reason 0/1 gauges (label ``reason``), which are folded
-back into a mask per GPU and timestamp.
+back into a mask per GPU and timestamp. Reason names, bits and the default "bad" set
+come from :mod:`sentinel.gpu.reasons`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from sentinel.gpu.reasons import BAD_REASONS, CLOCK_EVENT_REASONS, mask
 from sentinel.rules.finding import Finding
 from sentinel.rules.spec import DetectorSpec
 from sentinel.rules.window import Series, Window, node_of
 
 NAME = "gpu_throttle"
-
-# NVML clocks-event reason bits (nvml.h, nvmlClocksEventReason*); the same values as
-# sentinel.agent.nvml.CLOCK_EVENT_REASONS (a unit test checks they agree).
-REASON_BITS: dict[str, int] = {
-    "gpu_idle": 0x1, "applications_clocks_setting": 0x2, "sw_power_cap": 0x4,
-    "hw_slowdown": 0x8, "sync_boost": 0x10, "sw_thermal_slowdown": 0x20,
-    "hw_thermal_slowdown": 0x40, "hw_power_brake_slowdown": 0x80, "display_clock_setting": 0x100,
-}
-# Reasons that mean the GPU is slowed by heat or a hardware protection, not by the
-# workload (idle) or a setting; power cap alone is normal under full load.
-BAD_REASONS = ("hw_slowdown", "sw_thermal_slowdown", "hw_thermal_slowdown",
-               "hw_power_brake_slowdown")
-
 
 @dataclass
 class Params:
@@ -42,7 +31,7 @@ class Params:
     )
     reasons: list[str] = field(
         default_factory=lambda: list(BAD_REASONS),
-        metadata={"help": "reasons that count", "choices": tuple(REASON_BITS)},
+        metadata={"help": "reasons that count", "choices": tuple(CLOCK_EVENT_REASONS)},
     )
     temperature_margin_c: float = field(
         default=5.0,
@@ -64,7 +53,7 @@ def _masks(series: list[Series]) -> dict[tuple[str, str, str], dict[float, int]]
             if v != v:  # NaN: no value
                 continue
             if reason is not None:
-                bit = REASON_BITS.get(reason, 0) if v > 0 else 0
+                bit = CLOCK_EVENT_REASONS.get(reason, 0) if v > 0 else 0
                 d[t] = d.get(t, 0) | bit
             else:
                 d[t] = d.get(t, 0) | int(v)
@@ -82,9 +71,7 @@ def _expected_samples(window: Window, seen: int) -> int:
 def detect(window: Window, params: Params) -> list[Finding]:
     """Return one finding per throttled GPU and per GPU close to its slowdown temperature."""
     p = params
-    bad = 0
-    for r in p.reasons:
-        bad |= REASON_BITS[r]
+    bad = mask(p.reasons)
     out: list[Finding] = []
     for (node, gpu, uuid), masks in sorted(_masks(window.role("clock_event_reasons")).items()):
         if not masks:
@@ -94,7 +81,7 @@ def detect(window: Window, params: Params) -> list[Finding]:
         frac = len(hits) / total
         if frac < p.min_fraction or not hits:
             continue
-        seen = sorted(r for r, bit in REASON_BITS.items() if any(m & bit for m in hits))
+        seen = sorted(r for r, bit in CLOCK_EVENT_REASONS.items() if any(m & bit for m in hits))
         times = sorted(t for t, m in masks.items() if m & bad)
         out.append(Finding(
             kind="gpu_throttle", severity="warning",
@@ -132,6 +119,6 @@ def detect(window: Window, params: Params) -> list[Finding]:
 SPEC = DetectorSpec(
     name=NAME, params=Params, detect=detect,
     inputs=("clock_event_reasons", "temperature", "slowdown_temperature"),
-    required=("clock_event_reasons",), default_severity="warning", default_action="burnin",
+    required=("clock_event_reasons",),
     description="throttle reasons active for much of the window (any bad bit); hot GPUs",
 )

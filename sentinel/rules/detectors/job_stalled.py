@@ -109,7 +109,8 @@ def detect(window: Window, params: Params) -> list[Finding]:
 
 SPEC = DetectorSpec(
     name=NAME, params=Params, detect=detect,
-    inputs=("steps", "seconds_since_last_report", "step_duration"), required=(),
-    default_severity="critical", default_action="notify",
+    # From series both are needed: a report age means nothing without the usual step time.
+    inputs=("steps", "seconds_since_last_report", "step_duration"),
+    required=("seconds_since_last_report", "step_duration"),
     description="no step for much longer than the usual step time",
 )

@@ -33,8 +33,6 @@ from sentinel.rules.window import StepPoint, Window
 
 NAME = "loss_spike"
 
-CLASSES = ("pending", "recoverable_fast", "recoverable_slow", "diverged", "plateau")
-
 
 @dataclass
 class Params:
@@ -136,9 +134,8 @@ class _Event:
     nonfinite_steps: int = 0
     nonfinite_run: int = 0
     in_band: int = 0
+    # pending, then recoverable_fast, recoverable_slow, diverged or plateau
     cls: str = "pending"
-    closed: bool = False
-    end_step: int = 0
     time_start: float | None = None
     time_end: float | None = None
     recent: deque[float] = field(default_factory=deque)
@@ -195,7 +192,7 @@ class _Tracker:
     def _rewind(self, step: int) -> None:
         """Return to the state at ``step``: the run restarted from a checkpoint there."""
         if self.event is not None:
-            self._close(self.last_step if self.last_step is not None else step)
+            self._close()
         while self.accepted and self.accepted[-1][0] >= step:
             self.accepted.pop()
         self.loss.reset(x for _, x in list(self.accepted)[-self.p.history:])
@@ -227,7 +224,7 @@ class _Tracker:
                 self._open(pt, "spike", b0=m, s0=s, r=r)
                 return
             self._remember_median(pt.step, m)
-            best_step, best = min(self.medians, key=lambda sm: sm[1])
+            best = min(m for _, m in self.medians)
             if m - best > p.drift_jump:
                 start = self._drift_start(best)
                 self._open(pt, "drift", b0=best, s0=s, r=x - best, start=start)
@@ -331,7 +328,7 @@ class _Tracker:
                 if ev.last_anom - ev.start <= p.fast_recovery_steps
                 else "recoverable_slow"
             )
-            self._close(pt.step)
+            self._close()
             return
         age = pt.step - ev.start
         if age >= p.plateau_check_steps and len(ev.recent) >= p.trend_window:
@@ -350,13 +347,10 @@ class _Tracker:
                 # from it so later spikes on the plateau are still found.
                 self.loss.reset(list(ev.recent)[-p.history:])
                 self.medians.clear()
-                self._close(pt.step)
+                self._close()
 
-    def _close(self, step: int) -> None:
-        ev = self.event
-        assert ev is not None
-        ev.closed = True
-        ev.end_step = step
+    def _close(self) -> None:
+        assert self.event is not None
         self.event = None
         self.medians.clear()
 
@@ -428,8 +422,6 @@ SPEC = DetectorSpec(
     params=Params,
     detect=detect,
     inputs=("steps",),
-    required=("steps",),
-    default_severity="warning",
-    default_action="rollback_skip",
+    required=(),
     description="loss/grad-norm spikes, NaN/Inf and divergence with recovery classification",
 )

@@ -172,7 +172,5 @@ SPEC = DetectorSpec(
     detect=detect,
     inputs=("tokens_per_sec", "tokens_per_sec_cluster", "steps"),
     required=("tokens_per_sec",),
-    default_severity="warning",
-    default_action="notify",
     description="sustained tokens/sec drop vs the run's baseline and vs the cluster median",
 )

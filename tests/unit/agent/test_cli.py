@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from sentinel.gpu.nvml_replay import H100_LOAD
+from tests.support.collectors import FIXTURES, PROC, make_ctx, render_collector
+from tests.support.metrics import check_promtool, samples, value
 from tests.support.services import need_binary
-from tests.unit.agent.conftest import FIXTURES, H100, PROC, samples, value
 
 GOLDEN = FIXTURES / "agent" / "golden.prom"
 TEXTFILES = FIXTURES / "agent" / "textfile"
@@ -69,7 +71,7 @@ def once_fixture_scrape(tmp_path: Path) -> str:
     cfg = tmp_path / "sentinel.yml"
     cfg.write_text("agent:\n  hostname: node1\n  filesystem_paths: ['/']\n")
     r = agent(f"--config={cfg}", "--once", f"--procfs={PROC}",
-              f"--gpu-replay={H100 / 'nvml_load.json'}", f"--textfile-dir={TEXTFILES}",
+              f"--gpu-replay={H100_LOAD}", f"--textfile-dir={TEXTFILES}",
               f"--socket={tmp_path / 'agent.sock'}")
     assert r.returncode == 0, r.stderr
     return r.stdout
@@ -94,19 +96,6 @@ def test_golden_scrape_matches_and_passes_promtool(tmp_path):
     check_promtool(text)
 
 
-def check_promtool(text: str) -> None:
-    promtool = need_binary("promtool", "prometheus")
-    r = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True,
-                       text=True, timeout=30)
-    # The only lint allowed is the camelCase of `modelName`, the label dcgm-exporter users
-    # join on (docs/DESIGN.md); everything else must be clean, which the rewritten copy shows.
-    problems = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.strip()]
-    assert all("snake_case" in ln for ln in problems), problems
-    r2 = subprocess.run([promtool, "check", "metrics"], input=text.replace("modelName=",
-                        "model_name="), capture_output=True, text=True, timeout=30)
-    assert r2.returncode == 0 and not (r2.stdout + r2.stderr).strip(), r2.stdout + r2.stderr
-
-
 def test_bad_textfile_fails_only_the_textfile_collector(tmp_path):
     d = tmp_path / "tf"
     shutil.copytree(TEXTFILES, d)
@@ -124,8 +113,6 @@ def test_bad_textfile_fails_only_the_textfile_collector(tmp_path):
 
 def test_textfile_may_not_shadow_agent_metrics(tmp_path):
     from sentinel.agent.collectors.textfile import TextfileCollector
-    from tests.unit.agent.conftest import make_ctx
-    from tests.unit.agent.test_gpu import render_collector
 
     (tmp_path / "x.prom").write_text("sentinel_collector_success{collector=\"gpu\"} 1\n")
     c = TextfileCollector(make_ctx(tmp_path, textfile_dir=str(tmp_path)))
@@ -137,8 +124,6 @@ def test_textfile_may_not_shadow_agent_metrics(tmp_path):
 
 def test_host_collector_reads_the_fixture_procfs(tmp_path):
     from sentinel.agent.collectors.host import HostCollector
-    from tests.unit.agent.conftest import make_ctx
-    from tests.unit.agent.test_gpu import render_collector
 
     proc = tmp_path / "proc"
     shutil.copytree(PROC, proc)
@@ -172,8 +157,8 @@ def test_host_collector_reads_the_fixture_procfs(tmp_path):
      # killed; it must feed at half of $WATCHDOG_USEC (0.2 s here) instead.
      ("60", "400000")],
 )
-def test_notify_socket_gets_ready_and_watchdog(tmp_path, interval, watchdog_usec):
-    """The agent sends READY=1 and then WATCHDOG=1 to $NOTIFY_SOCKET, as systemd expects."""
+def test_notify_socket_gets_ready_watchdog_and_stopping(tmp_path, interval, watchdog_usec):
+    """The agent sends READY=1, then WATCHDOG=1, then STOPPING=1 on SIGTERM, as systemd expects."""
     from tests.support.services import free_port
 
     ns = tmp_path / "notify.sock"
@@ -183,13 +168,14 @@ def test_notify_socket_gets_ready_and_watchdog(tmp_path, interval, watchdog_usec
     cfg = tmp_path / "c.yml"
     cfg.write_text(f"agent:\n  watchdog_interval_seconds: {interval}\n")
     e = {k: v for k, v in os.environ.items()
-         if not k.startswith("SENTINEL_") and k != "WATCHDOG_USEC"}
+         if not k.startswith("SENTINEL_") and k not in ("WATCHDOG_USEC", "WATCHDOG_PID")}
     e["NOTIFY_SOCKET"] = str(ns)
     if watchdog_usec:
         e["WATCHDOG_USEC"] = watchdog_usec
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "sentinel", "agent", f"--config={cfg}",
-         f"--listen-address=127.0.0.1:{free_port()}", f"--socket={tmp_path / 'a.sock'}",
+         f"--listen-address=127.0.0.1:{port}", f"--socket={tmp_path / 'a.sock'}",
          f"--procfs={PROC}", "--no-collector.gpu"], env=e,
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     got: list[str] = []
@@ -197,12 +183,17 @@ def test_notify_socket_gets_ready_and_watchdog(tmp_path, interval, watchdog_usec
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline and got.count("WATCHDOG=1") < 2:
             got.append(srv.recv(4096).decode())
-    finally:
         proc.terminate()
-        proc.wait(10)
+        got.append(srv.recv(4096).decode())
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
         srv.close()
-    assert got[0] == "READY=1"
-    assert got.count("WATCHDOG=1") >= 2
+    assert got[0] == f"READY=1\nSTATUS=serving http://127.0.0.1:{port}/metrics"
+    assert got[1:-1] == ["WATCHDOG=1"] * (len(got) - 2) and len(got) >= 4
+    assert got[-1] == "STOPPING=1"
 
 
 def test_unit_file_verifies_without_warnings(tmp_path):

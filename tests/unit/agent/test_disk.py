@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import shutil
-from pathlib import Path
 
 import pytest
 
@@ -15,15 +14,8 @@ from sentinel.agent.collectors.disk import (
     read_latency_seconds,
 )
 from sentinel.agent.config import DEFAULT_DISK_EXCLUDE
-from tests.unit.agent.conftest import H100, make_ctx, value
-from tests.unit.agent.test_gpu import render_collector
-
-
-def proc_dir(tmp_path: Path, which: int) -> Path:
-    d = tmp_path / "proc"
-    d.mkdir(exist_ok=True)
-    shutil.copy(H100 / f"diskstats-{which}.txt", d / "diskstats")
-    return d
+from tests.support.collectors import H100, make_ctx, proc_dir, render_collector
+from tests.support.metrics import value
 
 
 def test_default_exclusion_skips_ram_loop_and_partitions():

@@ -9,19 +9,20 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry, generate_latest
 
 from sentinel.agent.collectors.gpu import GpuCollector
 from sentinel.agent.exporter import Agent
-from sentinel.agent.nvml import CLOCK_EVENT_REASONS, Nvml, NvmlUnavailable
-from sentinel.agent.nvml_replay import ReplayBackend
-from tests.unit.agent.conftest import H100, make_ctx, samples, value
+from sentinel.gpu.nvml import Nvml, NvmlUnavailable
+from sentinel.gpu.nvml_replay import ReplayBackend
+from sentinel.gpu.reasons import CLOCK_EVENT_REASONS
+from tests.support.collectors import H100, NVML_DUMPS, make_ctx, render_collector
+from tests.support.metrics import samples, value
 
 UUID = "GPU-52cb8648-0d3c-f8e6-e869-4d0d404c50f2"
 
 
 def load(phase: str) -> dict:
-    return json.loads((H100 / f"nvml_{phase}.json").read_text())
+    return json.loads(NVML_DUMPS[phase].read_text())
 
 
 def scrape(tmp_path: Path, backend: ReplayBackend, collectors=("gpu",)) -> tuple[str, Agent]:
@@ -35,16 +36,6 @@ def scrape(tmp_path: Path, backend: ReplayBackend, collectors=("gpu",)) -> tuple
         return agent.render().decode(), agent
     finally:
         agent.close()
-
-
-def render_collector(c: GpuCollector) -> str:
-    class A:
-        def collect(self):
-            return c.collect()
-
-    reg = CollectorRegistry(auto_describe=False)
-    reg.register(A())
-    return generate_latest(reg).decode()
 
 
 @pytest.mark.parametrize("phase", ["idle", "load"])

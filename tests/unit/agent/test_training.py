@@ -20,9 +20,10 @@ from sentinel.agent.server import HttpServer
 from sentinel.agent.steps import MAX_RATE_ENTRIES, StepStore
 from sentinel.protocol import Identity, StepReport
 from sentinel.train.reporter import Reporter
+from tests.support.collectors import make_ctx, render_collector
+from tests.support.metrics import value
 from tests.support.services import free_port
-from tests.unit.agent.conftest import make_ctx, value
-from tests.unit.agent.test_gpu import render_collector
+from tests.support.strictjson import strict_loads
 
 
 class Clock:
@@ -166,8 +167,8 @@ def test_reporter_steps_reach_metrics_and_the_step_stream(running):
     assert value(text, "sentinel_train_rank_info", UUID="GPU-abc", pid=str(os.getpid())) == 1
     assert value(text, "sentinel_train_seconds_since_last_report", **lab) < 5
     assert value(text, "sentinel_train_tokens_per_second", **lab) > 0
-    body = requests.get(f"{url}/api/v1/steps", params={"job": "run1", "since": 4},
-                        timeout=5).json()
+    body = strict_loads(requests.get(f"{url}/api/v1/steps", params={"job": "run1", "since": 4},
+                                     timeout=5).text)
     assert body["job"] == "run1"
     assert [s["step"] for s in body["steps"]] == [4, 5]
     last = body["steps"][-1]

@@ -8,20 +8,19 @@ run their real code. Only what needs a GPU is replaced.
 import threading
 import time
 import types
-from pathlib import Path
 
 import pytest
 
-from sentinel.agent.nvml import Nvml
-from sentinel.agent.nvml_replay import ReplayBackend
 from sentinel.burnin.api import run_burnin
 from sentinel.burnin.config import BurninConfig, BurninConfigError
 from sentinel.burnin.verdict import Verdict
 from sentinel.cli import main
+from sentinel.gpu.nvml import Nvml
+from sentinel.gpu.nvml_replay import H100_LOAD, ReplayBackend
 
 torch = pytest.importorskip("torch")
 
-LOAD = Path(__file__).parents[2] / "fixtures" / "h100" / "nvml_load.json"
+LOAD = H100_LOAD
 SMALL = {"size": 128, "duration": 1.0, "warmup": 0.0, "memtest_seconds": 0.0,
          "hang_timeout": 1.0, "sample_interval": 0.1, "check_every": 4}
 
@@ -161,12 +160,12 @@ def test_unwritable_textfile_directory_exits_2_naming_it(tmp_path, capsys):
 
 def test_late_textfile_failure_keeps_the_results(tmp_path, monkeypatch):
     backend, uuid = _replay()
-    import sentinel.burnin.report as report_mod
+    import sentinel.burnin.api as api_mod
 
     def full_disk(path, report):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(report_mod, "write_textfile", full_disk)
+    monkeypatch.setattr(api_mod, "write_textfile", full_disk)
     rep = run_burnin(BurninConfig(**SMALL, textfile=str(tmp_path / "b.prom")),
                      nvml=Nvml(backend), torch=FakeTorch(uuid))
     assert rep.verdicts and rep.records[0].perf

@@ -2,14 +2,13 @@
 
 import io
 import json
-import subprocess
 
 import pytest
 
-from sentinel.burnin.api import BurninReport
 from sentinel.burnin.baselines import load_baselines
 from sentinel.burnin.config import BurninConfig
 from sentinel.burnin.report import (
+    BurninReport,
     ProgressBar,
     format_table,
     json_line,
@@ -18,7 +17,7 @@ from sentinel.burnin.report import (
     write_textfile,
 )
 from sentinel.burnin.verdict import VerdictConfig, judge
-from tests.support.services import need_binary
+from tests.support.metrics import check_promtool
 
 
 @pytest.fixture
@@ -70,21 +69,9 @@ def test_textfile_series(report):
 
 @pytest.mark.integration
 def test_textfile_passes_promtool(report, tmp_path):
-    promtool = need_binary("promtool", "prometheus")
     path = tmp_path / "burnin.prom"
     write_textfile(path, report)
-    text = path.read_text()
-    r = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True,
-                       text=True, timeout=30)
-    # The one lint allowed is the camelCase of `modelName`, spelled as dcgm-exporter does
-    # so dashboards join on it (the agent's GPU series do the same); with it renamed, the
-    # exposition must be clean.
-    problems = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.strip()]
-    assert problems and all("snake_case" in ln for ln in problems), problems
-    r2 = subprocess.run([promtool, "check", "metrics"],
-                        input=text.replace("modelName=", "model_name="), capture_output=True,
-                        text=True, timeout=30)
-    assert r2.returncode == 0 and not (r2.stdout + r2.stderr).strip(), r2.stdout + r2.stderr
+    check_promtool(path.read_text())
 
 
 def test_textfile_is_replaced_atomically(report, tmp_path):

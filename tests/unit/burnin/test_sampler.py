@@ -1,13 +1,12 @@
-"""CUDA-to-NVML matching and sampling through the agent's NVML wrapper (replayed H100)."""
+"""CUDA-to-NVML matching and sampling through sentinel.gpu.nvml (replayed H100)."""
 
 import itertools
-from pathlib import Path
 
-from sentinel.agent.nvml import DeviceInfo, Nvml
-from sentinel.agent.nvml_replay import ReplayBackend
 from sentinel.burnin.sampler import CudaIdentity, NvmlSampler, match_devices, normalize_pci
+from sentinel.gpu.nvml import DeviceInfo, Nvml
+from sentinel.gpu.nvml_replay import H100_LOAD, ReplayBackend
 
-LOAD = Path(__file__).parents[2] / "fixtures" / "h100" / "nvml_load.json"
+LOAD = H100_LOAD
 
 
 def test_pci_spellings_agree():

@@ -1,10 +1,10 @@
 from dataclasses import replace
 
-from sentinel.agent.nvml import CLOCK_EVENT_REASONS
 from sentinel.burnin.baselines import load_baselines
 from sentinel.burnin.records import CorrectnessResult, NvmlReading
 from sentinel.burnin.verdict import Verdict, VerdictConfig, judge, summarize
-from tests.unit.burnin.conftest import H100, make_record
+from sentinel.gpu.reasons import CLOCK_EVENT_REASONS
+from tests.support.burnin import H100, make_record
 
 SHIPPED = VerdictConfig(baselines=load_baselines())
 HW_SLOWDOWN = CLOCK_EVENT_REASONS["hw_slowdown"]

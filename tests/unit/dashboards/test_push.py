@@ -14,6 +14,7 @@ from werkzeug import Request, Response
 from sentinel.cli import main
 from sentinel.dashboards.generate import DASHBOARDS
 from sentinel.dashboards.push import DashboardsConfig, PushError, push, read_token, redact_url
+from sentinel.secretfile import Secret
 from tests.support.services import free_port
 
 TOKEN = "glsa_test_0123456789abcdef"  # noqa: S105 - a fake token the fake Grafana expects
@@ -111,6 +112,7 @@ def test_push_reuses_existing_folder_and_pushes_files_from_a_directory(
     fake = FakeGrafana(httpserver, folder_exists=True)
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
+    token_file.chmod(0o600)
     d = tmp_path / "dash"
     d.mkdir()
     (d / "one.json").write_text(json.dumps({"uid": "one", "title": "One", "panels": []}))
@@ -176,24 +178,35 @@ def test_forbidden_exits_2(httpserver: HTTPServer) -> None:
         {"message": "Access denied"}, status=403
     )
     with pytest.raises(PushError) as e:
-        push(httpserver.url_for("/"), {"x.json": {"uid": "x", "panels": []}}, token=TOKEN)
+        push(httpserver.url_for("/"), {"x.json": {"uid": "x", "panels": []}},
+             token=Secret(TOKEN))
     assert e.value.exit_code == 2
     assert "Editor" in str(e.value)
 
 
 @pytest.mark.parametrize(
-    "content, message",
-    [(None, "cannot read the token file"), ("", "is empty"), ("two words", "more than one word")],
+    "content, mode, message",
+    [
+        (None, 0o600, "cannot read"),
+        ("", 0o600, "is empty"),
+        ("two words", 0o600, "holds more than one word or line"),
+        (TOKEN, 0o644, "run `chmod 600"),
+    ],
 )
 def test_bad_token_file_is_a_usage_error(
-    tmp_path: Path, content: str | None, message: str, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, content: str | None, mode: int, message: str,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
+    """The file is read by sentinel.secretfile (its own tests cover every refusal)."""
     f = tmp_path / "token"
     if content is not None:
         f.write_text(content)
+        f.chmod(mode)
     rc = main(["dashboards", "push", "--url", "http://127.0.0.1:1/", "--token-file", str(f)])
     assert rc == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "sentinel dashboards push: dashboards.token_file (--token-file): " in err
+    assert str(f) in err and message in err and TOKEN not in err
 
 
 def test_bad_url_and_missing_url_are_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
@@ -225,7 +238,8 @@ def test_config_file_section(
 
 
 def test_token_sources_and_redaction() -> None:
-    assert read_token(None, env={"SENTINEL_GRAFANA_TOKEN": " abc \n"}) == "abc"
+    token = read_token(None, env={"SENTINEL_GRAFANA_TOKEN": " abc \n"})
+    assert token is not None and token.reveal() == "abc" and "abc" not in repr(token)
     assert read_token(None, env={}) is None
     assert redact_url("https://admin:pw@grafana:3000/sub?x=1") == "https://grafana:3000/sub?x=1"
     assert redact_url("http://grafana") == "http://grafana"

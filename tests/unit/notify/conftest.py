@@ -7,8 +7,8 @@ import pytest
 from pytest_httpserver import HTTPServer
 
 from sentinel.notify.config import NotifyConfig
+from tests.support.fake_slack import TOKEN, FakeSlack
 from tests.support.services import free_port
-from tests.unit.notify.fake_slack import TOKEN, FakeSlack
 
 
 @pytest.fixture

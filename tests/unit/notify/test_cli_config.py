@@ -11,7 +11,7 @@ import pytest
 from sentinel.cli import main
 from sentinel.config import ConfigError
 from sentinel.notify.config import NotifyConfig, load_notify_config
-from tests.unit.notify.fake_slack import TOKEN, FakeSlack
+from tests.support.fake_slack import TOKEN, FakeSlack
 
 
 def _env(slack: FakeSlack, token_file: Path, tmp_path: Path) -> dict[str, str]:
@@ -108,7 +108,7 @@ def test_cli_bad_input_exits_2(
     assert main(["notify", "send", "--incident", "i", "--title", "t",
                  "--steps-jsonl", str(bad)]) == 2
     err = capsys.readouterr().err
-    assert "line 2: step must be an integer" in err and "valid:" in err
+    assert f"--steps-jsonl {bad}:2: 'step' is 'two' (valid: an integer >= 0)" in err
     assert main(["notify", "send", "--incident", "i", "--title", "t", "--field", "oops"]) == 2
     assert "NAME=VALUE" in capsys.readouterr().err
 
@@ -142,4 +142,4 @@ def test_steps_jsonl_that_is_not_utf8_exits_2(
     bad.write_bytes(b'{"step": 1, "loss": 2.0}\n\xff\xfe\n')
     assert main(["notify", "send", "--incident", "i", "--title", "t",
                  "--steps-jsonl", str(bad)]) == 2
-    assert f"--steps-jsonl {bad}: cannot read it" in capsys.readouterr().err
+    assert f"--steps-jsonl {bad}:2: not UTF-8 text (valid: JSON lines)" in capsys.readouterr().err

@@ -12,6 +12,7 @@ from sentinel.notify.message import MAX_SERIES_POINTS, Notification, Series
 from sentinel.notify.plot import render_png
 from sentinel.notify.queue import Outbox
 from sentinel.notify.ratelimit import ChannelLimiter
+from tests.support.strictjson import strict_loads
 
 
 def test_png_is_a_real_image_with_both_panels() -> None:
@@ -28,6 +29,8 @@ def test_png_is_a_real_image_with_both_panels() -> None:
 def test_series_round_trips_non_finite_values_and_is_bounded() -> None:
     s = Series([1, 2, 3], [1.0, math.nan, math.inf], [None, 5.0, 6.0], mark_step=2)
     n = Notification("i", "image", "t", series=s)
+    row = strict_loads(n.to_json())  # the outbox row: strict JSON, NaN/Inf as strings
+    assert row["series"]["loss"] == [1.0, "NaN", "Infinity"]
     back = Notification.from_json(n.to_json()).series
     assert back is not None and back.step == [1, 2, 3] and math.isnan(back.loss[1])
     assert back.loss[2] == math.inf and back.tokens_per_sec == [None, 5.0, 6.0]

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from sentinel.notify.config import NotifyConfig, Secret
+from sentinel.notify.config import NotifyConfig
 from sentinel.notify.message import Notification, Series
 from sentinel.notify.queue import Outbox
 from sentinel.notify.slack import BotTransport, Notifier, WebhookTransport
-from tests.unit.notify.fake_slack import TOKEN, WEBHOOK_PATH, FakeSlack
+from sentinel.secretfile import Secret
+from tests.support.fake_slack import TOKEN, WEBHOOK_PATH, FakeSlack
 
 
 class Clock:

@@ -1,3 +1,5 @@
+import dataclasses
+
 from sentinel.rules.engine import Engine
 from sentinel.rules.finding import Finding
 from sentinel.rules.rulefile import parse_rules
@@ -70,3 +72,39 @@ def test_key_is_stable_and_distinguishes_episodes():
     c = Finding(kind="loss_spike", severity="warning", summary="x", suggested_action="notify",
                 job="j", episode="900", rule="r")
     assert a.key == b.key != c.key
+
+
+def test_a_rule_bound_to_jobs_resolves_only_the_findings_of_the_job_that_ran():
+    (spike,) = parse_rules({"rules": [{"name": "spike", "detector": "gpu_errors",
+                                       "series": {"gpu_up": "x"}}]})
+    runs = [dataclasses.replace(spike, job=j) for j in ("a", "b")]
+    eng = Engine(runs, fetch_threads=1)
+    down = {"a", "b"}
+
+    def fetch(rule, now):
+        if rule.job == "b" and "b-broken" in down:
+            raise RuntimeError("agent of b is gone")
+        gone = [Series({"hostname": "h", "gpu": "1"}, [(1.0, 0.0)])] if rule.job in down else []
+        return Window(job=rule.job, series={"gpu_up": gone})
+
+    assert sorted(f.job for f in eng.evaluate(fetch, now=1.0)) == ["a", "b"]
+    down = {"b-broken"}  # a recovered; b's source fails: b's finding must stay firing
+    out = eng.evaluate(fetch, now=2.0)
+    assert [(f.job, f.state) for f in out] == [("a", "resolved")]
+    assert [f.job for f in eng.firing()] == ["b"]
+    assert list(eng.errors) == ["spike[b]"]
+
+
+def test_rule_source_is_the_one_answer_to_which_rules_run_where():
+    rules = {r.name: r for r in parse_rules({"rules": [
+        {"name": "spike", "detector": "loss_spike"},
+        {"name": "stall", "detector": "job_stalled", "series": {"step_duration": "x",
+                                                          "seconds_since_last_report": "y"}},
+        {"name": "xid", "detector": "gpu_errors", "series": {"gpu_up": "x"}},
+        {"name": "diag", "detector": "diagnosis"},
+    ]})}
+    online = {n: r.source(online=True) for n, r in rules.items()}
+    offline = {n: r.source(online=False) for n, r in rules.items()}
+    assert online == {"spike": "steps", "stall": "series", "xid": "series", "diag": "findings"}
+    # A file has no series: job_stalled falls back to the steps, gpu_errors cannot run.
+    assert offline == {"spike": "steps", "stall": "steps", "xid": None, "diag": "findings"}

@@ -1,5 +1,6 @@
 import pytest
 
+from sentinel.gpu.reasons import BAD_REASONS
 from sentinel.rules.detectors import disk_latency, gpu_errors, gpu_throttle, job_stalled
 from sentinel.rules.window import Series, StepPoint, Window
 
@@ -34,9 +35,13 @@ def test_per_reason_series_with_only_active_samples_use_the_window_length():
     assert f.evidence["reasons"] == ["hw_thermal_slowdown"]
 
 
-def test_reason_bits_match_the_agent_nvml_wrapper():
-    nvml = pytest.importorskip("sentinel.agent.nvml")
-    assert nvml.CLOCK_EVENT_REASONS == gpu_throttle.REASON_BITS
+@pytest.mark.parametrize("reason", BAD_REASONS)
+def test_each_shared_bad_reason_alone_is_a_finding(reason):
+    """The default reasons are sentinel.gpu.reasons' bad set, sw_thermal_slowdown included."""
+    s = Series({"hostname": "h", "gpu": "0", "reason": reason}, pts([1] * 100))
+    (f,) = gpu_throttle.detect(Window(series={"clock_event_reasons": [s]}), gpu_throttle.Params())
+    assert f.evidence["reasons"] == [reason]
+    assert sorted(gpu_throttle.Params().reasons) == sorted(BAD_REASONS)
 
 
 def test_hot_gpu():

@@ -3,6 +3,7 @@ import pytest
 from sentinel.config import ConfigError
 from sentinel.rules.detectors import DETECTORS
 from sentinel.rules.rulefile import load_rules, parse_duration, parse_rules
+from sentinel.rules.spec import DetectorSpec
 
 
 def test_default_rules_load_and_cover_every_detector():
@@ -34,14 +35,51 @@ def test_default_rules_load_and_cover_every_detector():
          "'a' is used twice"),
         ([{"detector": "loss_spike"}], "rules[0].name: None is not valid"),
         ([{"name": "a", "detector": "loss_spike", "colour": 1}], "unknown key 'colour'"),
-        ([{"name": "a", "detector": "gpu_throttle", "thresholds": {"reasons": ["gpu_idel"]}}],
+        ([{"name": "a", "detector": "gpu_throttle", "thresholds": {"reasons": ["gpu_idel"]},
+           "series": {"clock_event_reasons": "x"}}],
          "'gpu_idel' is not valid (valid: gpu_idle"),
+        # A rule must map the series its detector needs (DetectorSpec.required).
+        ([{"name": "a", "detector": "gpu_throttle"}],
+         "rules[0] (a).series: gpu_throttle reads Prometheus series and the rule maps none "
+         "(valid roles: clock_event_reasons, temperature, slowdown_temperature; needed: "
+         "clock_event_reasons)"),
+        ([{"name": "a", "detector": "gpu_throttle", "series": {"temperature": "x"}}],
+         "rules[0] (a).series: gpu_throttle needs clock_event_reasons, which the rule does "
+         "not map (valid roles: clock_event_reasons, temperature, slowdown_temperature)"),
+        ([{"name": "a", "detector": "gpu_errors", "series": {}}],
+         "rules[0] (a).series: gpu_errors reads Prometheus series and the rule maps none "
+         "(valid roles: xid_new, ecc_uncorrected_new, remap_failure, gpu_up; needed: at "
+         "least one)"),
+        ([{"name": "a", "detector": "disk_latency"}], "needed: disk_read_latency)"),
+        ([{"name": "a", "detector": "job_stalled", "series": {"seconds_since_last_report": "x"}}],
+         "rules[0] (a).series: job_stalled needs step_duration, which the rule does not map "
+         "(valid roles: seconds_since_last_report, step_duration; or no series, to read steps)"),
+        ([{"name": "a", "detector": "throughput_drop",
+           "series": {"tokens_per_sec_cluster": "x"}}],
+         "throughput_drop needs tokens_per_sec, which the rule does not map"),
+        ([{"name": "a", "detector": "loss_spike", "series": {"steps": "x"}}],
+         "rules[0] (a).series.steps: not an input of loss_spike (valid: none)"),
     ],
 )
 def test_bad_rules_name_the_key_the_value_and_what_is_valid(rules, message):
     with pytest.raises(ConfigError) as e:
         parse_rules({"rules": rules})
     assert message in str(e.value)
+
+
+@pytest.mark.parametrize("detector", ["loss_spike", "throughput_drop", "job_stalled",
+                                      "diagnosis"])
+def test_a_detector_that_reads_steps_or_findings_needs_no_series(detector):
+    (r,) = parse_rules({"rules": [{"name": "a", "detector": detector}]})
+    assert r.series == {}
+
+
+def test_a_detector_cannot_require_what_is_not_a_series():
+    spec = DETECTORS["loss_spike"]
+    with pytest.raises(ValueError, match=r"detector x: required \['steps'\] are not series "
+                                         r"inputs \(series inputs: none\)"):
+        DetectorSpec(name="x", params=spec.params, detect=spec.detect, inputs=("steps",),
+                     required=("steps",), description="")
 
 
 def test_bad_top_level_and_file_errors(tmp_path):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from sentinel.rules.sources import StepStream
+import pytest
+
+from sentinel.rules.sources import SourceError, StepStream
 
 
 def _rec(step: int, rank: int, t: float) -> dict:
@@ -34,3 +36,20 @@ def test_a_record_arriving_between_poll_and_probe_is_not_appended_twice(httpserv
     assert [(p.step, p.rank) for p in stream.steps] == [
         (0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1)]
     httpserver.check_assertions()
+
+
+def test_batch_indices_reach_the_step_points(httpserver):
+    recs = [{**_rec(0, 0, 100.0), "batch": 0}, {**_rec(1, 0, 101.0), "batch": 3},
+            {**_rec(2, 0, 102.0), "batch": None}, _rec(3, 0, 103.0)]  # older agents: no key
+    httpserver.expect_request("/api/v1/steps").respond_with_json({"job": "j", "steps": recs})
+    stream = StepStream(httpserver.url_for(""), "j")
+    assert stream.poll() == 4
+    assert [p.batch for p in stream.steps] == [0, 3, None, None]
+
+
+@pytest.mark.parametrize("bad", [-1, 2.5, "7", True])
+def test_a_record_with_a_bad_batch_is_a_source_error(httpserver, bad):
+    httpserver.expect_request("/api/v1/steps").respond_with_json(
+        {"job": "j", "steps": [{**_rec(0, 0, 100.0), "batch": bad}]})
+    with pytest.raises(SourceError, match=r"bad step record .*is not a batch index"):
+        StepStream(httpserver.url_for(""), "j").poll()

@@ -2,9 +2,11 @@ import json
 import logging
 import os
 import random
+import stat
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -185,7 +187,7 @@ def test_leftover_temporary_and_unrecorded_files_are_cleaned(tmp_path):
     CheckpointStore(tmp_path)
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == [f".step_000000003.pt.tmp-{os.getpid()}", "manifest.json",
-                     "step_000000001.pt"]
+                     "manifest.lock", "step_000000001.pt"]
 
 
 KILLER = textwrap.dedent("""
@@ -257,7 +259,8 @@ def test_a_failed_save_leaves_no_partial_file_and_keeps_the_old_ones(tmp_path, m
             store.save(step, _state(float(step)))
     # Before: one partial .tmp file per failed attempt, kept (this PID is alive) until
     # a restart, filling the disk that was already full.
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json", "step_000000001.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json", "manifest.lock",
+                                                           "step_000000001.pt"]
     assert [c.step for c in store.checkpoints()] == [1]
 
 
@@ -267,3 +270,98 @@ def test_a_verified_file_that_cannot_be_deserialised_is_a_checkpoint_error(tmp_p
     assert store.verify(1)
     with pytest.raises(CheckpointError, match="verifies but cannot be loaded"):
         store.load(1)
+
+
+PINNER = textwrap.dedent("""
+    import json, random, sys
+    from sentinel.train.checkpoint import CheckpointError, CheckpointStore
+    d, name, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    store = CheckpointStore(d, writer=False)  # as the controller opens it
+    rng = random.Random(name)
+    held, bad_reads = {}, 0
+    for i in range(n):
+        try:
+            json.loads(open(d + "/manifest.json").read())
+        except ValueError:
+            bad_reads += 1
+        incident = f"{name}-{i}"
+        for _ in range(100):
+            step = rng.choice([c.step for c in store.checkpoints(include_abandoned=True)])
+            try:
+                store.pin(step, incident)
+                break
+            except CheckpointError:
+                continue  # pruned since we looked: choose again
+        else:
+            sys.exit("could not pin anything in 100 tries")
+        held[incident] = step
+        if i % 2:
+            gone = rng.choice(sorted(held))
+            store.unpin(gone)
+            del held[gone]
+    print(json.dumps({"held": held, "bad_reads": bad_reads}))
+""")
+
+
+def test_pins_from_other_processes_and_saves_never_lose_each_other(tmp_path):
+    store = CheckpointStore(tmp_path, keep=2)
+    saved = list(range(4))
+    for s in saved:
+        store.save(s, _state(s))
+    procs = [subprocess.Popen([sys.executable, "-c", PINNER, str(tmp_path), f"p{k}", "60"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for k in range(3)]
+    try:
+        during = 0
+        deadline = time.monotonic() + 120
+        while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+            saved.append(saved[-1] + 1)
+            store.save(saved[-1], _state(saved[-1]))  # save prunes too
+            during += 1
+            if saved[-1] % 5 == 0:
+                store.abandon_after(saved[-1], "no-op: nothing is newer")
+        outs = [p.communicate(timeout=60) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    for p, (_out, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err
+    assert during >= 5, "the saves should overlap the pins"
+    results = [json.loads(out) for out, _ in outs]
+    assert [r["bad_reads"] for r in results] == [0, 0, 0]  # the manifest always parsed
+    pins = {k: v for r in results for k, v in r["held"].items()}
+    assert len(pins) == 90  # 3 processes x 60 pins, half of them released
+    assert store.pins() == pins  # no pin lost, none released twice
+    saved.append(saved[-1] + 1)
+    store.save(saved[-1], _state(saved[-1]))  # retention with the final pins
+    kept = {c.step for c in store.checkpoints(include_abandoned=True)}
+    assert kept == set(saved[-2:]) | set(pins.values())  # no saved entry lost
+    on_disk = sorted(p.name for p in tmp_path.glob("step_*.pt"))
+    assert on_disk == [ck._file_name(s) for s in sorted(kept)]  # none dropped, none stray
+    assert all(store.verify(s) for s in kept)
+
+
+def test_pins_lists_open_incidents_and_unpin_by_a_reader_leaves_retention_to_the_job(tmp_path):
+    store = CheckpointStore(tmp_path, keep=1)
+    store.save(1, _state(1))
+    controller = CheckpointStore(tmp_path, writer=False)
+    controller.pin(1, "inc-a")
+    store.save(2, _state(2))
+    controller.pin(2, "inc-b")
+    assert store.pins() == {"inc-a": 1, "inc-b": 2}
+    controller.unpin("inc-a")
+    controller.unpin("never-pinned")  # a no-op, not an error
+    assert controller.pins() == {"inc-b": 2}
+    assert [c.step for c in store.checkpoints()] == [1, 2]  # the reader deleted nothing
+    store.save(3, _state(3))  # the job's next save applies retention
+    assert [c.step for c in store.checkpoints()] == [2, 3]
+    assert not (tmp_path / ck._file_name(1)).exists()
+
+
+def test_the_lock_file_is_lockable_by_others_whatever_the_umask(tmp_path):
+    old = os.umask(0o077)
+    try:
+        CheckpointStore(tmp_path).save(1, _state(1))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / ck.LOCK_FILE).stat().st_mode) == 0o644

@@ -7,12 +7,8 @@ import torch
 
 from sentinel.cli import main
 from sentinel.train.checkpoint import CheckpointStore
-from sentinel.train.rollback import (
-    REQUEST_DIR,
-    RollbackRequest,
-    ensure_token,
-    sign,
-)
+from sentinel.train.request import REQUEST_DIR, RollbackRequest, sign
+from sentinel.train.rollback import ensure_token
 from sentinel.train.skipplan import SkipPlan
 
 

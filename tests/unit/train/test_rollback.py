@@ -12,17 +12,16 @@ import torch
 from sentinel import protocol
 from sentinel.train.checkpoint import CheckpointStore
 from sentinel.train.reporter import Reporter
-from sentinel.train.rollback import (
+from sentinel.train.request import (
     RollbackError,
-    RollbackHandler,
     RollbackRequest,
-    ensure_token,
     job_pids,
     read_result,
     read_token,
     token_path,
     write_request,
 )
+from sentinel.train.rollback import RollbackHandler, ensure_token
 from sentinel.train.skipplan import SkipPlan
 
 

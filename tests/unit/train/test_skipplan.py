@@ -61,7 +61,6 @@ def test_lookup_and_next_unskipped():
     assert plan.next_unskipped(4) == 4
     assert plan.next_unskipped(5) == 10  # adjacent ranges are crossed in one go
     assert plan.next_unskipped(20) == 21
-    assert plan.skipped_between(0, 9) == 4
 
 
 def test_damaged_plan_file_is_a_clear_error(tmp_path):

@@ -1,18 +1,21 @@
 """Read GPUs through NVML: the only module in sentinel that calls NVML.
 
-Every NVML call goes through :meth:`Nvml._call`, which turns an NVML error into
-"no value" for that one field (recorded in ``GpuSample.errors``) so one broken
-query, or one broken GPU, never breaks a scrape. ``NOT_SUPPORTED`` is not an error:
-a field the board does not have (say, PCIe replay on some SKUs) is simply absent.
+What is read is one table, :data:`FIELDS`: per query its name, the NVML getter, the
+conversion of NVML's answer into :class:`GpuSample` attributes, and whether it is slow
+(cached). One loop reads it. Every NVML call goes through :meth:`Nvml._call`, which
+turns an NVML error into "no value" for that one field (recorded in
+``GpuSample.errors``) so one broken query, or one broken GPU, never breaks a scrape.
+``NOT_SUPPORTED`` is not an error: a field the board does not have (say, PCIe replay on
+some SKUs) is simply absent. ``GpuIsLost``/``Unknown`` mark the GPU lost: no further
+queries to it in that sample.
 
 The backend is the ``pynvml`` module of ``nvidia-ml-py`` by default; tests and
-``--gpu-replay`` pass :class:`sentinel.agent.nvml_replay.ReplayBackend`, which
+``--gpu-replay`` pass :class:`sentinel.gpu.nvml_replay.ReplayBackend`, which
 answers the same calls from a captured dump.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 import time
@@ -21,19 +24,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 log = logging.getLogger(__name__)
-
-# Clock-event (throttle) reason bits, from nvml.h (nvmlClocksEventReason*).
-CLOCK_EVENT_REASONS: dict[str, int] = {
-    "gpu_idle": 0x1,
-    "applications_clocks_setting": 0x2,
-    "sw_power_cap": 0x4,
-    "hw_slowdown": 0x8,
-    "sync_boost": 0x10,
-    "sw_thermal_slowdown": 0x20,
-    "hw_thermal_slowdown": 0x40,
-    "hw_power_brake_slowdown": 0x80,
-    "display_clock_setting": 0x100,
-}
 
 # nvml.h enum values (stable ABI), so the replay backend need not define them.
 _TEMPERATURE_GPU = 0
@@ -50,18 +40,6 @@ _ERROR_UNKNOWN = 999
 _ERROR_FUNCTION_NOT_FOUND = 13
 _ERROR_ARGUMENT_VERSION_MISMATCH = 25
 _EVENT_TYPE_XID_CRITICAL = 0x8
-
-# Fields Nvml reads through _read_slow: costly calls (energy 2.4 ms, each violation
-# counter 0.4 ms, max clock 0.8 ms on the device machine's H100) or values that do not
-# change while the driver is loaded (thresholds, max clock).
-SLOW_FIELDS = (
-    "slowdown_temperature_c",
-    "shutdown_temperature_c",
-    "sm_clock_max_hz",
-    "energy_j",
-    "violation_ns",
-    "pcie_replay",
-)
 
 VIOLATION_POLICIES: dict[str, int] = {
     "power": 0,
@@ -130,6 +108,103 @@ class _Missing(Exception):
 
 def _text(v: Any) -> str:
     return v.decode(errors="replace") if isinstance(v, bytes) else str(v)
+
+
+class _BadAnswer(Exception):
+    """NVML answered, but with a per-field error code (recorded, the GPU stays usable)."""
+
+
+@dataclass(frozen=True)
+class NvmlField:
+    """One NVML query of a device and where its answer goes in a GpuSample."""
+
+    name: str  # the query's name in GpuSample.errors ("power: NVMLError_NoPermission")
+    getter: Callable[[Nvml], Callable[..., Any]]  # the NVML function, looked up per call
+    args: tuple[Any, ...]  # passed after the device handle
+    convert: Callable[[Any], dict[str, Any]]  # NVML's answer -> GpuSample attributes
+    slow: bool = False  # costly or fixed: re-read every slow_refresh_seconds only
+
+
+def _fn(name: str) -> Callable[[Nvml], Callable[..., Any]]:
+    return lambda nv: getattr(nv.backend, name)
+
+
+def _clock_event_reasons_fn(nv: Nvml) -> Callable[..., Any]:
+    # Renamed from "ThrottleReasons" in newer nvidia-ml-py; accept either.
+    b = nv.backend
+    fn: Callable[..., Any] = (getattr(b, "nvmlDeviceGetCurrentClocksEventReasons", None)
+                              or b.nvmlDeviceGetCurrentClocksThrottleReasons)
+    return fn
+
+
+def _keyed(attr: str, key: Any, convert: Callable[[Any], Any]) -> Callable[[Any], dict[str, Any]]:
+    """Return a conversion that stores one entry of a dict attribute (ECC, violations)."""
+    return lambda v: {attr: {key: convert(v)}}
+
+
+def _memory_temperature(values: list[Any]) -> dict[str, Any]:
+    v = values[0]
+    code = int(v.nvmlReturn)
+    if code == _ERROR_NOT_SUPPORTED:
+        raise _Missing("memory_temperature")
+    if code != 0:
+        raise _BadAnswer(f"NVML return {code}")
+    raw = v.value.dVal if int(v.valueType) == _VALUE_TYPE_DOUBLE else v.value.uiVal
+    return {"memory_temperature_c": float(raw)}
+
+
+def _remapped_rows(v: tuple[Any, Any, Any, Any]) -> dict[str, Any]:
+    corr, unc, pending, failure = v
+    return {"remapped_rows_correctable": int(corr), "remapped_rows_uncorrectable": int(unc),
+            "remap_pending": bool(pending), "remap_failure": bool(failure)}
+
+
+# Slow fields are costly calls (energy 2.4 ms, each violation counter 0.4 ms, max clock
+# 0.8 ms on the device machine's H100) or values that do not change while the driver is
+# loaded (thresholds, max clock); every other field costs 1-8 us (bench/nvml_calls.py).
+SLOW = True
+
+# Every field Nvml.sample reads, in the order it reads them (fast ones, then slow ones).
+FIELDS: tuple[NvmlField, ...] = (
+    NvmlField("temperature", _fn("nvmlDeviceGetTemperature"), (_TEMPERATURE_GPU,),
+              lambda v: {"temperature_c": float(v)}),
+    NvmlField("memory_temperature", _fn("nvmlDeviceGetFieldValues"), ([_FI_DEV_MEMORY_TEMP],),
+              _memory_temperature),
+    NvmlField("sm_clock", _fn("nvmlDeviceGetClockInfo"), (_CLOCK_SM,),
+              lambda v: {"sm_clock_hz": float(v) * 1e6}),
+    NvmlField("memory_clock", _fn("nvmlDeviceGetClockInfo"), (_CLOCK_MEM,),
+              lambda v: {"memory_clock_hz": float(v) * 1e6}),
+    NvmlField("utilization", _fn("nvmlDeviceGetUtilizationRates"), (),
+              lambda u: {"utilization_gpu_ratio": float(u.gpu) / 100.0,
+                         "utilization_memory_ratio": float(u.memory) / 100.0}),
+    NvmlField("memory", lambda nv: nv._memory_info, (),
+              lambda m: {"memory_used_bytes": int(m.used), "memory_total_bytes": int(m.total)}),
+    NvmlField("power", _fn("nvmlDeviceGetPowerUsage"), (),
+              lambda v: {"power_w": float(v) / 1000.0}),
+    NvmlField("power_limit", _fn("nvmlDeviceGetEnforcedPowerLimit"), (),
+              lambda v: {"power_limit_w": float(v) / 1e3}),
+    NvmlField("clock_event_reasons", _clock_event_reasons_fn, (),
+              lambda v: {"clock_event_reasons": int(v)}),
+    *(NvmlField(f"ecc_{tname}_{cname}", _fn("nvmlDeviceGetTotalEccErrors"), (et, ct),
+                _keyed("ecc_errors", (tname, cname), int))
+      for tname, et in ECC_TYPES.items() for cname, ct in ECC_COUNTERS.items()),
+    NvmlField("remapped_rows", _fn("nvmlDeviceGetRemappedRows"), (), _remapped_rows),
+    NvmlField("slowdown_temperature", _fn("nvmlDeviceGetTemperatureThreshold"),
+              (_THRESHOLD_SLOWDOWN,), lambda v: {"slowdown_temperature_c": float(v)}, SLOW),
+    NvmlField("shutdown_temperature", _fn("nvmlDeviceGetTemperatureThreshold"),
+              (_THRESHOLD_SHUTDOWN,), lambda v: {"shutdown_temperature_c": float(v)}, SLOW),
+    NvmlField("sm_clock_max", _fn("nvmlDeviceGetMaxClockInfo"), (_CLOCK_SM,),
+              lambda v: {"sm_clock_max_hz": float(v) * 1e6}, SLOW),
+    NvmlField("energy", _fn("nvmlDeviceGetTotalEnergyConsumption"), (),
+              lambda v: {"energy_j": float(v) / 1000.0}, SLOW),
+    *(NvmlField(f"violation_{name}", _fn("nvmlDeviceGetViolationStatus"), (policy,),
+                _keyed("violation_ns", name, lambda vt: int(vt.violationTime)), SLOW)
+      for name, policy in VIOLATION_POLICIES.items()),
+    NvmlField("pcie_replay", _fn("nvmlDeviceGetPcieReplayCounter"), (),
+              lambda v: {"pcie_replay": int(v)}, SLOW),
+)
+FAST_FIELDS = tuple(f for f in FIELDS if not f.slow)
+SLOW_FIELDS = tuple(f for f in FIELDS if f.slow)
 
 
 class Nvml:
@@ -266,149 +341,50 @@ class Nvml:
             s.gpu_lost = True
             return s
         with self._lock:
-            self._sample_into(s, h)
+            self._read(s, h, FAST_FIELDS)
             if not s.gpu_lost:
                 self._sample_slow(index, s, h)
         return s
 
     def _sample_slow(self, index: int, s: GpuSample, h: Any) -> None:
-        """Fill SLOW_FIELDS, from the cache while it is fresh enough."""
+        """Fill the SLOW_FIELDS' attributes, from the cache while it is fresh enough."""
         now = self._monotonic()
         cached = self._slow_cache.get(index)
         if cached is not None and self._slow_refresh > 0 and now - cached[0] < self._slow_refresh:
             _, values, errors = cached
         else:
             fresh = GpuSample()
-            self._read_slow(fresh, h)
+            written = self._read(fresh, h, SLOW_FIELDS)
             if fresh.gpu_lost:
                 s.gpu_lost = True
                 s.errors.extend(fresh.errors)
                 self._slow_cache.pop(index, None)
                 return
-            values = {f: getattr(fresh, f) for f in SLOW_FIELDS}
+            values = {a: getattr(fresh, a) for a in written}
             errors = list(fresh.errors)
             self._slow_cache[index] = (now, values, errors)
-        for f, v in values.items():
-            setattr(s, f, dict(v) if isinstance(v, dict) else v)
+        for a, v in values.items():
+            setattr(s, a, dict(v) if isinstance(v, dict) else v)
         s.errors.extend(errors)
 
-    def _sample_into(self, s: GpuSample, h: Any) -> None:  # noqa: C901 - one field each
-        b = self._backend
-
-        get = functools.partial(self._get, s)
-
-        try:
-            s.temperature_c = float(get("temperature", b.nvmlDeviceGetTemperature, h,
-                                        _TEMPERATURE_GPU))
-        except _Missing:
-            pass
-        try:
-            vals = get("memory_temperature", b.nvmlDeviceGetFieldValues, h,
-                       [_FI_DEV_MEMORY_TEMP])
-            v = vals[0]
-            if int(v.nvmlReturn) == 0:
-                if int(v.valueType) == _VALUE_TYPE_DOUBLE:
-                    s.memory_temperature_c = float(v.value.dVal)
-                else:
-                    s.memory_temperature_c = float(v.value.uiVal)
-            elif int(v.nvmlReturn) != _ERROR_NOT_SUPPORTED:
-                s.errors.append(f"memory_temperature: NVML return {int(v.nvmlReturn)}")
-        except _Missing:
-            pass
-        try:
-            s.sm_clock_hz = float(get("sm_clock", b.nvmlDeviceGetClockInfo, h, _CLOCK_SM)) * 1e6
-        except _Missing:
-            pass
-        try:
-            s.memory_clock_hz = (
-                float(get("memory_clock", b.nvmlDeviceGetClockInfo, h, _CLOCK_MEM)) * 1e6
-            )
-        except _Missing:
-            pass
-        try:
-            u = get("utilization", b.nvmlDeviceGetUtilizationRates, h)
-            s.utilization_gpu_ratio = float(u.gpu) / 100.0
-            s.utilization_memory_ratio = float(u.memory) / 100.0
-        except _Missing:
-            pass
-        try:
-            m = get("memory", self._memory_info, h)
-            s.memory_used_bytes = int(m.used)
-            s.memory_total_bytes = int(m.total)
-        except _Missing:
-            pass
-        try:
-            s.power_w = float(get("power", b.nvmlDeviceGetPowerUsage, h)) / 1000.0
-        except _Missing:
-            pass
-        try:
-            s.power_limit_w = float(get("power_limit", b.nvmlDeviceGetEnforcedPowerLimit, h)) / 1e3
-        except _Missing:
-            pass
-        # Renamed from "ThrottleReasons" in newer nvidia-ml-py; accept either.
-        reasons_fn = (
-            getattr(b, "nvmlDeviceGetCurrentClocksEventReasons", None)
-            or b.nvmlDeviceGetCurrentClocksThrottleReasons
-        )
-        try:
-            s.clock_event_reasons = int(get("clock_event_reasons", reasons_fn, h))
-        except _Missing:
-            pass
-        for tname, et in ECC_TYPES.items():
-            for cname, ct in ECC_COUNTERS.items():
-                try:
-                    s.ecc_errors[(tname, cname)] = int(
-                        get(f"ecc_{tname}_{cname}", b.nvmlDeviceGetTotalEccErrors, h, et, ct)
-                    )
-                except _Missing:
-                    pass
-        try:
-            corr, unc, pending, failure = get("remapped_rows", b.nvmlDeviceGetRemappedRows, h)
-            s.remapped_rows_correctable = int(corr)
-            s.remapped_rows_uncorrectable = int(unc)
-            s.remap_pending = bool(pending)
-            s.remap_failure = bool(failure)
-        except _Missing:
-            pass
-    def _read_slow(self, s: GpuSample, h: Any) -> None:
-        """Read the fields that are expensive (0.4-2.4 ms each on an H100) or static."""
-        b = self._backend
-
-        get = functools.partial(self._get, s)
-
-        try:
-            s.slowdown_temperature_c = float(get("slowdown_temperature",
-                                                 b.nvmlDeviceGetTemperatureThreshold, h,
-                                                 _THRESHOLD_SLOWDOWN))
-        except _Missing:
-            pass
-        try:
-            s.shutdown_temperature_c = float(get("shutdown_temperature",
-                                                 b.nvmlDeviceGetTemperatureThreshold, h,
-                                                 _THRESHOLD_SHUTDOWN))
-        except _Missing:
-            pass
-        try:
-            s.sm_clock_max_hz = (
-                float(get("sm_clock_max", b.nvmlDeviceGetMaxClockInfo, h, _CLOCK_SM)) * 1e6
-            )
-        except _Missing:
-            pass
-        try:
-            s.energy_j = float(get("energy", b.nvmlDeviceGetTotalEnergyConsumption, h)) / 1000.0
-        except _Missing:
-            pass
-        for name, policy in VIOLATION_POLICIES.items():
+    def _read(self, s: GpuSample, h: Any, fields: tuple[NvmlField, ...]) -> set[str]:
+        """Query ``fields`` of device ``h`` into ``s``; return the attributes written."""
+        written: set[str] = set()
+        for f in fields:
             try:
-                vt = get(f"violation_{name}", b.nvmlDeviceGetViolationStatus, h, policy)
-                s.violation_ns[name] = int(vt.violationTime)
+                values = f.convert(self._get(s, f.name, f.getter(self), h, *f.args))
             except _Missing:
-                pass
-        try:
-            s.pcie_replay = int(get("pcie_replay", b.nvmlDeviceGetPcieReplayCounter, h))
-        except _Missing:
-            pass
-
+                continue
+            except _BadAnswer as e:
+                s.errors.append(f"{f.name}: {e}")
+                continue
+            for attr, v in values.items():
+                if isinstance(v, dict):
+                    getattr(s, attr).update(v)
+                else:
+                    setattr(s, attr, v)
+                written.add(attr)
+        return written
 
     def shutdown(self) -> None:
         """Release NVML (safe to call when init failed or twice)."""

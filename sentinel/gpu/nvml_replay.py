@@ -3,7 +3,7 @@
 The dump is what ``scripts/capture_gpu_fixtures.py`` writes (``nvml_<phase>.json``):
 per device, each query's raw value or ``{"error": "NVMLError_X", "value": code}``.
 :class:`ReplayBackend` exposes the subset of the ``pynvml`` API that
-:class:`sentinel.agent.nvml.Nvml` calls, raising its own :class:`NVMLError` (with
+:class:`sentinel.gpu.nvml.Nvml` calls, raising its own :class:`NVMLError` (with
 the same ``value`` codes) where the dump recorded an error, so the wrapper's error
 handling is exercised exactly as on a real GPU. A dump may also carry
 ``"xid_events": [{"uuid": "GPU-...", "xid": 79}, ...]``, delivered once through the
@@ -70,6 +70,11 @@ def error(name_or_code: str | int) -> NVMLError:
 
 
 REPLAY_WAIT_MS = 50
+
+# The dump of one H100 under load (captured as tests/fixtures/README.md describes), shipped
+# in the package: `sentinel demo` replays it where there is no NVML, and the tests use
+# this one copy. Package data (pyproject's **/*.json), so it works installed from a wheel.
+H100_LOAD = Path(__file__).with_name("replays") / "h100_load.json"
 
 _THRESHOLDS = {0: "SHUTDOWN", 1: "SLOWDOWN", 2: "MEM_MAX", 3: "GPU_MAX"}
 _POLICIES = {0: "POWER", 1: "THERMAL", 2: "SYNC_BOOST", 3: "BOARD_LIMIT", 4: "LOW_UTILIZATION",

@@ -1,0 +1,448 @@
+"""The requesting side of an in-process rollback, importable without torch.
+
+A requester (``sentinel rollback``, the controller) chooses a verified checkpoint, writes
+a request signed with the run's token into ``RUN_DIR/rollback/requests/ID.json``,
+signals the job's ranks on this host (SIGUSR1) and reads the job's answer from
+``RUN_DIR/rollback/results/ID.json``. The job's side is
+:class:`sentinel.train.rollback.RollbackHandler`; both take the file layout, the request
+format and its signature from here.
+
+The caller names the request (``request_id``) so it can journal the id before it
+submits: :func:`submit` is idempotent for an id, and :func:`status` tells from the files
+alone how far a request got, so a requester that restarts after a crash can reconcile.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import os
+import re
+import signal
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sentinel.train._atomic import fsync_dir
+from sentinel.train.checkpoint import CheckpointError, CheckpointStore
+from sentinel.train.skipplan import SkipPlan, SkipPlanError
+
+log = logging.getLogger(__name__)
+
+CONTROL_DIR = ".sentinel"
+TOKEN_FILE = "token"  # noqa: S105 - a file name, not a secret
+PID_DIR = "pids"
+REQUEST_DIR = "rollback/requests"
+RESULT_DIR = "rollback/results"
+REJECTED_SUFFIX = ".rejected"
+ROLLBACK_SIGNAL = signal.SIGUSR1
+# How often wait_result looks for the job's answer; the job answers within a step.
+RESULT_POLL_S = 0.1
+_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+class RollbackError(Exception):
+    """A rollback request cannot be made or read; the message says why and what to do."""
+
+
+# -- files -----------------------------------------------------------------------------
+def token_path(run_dir: str | Path) -> Path:
+    """Return where the run's token lives."""
+    return Path(run_dir) / CONTROL_DIR / TOKEN_FILE
+
+
+def pid_dir(run_dir: str | Path) -> Path:
+    """Return the directory where each rank records its PID and host."""
+    return Path(run_dir) / CONTROL_DIR / PID_DIR
+
+
+def request_path(run_dir: str | Path, request_id: str) -> Path:
+    """Return where request ``request_id`` waits for the job."""
+    return Path(run_dir) / REQUEST_DIR / f"{request_id}.json"
+
+
+def result_path(run_dir: str | Path, request_id: str) -> Path:
+    """Return where the job writes the outcome of request ``request_id``."""
+    return Path(run_dir) / RESULT_DIR / f"{request_id}.json"
+
+
+def read_token(run_dir: str | Path) -> bytes:
+    """Read the run's token, or raise RollbackError saying how to get one."""
+    path = token_path(run_dir)
+    try:
+        tok = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise RollbackError(
+            f"no run token at {path}: the job creates it when its rollback handler is "
+            "installed; is --run-dir the job's run directory and is the job running?"
+        ) from None
+    except PermissionError:
+        raise RollbackError(
+            f"cannot read {path}: only the job's user may request a rollback"
+        ) from None
+    if len(tok) < 32:
+        raise RollbackError(f"run token {path} is too short to be one sentinel wrote")
+    return tok.encode("ascii")
+
+
+def check_id(request_id: str) -> None:
+    """Raise RollbackError unless ``request_id`` is safe as a file name."""
+    if not _ID_RE.match(request_id):
+        raise RollbackError(f"request id {request_id!r}: use 1-64 of A-Z a-z 0-9 _ . -")
+
+
+# -- the request -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class RollbackRequest:
+    """Ask job ``job`` to reload checkpoint ``to_step`` and skip ``skip`` batch ranges."""
+
+    id: str
+    job: str
+    to_step: int
+    skip: list[tuple[int, int]] = field(default_factory=list)
+    requested_by: str = ""
+    reason: str = ""
+    created: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the canonical JSON form (what is signed)."""
+        d = asdict(self)
+        d["skip"] = [[int(a), int(b)] for a, b in self.skip]
+        return d
+
+    @classmethod
+    def from_json(cls, d: Any) -> RollbackRequest:
+        """Parse a request object, or raise RollbackError naming the bad field."""
+        if not isinstance(d, dict):
+            raise RollbackError(f"request must be an object, got {type(d).__name__}")
+        try:
+            skip = [(int(a), int(b)) for a, b in d.get("skip", [])]
+            req = cls(
+                id=str(d["id"]), job=str(d["job"]), to_step=int(d["to_step"]), skip=skip,
+                requested_by=str(d.get("requested_by", "")), reason=str(d.get("reason", "")),
+                created=float(d["created"]),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise RollbackError(
+                f"request {d!r}: needs id, job, to_step (int), created (time) and skip "
+                f"(list of [start, end]) ({e})"
+            ) from e
+        check_id(req.id)
+        return req
+
+    def same_rollback(self, other: RollbackRequest) -> bool:
+        """Return True if ``other`` asks for the same thing (who, why and when aside)."""
+        return (self.job, self.to_step, list(self.skip)) == (
+            other.job, other.to_step, list(other.skip))
+
+
+def _canonical(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
+def sign(request: RollbackRequest, token: bytes) -> str:
+    """Return the HMAC-SHA256 of the request's canonical JSON under ``token``."""
+    return hmac.new(token, _canonical(request.to_json()), hashlib.sha256).hexdigest()
+
+
+def _create_exclusive(path: Path, data: bytes, mode: int) -> bool:
+    """Write ``path`` atomically unless it exists; return False if it did.
+
+    The complete file is linked into place (link fails on an existing name), so a reader
+    never sees a partial request and two submitters of one id cannot both write it.
+    """
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(tmp, path)
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
+    return True
+
+
+def write_request(run_dir: str | Path, request: RollbackRequest, token: bytes) -> Path | None:
+    """Write a signed request into the run directory; return its path, None if it exists."""
+    check_id(request.id)
+    path = request_path(run_dir, request.id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = {"request": request.to_json(), "signature": sign(request, token)}
+    data = (json.dumps(body, indent=1, sort_keys=True) + "\n").encode("utf-8")
+    return path if _create_exclusive(path, data, 0o600) else None
+
+
+# -- choosing the checkpoint -----------------------------------------------------------
+def choose_target(
+    store_or_dir: CheckpointStore | str | Path,
+    *,
+    to_step: int | None = None,
+    before_step: int | None = None,
+) -> int:
+    """Return the step to roll back to, or raise RollbackError saying why there is none.
+
+    With ``to_step``, check that checkpoint exists, is live and verifies; with
+    ``before_step``, take the newest verified one at or before it; with neither, the
+    newest verified one. Checking streams the file (no whole-file read).
+    """
+    if to_step is not None and before_step is not None:
+        raise RollbackError("give to_step or before_step, not both")
+    store = (store_or_dir if isinstance(store_or_dir, CheckpointStore)
+             else CheckpointStore(store_or_dir, writer=False))
+    try:
+        if to_step is not None:
+            return store.require_verified(int(to_step)).step
+        found = store.latest_verified(before_step=before_step)
+        if found is not None:
+            return found.step
+        have = [c.step for c in store.checkpoints()]
+    except CheckpointError as e:
+        raise RollbackError(str(e)) from e
+    where = "" if before_step is None else f" at or before step {before_step}"
+    older = [s for s in have if before_step is None or s <= before_step]
+    if not have:
+        why = "has the job saved one, and is this its checkpoint directory?"
+    elif older:
+        why = f"{', '.join(map(str, older))} did not verify: see the log for why"
+    else:
+        why = "every checkpoint is newer"
+    raise RollbackError(f"no verified checkpoint{where} in {store.dir} (checkpoints: "
+                        f"{', '.join(map(str, have)) or 'none'}); {why}")
+
+
+# -- PIDs ------------------------------------------------------------------------------
+def job_pids(run_dir: str | Path) -> list[int]:
+    """Return the PIDs the job's ranks on this host recorded in the run directory.
+
+    The run directory is shared by every node of a job; a PID recorded on another host
+    names some other process here, which SIGUSR1 would kill (its default action).
+    Signalling one rank is enough, so ranks of other hosts are left out.
+    """
+    out = []
+    here = socket.gethostname()
+    d = pid_dir(run_dir)
+    if d.is_dir():
+        for p in sorted(d.glob("*.pid")):
+            try:
+                rec = json.loads(p.read_text())
+                if isinstance(rec, dict):
+                    if rec.get("host") != here:
+                        log.info("not signalling %s: rank on host %s", p, rec.get("host"))
+                        continue
+                    rec = rec["pid"]
+                if isinstance(rec, bool) or not isinstance(rec, int):
+                    raise ValueError(f"expected a PID, got {rec!r}")
+                out.append(rec)
+            except (OSError, ValueError, KeyError) as e:
+                log.warning("ignoring unreadable pid file %s (%s)", p, e)
+    return out
+
+
+def signal_job(run_dir: str | Path, pids: list[int] | None = None) -> tuple[list[int], list[int]]:
+    """Send the rollback signal to ``pids`` (default: this host's ranks of the job).
+
+    Return (signalled, not running). Raise RollbackError when no PID is known or one
+    may not be signalled.
+    """
+    targets = list(pids) if pids else job_pids(run_dir)
+    if not targets:
+        raise RollbackError(
+            f"no job PID is recorded in {run_dir} for this host; pass the job's PIDs "
+            "(--pid) or do not signal (--no-signal): the job finds the request within "
+            "its poll interval")
+    signalled, missing = [], []
+    for pid in targets:
+        try:
+            os.kill(pid, ROLLBACK_SIGNAL)
+        except ProcessLookupError:
+            log.warning("job PID %d is not running", pid)
+            missing.append(pid)
+        except PermissionError:
+            raise RollbackError(f"not allowed to signal PID {pid}") from None
+        else:
+            signalled.append(pid)
+    return signalled, missing
+
+
+# -- submitting ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Submission:
+    """What :func:`submit` did: the request on disk, and which PIDs it signalled."""
+
+    request: RollbackRequest
+    path: Path
+    already_existed: bool
+    status: str
+    signalled: list[int] = field(default_factory=list)
+    missing: list[int] = field(default_factory=list)
+
+
+def _existing(run_dir: Path, request_id: str) -> RollbackRequest | None:
+    """Return the request of that id already on disk (pending or rejected), if any."""
+    for path in (request_path(run_dir, request_id),
+                 request_path(run_dir, request_id).with_suffix(REJECTED_SUFFIX)):
+        try:
+            raw = json.loads(path.read_text("utf-8"))
+            return RollbackRequest.from_json(raw.get("request") if isinstance(raw, dict)
+                                             else None)
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError, RollbackError) as e:
+            raise RollbackError(f"request {path} exists but cannot be read ({e}); "
+                                "choose another request id") from e
+    return None
+
+
+def _same_or_raise(run_dir: Path, req: RollbackRequest) -> RollbackRequest:
+    """Return the request already submitted under ``req.id``; raise if it asked otherwise."""
+    on_disk = _existing(run_dir, req.id)
+    if on_disk is None:
+        # Answered and removed by the job: the result still says which step.
+        result = read_result(run_dir, req.id) or {}
+        step = result.get("to_step", req.to_step)
+        if step != req.to_step:
+            raise RollbackError(f"request id {req.id!r} was already used to roll back to "
+                                f"step {step}; choose a new request id")
+        return req
+    if not on_disk.same_rollback(req):
+        raise RollbackError(
+            f"request id {req.id!r} was already used for another rollback (job "
+            f"{on_disk.job!r}, to step {on_disk.to_step}, skip {on_disk.skip}); choose a new "
+            "request id")
+    return on_disk
+
+
+def submit(
+    run_dir: str | Path,
+    job: str,
+    to_step: int,
+    skip: list[tuple[int, int]],
+    *,
+    request_id: str,
+    requested_by: str,
+    reason: str,
+    signal: bool = True,
+    pids: list[int] | None = None,
+    resignal: bool = False,
+    token: bytes | None = None,
+    now: float | None = None,
+) -> Submission:
+    """Write the signed request ``request_id`` and signal the job; idempotent for the id.
+
+    If that request (pending, rejected or answered) already exists, nothing is written
+    and the job is signalled again only if ``resignal`` (and the request is pending).
+    The same id asking for another rollback (job, step or skip ranges) is an error.
+    ``token`` is the run's token; by default it is read from the run directory (which
+    only the job's user can do).
+    """
+    run_dir = Path(run_dir)
+    check_id(request_id)
+    if not run_dir.is_dir():
+        raise RollbackError(f"run directory {run_dir} does not exist")
+    req = RollbackRequest(id=request_id, job=job, to_step=int(to_step), skip=list(skip),
+                          requested_by=requested_by, reason=reason,
+                          created=time.time() if now is None else now)
+    path = request_path(run_dir, request_id)
+    written = False
+    if status(run_dir, request_id) == "absent":
+        # Only a new request is checked against the plan: an applied one is in it.
+        try:
+            SkipPlan(run_dir).check(req.skip)
+        except SkipPlanError as e:
+            raise RollbackError(str(e)) from e
+        written = write_request(run_dir, req, read_token(run_dir) if token is None
+                                else token) is not None
+        if written and read_result(run_dir, request_id) is not None:
+            # Answered between the look and the write (the job removes a request after
+            # answering it): take the copy back rather than leave it to be rejected.
+            path.unlink(missing_ok=True)
+            written = False
+    state = status(run_dir, request_id)
+    if written:
+        log.info("wrote rollback request %s (to step %d, skip %s)", path, req.to_step, req.skip)
+    else:
+        req = _same_or_raise(run_dir, req)
+        log.info("rollback request %s already exists (%s): not written again", request_id,
+                 state)
+    signalled: list[int] = []
+    missing: list[int] = []
+    if signal and state == "pending" and (written or resignal):
+        try:
+            signalled, missing = signal_job(run_dir, pids)
+        except RollbackError as e:
+            raise RollbackError(f"request written to {path}, but {e}") from e
+    return Submission(req, path, not written, state, signalled, missing)
+
+
+# -- the answer ------------------------------------------------------------------------
+def read_result(run_dir: str | Path, request_id: str) -> dict[str, Any] | None:
+    """Return the outcome of a request, or None while there is none."""
+    path = result_path(run_dir, request_id)
+    try:
+        data = json.loads(path.read_text("utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise RollbackError(f"result {path} cannot be read ({e}); the job writes it "
+                            "atomically, so something else damaged it") from e
+    if not isinstance(data, dict):
+        raise RollbackError(f"result {path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def status(run_dir: str | Path, request_id: str) -> str:
+    """Return how far request ``request_id`` got, from the files alone.
+
+    ``absent``: no trace of the id; ``pending``: written, not handled yet; ``rejected``:
+    ignored by the job (bad signature, or an id already handled); ``done``: applied;
+    ``refused``: the result says why. The result is looked at first and again last: the
+    job writes the result before it removes the request, so a request that vanishes
+    between two looks is answered.
+    """
+    check_id(request_id)
+    for attempt in range(2):
+        result = read_result(run_dir, request_id)
+        if result is not None:
+            return str(result.get("status", "unknown"))
+        if attempt:
+            break
+        req = request_path(run_dir, request_id)
+        if req.exists():
+            return "pending"
+        if req.with_suffix(REJECTED_SUFFIX).exists():
+            return "rejected"
+    return "absent"
+
+
+def wait_result(
+    run_dir: str | Path,
+    request_id: str,
+    timeout_s: float,
+    *,
+    poll_s: float = RESULT_POLL_S,
+    sleep: Callable[[float], None] = time.sleep,
+    monotonic: Callable[[], float] = time.monotonic,
+) -> dict[str, Any] | None:
+    """Return the job's answer to ``request_id``, or None after ``timeout_s`` without one.
+
+    Looks at least once, so ``timeout_s=0`` is a non-blocking read.
+    """
+    deadline = monotonic() + timeout_s
+    while True:
+        result = read_result(run_dir, request_id)
+        if result is not None:
+            return result
+        left = deadline - monotonic()
+        if left <= 0:
+            return None
+        sleep(min(poll_s, left))

@@ -1,0 +1,50 @@
+"""Run the agent's collectors in tests: a Context over captured fixtures, one scrape."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+
+from sentinel.agent.collectors.base import Context
+from sentinel.agent.config import AgentConfig
+from sentinel.gpu.nvml_replay import H100_LOAD
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+H100 = FIXTURES / "h100"
+# The H100's NVML dumps at idle and under load (the load one ships in the package).
+NVML_DUMPS = {"idle": H100 / "nvml_idle.json", "load": H100_LOAD}
+PROC = FIXTURES / "agent" / "proc"
+
+
+def make_ctx(tmp_path: Path, **cfg: Any) -> Context:
+    """Return a collector Context on the captured /proc, with ``cfg`` overriding defaults."""
+    defaults: dict[str, Any] = {
+        "procfs": str(PROC),
+        "socket": str(tmp_path / "agent.sock"),
+        "filesystem_paths": [str(tmp_path)],
+    }
+    defaults.update(cfg)
+    return Context(config=AgentConfig(**defaults), hostname="node1")
+
+
+def render_collector(c: Any) -> str:
+    """Return the exposition of one collect() of collector ``c``."""
+
+    class A:
+        def collect(self) -> Any:
+            return c.collect()
+
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(A())  # type: ignore[arg-type]
+    return generate_latest(reg).decode()
+
+
+def proc_dir(tmp_path: Path, which: int) -> Path:
+    """Return a procfs root holding the H100's captured diskstats number ``which``."""
+    d = tmp_path / "proc"
+    d.mkdir(exist_ok=True)
+    shutil.copy(H100 / f"diskstats-{which}.txt", d / "diskstats")
+    return d

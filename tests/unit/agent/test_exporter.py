@@ -1,0 +1,187 @@
+"""A slow or hung collector cannot stall the scrape, pile up threads or hide from /healthz."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import requests
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+from sentinel.agent.collectors import Collector
+from sentinel.agent.exporter import Agent
+from sentinel.agent.server import HttpServer
+from tests.support.collectors import make_ctx
+from tests.support.metrics import value
+
+TIMEOUT_S = 0.5
+
+
+class Blocking(Collector):
+    """Blocks in collect until ``release`` is set, as a wedged NVML call would."""
+
+    name = "stuck"
+
+    def __init__(self, ctx) -> None:
+        super().__init__(ctx)
+        self.release = threading.Event()
+        self.calls = 0
+        self.closed = False
+
+    def collect(self) -> list[Metric]:
+        self.calls += 1
+        self.release.wait(30)
+        g = GaugeMetricFamily("sentinel_stuck_value", "Arrives once released.")
+        g.add_metric([], 7.0)
+        return [g]
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class Quick(Collector):
+    """Returns at once, or after ``sleep`` seconds."""
+
+    def __init__(self, ctx, name: str = "quick", sleep: float = 0.0) -> None:
+        super().__init__(ctx)
+        self.name = name  # type: ignore[misc] - instances named per test
+        self.sleep = sleep
+
+    def collect(self) -> list[Metric]:
+        time.sleep(self.sleep)
+        g = GaugeMetricFamily(f"sentinel_{self.name}_value", "A value.")
+        g.add_metric([], 1.0)
+        return [g]
+
+
+OTHERS: set[threading.Thread] = set()
+
+
+@pytest.fixture(autouse=True)
+def _others() -> None:
+    """Remember threads that exist before the test (other tests' agents)."""
+    OTHERS.clear()
+    OTHERS.update(threading.enumerate())
+
+
+def collect_threads() -> list[threading.Thread]:
+    """Return the collector worker threads this test started."""
+    return [t for t in threading.enumerate()
+            if t.name.startswith("sentinel-collect-") and t not in OTHERS]
+
+
+@pytest.fixture
+def served(tmp_path) -> Iterator[tuple[str, Agent, Blocking]]:
+    ctx = make_ctx(tmp_path, collector_timeout_seconds=TIMEOUT_S, collect_stall_seconds=1.0)
+    stuck = Blocking(ctx)
+    agent = Agent(ctx, collectors=[Quick(ctx), stuck])
+    server = HttpServer("127.0.0.1", 0, agent)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{server.address[1]}", agent, stuck
+    finally:
+        stuck.release.set()
+        server.stop()
+        agent.close()
+
+
+def scrape(url: str) -> tuple[str, float]:
+    t0 = time.monotonic()
+    r = requests.get(f"{url}/metrics", timeout=10)
+    assert r.status_code == 200
+    return r.text, time.monotonic() - t0
+
+
+def test_a_hung_collector_is_left_out_and_the_scrape_returns_in_time(served):
+    url, agent, stuck = served
+    text, took = scrape(url)
+    assert TIMEOUT_S <= took < TIMEOUT_S + 0.5
+    assert value(text, "sentinel_collector_success", collector="quick") == 1
+    assert value(text, "sentinel_quick_value") == 1
+    assert value(text, "sentinel_collector_success", collector="stuck") == 0
+    assert value(text, "sentinel_collector_timeouts_total", collector="stuck") == 1
+    assert value(text, "sentinel_collector_timeouts_total", collector="quick") == 0
+    assert value(text, "sentinel_collector_duration_seconds", collector="stuck") >= TIMEOUT_S
+    assert "sentinel_stuck_value" not in text
+
+
+def test_repeated_scrapes_do_not_start_another_collect_or_thread(served):
+    url, agent, stuck = served
+    scrape(url)
+    for _ in range(10):
+        text, took = scrape(url)
+        # Still running from the first scrape: nothing to wait for, nothing new started.
+        assert took < TIMEOUT_S
+        assert value(text, "sentinel_collector_success", collector="stuck") == 0
+        assert value(text, "sentinel_quick_value") == 1
+    assert stuck.calls == 1
+    assert sorted(t.name for t in collect_threads()) == ["sentinel-collect-quick",
+                                                         "sentinel-collect-stuck"]
+    assert value(text, "sentinel_collector_timeouts_total", collector="stuck") == 11
+    assert value(text, "sentinel_collector_duration_seconds", collector="stuck") > TIMEOUT_S
+
+
+def test_healthz_reports_a_collector_stuck_past_collect_stall_seconds(served):
+    url, agent, stuck = served
+    scrape(url)
+    assert requests.get(f"{url}/healthz", timeout=5).status_code == 200  # slow, not stalled yet
+    time.sleep(1.1)  # collect_stall_seconds is 1.0
+    r = requests.get(f"{url}/healthz", timeout=5)
+    assert r.status_code == 503
+    assert "collector stuck has been collecting for" in r.text
+    stuck.release.set()
+    deadline = time.monotonic() + 5
+    while agent.health()[0] is False and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert requests.get(f"{url}/healthz", timeout=5).status_code == 200
+
+
+def test_a_collector_that_returns_again_is_back_on_the_next_scrape(served):
+    url, agent, stuck = served
+    scrape(url)
+    stuck.release.set()
+    deadline = time.monotonic() + 5
+    while stuck.calls == 1 and time.monotonic() < deadline:
+        text, _ = scrape(url)
+        if value(text, "sentinel_collector_success", collector="stuck") == 1:
+            break
+    # The late result of the first collect is dropped; a fresh collect serves the scrape.
+    assert stuck.calls == 2
+    assert value(text, "sentinel_collector_success", collector="stuck") == 1
+    assert value(text, "sentinel_stuck_value") == 7
+    assert value(text, "sentinel_collector_timeouts_total", collector="stuck") == 1
+    assert value(text, "sentinel_collector_duration_seconds", collector="stuck") < TIMEOUT_S
+
+
+def test_collectors_run_concurrently(tmp_path):
+    ctx = make_ctx(tmp_path, collector_timeout_seconds=5.0)
+    agent = Agent(ctx, collectors=[Quick(ctx, f"slow{i}", sleep=0.4) for i in range(3)])
+    try:
+        t0 = time.monotonic()
+        text = agent.render().decode()
+        took = time.monotonic() - t0
+    finally:
+        agent.close()
+    assert all(value(text, "sentinel_collector_success", collector=f"slow{i}") == 1
+               for i in range(3))
+    assert 0.4 <= took < 1.0  # one after another would take 1.2 s
+
+
+def test_close_does_not_wait_for_or_close_a_hung_collector(tmp_path):
+    ctx = make_ctx(tmp_path, collector_timeout_seconds=0.05)
+    stuck = Blocking(ctx)
+    quick = Quick(ctx)
+    agent = Agent(ctx, collectors=[quick, stuck])
+    agent.render()
+    t0 = time.monotonic()
+    agent.close()
+    assert time.monotonic() - t0 < 2.0
+    assert not stuck.closed  # closing it under its hung collect could hang shutdown
+    assert [t.name for t in collect_threads()] == ["sentinel-collect-stuck"]
+    stuck.release.set()
+    deadline = time.monotonic() + 5
+    while collect_threads() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert collect_threads() == []  # it exits once its collect returns

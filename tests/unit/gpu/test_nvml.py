@@ -1,0 +1,76 @@
+"""The NVML wrapper's field table, read through the fake NVML over the captured H100 dump."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from sentinel.gpu.nvml import FIELDS, GpuSample, Nvml
+from sentinel.gpu.nvml_replay import H100_LOAD, ReplayBackend
+
+LOAD = H100_LOAD
+
+
+def load() -> dict:
+    return json.loads(LOAD.read_text())
+
+
+class Counting(ReplayBackend):
+    """The replay backend, counting calls by NVML function name."""
+
+    def __init__(self, dump: dict) -> None:
+        super().__init__(dump)
+        self.by_name: dict[str, int] = {}
+
+    def __getattribute__(self, name: str):
+        attr = super().__getattribute__(name)
+        if name.startswith("nvmlDevice") and callable(attr):
+            counts = super().__getattribute__("by_name")
+
+            def counted(*a, **k):
+                counts[name] = counts.get(name, 0) + 1
+                return attr(*a, **k)
+
+            return counted
+        return attr
+
+
+def test_the_table_fills_every_value_of_a_sample():
+    nv = Nvml(ReplayBackend(load()))
+    nv.init()
+    s = nv.sample(0)
+    assert s.errors == [] and not s.gpu_lost
+    empty = [f.name for f in dataclasses.fields(GpuSample)
+             if f.name not in ("errors", "gpu_lost") and getattr(s, f.name) in (None, {})]
+    assert empty == []
+    assert len(s.violation_ns) == 8 and len(s.ecc_errors) == 4
+    assert len({f.name for f in FIELDS}) == len(FIELDS), "field names are unique"
+
+
+def test_a_per_field_return_code_is_an_error_and_not_supported_is_absence():
+    dump = load()
+    dump["devices"][0]["field_memory_temp"]["nvmlReturn"] = 2  # INVALID_ARGUMENT
+    nv = Nvml(ReplayBackend(dump))
+    nv.init()
+    s = nv.sample(0)
+    assert s.memory_temperature_c is None and not s.gpu_lost
+    assert s.errors == ["memory_temperature: NVML return 2"]
+    assert s.temperature_c is not None  # the fields after it are still read
+    dump["devices"][0]["field_memory_temp"]["nvmlReturn"] = 3  # NOT_SUPPORTED
+    s = nv.sample(0)
+    assert s.memory_temperature_c is None and s.errors == []
+
+
+def test_a_gpu_lost_mid_sample_gets_no_further_queries():
+    dump = load()
+    dump["devices"][0]["power_usage_mw"] = {"error": "NVMLError_GpuIsLost", "value": 15}
+    backend = Counting(dump)
+    nv = Nvml(backend)
+    nv.init()
+    s = nv.sample(0)
+    assert s.gpu_lost and s.errors == ["power: NVMLError_GpuIsLost"]
+    assert s.temperature_c is not None and s.memory_used_bytes is not None  # read before
+    assert s.power_limit_w is None and s.energy_j is None
+    after = {"nvmlDeviceGetEnforcedPowerLimit", "nvmlDeviceGetTotalEnergyConsumption",
+             "nvmlDeviceGetViolationStatus", "nvmlDeviceGetRemappedRows"}
+    assert not after & set(backend.by_name)

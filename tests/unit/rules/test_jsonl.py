@@ -1,0 +1,98 @@
+"""The detector-input JSON lines: one parser, the same message from both of its callers."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from sentinel.cli import main
+from sentinel.rules.jsonl import MAX_LINE_BYTES, InputError, iter_steps, read_steps
+
+GOOD = b'{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 2.0}\n'
+
+
+def detect(path: Path) -> list[str]:
+    return ["detect", str(path)]
+
+
+def notify_send(path: Path) -> list[str]:
+    return ["notify", "send", "--incident", "i", "--title", "t", "--steps-jsonl", str(path)]
+
+
+@pytest.fixture(params=[detect, notify_send], ids=["detect", "notify"])
+def run(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]):
+    """Run one caller of the parser on a file; return (exit code, stderr)."""
+    monkeypatch.setenv("SENTINEL_NOTIFY_QUEUE_DIR", str(tmp_path / "q"))
+    monkeypatch.setenv("SENTINEL_NOTIFY_SLACK_WEBHOOK_URL", "http://127.0.0.1:1/hook")
+
+    def go(path: Path) -> tuple[int, str]:
+        rc = main(request.param(path))
+        return rc, capsys.readouterr().err
+
+    return go
+
+
+@pytest.mark.parametrize(
+    ("line", "why"),
+    [
+        (b'{"step": 3, "loss": "lots"}',
+         """:3: 'loss' is 'lots' (valid: a number, or "NaN", "Infinity", "-Infinity")"""),
+        (b'{"step": "two", "loss": 1.0}', ":3: 'step' is 'two' (valid: an integer >= 0)"),
+        (b'{"step": -1, "loss": 1.0}', ":3: 'step' is -1 (valid: an integer >= 0)"),
+        (b'{"step": 3}', ":3: 'loss' is missing (valid: a number"),
+        (b'{"step": 3, "loss": true}', ":3: 'loss' is True (valid: a number"),
+        (b"[1, 2]", ':3: expected a JSON object like {"step": 1, "loss": 2.5}, got list'),
+        (b'{"step": 3, "loss": 1.0', ":3: not valid JSON (Expecting ',' delimiter at column 24)"),
+        (b'{"step": 3, "loss": 1.0, "tokens_per_sec": -5}',
+         ":3: 'tokens_per_sec' is -5 (valid: a number >= 0)"),
+        (b'{"step": 3, "loss": 1.0, "grad_norm": "big"}', ":3: 'grad_norm' is 'big' (valid: "),
+        (b'{"step": 3, "loss": 1.0, "time": "Infinity"}',
+         ":3: 'time' is 'Infinity' (valid: finite unix seconds)"),
+        (b'{"step": 3, "loss": 1.0, "node": 7}', ":3: 'node' is 7 (valid: a string)"),
+        (b'{"step": 3, "loss": 1.0, "rank": 1.5}', ":3: 'rank' is 1.5 (valid: an integer)"),
+        (b'{"step": 3, "loss": ' + b"9" * 5000 + b"}", ":3: not a step record (Exceeds the limit"),
+        (b'{"step": 3, "loss": "\xff"}', ":3: not UTF-8 text (valid: JSON lines)"),
+        (b'{"step": 3, "loss": 1.0, "x": "' + b"a" * MAX_LINE_BYTES + b'"}',
+         f":3: line longer than {MAX_LINE_BYTES} bytes (valid: one step record per line)"),
+    ],
+)
+def test_a_bad_line_gets_the_same_message_from_both_callers(run, tmp_path, line, why):
+    p = tmp_path / "run.jsonl"
+    p.write_bytes(GOOD + line + b"\n" + GOOD)
+    rc, err = run(p)
+    assert rc == 2
+    assert f"{p}{why}" in err, err
+
+
+def test_a_missing_file_is_named(run, tmp_path):
+    rc, err = run(tmp_path / "none.jsonl")
+    assert rc == 2
+    assert f"{tmp_path / 'none.jsonl'}: cannot read it (No such file or directory)" in err
+
+
+def test_a_file_with_no_steps_is_refused(run, tmp_path):
+    p = tmp_path / "empty.jsonl"
+    p.write_text("\n  \n")
+    rc, err = run(p)
+    assert rc == 2
+    assert f"{p}: no step" in err and "valid: one JSON object per line" in err
+
+
+def test_steps_are_read_lazily_and_non_finite_values_kept(tmp_path):
+    p = tmp_path / "run.jsonl"
+    p.write_bytes(b'{"step": 0, "loss": "NaN", "grad_norm": "Infinity", "tokens_per_sec": 5,'
+                  b' "time": 10.5, "node": "n1", "rank": 2}\r\n\n{"step": 1, "loss": 1}\n'
+                  b'{"step": oops}\n')
+    it = iter_steps(p)
+    first = next(it)
+    assert math.isnan(first.loss) and first.grad_norm == math.inf
+    assert (first.step, first.tokens_per_sec, first.time, first.node, first.rank) == (
+        0, 5.0, 10.5, "n1", 2)
+    assert next(it).loss == 1.0  # a blank line is skipped; the bad line is not read yet
+    with pytest.raises(InputError, match=r"run\.jsonl:4: not valid JSON"):
+        next(it)
+    with pytest.raises(InputError, match=r"run\.jsonl:4: not valid JSON"):
+        read_steps(p)
