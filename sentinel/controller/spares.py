@@ -141,6 +141,10 @@ class SlurmWorld:
         self.jobs = jobs
         self.pool = SparePool(slurm, journal, config, clock)
 
+    def ready_spares(self) -> int:
+        """Return how many spares are ready now (the controller's metric; raises SlurmError)."""
+        return len(self.pool.ready())
+
     def snapshot(self, finding: Finding) -> dict[str, Any]:
         """Return ``nodes_total``, ``ready_spares`` (-1 unknown) and ``node_in_job``."""
         try:

@@ -98,6 +98,7 @@ def test_spare_swap_end_to_end_passing_burnin(slurm, tmp_path):
         ("node5", "no burn-in passed in the last 24 h")]
     burn_in_spare(tmp_path, slurm)
     assert [s.node for s in pool.ready()] == ["node5"]
+    assert parts.controller.world.ready_spares() == 1  # what the controller's metric shows
     try:
         det.push(xid("node3"))
         run_until_done(parts)

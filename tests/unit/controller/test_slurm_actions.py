@@ -139,6 +139,7 @@ def test_world_snapshot_from_captured_slurm(tmp_path):
     assert w.snapshot(xid("node3")) == {"nodes_total": 5, "ready_spares": 0,
                                         "node_in_job": True, "spares": []}
     assert w.snapshot(xid("node5"))["node_in_job"] is False
+    assert w.ready_spares() == 0  # node5 idle and staged, but never burned in
     down = SlurmWorld(Slurm(runner=Replay({"sinfo": from_error("error-unreachable-sinfo.json")})),
                       c.journal, c.config, c.jobs, time.time)
     snap = down.snapshot(xid("node3"))
