@@ -120,8 +120,8 @@ def read_report(stdout: str) -> BurninReport:
 
 def verdict_text(report: BurninReport) -> str:
     """Return the failing GPUs' verdicts, e.g. ``GPU 0 LOW_FLOPS, GPU 3 THROTTLED``."""
-    bad = [f"GPU {v.cuda_index} {v.verdict.value}" for v in report.verdicts if not v.ok]
-    return ", ".join(bad) or "no GPU passed"
+    return ", ".join(f"GPU {v.cuda_index} {v.verdict.value}" for v in report.verdicts
+                     if not v.ok)
 
 
 def burnin_plan(ctx: ActionContext, node: str, incident: str) -> dict[str, Any]:
@@ -212,6 +212,11 @@ def _run_burnin(run: Run) -> dict[str, Any]:
         raise ActionFailed(f"burn-in of {b['node']} gave no report (exit code "
                            f"{res.returncode}): {e}; stderr: {err or '(empty)'}",
                            classify(err), {"exit_code": res.returncode}) from e
+    if not report.verdicts:
+        # A burn-in that saw no GPU passes by its own rules, but it is no evidence.
+        raise ActionFailed(f"burn-in of {b['node']} tested no GPU (host {report.hostname}): "
+                           "check the node's GPUs and CUDA_VISIBLE_DEVICES",
+                           PERMANENT, {"exit_code": res.returncode})
     verdicts = {str(v.cuda_index): v.verdict.value for v in report.verdicts}
     out = {"ok": bool(report.ok), "verdicts": verdicts, "exit_code": res.returncode,
            "hostname": report.hostname, "finished_at": report.finished_at,

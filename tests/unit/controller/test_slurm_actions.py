@@ -174,3 +174,33 @@ def test_read_report_gives_the_verdicts():
     r = read_report(recorded("fail"))
     assert not r.ok and [v.verdict.value for v in r.verdicts] == ["LOW_FLOPS"]
     assert read_report(recorded("pass")).ok
+
+
+def burnin_run(tmp: Path, stdout: str, rc: int = 0) -> tuple[dict, Replay]:
+    """Run the burnin_run step of a planned burn-in against a runner printing ``stdout``."""
+    from sentinel.controller.actions.base import Run
+
+    r = Replay(answers(**{"srun": Done(rc, stdout, "")}))
+    c = ctx(tmp, r)
+    p = plan("burnin", c, xid("node5"))
+    rec = c.journal.add_action(p["incident"], "burnin", "act", "started", plan=p, node="node5",
+                               job=None)
+    [step] = [s for s in ACTIONS["burnin"].steps(p) if s.name == "burnin_run"]
+    return step.run(Run(ctx=c, record=rec)), r
+
+
+def test_burnin_run_step_reads_the_recorded_report(tmp_path):
+    out, r = burnin_run(tmp_path, recorded("fail"), rc=1)
+    assert (out["ok"], out["verdicts"], out["failed"]) == (False, {"0": "LOW_FLOPS"},
+                                                           "GPU 0 LOW_FLOPS")
+    [srun] = [a for a, _, _ in r.calls if a[0] == "srun"]
+    assert srun[:4] == ["srun", "--reservation=sentinel-burnin-node5", "-w", "node5"]
+    assert burnin_run(tmp_path / "b", recorded("pass"))[0]["ok"] is True
+
+
+def test_burnin_run_step_fails_on_no_report_or_no_gpu(tmp_path):
+    with pytest.raises(ActionFailed, match=r"gave no report \(exit code 1\)"):
+        burnin_run(tmp_path, "srun: error: Unable to allocate resources\n", rc=1)
+    empty = json.loads((BURNIN / "h200-pass.report.json").read_text()) | {"gpus": []}
+    with pytest.raises(ActionFailed, match="tested no GPU"):
+        burnin_run(tmp_path / "b", json.dumps({"event": "verdict", "report": empty}))
