@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 import socket
 import struct
 import time
@@ -17,7 +18,7 @@ from sentinel import protocol
 from sentinel.agent.collectors.training import TrainingCollector
 from sentinel.agent.exporter import Agent
 from sentinel.agent.server import HttpServer
-from sentinel.agent.steps import MAX_RATE_ENTRIES, StepStore
+from sentinel.agent.steps import StepStore
 from sentinel.protocol import Identity, StepReport
 from sentinel.train.reporter import Reporter
 from tests.support.collectors import make_ctx, render_collector
@@ -60,15 +61,20 @@ def test_young_rank_rate_is_not_diluted_by_the_full_window():
     assert s.tokens_per_second(s.jobs["j"].ranks[0], clk.t) == pytest.approx(500.0)
 
 
-def test_rate_is_right_when_more_reports_arrive_than_the_window_can_hold():
+def test_rate_is_right_at_any_report_rate_in_fixed_memory():
     clk = Clock()
     s = StepStore(rate_window=30.0, monotonic=clk)
     for i in range(8000):  # 200 steps/s of 10 tokens for 40 s: 6000 reports per window
         s.add(rep(step=i, tokens=10, t=i / 200))
         clk.t += 1 / 200
     st_ = s.jobs["j"].ranks[0]
-    assert len(st_.window) == MAX_RATE_ENTRIES < 6000
+    size = len(pickle.dumps(st_.rate))
     assert s.tokens_per_second(st_, clk.t) == pytest.approx(2000.0, rel=0.01)
+    for i in range(8000, 8100):  # a rank reporting a step every 10 s: same memory
+        s.add(rep(step=i, tokens=10, t=i / 200))
+        clk.t += 10
+    assert len(pickle.dumps(st_.rate)) == size < 4096
+    assert s.tokens_per_second(st_, clk.t) == pytest.approx(10 * 3 / 30, rel=0.34)
 
 
 def test_step_duration_histogram_uses_report_times(tmp_path):
