@@ -205,7 +205,8 @@ def test_steps_api_errors(running):
     assert r.status_code == 400
     r = requests.get(f"{url}/api/v1/steps", params={"job": "a", "snice": "5"}, timeout=5)
     assert r.status_code == 400
-    assert r.json() == {"error": "unknown parameter 'snice' (valid: job, since, rank)"}
+    assert r.json() == {
+        "error": "unknown parameter 'snice' (valid: job, since, rank, limit, cursor)"}
     assert requests.get(f"{url}/nope", timeout=5).status_code == 404
     assert requests.get(f"{url}/healthz", timeout=5).status_code == 200
 
@@ -297,35 +298,6 @@ def test_reporter_dropped_stays_monotonic_across_a_process_restart():
                              samples=None, time=1.0, extra={key: told}))
     st = store.jobs["j"].ranks[0]
     assert st.reporter_dropped_base + st.reporter_dropped_last == 6
-
-
-def test_a_client_trickling_its_request_loses_the_connection(running, monkeypatch):
-    """A slow-loris client cannot hold a connection slot: the request has a deadline."""
-    import sentinel.agent.server as server_mod
-
-    monkeypatch.setattr(server_mod, "REQUEST_DEADLINE_S", 1.0)
-    _agent, url, _ctx = running
-    host, port = url.removeprefix("http://").split(":")
-    s = socket.create_connection((host, int(port)), timeout=5)
-    t0 = time.monotonic()
-    closed = False
-    try:
-        for ch in b"GET /metrics HTTP/1.1\r\nHost: x\r\n":  # never finishes the headers
-            s.send(bytes([ch]))
-            time.sleep(0.1)
-    except OSError:
-        closed = True
-    if not closed:
-        s.settimeout(5)
-        try:
-            closed = s.recv(1) == b""
-        except OSError:
-            closed = True
-    elapsed = time.monotonic() - t0
-    s.close()
-    assert closed and elapsed < 4.5
-    # Normal requests are unaffected.
-    assert requests.get(f"{url}/healthz", timeout=5).status_code == 200
 
 
 def test_a_finished_rank_stops_its_live_series_and_the_job_is_forgotten(tmp_path):
