@@ -83,13 +83,27 @@ class StepRing:
         return bytes(self._buf[off:]) + bytes(self._buf[:off])
 
 
+# A record as unpacked: Record's fields in order, then the flags; absent values are
+# still placeholders (see as_record).
+Row = tuple[int, int, int, float, float, int, int, int, float, int]
+
+
+def rows(snapshot: bytes) -> Iterator[Row]:
+    """Unpack the raw rows of a :meth:`StepRing.snapshot`, oldest first."""
+    return _RECORD.iter_unpack(snapshot)
+
+
+def as_record(row: Row) -> Record:
+    """Return the Record of a raw row, with None where the report had no value."""
+    seq, step, rank, loss, gn, tokens, samples, batch, t, flags = row
+    return Record(seq, step, rank, loss, gn if flags & HAS_GRAD_NORM else None, tokens,
+                  samples if flags & HAS_SAMPLES else None,
+                  batch if flags & HAS_BATCH else None, t)
+
+
 def records(snapshot: bytes) -> Iterator[Record]:
     """Unpack the records of a :meth:`StepRing.snapshot`, oldest first."""
-    for seq, step, rank, loss, gn, tokens, samples, batch, t, flags in _RECORD.iter_unpack(
-            snapshot):
-        yield Record(seq, step, rank, loss, gn if flags & HAS_GRAD_NORM else None, tokens,
-                     samples if flags & HAS_SAMPLES else None,
-                     batch if flags & HAS_BATCH else None, t)
+    return (as_record(r) for r in rows(snapshot))
 
 
 class TokenRate:

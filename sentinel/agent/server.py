@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from typing import Any
 
@@ -10,7 +11,7 @@ from sentinel.agent.exporter import Agent
 from sentinel.agent.steps import Cursor
 from sentinel.httpserve import HttpServer as _HttpServer
 from sentinel.httpserve import Limits, Request, Response
-from sentinel.jsonnum import dumps
+from sentinel.jsonnum import dumps, encode_number
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +23,9 @@ CONTENT_TYPE_METRICS = "text/plain; version=0.0.4; charset=utf-8"
 MAX_PAGE_RECORDS = 5000
 MAX_PAGE_BYTES = 1 << 20
 STEPS_PARAMS = ("job", "since", "rank", "limit", "cursor")
+# One strict encoder for every record (json.dumps builds one per call): a record's only
+# floats that can be non-finite are loss and grad_norm, spelled as strings before.
+_RECORD_JSON = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
 
 
 class AgentRoutes:
@@ -107,7 +111,9 @@ def _page_body(job: str, page: list[tuple[Cursor, dict[str, Any]]], more: bool) 
     last: Cursor | None = None
     for key, rec in page:
         # NaN/Inf losses leave as "NaN"/"Infinity" strings: strict JSON for every client.
-        text = dumps(rec)
+        rec["loss"] = encode_number(rec["loss"])
+        rec["grad_norm"] = encode_number(rec["grad_norm"])
+        text = _RECORD_JSON.encode(rec)
         if parts and size + len(text) + 1 > MAX_PAGE_BYTES:
             more = True
             break

@@ -19,13 +19,14 @@ import bisect
 import heapq
 import logging
 import math
+import operator
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sentinel.agent.ring import Record, StepRing, TokenRate, records
+from sentinel.agent.ring import Record, Row, StepRing, TokenRate, as_record, rows
 from sentinel.protocol import (
     DROP_REASONS,
     EVENT_FINISHED,
@@ -119,6 +120,8 @@ class JobState:
 
 # A position in a job's step records as /api/v1/steps pages them: (step, rank, seq).
 Cursor = tuple[int, int, int]
+# The cursor of a raw ring row (sentinel.agent.ring.Row: seq, step, rank, ...).
+_cursor: Callable[[Row], Cursor] = operator.itemgetter(1, 2, 0)
 
 
 class StepStore:
@@ -318,18 +321,16 @@ class StepStore:
             state = self.jobs[job]
             snap = state.ring.snapshot()
             hosts = {r: st.host for r, st in state.ranks.items()}
-        keyed = (((r.step, r.rank, r.seq), r) for r in records(snap)
-                 if r.step >= since and (rank is None or r.rank == rank))
+        found = [row for row in rows(snap)
+                 if row[1] >= since and (rank is None or row[2] == rank)]
         if after is not None:
-            keyed = (kr for kr in keyed if kr[0] > after)
-        if limit is None:
-            chosen = sorted(keyed, key=lambda kr: kr[0])
-            more = False
+            found = [row for row in found if _cursor(row) > after]
+        if limit is None or len(found) <= limit:
+            chosen, more = sorted(found, key=_cursor), False
         else:
-            chosen = heapq.nsmallest(limit + 1, keyed, key=lambda kr: kr[0])
-            more = len(chosen) > limit
-            chosen = chosen[:limit]
-        return [(key, _as_dict(r, hosts.get(r.rank, ""))) for key, r in chosen], more
+            chosen, more = heapq.nsmallest(limit, found, key=_cursor), True
+        return [(_cursor(row), _as_dict(as_record(row), hosts.get(row[2], "")))
+                for row in chosen], more
 
     def steps(self, job: str, since: int, rank: int | None = None) -> list[dict[str, Any]]:
         """Return all of ``job``'s records with step >= since, by (step, rank) (see page)."""

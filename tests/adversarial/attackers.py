@@ -1,8 +1,8 @@
 """Slow HTTP clients against the agent, in a process of their own (one thread, selectors).
 
 ``python -m tests.adversarial.attackers HOST:PORT --tricklers 32 --never-read 20
---seconds 20 --path /api/v1/steps?job=big`` runs until the time is up and prints one
-JSON line: how often the server cut each kind of client off.
+--seconds 20 --path /api/v1/steps?job=big`` runs until the time is up (or SIGTERM) and
+prints one JSON line: how often the server cut each kind of client off.
 
 - A trickler opens a connection and sends its request one byte every ``--trickle-s``
   seconds without ever finishing the headers; when the server closes it, it reconnects.
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import selectors
+import signal
 import socket
 import time
 
@@ -103,7 +104,9 @@ def main() -> None:
     clients = ([_Client("trickle", addr, a.path, sel) for _ in range(a.tricklers)]
                + [_Client("never", addr, a.path, sel) for _ in range(a.never_read)])
     end = time.monotonic() + a.seconds
-    while (now := time.monotonic()) < end:
+    stopped: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, _frame: stopped.append(signum))
+    while (now := time.monotonic()) < end and not stopped:
         for c in clients:
             c.tick(now, a.trickle_s)
         for key, _ in sel.select(timeout=0.02):

@@ -27,8 +27,8 @@ pytestmark = [pytest.mark.adversarial, pytest.mark.integration]
 UNIT = Path(__file__).resolve().parents[2] / "deploy" / "systemd" / "sentinel-agent.service"
 JOBS, RANKS = 16, 64
 RING = 20000  # agent.step_ring_size's default: flood 1 fills every job's ring
-HOST_FLOOD_S = 10.0
-STEPS_CLIENTS, STEPS_FLOOD_S = 16, 6.0
+HOST_FLOOD_S = 5.0
+STEPS_CLIENTS, STEPS_FLOOD_S = 16, 4.0
 
 
 def memory_max_kib() -> int:
@@ -135,7 +135,9 @@ def test_rss_stays_under_memory_max_under_each_flood(tmp_path):
             # 1. Ordinary datagrams, 16 jobs x 64 ranks, until every job's ring is full;
             #    identity strings as long as the agent accepts.
             rss.reset()
+            t0 = time.monotonic()
             sent = _flood(agent.socket_path, _prefixes("n" * 253), RING // RANKS + 2)
+            took = time.monotonic() - t0
             names = requests.get(f"{agent.url}/metrics", timeout=30).text
             assert names.count("sentinel_train_job_info{") == JOBS
             figures["ordinary"] = rss.peak()
@@ -144,7 +146,8 @@ def test_rss_stays_under_memory_max_under_each_flood(tmp_path):
             jobs = sorted({m for m in re.findall(r'job="(job[^"]+)"', names)})
             n_req, n_bytes = _steps_flood(agent.url, jobs, STEPS_FLOOD_S)
             figures["steps"] = rss.peak()
-            # 3. 7 KB host strings, for HOST_FLOOD_S.
+            # 3. 7 KB host strings, for HOST_FLOOD_S (the issue's 2.3 GB took 10 s; these
+            #    are refused, so RSS does not move: 5 s shows it).
             rss.reset()
             sent_host = _flood(agent.socket_path, _prefixes("h" * 7000, job_len=40), 10**6,
                                HOST_FLOOD_S)
@@ -156,8 +159,9 @@ def test_rss_stays_under_memory_max_under_each_flood(tmp_path):
         health = requests.get(f"{agent.url}/healthz", timeout=10)
     mib = {k: round(v / 1024, 1) for k, v in figures.items()}
     print(f"\nPROBE RSS MiB: start {mib['start']}, ordinary datagrams ({sent} sent) "
-          f"{mib['ordinary']}, {STEPS_CLIENTS} parallel /api/v1/steps ({n_req} answers, "
-          f"{n_bytes / 2**20:.0f} MiB) {mib['steps']}, 7 KB hosts ({sent_host} sent) "
-          f"{mib['host']}; peak VmHWM {hwm / 1024:.1f} MiB; MemoryMax {limit // 1024} MiB")
+          f"{mib['ordinary']} (in {took:.0f} s), {STEPS_CLIENTS} parallel /api/v1/steps "
+          f"({n_req} answers, {n_bytes / 2**20:.0f} MiB) {mib['steps']}, 7 KB hosts "
+          f"({sent_host} sent) {mib['host']}; peak VmHWM {hwm / 1024:.1f} MiB; "
+          f"MemoryMax {limit // 1024} MiB")
     assert health.status_code == 200
     assert hwm < limit, f"peak RSS {hwm} KiB >= MemoryMax {limit} KiB: {mib}"
