@@ -97,7 +97,7 @@ def datagrams(draw: st.DrawFn) -> bytes:
 _REPORTER_1E400 = step_datagram("j", extra_json=b'{"sentinel_reporter_dropped":1e400}')
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(batch=st.lists(datagrams(), min_size=1, max_size=8))
 @example(batch=[_REPORTER_1E400])
 @example(batch=[step_datagram("j", extra_json=b'{"lr":' + b"1" * 400 + b"}")])

@@ -335,3 +335,14 @@ def test_a_rank_that_reports_again_after_finishing_is_live_again():
     assert store.jobs["j"].ranks[0].finished_at is not None
     store.add(rep(job="j", step=2))
     assert store.jobs["j"].ranks[0].finished_at is None
+
+
+def test_every_drop_reason_is_documented_in_metrics_md():
+    from pathlib import Path
+
+    from sentinel.agent.steps import ALL_DROP_REASONS
+
+    doc = (Path(__file__).resolve().parents[3] / "docs" / "METRICS.md").read_text()
+    row = next(line for line in doc.splitlines()
+               if line.startswith("| `sentinel_train_datagrams_dropped_total`"))
+    assert [r for r in ALL_DROP_REASONS if f"`{r}`" not in row] == []
