@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 
 DEFAULT_LISTEN_ADDRESS = "0.0.0.0:9464"
 DEFAULT_SOCKET = "/run/sentinel/agent.sock"
+# The group whose members may write to the report socket (mode 0660), when it exists.
+DEFAULT_SOCKET_GROUP = "sentinel"
 # node_exporter's default device exclusion: RAM disks, loops, floppies and partitions
 # (sda1, nvme0n1p1, ...), which would double-count their parent disk's I/O.
 DEFAULT_DISK_EXCLUDE = r"^(z?ram|loop|fd|(h|s|v|xv)d[a-z]|nvme\d+n\d+p)\d+$"
@@ -78,8 +80,9 @@ class AgentConfig:
     )
     socket_group: str = field(
         default="",
-        metadata={"help": "group of the report socket, a name or gid ('' = the agent's own "
-                  "group; the systemd unit sets Group=sentinel)"},
+        metadata={"help": "group of the report socket, a name or gid ('' = the group "
+                  f"'{DEFAULT_SOCKET_GROUP}' when it exists and the agent may use it, else the "
+                  f"agent's own; the systemd unit runs the agent as Group={DEFAULT_SOCKET_GROUP})"},
     )
     report_allow_uids: list[int] = field(
         default_factory=list,

@@ -10,6 +10,7 @@ may report, and the socket is group-writable only.
 
 from __future__ import annotations
 
+import grp
 import math
 import os
 import shutil
@@ -205,3 +206,20 @@ def test_a_socket_group_without_members_is_named_in_the_log(make_agent, users, c
     assert "group sntl-adv-empty, which has no members" in caplog.text
     assert "usermod -aG sntl-adv-empty USER" in caplog.text
     assert send_as(ALICE, sock, [step_datagram("x")]) == ["EACCES"]
+
+
+def test_by_default_the_socket_takes_the_sentinel_group_when_it_exists(make_agent, users,
+                                                                        monkeypatch, caplog):
+    import sentinel.agent.collectors.training as training_mod
+
+    monkeypatch.setattr(training_mod, "DEFAULT_SOCKET_GROUP", GROUP)  # as if it were called so
+    _tr, sock = make_agent(socket_group="")
+    assert os.stat(sock).st_gid == users["group"]
+    assert send_as(ALICE, sock, [step_datagram("x")]) == ["ok"]
+    # Without such a group the socket keeps the agent's own, and the log says who can report.
+    monkeypatch.setattr(training_mod, "DEFAULT_SOCKET_GROUP", "sntl-adv-absent")
+    with caplog.at_level("WARNING", logger="sentinel.agent.collectors.training"):
+        _tr, sock = make_agent(socket_group="")
+    assert os.stat(sock).st_gid == os.getegid()
+    own_members = grp.getgrgid(os.getegid()).gr_mem
+    assert ("which has no members" in caplog.text) == (not own_members)

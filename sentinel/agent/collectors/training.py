@@ -35,7 +35,7 @@ from prometheus_client.core import (
 
 from sentinel import protocol
 from sentinel.agent.collectors.base import Collector, Context
-from sentinel.agent.config import parse_mode
+from sentinel.agent.config import DEFAULT_SOCKET_GROUP, parse_mode
 from sentinel.agent.senders import CRED_SPACE, SenderPolicy, credentials, resolve_group
 from sentinel.agent.steps import STEP_DURATION_BUCKETS, UDP, RankState, StepStore
 from sentinel.ratelog import LogLimiter
@@ -137,23 +137,44 @@ def _bind_unix(path: str, rcvbuf: int, mode: int, group: str) -> socket.socket:
             raise OSError(f"{path} exists and is not a socket; refusing to replace it")
         p.unlink()  # a stale socket from a previous agent
     s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)  # the sender's uid per datagram
-    s.bind(path)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)  # the sender's uid per datagram
+        s.bind(path)
+        _set_group(path, group)
+        # bind() made it 0777 & ~umask; connecting needs write permission, so until this
+        # chmod nobody but the agent's user could send (with the unit's UMask, not even
+        # its group).
+        os.chmod(path, mode)
+    except OSError:
+        s.close()
+        raise
+    _warn_if_nobody_can_report(path, mode)
+    s.settimeout(READ_TIMEOUT_S)
+    return s
+
+
+def _set_group(path: str, group: str) -> None:
+    """Give the socket ``group``; '' = DEFAULT_SOCKET_GROUP when it exists and may be used."""
     if group:
         try:
             os.chown(path, -1, resolve_group("agent.socket_group", group))
         except PermissionError as e:
-            s.close()
             raise OSError(f"agent.socket_group: cannot give {path} the group {group!r} ({e}): "
                           "only root or a member of the group can; under systemd leave it "
                           "'' and set Group= in the unit") from None
-    # bind() made it 0777 & ~umask; connecting needs write permission, so until this
-    # chmod nobody but the agent's user could send (with the unit's UMask, not even its group).
-    os.chmod(path, mode)
-    _warn_if_nobody_can_report(path, mode)
-    s.settimeout(READ_TIMEOUT_S)
-    return s
+        return
+    try:
+        gid = grp.getgrnam(DEFAULT_SOCKET_GROUP).gr_gid
+    except KeyError:
+        return  # no such group: the agent's own group (the start-up warning says more)
+    if gid == os.stat(path).st_gid:
+        return  # the unit's Group= did it already
+    try:
+        os.chown(path, -1, gid)
+    except PermissionError:
+        log.warning("report socket %s: cannot give it the group %s (only root or a member "
+                    "can); it keeps the agent's own group", path, DEFAULT_SOCKET_GROUP)
 
 
 def _warn_if_nobody_can_report(path: str, mode: int) -> None:
