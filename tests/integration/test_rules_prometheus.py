@@ -72,3 +72,37 @@ def test_engine_over_prometheus_finds_the_cause(tmp_path, make, cause, node):
             assert "node05" in names and len(names) <= 3, names
         # A second cycle reports nothing new: the findings are deduplicated.
         assert detector.cycle(now=end) == []
+
+
+def test_first_xid_of_a_gpu_is_found_through_prometheus(tmp_path):
+    """A GPU's first XID creates its counter at 1: increase() alone never sees it."""
+    import json
+
+    from sentinel.gpu.nvml_replay import H100_LOAD
+    from tests.support.agent import run_agent
+
+    dump = json.loads(H100_LOAD.read_text())
+    replay = tmp_path / "replay.json"
+    replay.write_text(json.dumps(dump))
+    rules = [r for r in load_rules() if r.name == "gpu-errors"]
+    env = {"SENTINEL_AGENT_HOSTNAME": "node3"}
+    with run_agent(tmp_path / "agent", ["--gpu-replay", str(replay)], env=env) as agent, \
+            run_prometheus(tmp_path / "prom", [agent.hostport]) as prom:
+        prom.wait_for('sentinel_gpu_up{hostname="node3"}')
+        detector = OnlineDetector(rules, PrometheusSource(prom.url))
+        assert detector.cycle() == []
+        dump["xid_events"] = [{"uuid": dump["devices"][0]["uuid"], "xid": 79}]
+        (tmp_path / "replay.tmp").write_text(json.dumps(dump))
+        (tmp_path / "replay.tmp").replace(replay)  # the XID happens now
+        prom.wait_for('sentinel_gpu_xid_errors_total{hostname="node3",xid="79"}')
+        # increase() over the window is 0: the counter's only samples are 1.
+        assert prom.query('increase(sentinel_gpu_xid_errors_total[10m]) > 0') == []
+        deadline = time.monotonic() + 10
+        found = []
+        while not found and time.monotonic() < deadline:
+            found = [f for f in detector.cycle() if f.kind == "gpu_xid"]
+            time.sleep(0.5)
+        assert detector.errors == {}
+        [f] = found
+        assert (f.node, f.gpu, f.suggested_action) == ("node3", "0", "spare_swap")
+        assert f.summary == "XID 79 (hardware) on node3 GPU 0: 1 new"
