@@ -70,6 +70,13 @@ def test_xid_classes_and_other_errors():
     assert by_kind[("gpu_lost", "5")].node == "g"
 
 
+def test_an_xid_finding_starts_when_its_series_first_shows_it():
+    # Values are increases over the rule's window: 0 until the XID, then 1.
+    series = Series({"hostname": "h", "gpu": "1", "xid": "79"}, pts([0, 0, 0, 1, 1]))
+    (f,) = gpu_errors.detect(Window(series={"xid_new": [series]}), gpu_errors.Params())
+    assert f.time_start == series.points[3][0]
+
+
 def test_disk_latency_against_own_baseline():
     base = [0.002] * 80 + [0.08] * 20 + [0.002] * 20
     other = [0.03] * 120  # a slow disk that is always slow is its own normal
