@@ -29,7 +29,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("dashboards", "sentinel.dashboards.cli"),
     ("controller", "sentinel.controller.cli"),
     ("status", "sentinel.controller.status"),
-    ("demo", "sentinel.demo"),
+    ("demo", "sentinel.demo.cli"),
 ]
 
 EXIT_OK = 0

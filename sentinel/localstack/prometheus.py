@@ -72,6 +72,7 @@ def run_prometheus(
     tsdb_path: Path | None = None,
     binary: str | None = None,
     honor_labels: bool = False,
+    more_scrape_configs: list[dict[str, Any]] | None = None,
 ) -> Iterator[Prometheus]:
     """Start Prometheus scraping ``scrape_targets`` (host:port) on a free port.
 
@@ -88,7 +89,8 @@ def run_prometheus(
                 "job_name": "sentinel-agent",
                 "honor_labels": honor_labels,
                 "static_configs": [{"targets": scrape_targets or []}],
-            }
+            },
+            *(more_scrape_configs or []),
         ],
     }
     if rule_files:

@@ -55,8 +55,10 @@ def _new(s: Series) -> float:
 
 
 def _first_seen(s: Series) -> float | None:
-    """Return when the series first shows new events: the controller's time to detect
-    starts there (a finding without a start would count from the incident's opening)."""
+    """Return when the series first shows new events (where time to detect starts).
+
+    A finding without a start would count from its incident's opening.
+    """
     return next((t for t, v in s.finite() if v > 0), None)
 
 
