@@ -8,6 +8,9 @@ from dataclasses import dataclass
 
 from sentinel.rules.detectors._rolling import median
 
+# A gap of more than this many sample steps without a sample breaks a run of samples.
+MAX_GAP_STEPS = 3
+
 
 @dataclass
 class Episode:
@@ -64,7 +67,19 @@ def find_episodes(
     dip_close = max(1, k - need + 1)
     good_run = 0
     first_good = 0.0
+    last_t: float | None = None
     for t, v in pts:
+        if last_t is not None and t - last_t > MAX_GAP_STEPS * res:
+            # No samples for a while: the series stopped (a job requeued and down, scrapes
+            # failing). Samples on either side are not one run of bad samples: a dip open
+            # before the gap ends there, and the sustain window starts over.
+            recent.clear()
+            good_run = 0
+            if cur is not None and cur.flagged is None:
+                cur.end = last_t + res
+                out.append(cur)
+                cur = None
+        last_t = t
         if fixed_baseline is not None:
             base: float | None = fixed_baseline
         elif cur is not None:

@@ -176,6 +176,8 @@ def test_incident_groups():
     storage = Finding(kind="diagnosis", severity="warning", summary="storage stall",
                       suggested_action="notify", job="gpt", evidence={"cause": "storage_stall"})
     assert incident_group(drop) == incident_group(storage) == "throughput/gpt"
+    cluster = [dataclasses.replace(f, job=None) for f in (drop, storage)]
+    assert {incident_group(f) for f in cluster} == {"throughput/cluster"}
     gpu = Finding(kind="diagnosis", severity="warning", summary="failing GPU 3 on node3",
                   suggested_action="spare_swap", job="gpt", node="node3")
     assert incident_group(gpu) == "node/node3"
