@@ -192,10 +192,10 @@ class Scenario:
 
     def poll(self) -> None:
         """Read the job's log, the journal and (each second) Slurm and Prometheus."""
-        for r in self.job.update():
-            self._job_record(r)
         for t, kind, data in self.journal.news():
             self._journal_record(t, kind, data)
+        for r in self.job.update():
+            self._job_record(r)
         now = time.monotonic()
         if now >= self._next_signals:
             self._next_signals = now + 1.0
@@ -238,11 +238,8 @@ class Scenario:
         v = self.view
         if kind == "finding":
             f = data["finding"]
-            cls = f.get("evidence", {}).get("classification")
-            extra = f" ({cls})" if cls and f.get("kind") == "loss_spike" else ""
             state = "" if f.get("state") == "firing" else f" [{f.get('state')}]"
-            v.say("finding", f"{f.get('summary')}{extra}{state}  -> incident {data['incident']}",
-                  at=t)
+            v.say("finding", f"{f.get('summary')}{state}  -> incident {data['incident']}", at=t)
         elif kind == "decision":
             what = data.get("action") or "no action"
             mode = f" ({data.get('mode')})" if data.get("action") else ""
@@ -405,17 +402,14 @@ class Scenario:
         self.view.say("fault", f"reads of the job's data throttled to {story.SLOW_READ_IOPS}/s "
                       f"on {s.storage.backing}, under every node's data device (the job's "
                       f"{len(moved)} ranks moved into a blkio group)")
-        group = f"throughput/{story.JOB}"
-
         def told() -> Any:
-            inc = self._latest_incident(group)
-            if inc is None or e.fault_at is None or inc.opened_at < e.fault_at - 5:
-                return None
+            # The diagnosis naming storage, whichever incident it joined (the job's or the
+            # cluster's throughput: Prometheus-sourced drops name no job).
             j = self.journal.open()
-            for f in j.findings(since=inc.opened_at) if j is not None else []:
-                ev = f["finding"].get("evidence", {})
-                if f["incident"] == inc.id and ev.get("cause") == "storage_stall":
-                    return inc, f
+            for f in j.findings(since=(e.fault_at or 0.0) - 5) if j is not None else []:
+                if f["finding"].get("evidence", {}).get("cause") == "storage_stall":
+                    inc = j.incident(f["incident"])  # type: ignore[union-attr]
+                    return (inc, f) if inc is not None else None
             return None
 
         got = self._wait("the storage diagnosis", told, story.SLOW_SECONDS_MAX)

@@ -22,7 +22,7 @@ RESERVATION = "train"
 SPARE_FEATURE = "staged"
 
 # The GPT example, tiny (0.12 M parameters): one rank per node, one torch thread each.
-MAX_STEPS = 520
+MAX_STEPS = 460
 SEED = 1234
 CHECKPOINT_EVERY = 50
 # Each step padded to at least this long: four ranks on two cores step at ~0.05 s, so
