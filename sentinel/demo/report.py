@@ -147,36 +147,41 @@ def _pyplot() -> Any:
     return plt
 
 
-def _timelines(records: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-    """Split rank 0's steps where the step number goes back (a rollback or a restart)."""
-    out: list[list[dict[str, Any]]] = []
-    last = None
+def _timelines(records: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:
+    """Split rank 0's steps where the step number goes back; name what began each part."""
+    out: list[tuple[str, list[dict[str, Any]]]] = []
+    last, cause = None, "the run"
     for r in records:
-        if r.get("event") != "step":
+        ev = r.get("event")
+        if ev == "rollback":
+            cause = f"after the rollback to {r['to_step']}"
+        elif ev == "resume":
+            cause = f"after the restart (checkpoint {r['checkpoint']})"
+        if ev != "step":
             continue
         if last is None or r["step"] <= last:
-            out.append([])
-        out[-1].append(r)
+            out.append((cause, []))
+        out[-1][1].append(r)
         last = r["step"]
     return out
 
 
 def _loss_plot(path: Path, records: list[dict[str, Any]]) -> Path | None:
-    lines = _timelines(records)
-    if not lines:
+    parts = _timelines(records)
+    if not parts:
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(9, 4))
-    for i, tl in enumerate(lines):
-        ax.plot([r["step"] for r in tl], [r["loss"] for r in tl], lw=0.9,
-                label=f"timeline {i + 1} (from step {tl[0]['step']})")
+    styles = ["-", "--", ":", "-."]
+    for i, (cause, tl) in enumerate(parts):
+        # Later timelines on top, dashed: a restart from the same checkpoint repeats the
+        # steps exactly (same data, same seed), so its line lies on the earlier one.
+        ax.plot([r["step"] for r in tl], [r["loss"] for r in tl], lw=1.0 + 0.4 * i,
+                ls=styles[i % len(styles)], label=f"{cause}: steps {tl[0]['step']}-"
+                f"{tl[-1]['step']}", zorder=2 + i)
     bad = [r["step"] for r in records if r.get("event") == "inject"]
     if bad:
         ax.axvspan(min(bad), max(bad), color="red", alpha=0.12, label="corrupted batches")
-    for r in records:
-        if r.get("event") == "rollback":
-            ax.axvline(r["to_step"], color="black", ls="--", lw=0.8,
-                       label=f"rolled back to {r['to_step']}")
     ax.set_xlabel("step")
     ax.set_ylabel("loss (rank 0)")
     ax.set_title("loss over steps: the spike, the rollback, the requeue")
@@ -195,10 +200,11 @@ def _timeline_plot(path: Path, records: list[dict[str, Any]], outcome: Outcome) 
     t0 = outcome.started_at
     fig, ax = plt.subplots(figsize=(9, 3.5))
     ax.plot([r["time"] - t0 for r in steps], [r["step"] for r in steps], ".", ms=1.5)
-    for e in outcome.episodes:
+    for e, color in zip(outcome.episodes, ("tab:red", "tab:orange", "tab:purple"),
+                        strict=False):
         if e.fault_at is not None:
             end = e.recovered_at or e.handled_at or e.fault_at
-            ax.axvspan(e.fault_at - t0, end - t0, alpha=0.15, label=e.name)
+            ax.axvspan(e.fault_at - t0, end - t0, alpha=0.15, color=color, label=e.name)
     ax.set_xlabel("seconds since the demo started")
     ax.set_ylabel("step (rank 0)")
     ax.set_title("the job's progress: fault to recovery shaded per episode")
@@ -215,7 +221,13 @@ def _range(prom: Prometheus, q: str, start: float, end: float) -> list[tuple[flo
     except QueryError:
         return []
     pts = [(float(t), float(v)) for t, v in res[0]["values"]] if res else []
-    return [(t, v) for t, v in pts if math.isfinite(v)]
+    out: list[tuple[float, float]] = []
+    for t, v in pts:
+        if out and t - out[-1][0] > 3.0:
+            out.append((out[-1][0] + 1.0, math.nan))  # no data: no line across the gap
+        if math.isfinite(v):
+            out.append((t, v))
+    return out
 
 
 def _signals_plot(path: Path, prom: Prometheus | None, outcome: Outcome) -> Path | None:

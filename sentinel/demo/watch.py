@@ -80,6 +80,7 @@ class JobView:
                 self.eval_loss = r["eval_loss"]
             elif ev == "done":
                 self.done = True
+                self.step = r["step"]  # steps done: the last step's number plus one
         return new
 
 
