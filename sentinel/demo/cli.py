@@ -8,7 +8,6 @@ what to install).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import signal
@@ -52,7 +51,7 @@ def _slack_configured() -> bool:
 
 def run(args: argparse.Namespace) -> int:
     """Run the story and print the summary; with --follow, stay up until Ctrl-C."""
-    from sentinel.demo.report import summary, write_report
+    from sentinel.demo.report import conclude
     from sentinel.demo.scenario import Scenario
     from sentinel.demo.stack import Options
     from sentinel.demo.view import View
@@ -75,13 +74,10 @@ def run(args: argparse.Namespace) -> int:
                 print(f"sentinel demo: cannot run: {e}", file=sys.stderr)
                 return 2
             recorded = None if slack else sc.stack.record_dir / "messages.jsonl"
-            outcome.report = write_report(outcome, root / "report", sc.job.tail.records,
-                                          sc.stack.prometheus, recorded)
-            (root / "outcome.json").write_text(json.dumps(outcome.to_dict(), indent=1,
-                                                          default=str))
+            lines = conclude(sc, outcome, recorded)
             view.end_status()
             view.header("summary")
-            for line in summary(outcome, recorded):
+            for line in lines:
                 view.plain(line)
             view.plain("")
             view.plain(f"incident report: {outcome.report}")

@@ -11,6 +11,7 @@ the slowdown) and ``signals.png`` (tokens/s and disk read latency from Prometheu
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,15 @@ def summary(outcome: Outcome, recorded_in: Path | None) -> list[str]:
     lines += ["", f"goodput of the job: {goodput_line(outcome)}", "", "Slack:",
               *slack_lines(outcome, recorded_in)]
     return lines
+
+
+def conclude(sc: Any, outcome: Outcome, recorded_in: Path | None) -> list[str]:
+    """Write the report and ``outcome.json`` (Prometheus still up); return the summary."""
+    root = sc.stack.root
+    outcome.report = write_report(outcome, root / "report", sc.job.tail.records,
+                                  sc.stack.prometheus, recorded_in)
+    (root / "outcome.json").write_text(json.dumps(outcome.to_dict(), indent=1, default=str))
+    return summary(outcome, recorded_in)
 
 
 # -- the report on disk ------------------------------------------------------------------

@@ -261,10 +261,6 @@ class Scenario:
                 return None
             time.sleep(POLL_S)
 
-    def _incident(self, group: str) -> Any:
-        j = self.journal.open()
-        return j.open_incident_for(group) if j is not None else None
-
     def _latest_incident(self, group: str) -> Any:
         j = self.journal.open()
         if j is None:
@@ -327,18 +323,23 @@ class Scenario:
         self.view.say("fault", f"XID {story.XID} (GPU fallen off the bus) appended to "
                       f"{story.BAD_NODE}'s replayed NVML events; its agent counts it")
         group = f"node/{story.BAD_NODE}"
-        inc = self._wait("the XID's incident", lambda: self._incident(group), EPISODE_TIMEOUT_S)
+        inc = self._wait("the XID's incident", lambda: self._latest_incident(group),
+                         EPISODE_TIMEOUT_S)
         if inc is None:
             self._fail(e, f"no incident for {story.BAD_NODE}")
             return
         e.incident, e.detected_at = inc.id, inc.opened_at
         if self.stack.slurm is None:
             d = self._wait("the decision", lambda: self._decided(inc.id), EPISODE_TIMEOUT_S)
-            e.handled_at = e.recovered_at = d["time"] if d else None
+            if d is None:
+                self._fail(e, "no decision about the XID")
+                return
+            e.handled_at = d["time"]
             e.facts = {"decision": d}
-            e.note = (f"no Slurm ({self.stack.why_no_slurm}): the controller decided "
-                      f"{d.get('action') if d else 'nothing'} in observe mode")
-            self._done(e) if d else self._fail(e, "no decision")
+            e.note = (f"no Slurm here ({self.stack.why_no_slurm}): the controller decided "
+                      f"{d.get('action')} in {d.get('mode')} mode ({d.get('reason')}); with no "
+                      "scheduler to plan it on, it handed the incident to a person")
+            self._done(e)
             return
 
         def ended() -> Any:
