@@ -191,6 +191,9 @@ class _Links:
                 f"GPU {', '.join(map(str, bad))} failed its compute test; its links were "
                 f"not tried (a hung GPU would hang them too)"))
         t0 = time.monotonic()
+        # The workers' cached blocks go back to the driver: the copies and the rank
+        # processes size themselves by what it reports free.
+        self.torch.cuda.empty_cache()
         emit({"event": "phase", "phase": "interconnect", "gpus": self.gpus,
               "topology": self.topology})
         copies = measure_copies(self.torch, self.gpus, self.topologies,

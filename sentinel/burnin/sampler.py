@@ -144,11 +144,17 @@ class NvmlSampler:
             self._nvml.shutdown()
 
     def sm_clocks(self, cuda_index: int, since: float) -> list[float] | None:
-        """Return the SM clocks of ``cuda_index`` read since ``since`` (None: NVML cannot tell)."""
+        """Return the SM clocks of ``cuda_index`` read since ``since`` (None: NVML cannot tell).
+
+        None also when readings exist but none has an SM clock (a GPU or VM that does not
+        report it), so a warm-up waiting for steady clocks does not wait for ever.
+        """
         if self.error is not None or cuda_index not in self.matched:
             return None
-        return [r.sm_clock_hz for t, r in list(self._readings.get(cuda_index, ()))
-                if t >= since and r.sm_clock_hz is not None]
+        readings = list(self._readings.get(cuda_index, ()))
+        if len(readings) >= 2 and all(r.sm_clock_hz is None for _, r in readings):
+            return None
+        return [r.sm_clock_hz for t, r in readings if t >= since and r.sm_clock_hz is not None]
 
     def link_topologies(self) -> dict[tuple[int, int], str]:
         """Return how each pair of matched GPUs is linked, keyed by CUDA indices (a < b).

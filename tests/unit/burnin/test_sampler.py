@@ -113,3 +113,15 @@ def test_sm_clocks_since_a_time_and_none_without_nvml():
     dead.stop()
     assert dead.sm_clocks(0, 0.0) is None
     assert dead.link_topologies() == {}
+
+
+def test_a_gpu_that_reports_no_sm_clock_gives_none_not_an_endless_wait():
+    backend = ReplayBackend.from_file(LOAD)
+    dev = backend.dump["devices"][0]
+    dev["clock_sm"] = None  # NotSupported, as some VMs answer
+    s = NvmlSampler([CudaIdentity(0, dev["uuid"], "", "H100")], nvml=Nvml(backend))
+    s.start()
+    s.stop()
+    s.sample_once()
+    s.sample_once()
+    assert s.sm_clocks(0, 0.0) is None
