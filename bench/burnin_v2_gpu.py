@@ -1,6 +1,7 @@
 """Measure burn-in v2 (issue 16) on a GPU machine: everything docs/BENCHMARKS.md reports.
 
-One run, in this order (the budget drops the later sections if time runs short):
+One run, in this order (the budget drops the later sections if time runs short; the
+interconnect section runs second, so on two GPUs it is never the one dropped):
 
 1. verdict time before/after: v1's settings (memory test first, fixed 5 s warm-up,
    30 s measured, no interconnect) against v2's defaults, alternated --rounds times,
@@ -359,6 +360,8 @@ class Bench:
     def nearly_full(self) -> dict[str, Any]:
         """A short burn-in of GPU 0 while another process holds all but a few GiB."""
         args = ["--fill", "0", "--leave-gib", str(self.args.leave_gib), "--seconds", "120"]
+        if not self.dry:
+            self.torch.cuda.empty_cache()  # this process's cache would count as held memory
         with helper(args, self.dry) as ready:
             free = (None if self.dry else self.torch.cuda.mem_get_info(0)[0])
             rep = self.burnin("nearly_full", gpus=[0], duration=5.0)
@@ -475,11 +478,11 @@ class Bench:
         self.section("env", 0, self.env)
         rounds = self.args.rounds
         self.section("verdict_time", rounds * 75 + 35, self.verdict_time)
+        self.section("interconnect", 15 * rounds if self.n_gpus() > 1 else 0, self.interconnect)
         self.section("speed", rounds * 25, self.speed)
         self.section("competitor", 40, self.competitor)
         self.section("faults", 32, self.faults)
         self.section("nearly_full", 20, self.nearly_full)
-        self.section("interconnect", 15 * rounds, self.interconnect)
         self.res["floors_measured"] = self.floors()
         self.res["total_seconds"] = self.elapsed()
         self.save()
@@ -495,7 +498,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=os.environ.get("OUT", "out"))
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--budget-s", type=float, default=420.0,
+    ap.add_argument("--budget-s", type=float, default=350.0,
                     help="skip sections that would end past this many seconds")
     ap.add_argument("--leave-gib", type=float, default=4.0)
     ap.add_argument("--hog", type=int, metavar="GPU", help="run as the competing process")

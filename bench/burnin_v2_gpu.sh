@@ -16,11 +16,11 @@ export NCCL_NVLS_ENABLE="${NCCL_NVLS_ENABLE:-0}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 bench_rc=- tests_rc=-
 if [ "$what" = all ] || [ "$what" = bench ]; then
-    timeout 380 python bench/burnin_v2_gpu.py --out "$OUT" --budget-s 340 2>&1 | tee "$OUT/bench.log"
+    timeout 390 python bench/burnin_v2_gpu.py --out "$OUT" --budget-s 350 2>&1 | tee "$OUT/bench.log"
     bench_rc=${PIPESTATUS[0]}
 fi
 if [ "$what" = all ] || [ "$what" = tests ]; then
-    timeout 210 python -m pytest -m gpu tests/gpu/test_burnin_gpu.py -v -rs -p no:cacheprovider \
+    timeout 200 python -m pytest -m gpu tests/gpu/test_burnin_gpu.py -v -rs -p no:cacheprovider \
         2>&1 | tee "$OUT/gpu_tests.log"
     tests_rc=${PIPESTATUS[0]}
 fi
