@@ -105,7 +105,7 @@ class WarmupTracker:
         if self.ended:
             return self.ended
         elapsed = now - self.start
-        if self.mode == FIXED:
+        if self.mode == FIXED or self.cap_s <= 0:  # no warm-up asked: nothing to wait for
             self.ended = FIXED if elapsed >= self.cap_s else ""
         elif elapsed >= self.cap_s:
             self.ended = CAP

@@ -88,6 +88,11 @@ def test_fixed_mode_waits_exactly_the_warmup():
     assert tr.check(5.0, [1455e6, 1470e6]) == FIXED
 
 
+def test_no_warmup_asked_is_not_a_gpu_that_never_settled():
+    tr = WarmupTracker("steady", start=0.0, cap_s=0.0)
+    assert tr.check(0.01, None) == FIXED
+
+
 def test_restart_drops_what_ran_beside_the_memory_test():
     tr = WarmupTracker("steady", start=0.0, cap_s=5.0)
     for c in chunks([330, 331, 330, 331, 330]):  # half speed beside the memory test: steady!
