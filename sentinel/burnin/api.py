@@ -191,18 +191,22 @@ class _Links:
                 f"GPU {', '.join(map(str, bad))} failed its compute test; its links were "
                 f"not tried (a hung GPU would hang them too)"))
         t0 = time.monotonic()
-        # The workers' cached blocks go back to the driver: the copies and the rank
-        # processes size themselves by what it reports free.
-        self.torch.cuda.empty_cache()
         emit({"event": "phase", "phase": "interconnect", "gpus": self.gpus,
               "topology": self.topology})
-        copies = measure_copies(self.torch, self.gpus, self.topologies,
-                                hang_timeout=self.cfg.hang_timeout)
-        rec = InterconnectRecord(gpus=self.gpus, copies=copies)
-        if isinstance(self.ranks, str):
-            rec.notes.append(f"all-reduce not measured: {self.ranks}")
-        elif self.ranks is not None:
-            rec.allreduce = self.ranks.run()
+        rec = InterconnectRecord(gpus=self.gpus)
+        try:
+            # The workers' cached blocks go back to the driver: the copies and the rank
+            # processes size themselves by what it reports free.
+            self.torch.cuda.empty_cache()
+            rec.copies = measure_copies(self.torch, self.gpus, self.topologies,
+                                        hang_timeout=self.cfg.hang_timeout)
+            if isinstance(self.ranks, str):
+                rec.notes.append(f"all-reduce not measured: {self.ranks}")
+            elif self.ranks is not None:
+                rec.allreduce = self.ranks.run()
+        except Exception as e:  # noqa: BLE001 - the GPUs' results must survive a broken check
+            log.exception("interconnect check broke off")
+            rec.error = f"{type(e).__name__}: {e}".strip()
         rec.seconds = time.monotonic() - t0
         return rec
 

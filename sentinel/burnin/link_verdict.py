@@ -113,6 +113,10 @@ def judge_interconnect(rec: InterconnectRecord, names: Mapping[int, str], topolo
     node_floor = link_floor(floors, model, topology)
     out = InterconnectVerdict(LinkVerdict.OK, rec, topology=topology, notes=list(rec.notes),
                               copy_floor_gbps=node_floor.copy_gbps if node_floor else None)
+    if rec.error is not None:
+        out.problems.append(LinkProblem(Verdict.LOW_BANDWIDTH, f"the interconnect check broke "
+                                        f"off: {rec.error}", list(rec.gpus),
+                                        {"error": rec.error}))
     _judge_copies(rec.copies, names, floors, tolerance, out)
     if rec.allreduce is not None:
         _judge_allreduce(rec.allreduce, model, node_floor, out)

@@ -174,6 +174,7 @@ class InterconnectRecord:
     skipped: str = ""  # why nothing was measured ("" when it ran)
     seconds: float = 0.0  # wall time of the check
     notes: list[str] = field(default_factory=list)
+    error: str | None = None  # the check itself broke off (CUDA error outside a measurement)
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready mapping (non-finite floats as strings)."""

@@ -169,7 +169,10 @@ class NvmlSampler:
                 da, db = self.matched.get(a), self.matched.get(b)
                 topo = None
                 if self.error is None and self._nvml is not None and da and db:
-                    topo = self._nvml.link_topology(da.index, db.index)
+                    try:
+                        topo = self._nvml.link_topology(da.index, db.index)
+                    except Exception as e:  # noqa: BLE001 - the wrapper should not raise
+                        log.warning("link topology of GPUs %d and %d: %s", a, b, e)
                 out[(a, b)] = topo or "unknown"
         return out
 

@@ -220,3 +220,21 @@ def test_fixed_mode_runs_the_memory_test_first_as_v1_did():
     rec = rep.records[0]
     assert rec.memtest is not None and not rec.memtest.concurrent
     assert rec.warmup_end == "fixed" and rec.warmup_s >= 0.3
+
+
+def test_a_broken_interconnect_check_keeps_the_gpu_results(monkeypatch):
+    backend, uuids = _two_gpu_replay()
+    import sentinel.burnin.api as api_mod
+
+    def broken(*a, **kw):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(api_mod, "measure_copies", broken)
+    rep = run_burnin(BurninConfig(**SMALL), nvml=Nvml(backend), torch=FakeTorch(uuids),
+                     allreduce_backend="gloo")
+    assert all(r.perf and r.error is None for r in rep.records)
+    assert rep.interconnect.verdict.value == "LOW_BANDWIDTH" and rep.exit_code == 1
+    assert rep.interconnect.problems[0].evidence == (
+        "the interconnect check broke off: RuntimeError: CUDA error: an illegal memory access "
+        "was encountered")
+    assert not _alive("burnin-")

@@ -176,3 +176,13 @@ def test_shipped_floors_name_h200_nvlink_as_to_be_measured():
     v = judge_interconnect(InterconnectRecord(gpus=[0, 1], copies=pairs(2)), NAMES, "nvlink",
                            floors, 0.15)
     assert any("(to be measured: bench/burnin_v2_gpu.py" in n for n in v.notes)
+
+
+def test_a_check_that_broke_off_fails_every_gpu_it_was_testing():
+    rec = InterconnectRecord(gpus=[0, 1], copies=pairs(2)[:1],
+                             error="AcceleratorError: CUDA error: unspecified launch failure")
+    v = run(rec)
+    assert v.verdict is LinkVerdict.LOW_BANDWIDTH
+    assert v.problems[0].gpus == [0, 1]
+    assert v.problems[0].evidence == ("the interconnect check broke off: AcceleratorError: "
+                                      "CUDA error: unspecified launch failure")
