@@ -76,6 +76,9 @@ class AllreduceRanks:
         self.env = rank_env(env)
         self._dir: str | None = None
         self._procs: list[subprocess.Popen[str]] = []
+        # Each rank's stdout and stderr go to files, not pipes: a rank printing a lot
+        # (NCCL_DEBUG=INFO writes to stdout) can never block on a full pipe mid-collective.
+        self._outs: list[IO[str]] = []
         self._logs: list[IO[str]] = []
         self.start_error: str | None = None
 
@@ -93,12 +96,13 @@ class AllreduceRanks:
             self._dir = tempfile.mkdtemp(prefix="sentinel-allreduce-")
             store = os.path.join(self._dir, "store")
             for r in range(len(self.gpus)):
-                log = open(os.path.join(self._dir, f"rank{r}.log"), "w+",  # noqa: SIM115
-                           encoding="utf-8")
+                out, log = (open(os.path.join(self._dir, f"rank{r}.{kind}"), "w+",  # noqa: SIM115
+                                 encoding="utf-8") for kind in ("out", "log"))
+                self._outs.append(out)
                 self._logs.append(log)
                 self._procs.append(subprocess.Popen(  # noqa: S603 - our argv, no shell
-                    self._argv(r, store), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                    stderr=log, text=True, env=self.env))
+                    self._argv(r, store), stdin=subprocess.PIPE, stdout=out, stderr=log,
+                    text=True, env=self.env))
         except OSError as e:
             self.start_error = f"could not start the rank processes: {e}"
             self.close()
@@ -129,17 +133,15 @@ class AllreduceRanks:
             self.close()
 
     def _collect(self, deadline: float) -> list[str] | AllreduceMeasurement:
-        outs: list[str] = []
         for r, p in enumerate(self._procs):
             try:
-                out, _ = p.communicate(timeout=max(0.1, deadline - time.monotonic()))
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 return self._measurement(
                     error=f"the all-reduce did not finish within {self.timeout:.0f} s "
                           f"(rank {r} on GPU {self.gpus[r]} still running: hung?)",
                     phase="timeout")
-            outs.append(out or "")
-        return outs
+        return [_read(f) for f in self._outs]
 
     def _combine(self, outs: list[str]) -> AllreduceMeasurement:
         results: list[dict[str, Any]] = []
@@ -164,14 +166,7 @@ class AllreduceRanks:
             version=str(results[0].get("version", "")))
 
     def _tail(self, rank: int) -> str:
-        try:
-            log = self._logs[rank]
-            log.flush()
-            log.seek(0)
-            text = log.read()
-        except (OSError, ValueError, IndexError):
-            return "(no log)"
-        text = " ".join(text.split())
+        text = " ".join(_read(self._logs[rank]).split()) if rank < len(self._logs) else ""
         return text[-ERROR_TAIL_CHARS:] or "(nothing on stderr)"
 
     def close(self) -> None:
@@ -183,17 +178,25 @@ class AllreduceRanks:
                     p.wait(timeout=10)
                 except subprocess.TimeoutExpired:
                     pass
-            for f in (p.stdin, p.stdout):
-                if f is not None:
-                    try:
-                        f.close()
-                    except OSError:
-                        pass
-        for log in self._logs:
-            log.close()
+            if p.stdin is not None:
+                try:
+                    p.stdin.close()
+                except OSError:
+                    pass
+        for f in (*self._outs, *self._logs):
+            f.close()
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
+
+
+def _read(f: IO[str]) -> str:
+    """Return what a rank wrote to one of its files ("" if it cannot be read)."""
+    try:
+        f.seek(0)
+        return f.read()
+    except (OSError, ValueError):
+        return ""
 
 
 def _json_lines(text: str) -> list[dict[str, Any]]:
