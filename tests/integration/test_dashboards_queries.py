@@ -86,6 +86,18 @@ def burnin_textfile(uuid: str, model: str) -> str:
         "# HELP sentinel_burnin_timestamp_seconds When the run finished.",
         "# TYPE sentinel_burnin_timestamp_seconds gauge",
         f"sentinel_burnin_timestamp_seconds{{{labels}}} {time.time() - 3600:.0f}",
+        "# HELP sentinel_burnin_interconnect_verdict The check of the links between GPUs.",
+        "# TYPE sentinel_burnin_interconnect_verdict gauge",
+        f'sentinel_burnin_interconnect_verdict{{hostname="{HOST}",verdict="OK"}} 1',
+        "# HELP sentinel_burnin_copy_bandwidth_bytes_per_second Copy bandwidth between GPUs.",
+        "# TYPE sentinel_burnin_copy_bandwidth_bytes_per_second gauge",
+        *(f'sentinel_burnin_copy_bandwidth_bytes_per_second{{hostname="{HOST}",gpu="{a}",'
+          f'peer_gpu="{b}",topology="nvlink"}} {bw}'
+          for a, b, bw in ((0, 1, 3.891e11), (1, 0, 3.887e11))),
+        "# HELP sentinel_burnin_allreduce_bus_bandwidth_bytes_per_second All-reduce busbw.",
+        "# TYPE sentinel_burnin_allreduce_bus_bandwidth_bytes_per_second gauge",
+        f'sentinel_burnin_allreduce_bus_bandwidth_bytes_per_second{{hostname="{HOST}",'
+        f'gpu_count="2",topology="nvlink"}} 3.61e11',
     ]
     return "\n".join(lines) + "\n"
 
