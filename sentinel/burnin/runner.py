@@ -98,11 +98,26 @@ def flops_per_matmul(n: int) -> float:
     return 2.0 * n * n * n
 
 
+def matmul_headroom_bytes(n: int) -> int:
+    """Return the memory kept free for the matmul loop while the memory test runs beside it.
+
+    The loop's buffers are allocated before the test is sized, but the result checks and
+    cuBLAS may still ask for transient memory of the order of a matrix (an H200 with 4 GiB
+    free ran out asking for 512 MiB, two fp32 matrices, in the first chunk): keep four
+    fp32 matrices (1 GiB at the default 8192).
+    """
+    return 4 * n * n * 4
+
+
 def memtest_on_free(torch: Any, dev: Any, cfg: BurninConfig, should_stop: Callable[[], bool],
                     concurrent: bool) -> MemtestResult:
-    """Test the memory free on ``dev`` now, sized so no allocation can exceed it."""
+    """Test the memory free on ``dev`` now, sized so no allocation can exceed it.
+
+    Beside the matmuls (``concurrent``) the test leaves them their headroom.
+    """
     free, _total = torch.cuda.mem_get_info(dev)
-    plan = plan_memtest(int(free), cfg.memtest_fraction)
+    reserve = matmul_headroom_bytes(cfg.size) if concurrent else 0
+    plan = plan_memtest(max(0, int(free) - reserve), cfg.memtest_fraction)
     if plan.test_bytes == 0:
         return MemtestResult(0, 0, 0, 0.0, [], free_bytes=int(free), concurrent=concurrent,
                              note=f"only {int(free)} bytes free: too little to test")
@@ -199,6 +214,9 @@ class GpuWorker(threading.Thread):
                 # The reference's temporaries go back first: the test covers what is
                 # free once the matmuls hold everything they will ever use.
                 torch.cuda.empty_cache()
+                # The check's temporaries are allocated (at queue time) and stay cached
+                # before the test is sized on what is free.
+                checker.check(c)
                 memtest = MemtestThread(torch, dev, cfg, self.stop_event)
                 memtest.start()
             self.result.setup_s = self.clock() - t0

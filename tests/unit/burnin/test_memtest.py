@@ -159,3 +159,18 @@ def test_stop_request_ends_the_test_between_passes():
     r = run_memtest(torch, "cpu", 2 * MB, 60.0, chunk_bytes=MB, min_passes=3,
                     should_stop=lambda: next(calls) >= 1)
     assert r.passes == 1
+
+
+def test_the_overlapped_test_leaves_the_matmuls_their_headroom():
+    """An H200 with 4 GiB free: beside the matmuls the test takes less than all of it."""
+    from sentinel.burnin.runner import matmul_headroom_bytes
+
+    n = 8192
+    head = matmul_headroom_bytes(n)
+    assert head == 1 << 30
+    free = 4 * GIB
+    alone = plan_memtest(free, 0.85)
+    beside = plan_memtest(free - head, 0.85)
+    assert beside.test_bytes > 0 and beside.test_bytes < alone.test_bytes
+    # Everything the test allocates plus the headroom fits in what was free.
+    assert beside.test_bytes + head < free
