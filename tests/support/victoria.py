@@ -163,7 +163,8 @@ def metric_sum(url: str, name: str) -> float:
 
 
 @contextlib.contextmanager
-def _run(tmp: Path, name: str, argv: list[str], ready_url: str) -> Iterator[Service]:
+def _run(tmp: Path, name: str, argv: list[str], ready_url: str,
+         ready_timeout: float = 20.0) -> Iterator[Service]:
     tmp.mkdir(parents=True, exist_ok=True)
     log_path = tmp / f"{name}.log"
     (tmp / f"{name}.args").write_text("\n".join(argv) + "\n")
@@ -171,7 +172,7 @@ def _run(tmp: Path, name: str, argv: list[str], ready_url: str) -> Iterator[Serv
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
     try:
         try:
-            wait_http(ready_url, timeout=20, proc=proc)
+            wait_http(ready_url, timeout=ready_timeout, proc=proc)
         except Exception:
             log.flush()
             sys.stderr.write(log_path.read_text(errors="replace")[-4000:])
@@ -185,11 +186,15 @@ def _run(tmp: Path, name: str, argv: list[str], ready_url: str) -> Iterator[Serv
 @contextlib.contextmanager
 def run_victoria_metrics(tmp: Path, dedup_interval: str = "1s",
                          data_path: Path | None = None,
-                         extra: dict[str, str] | None = None) -> Iterator[VictoriaMetrics]:
+                         extra: dict[str, str] | None = None,
+                         add: list[str] | None = None,
+                         ready_timeout: float = 20.0) -> Iterator[VictoriaMetrics]:
     """Start VictoriaMetrics with the shipped flags (deploy/fleet/default/victoria-metrics).
 
     Data becomes visible at once (``-search.latencyOffset=0s``) and HA duplicates are
-    merged per ``dedup_interval`` (the test's scrape interval).
+    merged per ``dedup_interval`` (the test's scrape interval). ``extra`` replaces more
+    shipped flags; ``add`` appends flags the shipped file does not have (a benchmark's
+    measurement settings, never a test's configuration).
     """
     binary = need_binary("victoria-metrics", PACKAGE)
     port = free_port()
@@ -202,7 +207,8 @@ def run_victoria_metrics(tmp: Path, dedup_interval: str = "1s",
         **(extra or {}),
     })
     url = f"http://127.0.0.1:{port}"
-    with _run(tmp, "victoria-metrics", [binary, *args], f"{url}/health") as svc:
+    with _run(tmp, "victoria-metrics", [binary, *args, *(add or [])], f"{url}/health",
+              ready_timeout) as svc:
         yield VictoriaMetrics(url=url, proc=svc.proc, config_path=tmp / "victoria-metrics.args",
                               data_path=data)
 
