@@ -176,6 +176,12 @@ class TrainingCollector(Collector):
         loss = GaugeMetricFamily(
             "sentinel_train_loss", "Last reported loss (NaN is exported as NaN).", labels=lab
         )
+        # VictoriaMetrics drops NaN samples at ingestion, so a NaN loss never reaches a
+        # fleet's global store: this flag does (docs/SCALE.md).
+        loss_finite = GaugeMetricFamily(
+            "sentinel_train_loss_finite",
+            "1 if the last reported loss is finite, 0 if it is NaN or infinite.", labels=lab
+        )
         gnorm = GaugeMetricFamily(
             "sentinel_train_grad_norm", "Last reported gradient norm.", labels=lab
         )
@@ -235,6 +241,7 @@ class TrainingCollector(Collector):
                         continue  # only events so far
                     step.add_metric(lv, float(st.step))
                     loss.add_metric(lv, st.loss)
+                    loss_finite.add_metric(lv, 1.0 if math.isfinite(st.loss) else 0.0)
                     if st.grad_norm is not None:
                         gnorm.add_metric(lv, st.grad_norm)
                     tokens.add_metric(lv, float(st.tokens_total))
@@ -251,8 +258,8 @@ class TrainingCollector(Collector):
             received.add_metric([], float(self.store.received))
             for reason, n in sorted(self.store.dropped.items()):
                 dropped.add_metric([reason], float(n))
-        return [job_info, rank_info, step, loss, gnorm, tokens, samples, tps, hist, age,
-                events, received, dropped, rep_dropped]
+        return [job_info, rank_info, step, loss, loss_finite, gnorm, tokens, samples, tps,
+                hist, age, events, received, dropped, rep_dropped]
 
     def close(self) -> None:
         """Stop the readers, close the sockets and remove the Unix socket file."""
