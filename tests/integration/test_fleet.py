@@ -14,9 +14,11 @@ intervals replaced, see tests/support/victoria.py):
 - for reference, a single Prometheus scraping all five agents with the same rules.
 
 Problems: node-a1 trains at 70% of the others' speed (a straggler, judged against the
-median of both shards); node-a2 has XID 79 on GPU 0 and hardware slowdown on GPU 1. The
-rules engine must find the same problems on VictoriaMetrics as on the single
-Prometheus, each once, however many cycles run, and Alertmanager must get each alert once.
+median of both shards); node-a2 has XID 79 on GPU 0 and hardware slowdown on GPU 1;
+node-b3 reports a NaN loss (which VictoriaMetrics drops at ingestion: the alert must
+fire through the agent's sentinel_train_loss_finite). The rules engine must find the
+same problems on VictoriaMetrics as on the single Prometheus, each once, however many
+cycles run; vmalert must fire what Prometheus fires, and Slack get each alert once.
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ ROOT = Path(__file__).resolve().parents[2]
 ALERTS = ROOT / "alerts"
 JOB = "fleet-job"
 SHARD_A = [Node("node-a1", tokens_per_step=700), Node("node-a2", xid=(0, 79), throttled_gpu=1)]
-SHARD_B = [Node("node-b1"), Node("node-b2"), Node("node-b3")]
+SHARD_B = [Node("node-b1"), Node("node-b2"), Node("node-b3", nan_loss=True)]
 # Rule time runs 60x faster in the alert rules (tests/support/alert_rules.py).
 SPEEDUP = 60
 WEBHOOK = "/services/T0/B0/fleet"
@@ -76,6 +78,7 @@ EXPECTED = {
 EXPECTED_ALERTS = {
     ("SentinelGpuXidError", "node-a2", "0"),
     ("SentinelGpuThrottling", "node-a2", "1"),
+    ("SentinelLossNotFinite", "node-b3", ""),
 }
 
 
@@ -264,19 +267,25 @@ def _check_alerts(vm: Prometheus, ref: Prometheus, slack: HTTPServer) -> None:
            f"vmalert's alerts to be {EXPECTED_ALERTS}", lambda: _fired_alerts(vm))
     assert _fired_alerts(ref) == EXPECTED_ALERTS
 
-    def titles() -> list[str]:
-        out = []
-        for req, _resp in slack.log:
-            out += [a["title"] for a in req.get_json().get("attachments", [])]
-        return out
+    def attachments() -> list[dict[str, Any]]:
+        return [a for req, _resp in slack.log for a in req.get_json().get("attachments", [])]
 
-    _until(lambda: len([t for t in titles() if t.startswith("[FIRING")]) >= 2, 20,
-           "both alerts in Slack", titles)
+    def titles() -> list[str]:
+        return [a["title"] for a in attachments()]
+
+    _until(lambda: len([t for t in titles() if t.startswith("[FIRING")]) >= 3, 20,
+           "the three alerts in Slack", titles)
     time.sleep(3)  # several more evaluations and group intervals: no repeat may come
     firing = sorted(t for t in titles() if t.startswith("[FIRING"))
     assert firing == [
         "[FIRING:1] SentinelGpuThrottling job=sentinel-agent node=node-a2",
         "[FIRING:1] SentinelGpuXidError job=sentinel-agent node=node-a2",
+        f"[FIRING:1] SentinelLossNotFinite job={JOB} node=node-b3",
     ], titles()
     resolved = Counter(t for t in titles() if not t.startswith("[FIRING"))
     assert set(resolved.values()) <= {1}, titles()
+    # The NaN reached vmalert only as loss_finite == 0; the message still says NaN.
+    nan = next(a for a in attachments() if "SentinelLossNotFinite" in a["title"])
+    assert f"Job {JOB} reported a loss of NaN (rank 4)" in nan["text"], nan["text"]
+    assert vm.query(f'sentinel_train_loss{{job="{JOB}",hostname="node-b3"}}') == []
+    assert ref.query(f'sentinel_train_loss{{job="{JOB}",hostname="node-b3"}}')

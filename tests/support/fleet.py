@@ -3,7 +3,8 @@
 Each node is a real ``sentinel agent`` process serving GPUs replayed from the captured
 H100 dump (copied per GPU with its own UUID, optionally with an XID event or hardware
 throttling) under its own hostname, and one process runs a real ``Reporter`` per node,
-sending steps to that node's agent at a set number of tokens per step.
+sending steps to that node's agent at a set number of tokens per step (and a NaN loss
+where asked).
 """
 
 from __future__ import annotations
@@ -34,11 +35,12 @@ REPORTER = textwrap.dedent(
     from sentinel.train import Reporter
     job, step_s, nodes = sys.argv[1], float(sys.argv[2]), json.loads(sys.argv[3])
     reps = [(Reporter(job=job, rank=i, socket_path=n["socket"], host=n["hostname"]),
-             n["tokens"]) for i, n in enumerate(nodes)]
+             n["tokens"], n["nan_loss"]) for i, n in enumerate(nodes)]
     step = 0
     while True:
-        for rep, tokens in reps:
-            rep.step(step, loss=3.0 - step * 1e-4, tokens=tokens, grad_norm=1.0, samples=4)
+        for rep, tokens, nan_loss in reps:
+            loss = float("nan") if nan_loss else 3.0 - step * 1e-4
+            rep.step(step, loss=loss, tokens=tokens, grad_norm=1.0, samples=4)
         step += 1
         time.sleep(step_s)
     """
@@ -53,6 +55,7 @@ class Node:
     tokens_per_step: int = 1000
     xid: tuple[int, int] | None = None  # (GPU index, XID) delivered once at start
     throttled_gpu: int | None = None  # GPU index with hardware slowdown active
+    nan_loss: bool = False  # every step reports a NaN loss
 
 
 def node_dump(node: Node, gpus: int, base: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -109,7 +112,7 @@ def run_fleet(tmp: Path, nodes: list[Node], *, job: str, gpus: int = 2,
                 env={"SENTINEL_AGENT_HOSTNAME": node.hostname,
                      "SENTINEL_AGENT_RATE_WINDOW_SECONDS": str(rate_window_s)}))
         spec = [{"socket": agents[n.hostname].socket_path, "hostname": n.hostname,
-                 "tokens": n.tokens_per_step} for n in nodes]
+                 "tokens": n.tokens_per_step, "nan_loss": n.nan_loss} for n in nodes]
         reporter = subprocess.Popen(
             [sys.executable, "-c", REPORTER, job, str(step_s), json.dumps(spec)], cwd=ROOT)
         try:
