@@ -24,7 +24,10 @@ cycles run; vmalert must fire what Prometheus fires, and Slack get each alert on
 from __future__ import annotations
 
 import dataclasses
+import json
 import statistics
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -216,6 +219,26 @@ def _run(tmp: Path, rules_file: Path, slack: HTTPServer) -> None:
         _check_straggler_against_both_shards(on_vm)
         _check_shards_and_dedup(vm, a0, a1, vmagent, fleet.hostport)
         _check_alerts(vm, ref, slack)
+        _check_detect_cli(vm.url)
+
+
+def _check_detect_cli(store: str) -> None:
+    """``sentinel detect --prometheus STORE --once`` with the shipped rules finds the XID.
+
+    The shipped gpu-errors rule asks at 30 s steps, and VictoriaMetrics returns a series
+    to a range query only once it is about one step old: poll until then.
+    """
+    out: dict[str, Any] = {}
+
+    def xid_found() -> bool:
+        r = subprocess.run([sys.executable, "-m", "sentinel", "detect", "--prometheus", store,
+                            "--once"], capture_output=True, text=True, timeout=60, cwd=ROOT)
+        assert r.returncode in (0, 1) and not r.stderr, r.stderr[-2000:]
+        out["found"] = [json.loads(line) for line in r.stdout.splitlines()]
+        return ("gpu_xid", "node-a2", "0") in {(f["kind"], f["node"], f["gpu"])
+                                               for f in out["found"]} and r.returncode == 1
+
+    _until(xid_found, 45, "sentinel detect to report the XID", lambda: out)
 
 
 def _check_straggler_against_both_shards(on_vm: Cycles) -> None:

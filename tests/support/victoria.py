@@ -84,12 +84,11 @@ def file_sd(config: dict[str, Any], targets_file: Path) -> None:
     sd[0]["files"] = [str(targets_file)]
 
 
-def write_targets(path: Path, targets: list[str], labels: dict[str, str] | None = None) -> Path:
-    """Write a file_sd targets file in the shipped format (deploy/fleet/targets/)."""
+def write_targets(path: Path, targets: list[str]) -> Path:
+    """Write a file_sd targets file in the shipped format and labels (deploy/fleet/targets/)."""
     shipped = json.loads((DEPLOY / "targets" / "shard-a.json").read_text())
     group = copy.deepcopy(shipped[0])
     group["targets"] = targets
-    group["labels"] = labels if labels is not None else group.get("labels", {})
     path.write_text(json.dumps([group]))
     return path
 
