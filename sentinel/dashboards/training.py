@@ -118,13 +118,9 @@ def build() -> dict[str, Any]:
         .with_panel(
             stat_panel(
                 "Ranks with NaN/Inf loss",
-                "Ranks whose last reported loss is not finite.",
-                [
-                    target(
-                        f"sum(sentinel_train_loss{{{J}}} != bool sentinel_train_loss{{{J}}}) "
-                        f"+ sum(abs(sentinel_train_loss{{{J}}}) == bool +Inf)"
-                    )
-                ],
+                "Ranks whose last reported loss is not finite (the agents' flag: a store "
+                "that drops NaN samples, such as VictoriaMetrics, still holds it).",
+                [target(f"sum(sentinel_train_loss_finite{{{J}}} == bool 0)")],
                 steps=[(None, "green"), (1, "red")],
                 decimals=0,
             )

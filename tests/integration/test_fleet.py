@@ -39,6 +39,8 @@ import requests
 import yaml
 from pytest_httpserver import HTTPServer
 
+from sentinel.dashboards import training
+from sentinel.dashboards.common import iter_panels
 from sentinel.rules.engine import Engine
 from sentinel.rules.finding import Finding
 from sentinel.rules.rulefile import Rule, load_rules
@@ -312,3 +314,9 @@ def _check_alerts(vm: Prometheus, ref: Prometheus, slack: HTTPServer) -> None:
     assert f"Job {JOB} reported a loss of NaN (rank 4)" in nan["text"], nan["text"]
     assert vm.query(f'sentinel_train_loss{{job="{JOB}",hostname="node-b3"}}') == []
     assert ref.query(f'sentinel_train_loss{{job="{JOB}",hostname="node-b3"}}')
+    # The training dashboard's count of such ranks reads 1 on both.
+    panel = next(p for p in iter_panels(training.build())
+                 if p["title"] == "Ranks with NaN/Inf loss")
+    expr = panel["targets"][0]["expr"].replace("$job", JOB)
+    assert [r["value"][1] for r in vm.query(expr)] == ["1"] == [
+        r["value"][1] for r in ref.query(expr)]
