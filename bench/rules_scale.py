@@ -1,8 +1,8 @@
 """Time one full rules cycle over a real Prometheus and a real VictoriaMetrics, same fleet.
 
     python bench/rules_scale.py [--nodes 1024] [--gpus 8] [--interval 30] [--hours 1]
-        [--cycles 5] [--backends prometheus victoria-metrics] [--out out] [--keep DIR]
-        [--prepare-only]
+        [--problems 1] [--cycles 5] [--backends prometheus victoria-metrics] [--out out]
+        [--keep DIR] [--prepare-only]
 
 Backfills an hour of series with ``promtool tsdb create-blocks-from openmetrics``
 (tokens/sec per rank, four throttle-reason gauges per GPU, GPU up, disk read latency
@@ -63,16 +63,20 @@ REASONS = ("hw_slowdown", "sw_thermal_slowdown", "hw_thermal_slowdown", "hw_powe
 
 
 def generate(path: Path, nodes: int, gpus: int, interval: float, hours: float, end: float,
-             seed: int = 0) -> dict[str, int]:
-    """Write the fleet's OpenMetrics file; return counts of series and samples."""
+             seed: int = 0, problems: int = 1) -> dict[str, int]:
+    """Write the fleet's OpenMetrics file; return counts of series and samples.
+
+    ``problems`` multiplies the injected problems (3 stragglers, 4 throttled GPUs, 8 slow
+    disks), to tell the cost of the answer from the cost of the fleet.
+    """
     rng = np.random.default_rng(seed)
     ts = np.arange(end - hours * 3600, end + 1e-9, interval)
     n = len(ts)
     tstr = [f" {t:.3f}\n" for t in ts]
-    stragglers = set(rng.choice(nodes, size=3, replace=False).tolist())
-    throttled = {(int(h), int(g)) for h, g in zip(rng.choice(nodes, 4), rng.choice(gpus, 4),
-                                                  strict=True)}
-    stall_nodes = set(rng.choice(nodes, size=8, replace=False).tolist())
+    stragglers = set(rng.choice(nodes, size=3 * problems, replace=False).tolist())
+    throttled = {(int(h), int(g)) for h, g in zip(rng.choice(nodes, 4 * problems),
+                                                  rng.choice(gpus, 4 * problems), strict=True)}
+    stall_nodes = set(rng.choice(nodes, size=8 * problems, replace=False).tolist())
     problem_from = n - int(900 / interval)  # problems in the last 15 minutes
     series = samples = 0
     with path.open("w") as f:
@@ -135,9 +139,11 @@ def build(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     end = time.time() - 60
     t0 = time.perf_counter()
     om = work / "fleet.om"
-    meta: dict[str, Any] = generate(om, args.nodes, args.gpus, args.interval, args.hours, end)
+    meta: dict[str, Any] = generate(om, args.nodes, args.gpus, args.interval, args.hours, end,
+                                    problems=args.problems)
     meta.update(end=end, nodes=args.nodes, gpus_per_node=args.gpus, interval_s=args.interval,
-                hours=args.hours, generate_s=time.perf_counter() - t0)
+                hours=args.hours, problems=args.problems,
+                generate_s=time.perf_counter() - t0)
     t0 = time.perf_counter()
     backfill(om, tsdb)
     meta["backfill_s"] = time.perf_counter() - t0
@@ -318,6 +324,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--interval", type=float, default=30.0, help="sample spacing (dcgm-exporter "
                     "default 30 s)")
     ap.add_argument("--hours", type=float, default=1.0)
+    ap.add_argument("--problems", type=int, default=1,
+                    help="multiply the injected problems (3 stragglers, 4 throttled GPUs, "
+                    "8 slow disks) by this")
     ap.add_argument("--cycles", type=int, default=5)
     ap.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS))
     ap.add_argument("--out", default="out")
