@@ -6,16 +6,22 @@ Prometheus scrapes it every second and evaluates one always-firing alert for the
 the ALERTS annotation has something to show). The dashboards' template variables are
 resolved the way Grafana does (label_values through Prometheus, first value), then each
 target runs as Grafana would run it (range or instant) and must return a series.
+
+The same runs against the fleet's global store (docs/SCALE.md): vmagent scrapes the agent
+into VictoriaMetrics and vmalert evaluates the alert, with the configs of deploy/fleet/,
+and Grafana's queries go to VictoriaMetrics' Prometheus API.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +32,8 @@ from sentinel.dashboards.common import iter_panels
 from sentinel.dashboards.generate import DASHBOARDS
 from sentinel.gpu.nvml_replay import H100_LOAD
 from tests.support.agent import run_agent
-from tests.support.services import Prometheus, run_prometheus, stop
+from tests.support.services import Prometheus, run_alertmanager, run_prometheus, stop
+from tests.support.victoria import run_victoria_metrics, run_vmagent, run_vmalert
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -145,7 +152,41 @@ def run_query(prom: Prometheus, expr: str, instant: bool) -> str | None:
     return None
 
 
-def test_every_dashboard_query_returns_data(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def metrics_store(backend: str, tmp: Path, target: str, rules: Path) -> Iterator[Prometheus]:
+    """Yield the Prometheus API that Grafana would query, holding ``target``'s series.
+
+    ``prometheus``: Prometheus scrapes the agent and evaluates ``rules``.
+    ``victoria-metrics``: vmagent scrapes it into VictoriaMetrics, vmalert evaluates
+    ``rules`` against VictoriaMetrics and writes ALERTS there.
+    """
+    if backend == "prometheus":
+        scrape = {
+            "scrape_configs": [
+                {
+                    "job_name": "sentinel-agent",
+                    # The training job's `job` label must win (docs/DESIGN.md).
+                    "honor_labels": True,
+                    "static_configs": [{"targets": [target]}],
+                }
+            ]
+        }
+        with run_prometheus(tmp / "prom", rule_files=[str(rules)], extra_config=scrape) as prom:
+            yield prom
+        return
+    am_cfg = tmp / "alertmanager.yml"
+    am_cfg.write_text("route: {receiver: none}\nreceivers: [{name: none}]\n")
+    with (
+        run_victoria_metrics(tmp / "vm") as vm,
+        run_alertmanager(tmp / "am", am_cfg) as am,
+        run_vmagent(tmp / "vmagent", [target], vm.write_url()),
+        run_vmalert(tmp / "vmalert", [rules], vm.url, am.url),
+    ):
+        yield vm
+
+
+@pytest.mark.parametrize("backend", ["prometheus", "victoria-metrics"])
+def test_every_dashboard_query_returns_data(tmp_path: Path, backend: str) -> None:
     dump = json.loads(FIXTURE.read_text())
     dev = dump["devices"][0]
     dump["xid_events"] = [{"uuid": dev["uuid"], "xid": 79}]
@@ -170,19 +211,7 @@ def test_every_dashboard_query_returns_data(tmp_path: Path) -> None:
             [sys.executable, "-c", REPORTER, agent.socket_path, JOB, HOST], cwd=ROOT
         )
         try:
-            scrape = {
-                "scrape_configs": [
-                    {
-                        "job_name": "sentinel-agent",
-                        # The training job's `job` label must win (docs/DESIGN.md).
-                        "honor_labels": True,
-                        "static_configs": [{"targets": [agent.hostport]}],
-                    }
-                ]
-            }
-            with run_prometheus(
-                tmp_path / "prom", rule_files=[str(rules)], extra_config=scrape
-            ) as prom:
+            with metrics_store(backend, tmp_path, agent.hostport, rules) as prom:
                 # Wait until every rate window has samples and the alert fires.
                 prom.wait_for(f'sentinel_train_tokens_total{{job="{JOB}"}}', timeout=30)
                 prom.wait_for("sentinel_disk_read_latency_seconds", timeout=30)
