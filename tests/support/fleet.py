@@ -20,11 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sentinel.gpu.nvml_replay import H100_LOAD
 from tests.support.agent import Agent, run_agent
 from tests.support.services import stop
 
 ROOT = Path(__file__).resolve().parents[2]
-FIXTURE = ROOT / "tests" / "fixtures" / "h100" / "nvml_load.json"
+FIXTURE = H100_LOAD
 HW_SLOWDOWN = 0x8  # NVML's clocks-event bit for hardware slowdown
 
 # Steps every STEP_S seconds for every node, each node with its own Reporter (rank 0 of
