@@ -19,4 +19,8 @@ def register(action: Action) -> None:
     ACTIONS[action.name] = action
 
 
+from sentinel.controller.actions.rollback_skip import RollbackSkip  # noqa: E402
+
+register(RollbackSkip())
+
 __all__ = ["ACTIONS", "Action", "register"]
