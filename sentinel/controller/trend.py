@@ -94,9 +94,14 @@ class Trend:
 
 def fit(chain: list[StepPoint], before: int, steps: int = FIT_STEPS,
         spike: SpikeParams | None = None) -> Trend:
-    """Fit the trend to the last ``steps`` finite-loss steps of ``chain`` before ``before``."""
-    pts = [p for p in chain if 0 < p.step < before and math.isfinite(p.loss) and p.loss > 0]
-    pts = pts[-steps:]
+    """Fit the trend to the last ``steps`` finite-loss steps of ``chain`` before ``before``.
+
+    Steps before ``before // 2`` are left out.
+    """
+    # Not before half-way: a young run's first steps (warm-up, the initial drop) are not
+    # on the power law of its later ones.
+    pts = [p for p in chain if max(1, before // 2) <= p.step < before
+           and math.isfinite(p.loss) and p.loss > 0][-steps:]
     if len(pts) < MIN_FIT_STEPS:
         raise TrendError(f"only {len(pts)} steps with a finite loss before step {before} "
                          f"(at least {MIN_FIT_STEPS} give a trend to verify against)")

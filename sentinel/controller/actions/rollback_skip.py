@@ -196,7 +196,7 @@ class RollbackSkip:
         try:
             sub = rq.submit(p["run_dir"], p["job"], p["to_step"],
                             [(a, b) for a, b in p["skip"]], request_id=rid,
-                            requested_by=REQUESTED_BY, signal=False, now=run.ctx.clock(),
+                            requested_by=REQUESTED_BY, signal=False,
                             reason=f"incident {p['incident']}: loss spike at steps "
                                    f"{p['spike']['step_start']}-{p['spike']['step_end']}")
         except rq.RollbackError as e:
