@@ -97,11 +97,11 @@ def batches(chain: list[StepPoint], lo: int, hi: int) -> set[int]:
             continue
         if lo <= p.step <= hi:
             out.add(int(p.batch or 0))
-        if q.step - p.step > 1:
+        missing = range(max(lo, p.step + 1), min(hi, q.step - 1) + 1)
+        if missing:
             pb, qb = int(p.batch or 0), int(q.batch or 0)
             if qb - pb == q.step - p.step:
-                out.update(pb + (s - p.step) for s in range(max(lo, p.step + 1),
-                                                             min(hi, q.step - 1) + 1))
+                out.update(pb + (s - p.step) for s in missing)
             else:
                 out.update(range(pb + 1, qb))
     first, last = known[0], known[-1]

@@ -26,7 +26,6 @@ from tests.support.example_job import finish, read_log
 from tests.support.fake_slack import TOKEN, FakeSlack
 from tests.support.rollback_e2e import (
     BAD,
-    JOB,
     check_job,
     config,
     journal_dump,
