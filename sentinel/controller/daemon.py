@@ -10,6 +10,7 @@ Slack (when ``notify:`` has a token or webhook), and the actions' context.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 import time
@@ -62,6 +63,10 @@ def load_configs(file_data: dict[str, Any] | None, env: dict[str, str] | None = 
                  overrides: dict[str, Any] | None = None
                  ) -> tuple[ControllerConfig, PolicyConfig, dict[str, JobSpec]]:
     """Read the controller:, policy: and jobs: sections (ConfigError names what is wrong)."""
+    from sentinel.controller.executor import CRASH_ENV
+
+    # The kill -9 tests' hook shares the SENTINEL_CONTROLLER_ prefix but is no setting.
+    env = {k: v for k, v in (os.environ if env is None else env).items() if k != CRASH_ENV}
     cfg = load_section(ControllerConfig, "controller", file_data=file_data, env=env,
                        overrides=overrides)
     policy = load_section(PolicyConfig, "policy", file_data=file_data, env=env)

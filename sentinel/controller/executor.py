@@ -126,6 +126,10 @@ class Executor:
             return rec
         impl = ACTIONS[rec.action]
         run = Run(ctx=self.ctx, record=rec)
+        if rec.state == ACTION_DONE:
+            # Resumed for its verification only: it reads what the steps did.
+            run.outputs.update({s.name: s.outcome for s in j.steps(rec.id)
+                                if s.state == STEP_DONE})
         try:
             if rec.state != ACTION_DONE:
                 if rec.state == ACTION_INTENT:

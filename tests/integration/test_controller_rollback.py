@@ -22,7 +22,7 @@ from sentinel.controller.daemon import build, serve
 from sentinel.controller.journal import Journal
 from sentinel.train.request import token_path
 from tests.support.agent import run_agent
-from tests.support.example_job import finish, read_log
+from tests.support.example_job import finish
 from tests.support.fake_slack import TOKEN, FakeSlack
 from tests.support.rollback_e2e import (
     BAD,
@@ -51,16 +51,6 @@ def slack():
         server.stop()
 
 
-@pytest.fixture(scope="module")
-def control(tmp_path_factory):
-    """The same run without the bad batches (started at once, read when needed)."""
-    run_dir = tmp_path_factory.mktemp("control")
-    # No agent: the Reporter drops its datagrams, as it does whenever none listens.
-    proc = start_job(run_dir, str(run_dir / "no-agent.sock"), bad=False)
-    yield lambda: (finish(proc), read_log(run_dir))[1]
-    proc.kill()
-
-
 def _verified(journal: Journal):
     acts = [a for a in journal.actions() if a.action == "rollback_skip"]
     if acts and acts[-1].state in ("verified", "failed"):
@@ -68,7 +58,7 @@ def _verified(journal: Journal):
     return None
 
 
-def test_controller_rolls_back_a_spike_and_verifies_it(tmp_path, slack, control, caplog):
+def test_controller_rolls_back_a_spike_and_verifies_it(tmp_path, slack, gpt_control, caplog):
     caplog.set_level(logging.DEBUG)
     token_file = tmp_path / "slack-token"
     token_file.write_text(TOKEN + "\n")
@@ -100,7 +90,7 @@ def test_controller_rolls_back_a_spike_and_verifies_it(tmp_path, slack, control,
     assert plan["to_step"] == 100 and plan["handler"] is True
     assert plan["skip"] == [[BAD[0] - 5, plan["spike"]["step_end"] + 6]]
     assert plan["spike"]["step_end"] >= BAD[-1]
-    figures = check_job(run_dir, control(), plan)
+    figures = check_job(run_dir, gpt_control(), plan)
     verify = action.outcome["verify"]
     assert verify["resumed_at"] == 100 and verify["median_excess"] <= verify["tolerance"]
     [inc] = parts.journal.incidents()

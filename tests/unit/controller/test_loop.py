@@ -191,3 +191,24 @@ def test_a_failing_detector_does_not_stop_the_loop(tmp_path):
     ctl = make_controller(tmp_path, Broken())
     stats = ctl.cycle()
     assert stats.errors == ["rules: Prometheus is down"] and not ctl.last_cycle_ok
+
+
+def test_an_action_resumed_for_its_verification_reads_its_steps_outcomes(tmp_path, monkeypatch):
+    """Killed after its steps and before its verdict: verify still sees what they did."""
+    seen = []
+
+    class Verifying(ToyAction):
+        def verify(self, run):
+            seen.append(dict(run.outputs))
+            return {"summary": "ok"}
+
+    monkeypatch.setitem(ACTIONS, "rollback_skip", Verifying())
+    ctl = make_controller(tmp_path, ScriptedDetector([[spike()]]))
+    ctl.cycle()
+    wait_done(ctl)
+    [a] = ctl.journal.actions()
+    ctl.journal.set_action(a.id, "done")  # as a controller killed at verify/before leaves it
+    ctl.resume()
+    wait_done(ctl)
+    assert seen[1] == seen[0] == {s: {"did": s} for s in TOY_STEPS}
+    assert ctl.journal.action(a.id).state == "verified"
