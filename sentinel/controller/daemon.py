@@ -133,16 +133,19 @@ def build(file_data: dict[str, Any] | None, *, env: dict[str, str] | None = None
             raise KeyError(f"job {job!r} has no step stream")
         return list(s.steps)
 
-    stop_sleep = threading.Event()
     teller = None
     if notifier is not None:
         from sentinel.controller.tell import SlackTeller
 
         teller = SlackTeller(notifier, steps_of)
     ctx = ActionContext(config=cfg, policy=policy, journal=journal, jobs=jobs, clock=clock,
-                        sleep=sleep or stop_sleep.wait, steps_of=steps_of, slurm=slurm,
+                        sleep=sleep or time.sleep, steps_of=steps_of, slurm=slurm,
                         teller=teller)
     ctl = Controller(cfg, policy, journal, detector, world, ctx, teller, clock=clock)
+    if sleep is None:
+        # An action waiting (for a job's answer, a verification) wakes when the executor
+        # stops, so a stop never waits for an action's own deadline.
+        ctx.sleep = ctl.executor.stopping.wait
     return Parts(controller=ctl, config=cfg, policy=policy, jobs=jobs, journal=journal,
                  streams=streams, notifier=notifier, slurm=slurm)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 
 import pytest
 
@@ -212,3 +213,20 @@ def test_an_action_resumed_for_its_verification_reads_its_steps_outcomes(tmp_pat
     wait_done(ctl)
     assert seen[1] == seen[0] == {s: {"did": s} for s in TOY_STEPS}
     assert ctl.journal.action(a.id).state == "verified"
+
+
+def test_stopping_the_controller_wakes_a_waiting_action(tmp_path):
+    """An action sleeping until its deadline (a verification) wakes when the daemon stops."""
+    import time
+
+    from sentinel.controller.daemon import build
+
+    parts = build({"controller": {"journal": str(tmp_path / "c.db"), "scheduler": "none",
+                                  "listen_address": ""}})
+    woke = []
+    t = threading.Thread(target=lambda: woke.append(parts.controller.ctx.sleep(300)))
+    t.start()
+    t0 = time.monotonic()
+    parts.controller.stop()
+    t.join(10)
+    assert woke == [True] and time.monotonic() - t0 < 5
