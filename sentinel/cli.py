@@ -28,6 +28,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("notify", "sentinel.notify.cli"),
     ("dashboards", "sentinel.dashboards.cli"),
     ("controller", "sentinel.controller.cli"),
+    ("status", "sentinel.controller.status"),
     ("demo", "sentinel.demo"),
 ]
 

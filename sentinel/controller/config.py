@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sentinel.config import ConfigError, load_section
+from sentinel.httpd import split_hostport
 
 MODES = ("observe", "ask", "act")
 SPIKE_CLASSES = ("pending", "recoverable_fast", "recoverable_slow", "diverged", "plateau",
@@ -91,6 +92,11 @@ class ControllerConfig:
                                   "min": 1.0})
     retention_days: float = field(default=90.0, metadata={"help": "journal retention of closed "
                                                            "incidents and events", "min": 1.0})
+
+    def validate(self) -> None:
+        """Check what needs more than a type: the listen address."""
+        if self.listen_address:
+            split_hostport("controller.listen_address", self.listen_address)
 
 
 @dataclass

@@ -22,6 +22,7 @@ from sentinel.controller.actions.base import ActionContext
 from sentinel.controller.config import ControllerConfig, JobSpec, PolicyConfig, load_jobs
 from sentinel.controller.journal import Journal
 from sentinel.controller.loop import Controller
+from sentinel.controller.metrics import ControllerMetrics
 from sentinel.rules.finding import Finding
 from sentinel.rules.window import StepPoint
 
@@ -40,6 +41,7 @@ class Parts:
     streams: dict[str, Any] = field(default_factory=dict)
     notifier: Any | None = None
     slurm: Any | None = None
+    metrics: Any | None = None  # sentinel.controller.metrics.ControllerMetrics
 
 
 class StreamWorld:
@@ -146,8 +148,10 @@ def build(file_data: dict[str, Any] | None, *, env: dict[str, str] | None = None
         # An action waiting (for a job's answer, a verification) wakes when the executor
         # stops, so a stop never waits for an action's own deadline.
         ctx.sleep = ctl.executor.stopping.wait
+    metrics = ControllerMetrics(journal, cfg, world=world, clock=clock)
+    ctl.observers.append(metrics.observe_cycle)
     return Parts(controller=ctl, config=cfg, policy=policy, jobs=jobs, journal=journal,
-                 streams=streams, notifier=notifier, slurm=slurm)
+                 streams=streams, notifier=notifier, slurm=slurm, metrics=metrics)
 
 
 def _notifier(file_data: dict[str, Any] | None, env: dict[str, str] | None) -> Any | None:
@@ -169,6 +173,11 @@ def serve(parts: Parts, stop: threading.Event, *, once: bool = False) -> int:
     ctl = parts.controller
     sd = Notifier.from_env()
     interval = sd.interval(parts.config.interval_seconds, "controller.interval_seconds")
+    server = None
+    # `once` runs beside the daemon: the port is the daemon's.
+    if not once and parts.metrics is not None and parts.config.listen_address:
+        server = parts.metrics.serve()
+        log.info("serving /metrics and /healthz on %s:%d", *server.address)
     resumed = ctl.resume()
     if resumed:
         log.info("resumed %d unfinished action(s): %s", len(resumed), ", ".join(resumed))
@@ -190,6 +199,8 @@ def serve(parts: Parts, stop: threading.Event, *, once: bool = False) -> int:
             stop.wait(max(0.0, interval - (time.monotonic() - t0)))
     finally:
         sd.stopping()
+        if server is not None:
+            server.stop()
         ctl.stop(wait=not once)
         if parts.notifier is not None:
             try:

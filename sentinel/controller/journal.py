@@ -86,6 +86,9 @@ CREATE TABLE IF NOT EXISTS badput (
     id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, job TEXT NOT NULL,
     cause TEXT NOT NULL, seconds REAL NOT NULL, incident_id TEXT, action_id TEXT,
     note TEXT NOT NULL, key TEXT UNIQUE);
+CREATE TABLE IF NOT EXISTS goodput (
+    job TEXT PRIMARY KEY, updated_at REAL NOT NULL, start REAL, last REAL,
+    productive REAL NOT NULL, pending REAL NOT NULL, badput TEXT NOT NULL, state TEXT NOT NULL);
 """
 
 
@@ -210,9 +213,12 @@ class Journal:
         return self._incident(rows[0]) if rows else None
 
     def incidents(self, *, open_only: bool = False, since: float | None = None,
-                  limit: int = 1000) -> list[Incident]:
+                  limit: int = 1000, job: str | None = None) -> list[Incident]:
         """Return incidents, newest first."""
         sql, args = "SELECT * FROM incidents WHERE 1=1", list[Any]()
+        if job is not None:
+            sql += " AND job=?"
+            args.append(job)
         if open_only:
             sql += f" AND state NOT IN ({','.join('?' * len(INCIDENT_CLOSED_STATES))})"
             args += list(INCIDENT_CLOSED_STATES)
@@ -263,6 +269,11 @@ class Journal:
                            "ORDER BY id DESC LIMIT 1", (key,))
         return (rows[0]["incident_id"], _loads(rows[0]["finding"])) if rows else None
 
+    def latest_world(self) -> tuple[float, dict[str, Any]] | None:
+        """Return (time, world) of the newest recorded finding: what the world said last."""
+        rows = self._query("SELECT time, world FROM findings ORDER BY id DESC LIMIT 1")
+        return (float(rows[0]["time"]), dict(_loads(rows[0]["world"]))) if rows else None
+
     def record_decision(self, incident_id: str, finding_key: str, decision: dict[str, Any],
                         now: float | None = None) -> None:
         """Keep a policy decision (what, mode, refusal, why)."""
@@ -281,6 +292,33 @@ class Journal:
         rows = self._query(sql + " ORDER BY id", (incident_id,) if incident_id else ())
         return [dict(_loads(r["data"]), time=r["time"], incident=r["incident_id"])
                 for r in rows]
+
+    def decisions_after(self, after_id: int, limit: int = 10_000
+                        ) -> list[tuple[int, dict[str, Any]]]:
+        """Return (row id, decision) of the decisions journaled after row ``after_id``."""
+        rows = self._query("SELECT id, incident_id, time, data FROM decisions WHERE id > ? "
+                           "ORDER BY id LIMIT ?", (after_id, limit))
+        return [(int(r["id"]), dict(_loads(r["data"]), time=r["time"],
+                                    incident=r["incident_id"])) for r in rows]
+
+    def last_decision_id(self) -> int:
+        """Return the row id of the newest decision (0 if none)."""
+        return int(self._query("SELECT COALESCE(MAX(id), 0) AS n FROM decisions")[0]["n"])
+
+    def incident_counts(self, *, open_only: bool = True) -> dict[tuple[str, str], int]:
+        """Return the number of incidents by (kind, state)."""
+        sql, args = "SELECT kind, state, COUNT(*) AS n FROM incidents", list[Any]()
+        if open_only:
+            sql += f" WHERE state NOT IN ({','.join('?' * len(INCIDENT_CLOSED_STATES))})"
+            args += list(INCIDENT_CLOSED_STATES)
+        rows = self._query(sql + " GROUP BY kind, state", args)
+        return {(r["kind"], r["state"]): int(r["n"]) for r in rows}
+
+    def action_counts(self) -> dict[tuple[str, str, str], int]:
+        """Return the number of journaled actions by (action, mode, state)."""
+        rows = self._query("SELECT action, mode, state, COUNT(*) AS n FROM actions "
+                           "GROUP BY action, mode, state")
+        return {(r["action"], r["mode"], r["state"]): int(r["n"]) for r in rows}
 
     # -- actions ---------------------------------------------------------------------
 
@@ -327,9 +365,13 @@ class Journal:
         return [self._action(r) for r in rows]
 
     def actions(self, *, incident_id: str | None = None, states: Sequence[str] | None = None,
-                since: float | None = None, action: str | None = None) -> list[ActionRecord]:
+                since: float | None = None, action: str | None = None,
+                job: str | None = None) -> list[ActionRecord]:
         """Return actions, oldest first, filtered."""
         sql, args = "SELECT * FROM actions WHERE 1=1", list[Any]()
+        if job is not None:
+            sql += " AND job=?"
+            args.append(job)
         if incident_id is not None:
             sql += " AND incident_id=?"
             args.append(incident_id)
@@ -504,6 +546,50 @@ class Journal:
         rows = self._query(sql, (job,) if job else ())
         return [{k: r[k] for k in r.keys()} for r in rows]
 
+    def save_goodput(self, job: str, summary: dict[str, Any], state: dict[str, Any],
+                     charges: Sequence[dict[str, Any]], now: float | None = None) -> int:
+        """Keep a job's goodput accounting and its new charges in one transaction.
+
+        ``summary`` has ``start``, ``last``, ``productive``, ``pending`` and ``badput``
+        (seconds by cause); ``state`` is the accountant's state to resume from; each charge
+        has ``cause``, ``seconds``, ``key`` and optionally ``incident_id``, ``action_id``,
+        ``note``. A charge whose key is in the ledger already is skipped (as ``charge``).
+        Return how many charges were new.
+        """
+        now = self.clock() if now is None else now
+        new = 0
+        with self._tx() as db:
+            for c in charges:
+                cur = db.execute(
+                    "INSERT OR IGNORE INTO badput (time, job, cause, seconds, incident_id, "
+                    "action_id, note, key) VALUES (?,?,?,?,?,?,?,?)",
+                    (now, job, c["cause"], float(c["seconds"]), c.get("incident_id"),
+                     c.get("action_id"), str(c.get("note", "")), c["key"]))
+                new += cur.rowcount
+            db.execute(
+                "INSERT INTO goodput (job, updated_at, start, last, productive, pending, badput, "
+                "state) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (job) DO UPDATE SET "
+                "updated_at=excluded.updated_at, start=excluded.start, last=excluded.last, "
+                "productive=excluded.productive, pending=excluded.pending, "
+                "badput=excluded.badput, state=excluded.state",
+                (job, now, summary.get("start"), summary.get("last"),
+                 float(summary.get("productive", 0.0)), float(summary.get("pending", 0.0)),
+                 _dumps(summary.get("badput", {})), _dumps(state)))
+        return new
+
+    def goodput_state(self, job: str) -> dict[str, Any] | None:
+        """Return the accountant's saved state of ``job``, if any."""
+        rows = self._query("SELECT state FROM goodput WHERE job=?", (job,))
+        return dict(_loads(rows[0]["state"])) if rows else None
+
+    def goodput(self) -> list[dict[str, Any]]:
+        """Return every job's goodput summary: job, start, last, productive, pending, badput."""
+        rows = self._query("SELECT job, updated_at, start, last, productive, pending, badput "
+                           "FROM goodput ORDER BY job")
+        return [{"job": r["job"], "updated_at": r["updated_at"], "start": r["start"],
+                 "last": r["last"], "productive": r["productive"], "pending": r["pending"],
+                 "badput": _loads(r["badput"])} for r in rows]
+
     # -- housekeeping ----------------------------------------------------------------
 
     def prune(self, now: float | None = None) -> int:
@@ -525,4 +611,5 @@ class Journal:
                 db.execute("DELETE FROM incidents WHERE id=?", (iid,))
             db.execute("DELETE FROM events WHERE time < ?", (cutoff,))
             db.execute("DELETE FROM badput WHERE time < ?", (cutoff,))
+            db.execute("DELETE FROM goodput WHERE updated_at < ?", (cutoff,))
         return len(old)

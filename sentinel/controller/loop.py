@@ -6,14 +6,16 @@ existing), asks :func:`~sentinel.controller.policy.decide` what to do, journals 
 decision and, in ``act`` mode, the intent, and hands the action to the executor's
 threads. It then looks again at what changed without a finding: approvals given,
 approvals expired, actions that failed (to retry or escalate), actions paused by the
-breaker. The daemon (``cli.py``) calls ``cycle`` every ``controller.interval_seconds``
-and feeds the systemd watchdog after each.
+breaker; and it charges the followed jobs' lost time to its causes (``goodput.py``). The
+daemon (``cli.py``) calls ``cycle`` every ``controller.interval_seconds`` and feeds the
+systemd watchdog after each; ``observers`` (the metrics) see each cycle's stats.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -22,6 +24,7 @@ from sentinel.controller.actions import ACTIONS
 from sentinel.controller.actions.base import ActionContext
 from sentinel.controller.config import ControllerConfig, PolicyConfig
 from sentinel.controller.executor import Executor, abort, testing_crash_point
+from sentinel.controller.goodput import GoodputAccountant
 from sentinel.controller.journal import Journal
 from sentinel.controller.model import (
     ACTION_AWAITING,
@@ -89,6 +92,7 @@ class CycleStats:
     started: int = 0
     refused: int = 0
     errors: list[str] = field(default_factory=list)
+    seconds: float = 0.0  # how long the cycle took
 
 
 class Controller:
@@ -113,6 +117,10 @@ class Controller:
         # Replay plans without looking at the world (sentinel.controller.replay).
         self.planner = planner or (lambda c, i, f, d: ACTIONS[str(d.action)].plan(c, i, f, d))
         self._cycle_lock = threading.Lock()
+        # Each cycle charges the followed jobs' lost time (sentinel.controller.goodput).
+        self.goodput = GoodputAccountant(journal, lambda: list(ctx.jobs), ctx.steps_of)
+        # Called after each cycle with (now, stats): the metrics (sentinel.controller.metrics).
+        self.observers: list[Callable[[float, CycleStats], None]] = []
         self.cycles = 0
         self.last_cycle_ok = True
         # The action whose plan failed permanently in this decision (escalate its incident).
@@ -141,6 +149,7 @@ class Controller:
     def cycle(self, now: float | None = None) -> CycleStats:
         """Run one cycle: findings, decisions, actions, then what changed without a finding."""
         with self._cycle_lock:
+            t0 = time.monotonic()
             now = self.clock() if now is None else now
             stats = CycleStats()
             try:
@@ -157,11 +166,18 @@ class Controller:
                     log.exception("finding %s: cannot handle it", f.key)
                     stats.errors.append(f"{f.key}: {e}")
             self._recheck(now, stats)
+            stats.errors += self.goodput.cycle(now)
             self.executor.reap()
             if self.teller is not None:
                 self.teller.flush()
             self.cycles += 1
             self.last_cycle_ok = not stats.errors
+            stats.seconds = time.monotonic() - t0
+            for observe in self.observers:
+                try:
+                    observe(now, stats)
+                except Exception:  # noqa: BLE001 - metrics must not stop the loop
+                    log.exception("cycle observer %r failed", observe)
             return stats
 
     def _seen_before(self, f: Finding) -> bool:

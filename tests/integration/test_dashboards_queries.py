@@ -2,10 +2,13 @@
 
 A real agent serves GPU series replayed from the captured H100 dump (plus one XID event),
 burn-in results from a textfile and the steps a real Reporter process sends; a real
-Prometheus scrapes it every second and evaluates one always-firing alert for the job (so
-the ALERTS annotation has something to show). The dashboards' template variables are
-resolved the way Grafana does (label_values through Prometheus, first value), then each
-target runs as Grafana would run it (range or instant) and must return a series.
+controller follows the job's step stream from that agent (goodput), rolls back a loss
+spike with the test's toy action and opens an incident for a throughput finding every few
+cycles (ControllerFindings); a real Prometheus scrapes both every second and evaluates
+one always-firing alert for the job (so the ALERTS annotation has something to show).
+The dashboards' template variables are resolved the way Grafana does (label_values
+through Prometheus, first value), then each target runs as Grafana would run it (range or
+instant) and must return a series.
 """
 
 from __future__ import annotations
@@ -22,11 +25,15 @@ from typing import Any
 import pytest
 import requests
 
+from sentinel.controller.actions import ACTIONS
 from sentinel.dashboards.common import iter_panels
 from sentinel.dashboards.generate import DASHBOARDS
 from sentinel.gpu.nvml_replay import H100_LOAD
+from sentinel.rules.finding import Finding
+from sentinel.rules.sources import StepStream
 from tests.support.agent import run_agent
-from tests.support.services import Prometheus, run_prometheus, stop
+from tests.support.controller import ToyAction, live_controller
+from tests.support.services import Prometheus, free_port, run_prometheus, stop
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -59,6 +66,29 @@ REPORTER = textwrap.dedent(
         time.sleep(0.05)
     """
 )
+
+
+class ControllerFindings:
+    """The controller's rules engine here: polls the job's stream; a spike, then drops."""
+
+    def __init__(self, stream: StepStream) -> None:
+        self.stream = stream
+        self.cycles = 0
+
+    def cycle(self, now: float | None = None) -> list[Finding]:
+        self.stream.poll()
+        self.cycles += 1
+        t = time.time()
+        if self.cycles == 1:
+            return [Finding(kind="loss_spike", severity="critical", summary="spike",
+                            suggested_action="rollback_skip", detector="loss_spike",
+                            rule="loss-spike", job=JOB, step_start=5, step_end=6, episode="5",
+                            time_start=t - 20, evidence={"classification": "plateau"})]
+        if self.cycles % 4 == 0:  # decisions and new incidents keep the annotations busy
+            return [Finding(kind="throughput_drop", severity="warning", summary="slow",
+                            suggested_action="notify", job=JOB, rule="throughput",
+                            time_start=t - 30, episode=str(self.cycles))]
+        return []
 
 
 def burnin_textfile(uuid: str, model: str) -> str:
@@ -133,7 +163,7 @@ def run_query(prom: Prometheus, expr: str, instant: bool) -> str | None:
     return None
 
 
-def test_every_dashboard_query_returns_data(tmp_path: Path) -> None:
+def test_every_dashboard_query_returns_data(tmp_path: Path, monkeypatch) -> None:
     dump = json.loads(FIXTURE.read_text())
     dev = dump["devices"][0]
     dump["xid_events"] = [{"uuid": dev["uuid"], "xid": 79}]
@@ -157,27 +187,43 @@ def test_every_dashboard_query_returns_data(tmp_path: Path) -> None:
         reporter = subprocess.Popen(
             [sys.executable, "-c", REPORTER, agent.socket_path, JOB, HOST], cwd=ROOT
         )
+        monkeypatch.setitem(ACTIONS, "rollback_skip", ToyAction())
+        stream = StepStream(agent.url, JOB)
+        (tmp_path / "ctl").mkdir()
         try:
-            scrape = {
-                "scrape_configs": [
-                    {
-                        "job_name": "sentinel-agent",
-                        # The training job's `job` label must win (docs/DESIGN.md).
-                        "honor_labels": True,
-                        "static_configs": [{"targets": [agent.hostport]}],
-                    }
-                ]
-            }
-            with run_prometheus(
-                tmp_path / "prom", rule_files=[str(rules)], extra_config=scrape
-            ) as prom:
-                # Wait until every rate window has samples and the alert fires.
-                prom.wait_for(f'sentinel_train_tokens_total{{job="{JOB}"}}', timeout=30)
-                prom.wait_for("sentinel_disk_read_latency_seconds", timeout=30)
-                prom.wait_for('ALERTS{alertname="DashboardTestAlert",alertstate="firing"}')
-                time.sleep(8)
-                assert reporter.poll() is None, "the Reporter process died"
-                check_all_dashboards(prom)
+            with live_controller(tmp_path / "ctl", ControllerFindings(stream), port=free_port(),
+                                 steps={JOB: lambda: list(stream.steps)}) as ctl:
+                scrape = {
+                    "scrape_configs": [
+                        {
+                            "job_name": "sentinel-agent",
+                            # The training job's `job` label must win (docs/DESIGN.md).
+                            "honor_labels": True,
+                            "static_configs": [{"targets": [agent.hostport]}],
+                        },
+                        {
+                            # As deploy/prometheus/prometheus.yml: per-job goodput series.
+                            "job_name": "sentinel-controller",
+                            "honor_labels": True,
+                            "static_configs": [{"targets": [ctl.hostport]}],
+                        },
+                    ]
+                }
+                with run_prometheus(
+                    tmp_path / "prom", rule_files=[str(rules)], extra_config=scrape
+                ) as prom:
+                    # Wait until every rate window has samples and the alert fires.
+                    prom.wait_for(f'sentinel_train_tokens_total{{job="{JOB}"}}', timeout=30)
+                    prom.wait_for("sentinel_disk_read_latency_seconds", timeout=30)
+                    prom.wait_for('ALERTS{alertname="DashboardTestAlert",alertstate="firing"}')
+                    prom.wait_for(f'sentinel_controller_job_goodput_ratio{{job="{JOB}"}}')
+                    prom.wait_for('sentinel_controller_incidents_total{outcome="recovered"}')
+                    time.sleep(8)
+                    assert reporter.poll() is None, "the Reporter process died"
+                    check_all_dashboards(prom)
+                    # The controller accounted the real job's steps it followed.
+                    [g] = ctl.controller.journal.goodput()
+                    assert g["job"] == JOB and g["last"] - g["start"] > 5
         finally:
             stop(reporter)
 

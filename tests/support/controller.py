@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 from sentinel.controller.actions.base import ActionContext, Run, Step
-from sentinel.controller.config import ControllerConfig, PolicyConfig
+from sentinel.controller.config import ControllerConfig, JobSpec, PolicyConfig
 from sentinel.controller.journal import Journal
 from sentinel.controller.loop import Controller
 from sentinel.controller.model import ActionFailed, Incident
 from sentinel.controller.policy import Decision
 from sentinel.rules.finding import Finding
+from sentinel.rules.window import StepPoint
 
 TOY_STEPS = ("first", "second", "third")
 
@@ -115,8 +118,13 @@ class RecordingTeller:
 
 def make_controller(tmp: Path, detector: Any, *, policy: PolicyConfig | None = None,
                     world: Any = None, teller: Any = None, clock: Any = None,
-                    config: ControllerConfig | None = None) -> Controller:
-    """Build a Controller over a journal in ``tmp`` with the toy world file ``tmp/world``."""
+                    config: ControllerConfig | None = None,
+                    steps: dict[str, Callable[[], list[StepPoint]]] | None = None
+                    ) -> Controller:
+    """Build a Controller over a journal in ``tmp`` with the toy world file ``tmp/world``.
+
+    ``steps`` maps the jobs it follows to their step records (as the loop's step streams).
+    """
     import time
 
     clock = clock or time.time
@@ -124,8 +132,16 @@ def make_controller(tmp: Path, detector: Any, *, policy: PolicyConfig | None = N
                                      listen_address="")
     journal = Journal(cfg.journal, clock=clock)
     stop = threading.Event()
-    ctx = ActionContext(config=cfg, policy=policy or PolicyConfig(), journal=journal, jobs={},
-                        clock=clock, sleep=stop.wait, steps_of=lambda job: [], teller=teller,
+    streams = dict(steps or {})
+
+    def steps_of(job: str) -> list[StepPoint]:
+        if job not in streams:
+            raise KeyError(job)
+        return streams[job]()
+
+    ctx = ActionContext(config=cfg, policy=policy or PolicyConfig(), journal=journal,
+                        jobs={j: JobSpec(name=j) for j in streams}, clock=clock,
+                        sleep=stop.wait, steps_of=steps_of, teller=teller,
                         extras={"world": tmp / "world"})
     return Controller(cfg, ctx.policy, journal, detector, world or FixedWorld(), ctx, teller,
                       clock=clock)
@@ -134,3 +150,52 @@ def make_controller(tmp: Path, detector: Any, *, policy: PolicyConfig | None = N
 def finding_json(f: Finding) -> str:
     """Return a finding as one JSON line."""
     return json.dumps(f.to_dict(), sort_keys=True)
+
+
+class SpareWorld(FixedWorld):
+    """A world whose scheduler reports ready spares (what the metrics export)."""
+
+    def ready_spares(self) -> int:
+        return int(self.values["ready_spares"])
+
+
+@dataclass
+class LiveController:
+    """A real Controller looping in a thread, serving its /metrics."""
+
+    controller: Controller
+    metrics: Any
+    hostport: str
+
+
+@contextmanager
+def live_controller(tmp: Path, detector: Any, *, port: int, interval: float = 0.5,
+                    steps: dict[str, Callable[[], list[StepPoint]]] | None = None,
+                    world: Any = None) -> Iterator[LiveController]:
+    """Run a Controller (toy world file, ``detector``) every ``interval`` s with its metrics."""
+    from sentinel.controller.metrics import ControllerMetrics
+
+    cfg = ControllerConfig(journal=str(tmp / "controller.db"), scheduler="none",
+                           listen_address=f"127.0.0.1:{port}", interval_seconds=interval)
+    ctl = make_controller(tmp, detector, config=cfg, steps=steps,
+                          world=world or SpareWorld(ready_spares=2))
+    metrics = ControllerMetrics(ctl.journal, cfg, world=ctl.world)
+    ctl.observers.append(metrics.observe_cycle)
+    server = metrics.serve()
+    stop = threading.Event()
+
+    def run() -> None:
+        while not stop.is_set():
+            ctl.cycle()
+            stop.wait(interval)
+
+    thread = threading.Thread(target=run, name="test-controller", daemon=True)
+    thread.start()
+    try:
+        yield LiveController(controller=ctl, metrics=metrics, hostport=f"127.0.0.1:{port}")
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+        server.stop()
+        ctl.stop()
+        ctl.journal.close()
