@@ -97,8 +97,6 @@ def build(file_data: dict[str, Any] | None, *, env: dict[str, str] | None = None
           world: Any | None = None, clock: Any = time.time,
           sleep: Any | None = None) -> Parts:
     """Wire a Controller from the parsed config file; injected parts replace built ones."""
-    from sentinel.rules.online import OnlineDetector
-    from sentinel.rules.rulefile import load_rules
     from sentinel.rules.sources import PrometheusSource, StepStream
 
     cfg, policy, jobs = load_configs(file_data, env, overrides)
@@ -113,6 +111,9 @@ def build(file_data: dict[str, Any] | None, *, env: dict[str, str] | None = None
             continue
         streams[name] = StepStream(url, name)
     if detector is None:
+        from sentinel.rules.online import OnlineDetector
+        from sentinel.rules.rulefile import load_rules
+
         rules = load_rules(cfg.rules or None)
         detector = OnlineDetector(rules, prometheus=prom, streams=streams)
     if slurm is None and cfg.scheduler == "slurm":
@@ -123,7 +124,7 @@ def build(file_data: dict[str, Any] | None, *, env: dict[str, str] | None = None
         if slurm is not None:
             from sentinel.controller.spares import SlurmWorld
 
-            world = SlurmWorld(slurm, journal, cfg, jobs)
+            world = SlurmWorld(slurm, journal, cfg, jobs, clock)
         else:
             world = StreamWorld(streams)
     if notifier is None:

@@ -127,7 +127,7 @@ class Executor:
         impl = ACTIONS[rec.action]
         run = Run(ctx=self.ctx, record=rec)
         if rec.state == ACTION_DONE:
-            # Resumed for its verification only: it reads what the steps did.
+            # Resumed between the steps and the verification: verify reads their outcomes.
             run.outputs.update({s.name: s.outcome for s in j.steps(rec.id)
                                 if s.state == STEP_DONE})
         try:

@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar
 
 import sentinel.train.request as rq
 from sentinel.controller.actions.base import ActionContext, Run, Step
 from sentinel.controller.model import PERMANENT, TRANSIENT, ActionFailed, Incident
 from sentinel.controller.policy import Decision, spike_class
+from sentinel.controller.slurm import Job, Slurm, slurm_failures
 from sentinel.controller.timeline import TimelineError, after, batches, lineage, newest, to_ranges
 from sentinel.controller.trend import Trend, TrendError, fit, judge
 from sentinel.rules.finding import Finding
@@ -43,28 +44,6 @@ ANSWER_POLL_S = 0.25
 # Slurm job states in which the job's processes may still run (and report, and save).
 _ALIVE = ("RUNNING", "COMPLETING", "CONFIGURING", "SUSPENDED", "STOPPED", "SIGNALING",
           "STAGE_OUT", "RESIZING")
-
-
-class Scheduler(Protocol):
-    """What a job without a rollback handler needs from Slurm (sentinel.controller.slurm).
-
-    ``job`` returns an object with ``id``, ``state`` and ``reason`` (or None when Slurm
-    does not know the job); ``requeue_hold`` is ``scontrol requeuehold ID``, ``release``
-    is ``scontrol release ID``. Errors carry ``outcome_class`` (transient/permanent).
-    """
-
-    def job(self, ref: str) -> Any:
-        """Return the job named or numbered ``ref``, or None."""
-
-    def requeue_hold(self, job_id: str) -> None:
-        """Stop the job and keep it pending, held, until released."""
-
-    def release(self, job_id: str) -> None:
-        """Let a held job start again."""
-
-
-def _failed(e: Exception, default: str = PERMANENT) -> ActionFailed:
-    return ActionFailed(str(e), getattr(e, "outcome_class", default))
 
 
 def _points(ctx: ActionContext, job: str) -> list[StepPoint]:
@@ -97,7 +76,7 @@ class RollbackSkip:
         lo, hi = max(0, start - margin), end + margin
         why_not = "jobs[].rollback_handler is false" if not spec.rollback_handler \
             else rq.handler_missing(run_dir)
-        if why_not and (ctx.slurm is None or not hasattr(ctx.slurm, "requeue_hold")):
+        if why_not and ctx.slurm is None:
             raise ActionFailed(f"job {spec.name} runs no rollback handler ({why_not}) and no "
                                "Slurm is configured to restart it (controller.scheduler)")
         points = _points(ctx, spec.name)
@@ -218,22 +197,22 @@ class RollbackSkip:
             return None
         return _outcome(run, result) if result else None
 
-    def _hold(self, run: Run) -> dict[str, Any]:
+    @staticmethod
+    @slurm_failures
+    def _hold(run: Run) -> dict[str, Any]:
         sched, jid = _scheduler(run)
-        try:
-            sched.requeue_hold(jid)
-        except Exception as e:  # noqa: BLE001 - SlurmError and its kin carry their class
-            raise _failed(e, TRANSIENT) from None
+        sched.requeue_hold(jid)
         job = _wait_stopped(run, sched, jid)
         run.tell("held", f"Slurm job {jid} requeued and held ({job.state}): its processes "
                  "stopped, so the skip plan and the checkpoints can be changed")
         return {"slurm_job": jid, "stopped_at": run.ctx.clock()}
 
     @staticmethod
+    @slurm_failures
     def _held(run: Run) -> dict[str, Any] | None:
         sched, jid = _scheduler(run)
-        job = _job(sched, jid)
-        if job is None or str(job.state) in _ALIVE or "held" not in str(job.reason).lower():
+        job = sched.job(jid)
+        if job is None or job.state in _ALIVE or "held" not in job.reason.lower():
             return None
         return {"slurm_job": jid, "stopped_at": run.ctx.clock()}
 
@@ -253,21 +232,20 @@ class RollbackSkip:
         return {"added": added, "abandoned": gone}
 
     @staticmethod
+    @slurm_failures
     def _release(run: Run) -> dict[str, Any]:
         sched, jid = _scheduler(run)
-        try:
-            sched.release(jid)
-        except Exception as e:  # noqa: BLE001 - SlurmError and its kin carry their class
-            raise _failed(e, TRANSIENT) from None
+        sched.release(jid)
         run.tell("released", f"Slurm job {jid} released: it restarts from checkpoint "
                  f"{run.plan['to_step']} with the skips")
         return {"released": jid}
 
     @staticmethod
+    @slurm_failures
     def _released(run: Run) -> dict[str, Any] | None:
         sched, jid = _scheduler(run)
-        job = _job(sched, jid)
-        if job is None or "held" in str(job.reason).lower():
+        job = sched.job(jid)
+        if job is None or "held" in job.reason.lower():
             return None
         return {"released": jid}
 
@@ -358,34 +336,27 @@ def _outcome(run: Run, result: dict[str, Any]) -> dict[str, Any]:
             "restore_s": result.get("total_s")}
 
 
-def _scheduler(run: Run) -> tuple[Scheduler, str]:
-    sched = run.ctx.slurm
+def _scheduler(run: Run) -> tuple[Slurm, str]:
+    sched: Slurm | None = run.ctx.slurm
     if sched is None:
         raise ActionFailed("no Slurm configured (controller.scheduler): cannot restart job "
                            f"{run.plan['job']}")
-    job = _job(sched, run.plan["slurm_job"])
+    job = sched.job(run.plan["slurm_job"])
     if job is None:
         raise ActionFailed(f"Slurm has no job {run.plan['slurm_job']!r} (jobs[].slurm_job)")
-    return sched, str(job.id)
+    return sched, job.id
 
 
-def _job(sched: Scheduler, ref: str) -> Any:
-    try:
-        return sched.job(ref)
-    except Exception as e:  # noqa: BLE001 - SlurmError and its kin carry their class
-        raise _failed(e, TRANSIENT) from None
-
-
-def _wait_stopped(run: Run, sched: Scheduler, jid: str) -> Any:
+def _wait_stopped(run: Run, sched: Slurm, jid: str) -> Job:
     """Wait until the held job's processes are gone (not running, completing...)."""
     ctx = run.ctx
     deadline = ctx.clock() + ctx.config.requeue_confirm_seconds
     while True:
-        job = _job(sched, jid)
-        if job is not None and str(job.state) not in _ALIVE:
+        job = sched.job(jid)
+        if job is not None and job.state not in _ALIVE:
             return job
         if ctx.clock() > deadline:
-            raise ActionFailed(f"Slurm job {jid} still {getattr(job, 'state', '?')} "
+            raise ActionFailed(f"Slurm job {jid} still {job.state if job else 'unknown'} "
                                f"{ctx.config.requeue_confirm_seconds:.0f} s after requeuehold "
                                "(controller.requeue_confirm_seconds)", TRANSIENT)
         if ctx.sleep(1.0):

@@ -15,8 +15,8 @@ from sentinel.controller.metrics import ControllerMetrics
 from sentinel.rules.finding import Finding
 from sentinel.rules.window import StepPoint
 from tests.support.controller import ScriptedDetector, SpareWorld, ToyAction, make_controller
+from tests.support.metrics import check_promtool
 from tests.support.services import free_port
-from tests.unit.agent.test_cli import check_promtool
 
 T0 = 1_700_000_000.0
 
