@@ -243,6 +243,17 @@ def load_section(
     return obj
 
 
+def split_hostport(key: str, value: str) -> tuple[str, int]:
+    """Return (host, port) of ``HOST:PORT`` (``[::1]:9464`` too); ConfigError names ``key``.
+
+    An empty host means every address.
+    """
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{key}: {value!r} is not HOST:PORT (valid: e.g. 127.0.0.1:9464)")
+    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - documented default
+
+
 def describe(cls: type[Any], section: str) -> str:
     """Document a section's keys: name, type, default, help (for --help and docs)."""
     hints = typing.get_type_hints(cls)

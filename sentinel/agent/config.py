@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from sentinel.config import ConfigError
+from sentinel.agent.ring import MAX_RING_BYTES, RECORD_BYTES
+from sentinel.agent.senders import SenderPolicy, resolve_group
+from sentinel.config import ConfigError, split_hostport
 
 if TYPE_CHECKING:
     from sentinel.agent.collectors.base import Collector
 
 DEFAULT_LISTEN_ADDRESS = "0.0.0.0:9464"
 DEFAULT_SOCKET = "/run/sentinel/agent.sock"
+# The group whose members may write to the report socket (mode 0660), when it exists.
+DEFAULT_SOCKET_GROUP = "sentinel"
 # node_exporter's default device exclusion: RAM disks, loops, floppies and partitions
 # (sda1, nvme0n1p1, ...), which would double-count their parent disk's I/O.
 DEFAULT_DISK_EXCLUDE = r"^(z?ram|loop|fd|(h|s|v|xv)d[a-z]|nvme\d+n\d+p)\d+$"
@@ -32,11 +37,21 @@ def default_collectors() -> list[str]:
     return [c.name for c in registered_collectors() if c.default_enabled]
 
 
-def _split_hostport(key: str, value: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"{key}: {value!r} is not HOST:PORT (valid: e.g. 127.0.0.1:9464)")
-    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - documented default
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost: where it points can change
+
+
+def parse_mode(key: str, value: str) -> int:
+    """Return the permission bits an octal string like '0660' names, or raise ConfigError."""
+    if not re.fullmatch(r"0?[0-7]{3}", value.strip()):
+        raise ConfigError(f"{key}: {value!r} is not an octal file mode (valid: e.g. '0660', "
+                          "or '0666' to let every local user write to the socket)")
+    return int(value, 8)
 
 
 @dataclass
@@ -50,9 +65,44 @@ class AgentConfig:
         default=DEFAULT_SOCKET,
         metadata={"help": "Unix datagram socket training processes report to ('' = off)"},
     )
+    # Group-writable only: the group (the unit's Group=sentinel) names who may report.
+    socket_mode: str = field(
+        default="0660",
+        metadata={"help": "permissions of the report socket, octal; '0666' lets every local "
+                  "user write to it (reports are still checked by uid)"},
+    )
+    socket_group: str = field(
+        default="",
+        metadata={"help": "group of the report socket, a name or gid ('' = the group "
+                  f"'{DEFAULT_SOCKET_GROUP}' when it exists and the agent may use it, else the "
+                  f"agent's own; the systemd unit runs the agent as Group={DEFAULT_SOCKET_GROUP})"},
+    )
+    report_allow_uids: list[int] = field(
+        default_factory=list,
+        metadata={"help": "uids that may report on the socket; with report_allow_groups "
+                  "both empty, any uid that can write to the socket may"},
+    )
+    report_allow_groups: list[str] = field(
+        default_factory=list,
+        metadata={"help": "groups (names or gids) whose members may report on the socket"},
+    )
+    # One user filling every job slot must not keep another's job out; 8 still fits a
+    # sweep of one single-GPU job per GPU of an 8-GPU node.
+    max_jobs_per_uid: int = field(
+        default=8,
+        metadata={"help": "jobs one uid may have at once (all UDP senders count as one)",
+                  "min": 1, "max": 1024},
+    )
     udp_address: str = field(
         default="",
-        metadata={"help": "HOST:PORT of the UDP fallback for step reports ('' = off)"},
+        metadata={"help": "HOST:PORT of the UDP fallback for step reports ('' = off); "
+                  "UDP reports carry no credentials: a loopback address unless "
+                  "udp_allow_remote"},
+    )
+    udp_allow_remote: bool = field(
+        default=False,
+        metadata={"help": "allow a udp_address that is not loopback (any host that reaches "
+                  "it can then report, for jobs that were not started over the socket)"},
     )
     # Names and defaults come from the collectors themselves (collectors/__init__.py);
     # validate() checks the names against that list.
@@ -140,9 +190,11 @@ class AgentConfig:
         metadata={"help": "a collect running longer than this makes the agent unhealthy",
                   "min": 1.0},
     )
-    # Few scrapers exist (Prometheus, the controller, a person); the cap bounds threads.
+    # Few scrapers exist (Prometheus, the controller, a person); connections cost no
+    # thread (sentinel/httpserve.py), so the cap leaves room for 52 slow clients at once
+    # (issue 13's probe) and past it the connection stalled longest is closed.
     max_http_connections: int = field(
-        default=16, metadata={"help": "concurrent HTTP connections served", "min": 1, "max": 1024}
+        default=64, metadata={"help": "HTTP connections open at once", "min": 1, "max": 1024}
     )
 
     def validate(self) -> None:
@@ -152,9 +204,26 @@ class AgentConfig:
             if name not in known:
                 raise ConfigError(f"agent.collectors: {name!r} is not valid "
                                   f"(valid: {', '.join(known)})")
-        _split_hostport("agent.listen_address", self.listen_address)
+        split_hostport("agent.listen_address", self.listen_address)
         if self.udp_address:
-            _split_hostport("agent.udp_address", self.udp_address)
+            host, _ = split_hostport("agent.udp_address", self.udp_address)
+            if not self.udp_allow_remote and not _is_loopback(host):
+                raise ConfigError(
+                    f"agent.udp_address: {self.udp_address!r} is not a loopback address, and "
+                    "UDP reports carry no credentials: any host reaching it could report "
+                    "(valid: 127.0.0.1:PORT, [::1]:PORT or localhost:PORT; or set "
+                    "agent.udp_allow_remote: true to take reports from the network)")
+        parse_mode("agent.socket_mode", self.socket_mode)
+        if self.socket_group:
+            resolve_group("agent.socket_group", self.socket_group)
+        SenderPolicy.from_config(self.report_allow_uids, self.report_allow_groups)
+        ring = self.step_ring_size * self.max_jobs * RECORD_BYTES
+        if ring > MAX_RING_BYTES:
+            raise ConfigError(
+                f"agent.step_ring_size x agent.max_jobs: {self.step_ring_size} x "
+                f"{self.max_jobs} records of {RECORD_BYTES} bytes take {ring >> 20} MiB, more "
+                f"than the {MAX_RING_BYTES >> 20} MiB the step rings may (valid: at most "
+                f"{MAX_RING_BYTES // RECORD_BYTES} records in all)")
         try:
             re.compile(self.disk_exclude)
         except re.error as e:
@@ -169,8 +238,8 @@ class AgentConfig:
 
     def listen(self) -> tuple[str, int]:
         """Return (host, port) of listen_address."""
-        return _split_hostport("agent.listen_address", self.listen_address)
+        return split_hostport("agent.listen_address", self.listen_address)
 
     def udp(self) -> tuple[str, int] | None:
         """Return (host, port) of udp_address, or None when off."""
-        return _split_hostport("agent.udp_address", self.udp_address) if self.udp_address else None
+        return split_hostport("agent.udp_address", self.udp_address) if self.udp_address else None

@@ -1,22 +1,32 @@
 """Per-job training state fed by step datagrams: bounded rings, rates, histograms.
 
-Everything here is bounded: at most ``max_jobs`` jobs, ``max_ranks_per_job`` ranks per
-job, ``step_ring_size`` step records per job, and a rate window that is pruned by time
-and capped in length. Reports beyond a bound are dropped and counted by reason.
+Everything here is bounded, in bytes and not only in counts: at most ``max_jobs`` jobs
+(``max_jobs_per_uid`` of them per sender), ``max_ranks_per_job`` ranks per job,
+``step_ring_size`` packed step records per job (``sentinel.agent.ring``), a fixed
+number of rate counters per rank, and identity strings of bounded length (the
+protocol refuses longer ones). Reports beyond a bound are dropped and counted by
+reason, and logged at most once a minute per reason.
+
+A job belongs to the sender that first reported it, until it is forgotten: the uid
+the kernel gave with its datagrams on the Unix socket, or :data:`UDP` for reports
+that came over UDP (which carry no credentials). Reports for it from anyone else are
+dropped as ``not_owner``.
 """
 
 from __future__ import annotations
 
 import bisect
+import heapq
 import logging
 import math
+import operator
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from sentinel.agent.ring import Record, Row, StepRing, TokenRate, as_record, rows
 from sentinel.protocol import (
     DROP_REASONS,
     EVENT_FINISHED,
@@ -25,19 +35,22 @@ from sentinel.protocol import (
     EventReport,
     StepReport,
 )
+from sentinel.ratelog import LogLimiter
 
 log = logging.getLogger(__name__)
 
 # Drops the agent adds to the protocol's decode reasons (documented in docs/METRICS.md).
-AGENT_DROP_REASONS = ("too_many_jobs", "too_many_ranks", "queue_full")
+AGENT_DROP_REASONS = ("too_many_jobs", "too_many_ranks", "queue_full", "not_allowed",
+                      "not_owner", "over_quota", "no_credentials", "internal_error")
 ALL_DROP_REASONS = DROP_REASONS + AGENT_DROP_REASONS
+# The sender of reports that came over UDP: no credentials, so all of them are one.
+UDP = None
+# How often a drop reason may write a log line (the counters have every drop).
+DROP_LOG_INTERVAL_S = 60.0
 
 # Step times of real runs span ~50 ms (small models) to minutes (huge ones, or a stall).
 STEP_DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
                          120.0, 300.0)
-# Upper bound on rate-window entries per rank, whatever the step rate: 100 steps/s for
-# a 30 s window is 3000; beyond this the oldest entries fall out early.
-MAX_RATE_ENTRIES = 4096
 MAX_EVENT_KINDS = 32
 # A job whose ranks all finished on purpose is kept this long, so a rules engine polling
 # the step stream still reads its last steps, then forgotten.
@@ -45,6 +58,9 @@ FINISHED_GRACE_S = 120.0
 # Extras travel as JSON numbers and are decoded as floats: above 2**53 a float cannot
 # name every integer, so no exact batch index lies there (and no run comes near it).
 MAX_BATCH_INDEX = 2**53
+# A reported drop count above this is not a count (the Reporter's is a Python int of
+# reports this process dropped; 2**53 is where floats stop being exact).
+MAX_REPORTER_DROPPED = 2**53
 
 
 def batch_index(value: float | None) -> int | None:
@@ -66,6 +82,7 @@ class RankState:
     gpu_uuid: str
     host: str
     first_seen: float
+    rate: TokenRate
     step: int = -1
     loss: float = math.nan
     grad_norm: float | None = None
@@ -74,8 +91,6 @@ class RankState:
     last_seen: float = 0.0
     last_report_time: float | None = None
     last_step: int | None = None
-    # (monotonic receive time, tokens) of recent reports, for tokens/sec.
-    window: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=MAX_RATE_ENTRIES))
     bucket_counts: list[int] = field(
         default_factory=lambda: [0] * (len(STEP_DURATION_BUCKETS) + 1)
     )
@@ -94,11 +109,19 @@ class RankState:
 
 @dataclass
 class JobState:
-    """One job on this node: its ranks and its ring of recent step records."""
+    """One job on this node: its owner, its ranks and its ring of recent step records."""
 
-    ring: deque[dict[str, Any]]
+    ring: StepRing
+    owner: int | None  # the uid whose reports created it; UDP (None) for UDP reports
     ranks: dict[int, RankState] = field(default_factory=dict)
     last_seen: float = 0.0
+    seq: int = 0  # arrival number of the next step record
+
+
+# A position in a job's step records as /api/v1/steps pages them: (step, rank, seq).
+Cursor = tuple[int, int, int]
+# The cursor of a raw ring row (sentinel.agent.ring.Row: seq, step, rank, ...).
+_cursor: Callable[[Row], Cursor] = operator.itemgetter(1, 2, 0)
 
 
 class StepStore:
@@ -110,6 +133,7 @@ class StepStore:
         ring_size: int = 20000,
         max_jobs: int = 16,
         max_ranks: int = 64,
+        max_jobs_per_uid: int | None = None,
         rate_window: float = 30.0,
         expiry: float = 600.0,
         monotonic: Callable[[], float] = time.monotonic,
@@ -117,6 +141,7 @@ class StepStore:
         self.ring_size = ring_size
         self.max_jobs = max_jobs
         self.max_ranks = max_ranks
+        self.max_jobs_per_uid = max_jobs if max_jobs_per_uid is None else max_jobs_per_uid
         self.rate_window = rate_window
         self.expiry = expiry
         self.monotonic = monotonic
@@ -124,30 +149,58 @@ class StepStore:
         self.received = 0
         self.dropped: dict[str, int] = dict.fromkeys(ALL_DROP_REASONS, 0)
         self.lock = threading.Lock()
+        self.drop_log = LogLimiter(log, DROP_LOG_INTERVAL_S, monotonic)
 
-    def drop(self, reason: str, n: int = 1) -> None:
-        """Count ``n`` dropped datagrams under ``reason``."""
+    def drop(self, reason: str, n: int = 1, detail: str = "") -> None:
+        """Count ``n`` dropped datagrams under ``reason``; log it at most once a minute."""
         with self.lock:
-            self.dropped[reason] = self.dropped.get(reason, 0) + n
+            self._drop_locked(reason, n, detail)
 
-    def _rank(self, report: StepReport | EventReport, now: float) -> RankState | None:
+    def _drop_locked(self, reason: str, n: int = 1, detail: str = "") -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + n
+        # The detail may quote what the sender wrote: keep a line a line.
+        self.drop_log.log(logging.WARNING, reason, "dropped a report datagram: %s%s", reason,
+                          f": {detail[:300]!s}" if detail else "")
+
+    def _owned(self, uid: int | None) -> int:
+        return sum(1 for j in self.jobs.values() if j.owner == uid)
+
+    def _new_job(self, name: str, uid: int | None, now: float) -> JobState | None:
+        if len(self.jobs) >= self.max_jobs or self._owned(uid) >= self.max_jobs_per_uid:
+            self._expire_locked(now)
+        if len(self.jobs) >= self.max_jobs:
+            self._drop_locked("too_many_jobs", detail=f"{self.max_jobs} jobs already "
+                              f"(agent.max_jobs); job {name!r} not started")
+            return None
+        if self._owned(uid) >= self.max_jobs_per_uid:
+            self._drop_locked("over_quota", detail=f"{_who(uid)} already has "
+                              f"{self.max_jobs_per_uid} jobs (agent.max_jobs_per_uid); "
+                              f"job {name!r} not started")
+            return None
+        job = JobState(ring=StepRing(self.ring_size), owner=uid)
+        self.jobs[name] = job
+        return job
+
+    def _rank(self, report: StepReport | EventReport, uid: int | None,
+              now: float) -> RankState | None:
         ident = report.identity
         job = self.jobs.get(ident.job)
         if job is None:
-            if len(self.jobs) >= self.max_jobs:
-                self._expire_locked(now)
-            if len(self.jobs) >= self.max_jobs:
-                self.dropped["too_many_jobs"] += 1
+            job = self._new_job(ident.job, uid, now)
+            if job is None:
                 return None
-            job = JobState(ring=deque(maxlen=self.ring_size))
-            self.jobs[ident.job] = job
+        elif job.owner != uid:
+            self._drop_locked("not_owner", detail=f"job {ident.job!r} belongs to "
+                              f"{_who(job.owner)}, the report came from {_who(uid)}")
+            return None
         rank = job.ranks.get(ident.rank)
         if rank is None:
             if len(job.ranks) >= self.max_ranks:
-                self.dropped["too_many_ranks"] += 1
+                self._drop_locked("too_many_ranks", detail=f"job {ident.job!r} has "
+                                  f"{self.max_ranks} ranks (agent.max_ranks_per_job)")
                 return None
             rank = RankState(pid=ident.pid, gpu_uuid=ident.gpu_uuid or "", host=ident.host,
-                             first_seen=now)
+                             first_seen=now, rate=TokenRate(self.rate_window))
             job.ranks[ident.rank] = rank
         else:
             # A restarted rank keeps its series but shows its new process and GPU.
@@ -157,11 +210,11 @@ class StepStore:
         rank.last_seen = now
         return rank
 
-    def add(self, report: StepReport | EventReport) -> bool:
-        """Apply one decoded report; False if a bound made the agent drop it."""
+    def add(self, report: StepReport | EventReport, uid: int | None = UDP) -> bool:
+        """Apply one decoded report from sender ``uid``; False if the agent dropped it."""
         now = self.monotonic()
         with self.lock:
-            rank = self._rank(report, now)
+            rank = self._rank(report, uid, now)
             if rank is None:
                 return False
             self.received += 1
@@ -173,45 +226,42 @@ class StepStore:
                 return True
             rank.finished_at = None  # reporting steps again: running
             job = self.jobs[report.identity.job]
-            if (
-                rank.last_report_time is not None
-                and rank.last_step is not None
-                and report.step > rank.last_step
-            ):
-                dt = report.time - rank.last_report_time
-                if dt >= 0:
-                    rank.bucket_counts[bisect.bisect_left(STEP_DURATION_BUCKETS, dt)] += 1
-                    rank.duration_sum += dt
-            rank.last_report_time = report.time
-            rank.last_step = report.step
-            rank.step = report.step
-            rank.loss = report.loss
-            rank.grad_norm = report.grad_norm
-            rank.tokens_total += report.tokens
-            if report.samples is not None:
-                rank.samples_total += report.samples
-            rank.window.append((now, report.tokens))
-            told = report.extra.get(EXTRA_REPORTER_DROPPED)
-            if told is not None and told >= 0:
-                if rank.reporter_dropped_pid != report.identity.pid:
-                    rank.reporter_dropped_base += rank.reporter_dropped_last
-                    rank.reporter_dropped_last = 0
-                    rank.reporter_dropped_pid = report.identity.pid
-                rank.reporter_dropped_last = max(rank.reporter_dropped_last, int(told))
-            job.ring.append(
-                {
-                    "step": report.step,
-                    "rank": report.identity.rank,
-                    "loss": report.loss,
-                    "grad_norm": report.grad_norm,
-                    "tokens": report.tokens,
-                    "samples": report.samples,
-                    "time": report.time,
-                    "host": report.identity.host,
-                    "batch": self._batch(report, rank),
-                }
-            )
+            self._step(rank, report, now)
+            job.ring.append(Record(job.seq, report.step, report.identity.rank, report.loss,
+                                   report.grad_norm, report.tokens, report.samples,
+                                   self._batch(report, rank), report.time))
+            job.seq += 1
             return True
+
+    @staticmethod
+    def _step(rank: RankState, report: StepReport, now: float) -> None:
+        """Update a rank's live state (histogram, totals, rate, drops) from a step."""
+        if (
+            rank.last_report_time is not None
+            and rank.last_step is not None
+            and report.step > rank.last_step
+        ):
+            dt = report.time - rank.last_report_time
+            if dt >= 0:
+                rank.bucket_counts[bisect.bisect_left(STEP_DURATION_BUCKETS, dt)] += 1
+                rank.duration_sum += dt
+        rank.last_report_time = report.time
+        rank.last_step = report.step
+        rank.step = report.step
+        rank.loss = report.loss
+        rank.grad_norm = report.grad_norm
+        rank.tokens_total += report.tokens
+        if report.samples is not None:
+            rank.samples_total += report.samples
+        rank.rate.add(now, report.tokens)
+        told = report.extra.get(EXTRA_REPORTER_DROPPED)
+        # The protocol refuses non-finite extras; the range check keeps int() exact.
+        if told is not None and 0 <= told <= MAX_REPORTER_DROPPED:
+            if rank.reporter_dropped_pid != report.identity.pid:
+                rank.reporter_dropped_base += rank.reporter_dropped_last
+                rank.reporter_dropped_last = 0
+                rank.reporter_dropped_pid = report.identity.pid
+            rank.reporter_dropped_last = max(rank.reporter_dropped_last, int(told))
 
     @staticmethod
     def _batch(report: StepReport, rank: RankState) -> int | None:
@@ -228,22 +278,10 @@ class StepStore:
 
     def tokens_per_second(self, rank: RankState, now: float) -> float:
         """Tokens reported in the last window, over the window (or the rank's age)."""
-        cutoff = now - self.rate_window
-        while rank.window and rank.window[0][0] <= cutoff:
-            rank.window.popleft()
-        if len(rank.window) == rank.window.maxlen and len(rank.window) > 1:
-            # The entry cap pushed reports out before they left the window: dividing by
-            # the full window would understate the rate, so use the span the entries
-            # cover (the oldest entry's tokens belong to the time before that span).
-            oldest, oldest_tokens = rank.window[0]
-            covered = now - oldest
-            if covered <= 0:
-                return 0.0
-            return (sum(t for _, t in rank.window) - oldest_tokens) / covered
         span = min(self.rate_window, now - rank.first_seen)
         if span <= 0:
             return 0.0
-        return sum(t for _, t in rank.window) / span
+        return rank.rate.total(now) / span
 
     def _expire_locked(self, now: float) -> list[str]:
         gone = [
@@ -268,22 +306,47 @@ class StepStore:
         with self.lock:
             return self._expire_locked(self.monotonic())
 
-    def steps(self, job: str, since: int, rank: int | None = None) -> list[dict[str, Any]]:
-        """Return the ring's records of ``job`` with step >= since, by (step, rank).
+    def page(self, job: str, since: int, rank: int | None = None, after: Cursor | None = None,
+             limit: int | None = None) -> tuple[list[tuple[Cursor, dict[str, Any]]], bool]:
+        """Return ``job``'s records with step >= since, after ``after``, by (step, rank).
 
-        Returns copies: callers (the HTTP handler) rewrite NaN for JSON, and the ring's
-        own records must keep their float values. Raises KeyError if the job is unknown.
+        At most ``limit`` records (all when None), each with its cursor, and whether more
+        follow. Records of one step and rank (a rolled-back job reports a step again)
+        come in the order they arrived. The ring is copied under the lock as bytes and
+        unpacked outside it, so a reader of the whole ring does not hold up the socket
+        readers. Each record is a fresh dict: callers rewrite NaN for JSON, the ring keeps
+        floats. A record's host is its rank's latest. Raises KeyError if the job is unknown.
         """
         with self.lock:
             state = self.jobs[job]
-            recs = [
-                dict(r) for r in state.ring
-                if r["step"] >= since and (rank is None or r["rank"] == rank)
-            ]
-        recs.sort(key=lambda r: (r["step"], r["rank"]))
-        return recs
+            snap = state.ring.snapshot()
+            hosts = {r: st.host for r, st in state.ranks.items()}
+        found = [row for row in rows(snap)
+                 if row[1] >= since and (rank is None or row[2] == rank)]
+        if after is not None:
+            found = [row for row in found if _cursor(row) > after]
+        if limit is None or len(found) <= limit:
+            chosen, more = sorted(found, key=_cursor), False
+        else:
+            chosen, more = heapq.nsmallest(limit, found, key=_cursor), True
+        return [(_cursor(row), _as_dict(as_record(row), hosts.get(row[2], "")))
+                for row in chosen], more
+
+    def steps(self, job: str, since: int, rank: int | None = None) -> list[dict[str, Any]]:
+        """Return all of ``job``'s records with step >= since, by (step, rank) (see page)."""
+        return [rec for _, rec in self.page(job, since, rank)[0]]
 
     def job_names(self) -> list[str]:
         """Return the names of the jobs known now."""
         with self.lock:
             return sorted(self.jobs)
+
+
+def _as_dict(r: Record, host: str) -> dict[str, Any]:
+    return {"step": r.step, "rank": r.rank, "loss": r.loss, "grad_norm": r.grad_norm,
+            "tokens": r.tokens, "samples": r.samples, "time": r.time, "host": host,
+            "batch": r.batch}
+
+
+def _who(uid: int | None) -> str:
+    return "UDP senders" if uid is UDP else f"uid {uid}"

@@ -18,8 +18,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from sentinel.config import ConfigError, load_section
-from sentinel.httpd import split_hostport
+from sentinel.config import ConfigError, load_section, split_hostport
 
 MODES = ("observe", "ask", "act")
 SPIKE_CLASSES = ("pending", "recoverable_fast", "recoverable_slow", "diverged", "plateau",

@@ -30,12 +30,12 @@ from prometheus_client.core import (
     Metric,
 )
 
-from sentinel.config import ConfigError
+from sentinel.config import ConfigError, split_hostport
 from sentinel.controller.config import ControllerConfig
 from sentinel.controller.goodput import CAUSES, incident_times
 from sentinel.controller.journal import Journal
 from sentinel.controller.model import Incident
-from sentinel.httpd import HttpServer, split_hostport
+from sentinel.httpserve import HttpServer, Limits, Request, Response
 
 log = logging.getLogger(__name__)
 
@@ -207,21 +207,27 @@ class ControllerMetrics:
         host, port = split_hostport("controller.listen_address",
                                     address or self.config.listen_address)
 
-        def metrics(_q: dict[str, list[str]]) -> tuple[int, bytes, str]:
-            return 200, self.render(), CONTENT_TYPE
-
-        def healthz(_q: dict[str, list[str]]) -> tuple[int, bytes, str]:
-            ok, why = self.health()
-            return (200 if ok else 503), (why + "\n").encode(), "text/plain"
+        def handle(req: Request) -> Response:
+            if req.path == "/metrics":
+                return Response(200, self.render(), CONTENT_TYPE)
+            if req.path == "/healthz":
+                ok, why = self.health()
+                return Response(200 if ok else 503, (why + "\n").encode())
+            if req.path == "/":
+                return Response(200, b"sentinel controller: /metrics /healthz\n")
+            return Response(404, f"no such path {req.path!r} (valid: /metrics, /healthz)\n"
+                            .encode())
 
         try:
-            server = HttpServer(host, port, {"/metrics": metrics, "/healthz": healthz},
-                                banner="sentinel controller")
+            # Prometheus (or an HA pair), a person with curl, a health check.
+            server = HttpServer(host, port, handle, Limits(max_connections=16, workers=2),
+                                name="controller-http")
         except OSError as e:
             raise ConfigError(f"controller.listen_address: cannot listen on {host}:{port} "
                               f"({e.strerror or e}); use a free port, or '' for no metrics"
                               ) from None
-        return server.start()
+        server.start()
+        return server
 
 
 class _Collector:

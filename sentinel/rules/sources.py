@@ -22,6 +22,9 @@ HTTP_TIMEOUT_S = 10.0
 # repeated steps; at most this often, so a stalled or finished job (kept by the agent for
 # an hour) costs one full read a minute, not one per cycle.
 ROLLBACK_PROBE_S = 60.0
+# The agent answers at most 5000 records a page and holds at most ~1M records in all
+# (its step rings are capped at 64 MiB): a read of a whole ring is ~200 pages at most.
+MAX_PAGES = 256
 
 
 class SourceError(RuntimeError):
@@ -125,20 +128,37 @@ class StepStream:
         self._lock = threading.Lock()
 
     def _get(self, since: int) -> list[dict[str, Any]]:
+        """Return the agent's records with step >= since, following its pages."""
+        steps: list[dict[str, Any]] = []
+        params = {"job": self.job, "since": str(since)}
+        for _ in range(MAX_PAGES):
+            body = self._page(params)
+            steps.extend(body["steps"])
+            nxt = body.get("next")
+            if nxt is None:  # the last page (or an agent that does not page)
+                return steps
+            params["cursor"] = nxt
+        raise SourceError(f"agent {self.url}?job={self.job}: still more steps after "
+                          f"{MAX_PAGES} pages")
+
+    def _page(self, params: dict[str, str]) -> dict[str, Any]:
         try:
-            r = self.session.get(self.url, params={"job": self.job, "since": str(since)},
-                                 timeout=self.timeout)
+            r = self.session.get(self.url, params=params, timeout=self.timeout)
         except requests.RequestException as e:
             raise SourceError(f"agent {self.url}: {e}") from e
         if r.status_code != 200:
             raise SourceError(f"agent {self.url}?job={self.job}: HTTP {r.status_code}: "
                               f"{r.text[:200]}")
         try:
-            steps = r.json().get("steps", [])
+            body = r.json()
+            steps, nxt = body.get("steps", []), body.get("next")
         except (ValueError, AttributeError) as e:
             raise SourceError(f"agent {self.url}?job={self.job}: not a JSON step list "
                               f"({e})") from e
-        return list(steps)
+        if not isinstance(steps, list) or not (nxt is None or isinstance(nxt, str)):
+            raise SourceError(f"agent {self.url}?job={self.job}: not a step page "
+                              f"(steps: a list, next: a string or null): {r.text[:200]}")
+        return {"steps": steps, "next": nxt}
 
     def _point(self, rec: dict[str, Any]) -> StepPoint:
         try:

@@ -55,7 +55,7 @@ def _detect_gpu_uuid() -> str | None:
 
 
 def _numbers(extra: dict[str, Any]) -> dict[str, float]:
-    """Keep the extras the agent accepts: numbers (tensors and numpy scalars too)."""
+    """Keep the extras the agent accepts: finite numbers (tensors and numpy scalars too)."""
     out: dict[str, float] = {}
     for k, v in extra.items():
         if len(out) >= protocol.MAX_EXTRA_KEYS:
@@ -63,9 +63,11 @@ def _numbers(extra: dict[str, Any]) -> dict[str, float]:
         if isinstance(v, str | bytes):
             continue  # float("1e-3") would work, but a string is not a metric
         try:
-            out[k] = float(v)
-        except (TypeError, ValueError):
+            f = float(v)
+        except (TypeError, ValueError, OverflowError):
             continue
+        if math.isfinite(f):  # the agent drops a datagram with a NaN extra: lose the extra
+            out[k] = f
     return out
 
 

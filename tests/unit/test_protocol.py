@@ -78,3 +78,42 @@ def test_random_payload_after_valid_header_never_crash(tail):
             p.decode(_prefix(t) + tail)
         except p.DatagramError as e:
             assert e.reason in p.DROP_REASONS
+
+
+def _raw(obj) -> bytes:
+    import json
+
+    ident = json.dumps(obj).encode()
+    return struct.pack("<2sBBH", b"SN", 1, 1, len(ident)) + ident + struct.pack(
+        "<Bqdqdqd", 0, 1, 1.0, 1, 0.0, 0, 1.0)
+
+
+@pytest.mark.parametrize(("ident", "what"), [
+    ({"job": "j", "rank": 0, "pid": 1, "host": "h" * (p.MAX_HOST_LEN + 1)}, "host"),
+    ({"job": "j", "rank": 0, "pid": 1, "gpu_uuid": "G" * (p.MAX_UUID_LEN + 1)}, "gpu_uuid"),
+    ({"job": "j", "rank": p.MAX_RANK + 1, "pid": 1}, "rank"),
+    ({"job": "j", "rank": 0, "pid": p.MAX_PID + 1}, "pid"),
+    ({"job": "j", "rank": 10**25, "pid": 1}, "integer of more than 20 digits"),
+    ({"job": "j" * (p.MAX_JOB_LEN + 1), "rank": 0, "pid": 1}, "job"),
+])
+def test_identity_fields_are_bounded(ident, what):
+    with pytest.raises(p.DatagramError) as e:
+        p.decode(_raw(ident))
+    assert e.value.reason == "bad_identity" and what in str(e.value)
+
+
+def test_the_longest_identity_accepted_round_trips_and_the_encoder_refuses_longer():
+    ident = p.Identity("j" * p.MAX_JOB_LEN, p.MAX_RANK, p.MAX_PID, "G" * p.MAX_UUID_LEN,
+                       "h" * p.MAX_HOST_LEN)
+    assert p.decode(p.encode_step(p.header(p.TYPE_STEP, p.encode_identity(ident)), 1, 1.0, 1,
+                                  None, None, 1.0)).identity == ident
+    with pytest.raises(ValueError, match="host must be at most 253"):
+        p.encode_identity(p.Identity("j", 0, 1, None, "h" * 254))
+
+
+@pytest.mark.parametrize("extra", [b'{"a":NaN}', b'{"a":Infinity}', b'{"a":-1e400}',
+                                   b'{"a":1' + b"0" * 400 + b'.5}'])
+def test_non_finite_extras_are_their_own_reason(extra):
+    with pytest.raises(p.DatagramError) as e:
+        p.decode(p.encode_step(_prefix(), 1, 1.0, 1, None, None, 1.0) + extra)
+    assert e.value.reason == "non_finite"

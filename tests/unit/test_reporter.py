@@ -87,3 +87,11 @@ def test_finish_sends_the_finished_event(tmp_path):
     e = protocol.decode(srv.recv(65536))
     assert isinstance(e, protocol.EventReport)
     assert e.kind == protocol.EVENT_FINISHED and e.fields == {"step": 99}
+
+
+def test_non_finite_extras_are_left_out_so_the_agent_keeps_the_step():
+    """The agent drops a datagram with a NaN extra (non_finite); the Reporter sends the step."""
+    from sentinel.train.reporter import _numbers
+
+    assert _numbers({"nan": float("nan"), "inf": float("inf"), "big": 10**400, "ok": 2}) == {
+        "ok": 2.0}

@@ -5,11 +5,19 @@ thread per socket decodes them into a bounded :class:`~sentinel.agent.steps.Step
 the kernel receive buffer (``SO_RCVBUF``) is the only queue, so a burst the agent
 cannot keep up with is dropped by the kernel (the Reporter counts EAGAIN on the Unix
 socket; UDP overflows are read back through ``SO_RXQ_OVFL`` as ``queue_full``).
+
+Each Unix datagram comes with its sender's kernel credentials (``SO_PASSCRED``): the
+uid must pass ``agent.report_allow_uids/groups`` when set, and the store keeps each
+job to the uid that started it. The socket itself is ``agent.socket_mode`` (0660) in
+``agent.socket_group``. No datagram can stop a reader: decode errors are drops by
+reason, and anything unexpected is counted as ``internal_error`` and logged at most
+once a minute.
 """
 
 from __future__ import annotations
 
 import contextlib
+import grp
 import logging
 import os
 import socket
@@ -27,7 +35,10 @@ from prometheus_client.core import (
 
 from sentinel import protocol
 from sentinel.agent.collectors.base import Collector, Context
-from sentinel.agent.steps import STEP_DURATION_BUCKETS, RankState, StepStore
+from sentinel.agent.config import DEFAULT_SOCKET_GROUP, parse_mode
+from sentinel.agent.senders import CRED_SPACE, SenderPolicy, credentials, resolve_group
+from sentinel.agent.steps import STEP_DURATION_BUCKETS, UDP, RankState, StepStore
+from sentinel.ratelog import LogLimiter
 
 log = logging.getLogger(__name__)
 
@@ -35,16 +46,22 @@ log = logging.getLogger(__name__)
 SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)
 # How often a reader wakes to check for shutdown.
 READ_TIMEOUT_S = 0.2
+# An unexpected error (a bug) is logged with its traceback at most this often.
+ERROR_LOG_INTERVAL_S = 60.0
 
 
 class _Reader:
     """Read datagrams from one socket in a thread until stopped."""
 
-    def __init__(self, sock: socket.socket, store: StepStore, name: str, ovfl: bool) -> None:
+    def __init__(self, sock: socket.socket, store: StepStore, name: str, *, creds: bool,
+                 ovfl: bool, policy: SenderPolicy | None = None) -> None:
         self.sock = sock
         self.store = store
+        self.creds = creds
         self.ovfl = ovfl
+        self.policy = policy
         self._last_ovfl = 0
+        self._errors = LogLimiter(log, ERROR_LOG_INTERVAL_S)
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name=f"sentinel-{name}", daemon=True)
 
@@ -53,14 +70,10 @@ class _Reader:
 
     def _run(self) -> None:
         bufsize = protocol.MAX_DATAGRAM_BYTES + 1  # one byte more reveals "too large"
-        ancsize = socket.CMSG_SPACE(4)
+        ancsize = CRED_SPACE if self.creds else socket.CMSG_SPACE(4)
         while not self._stop.is_set():
             try:
-                if self.ovfl:
-                    data, anc, _flags, _addr = self.sock.recvmsg(bufsize, ancsize)
-                    self._overflow(anc)
-                else:
-                    data = self.sock.recv(bufsize)
+                data, anc, _flags, _addr = self.sock.recvmsg(bufsize, ancsize)
             except TimeoutError:
                 continue
             except OSError as e:
@@ -69,20 +82,36 @@ class _Reader:
                 log.warning("report socket: %s", e)
                 self._stop.wait(READ_TIMEOUT_S)
                 continue
-            self.handle(data)
+            try:
+                self.handle(data, anc)
+            except Exception as e:  # noqa: BLE001 - no datagram may kill the reader
+                self.store.drop("internal_error", detail=f"{type(e).__name__}: {e}")
+                self._errors.log(logging.ERROR, "internal_error",
+                                 "unexpected error handling a report datagram (a bug: "
+                                 "please report it)", exc_info=True)
 
-    def handle(self, data: bytes) -> None:
-        """Decode and store one datagram, counting a drop by reason."""
+    def handle(self, data: bytes, anc: list[tuple[int, int, bytes]]) -> None:
+        """Check the sender, decode and store one datagram, counting a drop by reason."""
+        if self.ovfl:
+            self._overflow(anc)
+        uid = UDP
+        if self.creds:
+            cred = credentials(anc)
+            if cred is None:
+                self.store.drop("no_credentials", detail="a datagram came without "
+                                "SCM_CREDENTIALS although SO_PASSCRED is set")
+                return
+            if self.policy is not None and not self.policy.allows(cred):
+                self.store.drop("not_allowed", detail=f"uid {cred.uid} (gid {cred.gid}, pid "
+                                f"{cred.pid}) is not in agent.report_allow_uids/groups")
+                return
+            uid = cred.uid
         try:
             report = protocol.decode(data)
         except protocol.DatagramError as e:
-            self.store.drop(e.reason)
+            self.store.drop(e.reason, detail=e.detail)
             return
-        except Exception:  # noqa: BLE001 - no datagram may kill the reader
-            log.exception("unexpected error decoding a datagram")
-            self.store.drop("bad_payload")
-            return
-        self.store.add(report)
+        self.store.add(report, uid)
 
     def _overflow(self, anc: list[tuple[int, int, bytes]]) -> None:
         for level, typ, payload in anc:
@@ -100,21 +129,70 @@ class _Reader:
         self.thread.join(2 * READ_TIMEOUT_S + 1)
 
 
-def _bind_unix(path: str, rcvbuf: int) -> socket.socket:
+def _bind_unix(path: str, rcvbuf: int, mode: int, group: str) -> socket.socket:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
-        mode = p.lstat().st_mode
-        if not stat.S_ISSOCK(mode):
+        if not stat.S_ISSOCK(p.lstat().st_mode):
             raise OSError(f"{path} exists and is not a socket; refusing to replace it")
         p.unlink()  # a stale socket from a previous agent
     s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    s.bind(path)
-    # Training jobs run as other users than the agent; reports are metrics only.
-    os.chmod(path, 0o666)  # noqa: S103
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)  # the sender's uid per datagram
+        s.bind(path)
+        _set_group(path, group)
+        # bind() made it 0777 & ~umask; connecting needs write permission, so until this
+        # chmod nobody but the agent's user could send (with the unit's UMask, not even
+        # its group).
+        os.chmod(path, mode)
+    except OSError:
+        s.close()
+        raise
+    _warn_if_nobody_can_report(path, mode)
     s.settimeout(READ_TIMEOUT_S)
     return s
+
+
+def _set_group(path: str, group: str) -> None:
+    """Give the socket ``group``; '' = DEFAULT_SOCKET_GROUP when it exists and may be used."""
+    if group:
+        try:
+            os.chown(path, -1, resolve_group("agent.socket_group", group))
+        except PermissionError as e:
+            raise OSError(f"agent.socket_group: cannot give {path} the group {group!r} ({e}): "
+                          "only root or a member of the group can; under systemd leave it "
+                          "'' and set Group= in the unit") from None
+        return
+    try:
+        gid = grp.getgrnam(DEFAULT_SOCKET_GROUP).gr_gid
+    except KeyError:
+        return  # no such group: the agent's own group (the start-up warning says more)
+    if gid == os.stat(path).st_gid:
+        return  # the unit's Group= did it already
+    try:
+        os.chown(path, -1, gid)
+    except PermissionError:
+        log.warning("report socket %s: cannot give it the group %s (only root or a member "
+                    "can); it keeps the agent's own group", path, DEFAULT_SOCKET_GROUP)
+
+
+def _warn_if_nobody_can_report(path: str, mode: int) -> None:
+    """Warn when the socket's group has no members and others may not write to it."""
+    if mode & 0o002:
+        return
+    gid = os.stat(path).st_gid
+    try:
+        g = grp.getgrgid(gid)
+        name, members = g.gr_name, g.gr_mem
+    except KeyError:
+        name, members = str(gid), []
+    if not members:
+        log.warning(
+            "report socket %s is mode %04o with group %s, which has no members: only root "
+            "and users whose primary group it is can report. Add the users who run training "
+            "to it (usermod -aG %s USER), or set agent.socket_mode: '0666' (reports are still "
+            "checked by uid)", path, mode, name, name)
 
 
 def _bind_udp(host: str, port: int, rcvbuf: int) -> socket.socket:
@@ -228,6 +306,7 @@ class TrainingCollector(Collector):
             ring_size=c.step_ring_size,
             max_jobs=c.max_jobs,
             max_ranks=c.max_ranks_per_job,
+            max_jobs_per_uid=c.max_jobs_per_uid,
             rate_window=c.rate_window_seconds,
             expiry=c.job_expiry_seconds,
             monotonic=ctx.monotonic,
@@ -239,12 +318,15 @@ class TrainingCollector(Collector):
         """Bind the report sockets and start their reader threads."""
         c = self.ctx.config
         if c.socket:
-            s = _bind_unix(c.socket, c.socket_rcvbuf_bytes)
-            self.readers.append(_Reader(s, self.store, "unix", ovfl=False))
+            policy = SenderPolicy.from_config(c.report_allow_uids, c.report_allow_groups)
+            s = _bind_unix(c.socket, c.socket_rcvbuf_bytes,
+                           parse_mode("agent.socket_mode", c.socket_mode), c.socket_group)
+            self.readers.append(_Reader(s, self.store, "unix", creds=True, ovfl=False,
+                                        policy=policy))
         udp = c.udp()
         if udp:
             s = _bind_udp(udp[0], udp[1], c.socket_rcvbuf_bytes)
-            self.readers.append(_Reader(s, self.store, "udp", ovfl=True))
+            self.readers.append(_Reader(s, self.store, "udp", creds=False, ovfl=True))
         for r in self.readers:
             r.start()
 

@@ -53,3 +53,37 @@ def test_a_record_with_a_bad_batch_is_a_source_error(httpserver, bad):
         {"job": "j", "steps": [{**_rec(0, 0, 100.0), "batch": bad}]})
     with pytest.raises(SourceError, match=r"bad step record .*is not a batch index"):
         StepStream(httpserver.url_for(""), "j").poll()
+
+
+def test_the_stream_follows_the_agents_pages(httpserver):
+    recs = [_rec(s, 0, 100.0 + s) for s in range(5)]
+    url = "/api/v1/steps"
+    httpserver.expect_ordered_request(url, query_string={"job": "j", "since": "0"}) \
+        .respond_with_json({"job": "j", "steps": recs[:2], "next": "1.0.1"})
+    httpserver.expect_ordered_request(
+        url, query_string={"job": "j", "since": "0", "cursor": "1.0.1"}) \
+        .respond_with_json({"job": "j", "steps": recs[2:4], "next": "3.0.3"})
+    httpserver.expect_ordered_request(
+        url, query_string={"job": "j", "since": "0", "cursor": "3.0.3"}) \
+        .respond_with_json({"job": "j", "steps": recs[4:], "next": None})
+    stream = StepStream(httpserver.url_for(""), "j")
+    assert stream.poll() == 5
+    assert [p.step for p in stream.steps] == [0, 1, 2, 3, 4]
+    httpserver.check_assertions()
+
+
+def test_an_agent_that_never_stops_paging_is_a_source_error(httpserver, monkeypatch):
+    import sentinel.rules.sources as sources
+
+    monkeypatch.setattr(sources, "MAX_PAGES", 3)
+    httpserver.expect_request("/api/v1/steps").respond_with_json(
+        {"job": "j", "steps": [_rec(0, 0, 100.0)], "next": "0.0.0"})
+    with pytest.raises(SourceError, match="still more steps after 3 pages"):
+        StepStream(httpserver.url_for(""), "j").poll()
+
+
+@pytest.mark.parametrize("body", [{"steps": {"a": 1}}, {"steps": [], "next": 5}])
+def test_a_body_that_is_not_a_step_page_is_a_source_error(httpserver, body):
+    httpserver.expect_request("/api/v1/steps").respond_with_json(body)
+    with pytest.raises(SourceError, match="not a step page"):
+        StepStream(httpserver.url_for(""), "j").poll()
