@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import stat
 import subprocess
 import sys
@@ -25,15 +26,9 @@ import pytest
 
 from sentinel.train.request import token_path
 from tests.support.example_job import EXAMPLE, ROOT, read_log
+from tests.support.probe import ensure_group, ensure_user, open_dir
 from tests.support.services import stop
-from tests.support.users import (
-    as_user,
-    ensure_group,
-    ensure_user,
-    need_root,
-    open_dir,
-    plain_python,
-)
+from tests.support.users import as_user, need_root, plain_python
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -92,8 +87,9 @@ def users():
     need_root("the test creates users (useradd) and runs the job and the controller as them "
               "(setpriv)")
     ensure_group(GROUP)
-    return {u: ensure_user(u, g) for u, g in ((JOB_USER, (GROUP,)), (CTL_USER, (GROUP,)),
-                                              (OTHER, ()))}
+    for u, g in ((JOB_USER, (GROUP,)), (CTL_USER, (GROUP,)), (OTHER, ())):
+        ensure_user(u, g)
+    return {u: pwd.getpwnam(u) for u in (JOB_USER, CTL_USER, OTHER)}
 
 
 def test_a_member_of_the_jobs_control_group_rolls_it_back(users):

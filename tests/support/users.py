@@ -1,18 +1,16 @@
-"""Run test processes as other users: system users and groups, ``setpriv`` argv.
+"""Run test processes as other users: ``setpriv`` argv, and an interpreter they may run.
 
-Users and groups are created with ``useradd``/``groupadd`` (idempotent, prefixed
-``sntl-``, left in place so parallel runs never race on deleting them). Needs root.
+Users and groups come from :mod:`tests.support.probe` (``ensure_user``,
+``ensure_group``, ``open_dir``: idempotent, left in place). Needs root.
 """
 
 from __future__ import annotations
 
 import functools
-import grp
 import os
 import pwd
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -30,38 +28,6 @@ def need_root(why: str) -> None:
     if IN_CI:
         pytest.fail(msg)
     pytest.skip(msg)
-
-
-def ensure_group(name: str) -> int:
-    """Return the gid of group ``name``, creating it (a system group) if missing."""
-    try:
-        return grp.getgrnam(name).gr_gid
-    except KeyError:
-        pass
-    # rc 9: created meanwhile by a parallel run; either way the group exists now.
-    subprocess.run([need_binary("groupadd", "passwd"), "--system", name],
-                   capture_output=True, timeout=30, check=False)
-    return grp.getgrnam(name).gr_gid
-
-
-def ensure_user(name: str, groups: tuple[str, ...] = ()) -> pwd.struct_passwd:
-    """Return system user ``name``, created (in ``groups`` besides its own) if missing."""
-    for g in groups:
-        ensure_group(g)
-    try:
-        pw = pwd.getpwnam(name)
-    except KeyError:
-        args = [need_binary("useradd", "passwd"), "--system", "--no-create-home",
-                "--shell", "/usr/sbin/nologin", "--user-group"]
-        if groups:
-            args += ["--groups", ",".join(groups)]
-        subprocess.run([*args, name], capture_output=True, timeout=30, check=False)
-        pw = pwd.getpwnam(name)
-    for g in groups:
-        if name not in grp.getgrnam(g).gr_mem:
-            subprocess.run([need_binary("usermod", "passwd"), "--append", "--groups", g, name],
-                           capture_output=True, timeout=30, check=True)
-    return pw
 
 
 def as_user(user: str, argv: list[str], *, read_all: bool = False) -> list[str]:
@@ -89,10 +55,3 @@ def plain_python(user: str) -> str:
         if r.returncode == 0:
             return exe
     pytest.fail(f"no Python that user {user} may run imports sentinel.train.request")
-
-
-def open_dir() -> Path:
-    """Return a fresh directory every user can traverse (pytest's tmp_path is 0700)."""
-    d = Path(tempfile.mkdtemp(prefix="sentinel-users-"))
-    d.chmod(0o755)
-    return d
