@@ -11,7 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sentinel.config import config_section
 
+
+@config_section("rollback")
 @dataclass
 class RollbackConfig:
     """Config section ``rollback:`` (used by ``sentinel rollback``)."""
@@ -22,6 +25,7 @@ class RollbackConfig:
             "help": "seconds to wait for the job's answer (0: do not wait). Two minutes "
             "covers a slow step plus reading a large checkpoint.",
             "min": 0.0,
+            "max": 86400.0,
         },
     )
     checkpoint_subdir: str = field(
