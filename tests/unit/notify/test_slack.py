@@ -12,7 +12,7 @@ import pytest
 
 from sentinel.notify.config import NotifyConfig
 from sentinel.notify.message import Notification, Series
-from sentinel.notify.queue import Outbox
+from sentinel.notify.queue import Outbox, OutboxError
 from sentinel.notify.slack import BotTransport, Notifier, WebhookTransport
 from sentinel.secretfile import Secret
 from tests.support.fake_slack import TOKEN, WEBHOOK_PATH, FakeSlack
@@ -336,5 +336,5 @@ def test_queue_is_bounded(slack: FakeSlack, bot_cfg: NotifyConfig,
 def test_outbox_directory_error_is_clear(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("")
-    with pytest.raises(OSError, match="notify.queue_dir"):
+    with pytest.raises(OutboxError, match="notify.queue_dir .*Not a directory"):
         Outbox(blocker / "queue")
