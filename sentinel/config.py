@@ -133,7 +133,7 @@ def read_regular_file(
     *,
     max_bytes: int,
     valid: str,
-    error: type[ConfigError] = ConfigError,
+    error: type[Exception] = ConfigError,
     check: Callable[[os.stat_result], None] | None = None,
 ) -> bytes:
     """Return the bytes of a small regular file; anything else raises ``error``.
