@@ -115,7 +115,7 @@ def test_cli_bad_input_exits_2(
     assert main(["notify", "send", "--incident", "i", "--title", "t",
                  "--steps-jsonl", str(bad)]) == 2
     err = capsys.readouterr().err
-    assert f"--steps-jsonl {bad}:2: 'step' is 'two' (valid: an integer >= 0)" in err
+    assert f"--steps-jsonl {bad}:2: 'step' is 'two' (valid: an integer >= 0, at most 2^53)" in err
     assert main(["notify", "send", "--incident", "i", "--title", "t", "--field", "oops"]) == 2
     assert "NAME=VALUE" in capsys.readouterr().err
 
