@@ -195,10 +195,13 @@ def read_json_file(path: Path, what: str) -> Any:
     UTF-8, not JSON or nested too deeply: all are errors naming the file, never a hang
     or an unexpected exception. FileNotFoundError passes through.
     """
-    if not path.exists() and not path.is_symlink():
-        raise FileNotFoundError(path)
-    data = read_regular_file(str(path), what, max_bytes=MAX_FILE_BYTES,
-                             valid="valid: a JSON file sentinel wrote", error=RollbackError)
+    try:
+        data = read_regular_file(str(path), what, max_bytes=MAX_FILE_BYTES,
+                                 valid="valid: a JSON file sentinel wrote", error=RollbackError)
+    except RollbackError:
+        if not path.exists() and not path.is_symlink():  # gone (answered and removed)
+            raise FileNotFoundError(path) from None
+        raise
     try:
         return json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as e:

@@ -150,7 +150,8 @@ def detect(window: Window, params: Params) -> list[Finding]:
     """Return job-level drops and per-node (straggler) drops in the window."""
     p = params
     nodes = _by_node(window.role("tokens_per_sec"))
-    if not nodes:
+    cl_series = window.role("tokens_per_sec_cluster")
+    if not nodes and not cl_series:
         # From step records (sentinel detect FILE): the streamed detector, in time order.
         stream = Stream(p, window.job)
         for sp in sorted((sp for sp in window.steps if sp.time is not None),
@@ -158,7 +159,6 @@ def detect(window: Window, params: Params) -> list[Finding]:
             stream.feed(sp)
         return stream.finish()
     all_pts = [pt for pts in nodes.values() for pt in pts]
-    cl_series = window.role("tokens_per_sec_cluster")
     cl_pts = sorted(pt for s in cl_series for pt in s.points)
     res = resolution(cl_pts or sorted(all_pts), window.step_s)
     per_node = {n: _resample(pts, res) for n, pts in nodes.items()}

@@ -198,3 +198,11 @@ def test_median_sketch_is_exact_then_within_a_thousandth() -> None:
     for v in [0.0] * 30 + [1.0] * 20:
         zeros.add(v)
     assert zeros.median() == 0.0
+
+
+def test_a_cluster_series_alone_is_still_judged_not_taken_for_steps() -> None:
+    """Prometheus may return no slow node, only the cluster median: the job drop counts."""
+    pts = [(1000 + 5.0 * i, 1000.0 * (0.6 if 150 <= i < 200 else 1.0)) for i in range(300)]
+    window = Window(job="j", series={"tokens_per_sec_cluster": [Series({}, pts)]}, step_s=5.0)
+    (f,) = throughput_drop.detect(window, throughput_drop.Params())
+    assert f.evidence["scope"] == "job" and f.time_start == 1750.0
