@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from sentinel.agent.ring import MAX_RING_BYTES, RECORD_BYTES
 from sentinel.agent.senders import SenderPolicy, resolve_group
-from sentinel.config import ConfigError
+from sentinel.config import ConfigError, config_section
 
 if TYPE_CHECKING:
     from sentinel.agent.collectors.base import Collector
@@ -61,6 +61,7 @@ def _split_hostport(key: str, value: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - documented default
 
 
+@config_section("agent")
 @dataclass
 class AgentConfig:
     """Settings of ``sentinel agent``; every one can also be a flag or SENTINEL_AGENT_*."""
