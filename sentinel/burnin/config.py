@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sentinel.config import check_fields
+from sentinel.config import check_fields, config_section
 
 DTYPES = ("bf16", "fp8")
 
@@ -54,6 +54,7 @@ class BurninConfigError(ValueError):
     """A burn-in setting is not valid; the message names the key, the value and what is."""
 
 
+@config_section("burnin")
 @dataclass
 class BurninConfig:
     """Settings of ``sentinel burnin`` (and of the controller's burn-in action)."""
@@ -135,7 +136,8 @@ class BurninConfig:
         metadata={"help": "seconds without completed work before a GPU counts as hung",
                   "min": 1.0, "max": 3600.0},
     )
-    seed: int = field(default=1234, metadata={"help": "seed of the fixed matmul inputs"})
+    seed: int = field(default=1234, metadata={"help": "seed of the fixed matmul inputs",
+                                              "min": -(2**63), "max": 2**63 - 1})
     textfile: str = field(
         default="",
         metadata={"help": "write sentinel_burnin_* metrics to this .prom file ('' = off)"},

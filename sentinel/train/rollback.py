@@ -17,21 +17,20 @@ At its next step boundary the job calls :meth:`RollbackHandler.at_step_boundary`
    rank 0 persists the skip plan, marks newer checkpoints abandoned and writes
    ``RUN_DIR/rollback/results/ID.json``.
 
-Requests with no or a wrong signature are ignored and logged (renamed ``*.rejected``).
-Requests that cannot be honoured are refused: a result file and a
-``rollback_refused`` event say why.
+Requests with no or a wrong signature, and files that are not a request at all (junk
+JSON, a number Python cannot hold, a FIFO, a huge file), are ignored and logged once
+(renamed ``*.rejected``): no input makes a boundary check raise or hang. Requests that
+cannot be honoured are refused: a result file and a ``rollback_refused`` event say why.
 """
 
 from __future__ import annotations
 
 import grp
 import hmac
-import json
 import logging
 import os
 import secrets
 import signal
-import socket
 import stat
 import time
 from collections.abc import Callable
@@ -51,11 +50,13 @@ from sentinel.train.request import (
     RollbackError,
     RollbackRequest,
     pid_dir,
+    read_json_file,
     read_token,
     request_path,
     result_path,
     sign,
     token_path,
+    write_pid_file,
 )
 from sentinel.train.skipplan import SkipPlan, SkipPlanError
 
@@ -79,6 +80,9 @@ GROUP_TOKEN_MODE = 0o640
 CONTROL_DIR_MODE = 0o2750
 REQUEST_DIR_MODE = 0o2770
 RESULT_DIR_MODE = 0o2750
+# Junk files that could not be moved aside (another user's file in a shared directory)
+# are remembered so that each is logged once; beyond this many the oldest are forgotten.
+MAX_REMEMBERED_JUNK = 1024
 
 
 class EventSink(Protocol):
@@ -218,6 +222,7 @@ class RollbackHandler:
         self._next_poll = 0.0
         self._previous_handler: Any = None
         self._pid_file: Path | None = None
+        self._junk: dict[str, None] = {}  # insertion-ordered set of unmovable junk files
 
     # -- set-up ---------------------------------------------------------------------
     def install(self) -> None:
@@ -245,10 +250,7 @@ class RollbackHandler:
             self._dist.barrier(group=self.group)  # token exists before others read it
         if self.rank != 0:
             self._token = read_token(self.run_dir)
-        pids = pid_dir(self.run_dir)
-        pids.mkdir(parents=True, exist_ok=True)
-        self._pid_file = pids / f"rank-{self.rank}.pid"
-        write_json_atomic(self._pid_file, {"pid": os.getpid(), "host": socket.gethostname()})
+        self._pid_file = write_pid_file(self.run_dir, self.rank, self._token)
         self._previous_handler = signal.signal(ROLLBACK_SIGNAL, self._on_signal)
 
     def uninstall(self) -> None:
@@ -317,7 +319,7 @@ class RollbackHandler:
     def _pending_files(self) -> list[Path]:
         d = self.run_dir / REQUEST_DIR
         try:
-            files = [p for p in d.iterdir() if p.suffix == ".json"]
+            files = [p for p in d.iterdir() if p.suffix == ".json" and p.name not in self._junk]
         except FileNotFoundError:
             return []
         return sorted(files)[:MAX_REQUESTS_PER_CHECK]
@@ -328,23 +330,12 @@ class RollbackHandler:
         valid: list[RollbackRequest] = []
         for path in self._pending_files():
             try:
-                raw = json.loads(path.read_text("utf-8"))
-                sig = raw.get("signature") if isinstance(raw, dict) else None
-                body = raw.get("request") if isinstance(raw, dict) else None
-                req = RollbackRequest.from_json(body)
-            except (OSError, ValueError, RollbackError) as e:
-                self._reject(path, f"unreadable request ({e})")
+                req = self._read(path)
+            except Exception as e:  # noqa: BLE001 - one bad file must never block the rest
+                self._reject(path, str(e) if isinstance(e, RollbackError)
+                             else f"unreadable request ({type(e).__name__}: {e})")
                 continue
-            # Compare bytes: compare_digest raises TypeError on a non-ASCII str, and one
-            # such junk file would then block every request behind it.
-            if not isinstance(sig, str) or not hmac.compare_digest(
-                sig.encode("utf-8"), sign(req, self._token).encode("ascii")
-            ):
-                self._reject(path, "missing or wrong signature (not signed with this run's token)")
-                continue
-            if path.stem != req.id or result_path(self.run_dir, req.id).exists():
-                self._reject(path, f"request id {req.id!r} does not match its file or was "
-                             "already handled")
+            if req is None:
                 continue
             reason = self._invalid(req)
             if reason:
@@ -356,6 +347,29 @@ class RollbackHandler:
         valid.sort(key=lambda r: r.created)
         chosen = valid[0] if valid else None
         return {"apply": chosen.to_json() if chosen else None, "refused": refused}
+
+    def _read(self, path: Path) -> RollbackRequest | None:
+        """Return the signed request in ``path``, None if it vanished; RollbackError if bad."""
+        try:
+            raw = read_json_file(path, "rollback request")
+        except FileNotFoundError:
+            return None  # answered and removed, or withdrawn, since the listing
+        if not isinstance(raw, dict) or "request" not in raw or set(raw) - {"request",
+                                                                              "signature"}:
+            raise RollbackError("not a rollback request (valid: {\"request\": {...}, "
+                                "\"signature\": \"...\"} as sentinel rollback writes it)")
+        req = RollbackRequest.from_json(raw["request"])
+        sig = raw.get("signature")
+        # Compare bytes: compare_digest raises TypeError on a non-ASCII str, and one
+        # such junk file would then block every request behind it.
+        if not isinstance(sig, str) or not hmac.compare_digest(
+            sig.encode("utf-8"), sign(req, self._token).encode("ascii")
+        ):
+            raise RollbackError("missing or wrong signature (not signed with this run's token)")
+        if path.stem != req.id or result_path(self.run_dir, req.id).exists():
+            raise RollbackError(f"request id {req.id!r} does not match its file or was "
+                                "already handled")
+        return req
 
     def _invalid(self, req: RollbackRequest) -> str | None:
         if req.job != self.job:
@@ -375,11 +389,45 @@ class RollbackHandler:
         return None
 
     def _reject(self, path: Path, why: str) -> None:
+        """Log a bad request file once and move it aside (or, failing that, remember it)."""
         log.warning("ignoring rollback request %s: %s", path, why)
         try:
             path.rename(path.with_suffix(REJECTED_SUFFIX))
+            return
         except OSError:
-            path.unlink(missing_ok=True)
+            pass
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError:
+            self._junk[path.name] = None
+            while len(self._junk) > MAX_REMEMBERED_JUNK:
+                del self._junk[next(iter(self._junk))]
+
+    def _add_skips(self, req: RollbackRequest, step: int) -> None:
+        """Add the request's ranges on rank 0 (saved) and give every rank rank 0's plan.
+
+        Rank 0 reads the file again under its lock, so a range another writer added is
+        kept; every rank then takes rank 0's ranges, so all ranks skip the same batches.
+        """
+        error = ""
+        if self.rank == 0:
+            try:
+                self.skip_plan.add(req.skip, added_by=req.requested_by or "rollback",
+                                   reason=f"rollback {req.id}: {req.reason}", save=True)
+            except SkipPlanError as e:
+                error = str(e)
+        error, ranges = self._broadcast((error, self.skip_plan.to_json()))
+        if error:
+            if self.reporter is not None:
+                self.reporter.event("rollback_failed", request_id=req.id, reason=error,
+                                    step=step)
+            raise RollbackError(f"rollback {req.id} to step {req.to_step} failed: the skip "
+                                f"ranges were not saved ({error}); stopping so the job "
+                                "restarts and applies it again")
+        if self.rank != 0:
+            self.skip_plan.replace(ranges)
 
     def _write_result(self, req: RollbackRequest, result: dict[str, Any]) -> None:
         if self.rank != 0:
@@ -442,8 +490,7 @@ class RollbackHandler:
             # The other order would restart past the spike with the ranges already in the
             # plan, and the re-found request would be refused as overlapping.
             self.store.abandon_after(req.to_step, f"rollback {req.id} from step {step}")
-        self.skip_plan.add(req.skip, added_by=req.requested_by or "rollback",
-                           reason=f"rollback {req.id}: {req.reason}", save=self.rank == 0)
+        self._add_skips(req, step)
         t_done = time.monotonic()
         outcome = RollbackOutcome(req, step, req.to_step, t_read - t0, t_done - t_read,
                                   t_done - started)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from sentinel import protocol
+from sentinel.train import skipplan
 from sentinel.train.checkpoint import CheckpointStore
 from sentinel.train.reporter import Reporter
 from sentinel.train.request import (
@@ -23,6 +24,7 @@ from sentinel.train.request import (
 )
 from sentinel.train.rollback import RollbackHandler, ensure_token
 from sentinel.train.skipplan import SkipPlan
+from tests.support.checkpoints import record_by_hand
 
 
 class Job:
@@ -215,7 +217,7 @@ def test_only_checks_every_n_steps(job):
 def test_request_ids_and_fields_are_validated():
     with pytest.raises(RollbackError, match="request id '../x'"):
         RollbackRequest.from_json({"id": "../x", "job": "j", "to_step": 1, "created": 0})
-    with pytest.raises(RollbackError, match="needs id, job, to_step"):
+    with pytest.raises(RollbackError, match="request has no 'to_step'; valid: {id, job, to_step"):
         RollbackRequest.from_json({"id": "a", "job": "j", "created": 0})
 
 
@@ -244,7 +246,7 @@ def test_checkpoint_that_verifies_but_cannot_be_loaded_is_refused(job):
     # Before: the vote said "verified", then deserialising raised out of the boundary
     # (in a distributed job, on some ranks only, after all had agreed), the request stayed
     # pending and a restarted job hit it again.
-    job.store.save(30, {"w": NotAWeight()})
+    record_by_hand(job.store.dir, 30, {"w": NotAWeight()})  # save() refuses it now
     req = job.request(to_step=30, skip=[(40, 45)])
     reason = _refused(job, req)
     assert "checkpoint verifies but cannot be loaded" in reason
@@ -264,7 +266,7 @@ def test_a_crash_while_applying_leaves_a_state_a_restart_completes(tmp_path, mon
         if where == "abandon":
             m.setattr(CheckpointStore, "abandon_after", lambda *a: (_ for _ in ()).throw(Crash()))
         else:
-            m.setattr(SkipPlan, "save", lambda self: (_ for _ in ()).throw(Crash()))
+            m.setattr(skipplan, "write_json_atomic", lambda *a: (_ for _ in ()).throw(Crash()))
         os.kill(os.getpid(), signal.SIGUSR1)
         with pytest.raises(Crash):
             j.handler.at_step_boundary(24)
