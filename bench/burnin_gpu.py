@@ -1,4 +1,7 @@
-"""Benchmark `sentinel burnin` on a GPU box (about 3 minutes on one H100).
+"""Benchmark `sentinel burnin` on a GPU box (about 3 minutes on one H100): v1's benchmark.
+
+Kept for the figures docs/BENCHMARKS.md gives for v1; burn-in v2 (issue 16) is measured
+by bench/burnin_v2_gpu.py. Run here with today's code, "default settings" are v2's.
 
 Measures, in one run, on the same GPU:
 1. speed: sentinel's measured TFLOPS against a plain `a @ b` torch loop (bf16, N=8192),
@@ -28,25 +31,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.burnin_v2_gpu import hog  # noqa: E402 - the one competing process of both benches
+
 N = 8192
-
-
-def hog(gpu: int, seconds: float) -> None:
-    """Run back-to-back bf16 matmuls on ``gpu`` for ``seconds`` (the competing process)."""
-    import torch
-
-    dev = torch.device("cuda", gpu)
-    a = torch.randn(N, N, device=dev, dtype=torch.bfloat16)
-    b = torch.randn(N, N, device=dev, dtype=torch.bfloat16)
-    c = torch.empty_like(a)
-    torch.matmul(a, b, out=c)
-    torch.cuda.synchronize(dev)
-    print("ready", flush=True)
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        for _ in range(50):
-            torch.matmul(a, b, out=c)
-        torch.cuda.synchronize(dev)
 
 
 def plain_loop_tflops(torch, gpu: int, seconds: float, warmup: float = 2.0) -> float:
@@ -148,7 +135,7 @@ def main() -> int:
                             env=dict(os.environ))
     try:
         line = proc.stdout.readline() if proc.stdout else ""
-        assert line.strip() == "ready", f"competing process did not start: {line!r}"
+        assert line.startswith("ready"), f"competing process did not start: {line!r}"
         slowed = run_burnin(BurninConfig(duration=dur, warmup=2, memtest_seconds=0,
                                          baseline_tflops=floor))
     finally:

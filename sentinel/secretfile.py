@@ -15,7 +15,7 @@ import logging
 import os
 import stat
 
-from sentinel.config import ConfigError
+from sentinel.config import ConfigError, read_regular_file
 
 log = logging.getLogger(__name__)
 
@@ -50,21 +50,6 @@ class SecretFileError(ConfigError):
     """A secret file was refused; the message names the file and the fix, never the content."""
 
 
-def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe"),
-                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device")):
-        if test(mode):
-            return name
-    return "not a regular file"
-
-
-def _check_kind(st: os.stat_result, path: str, what: str) -> None:
-    """Refuse anything but a regular file."""
-    if not stat.S_ISREG(st.st_mode):
-        raise SecretFileError(f"{what}: {path} is {_kind(st.st_mode)}; {_VALID}")
-
-
 def _check_mode(st: os.stat_result, path: str, what: str) -> None:
     """Refuse a file open to every user; warn about one open to its group."""
     perms = stat.S_IMODE(st.st_mode)
@@ -86,33 +71,9 @@ def _check_mode(st: os.stat_result, path: str, what: str) -> None:
 
 def _read(path: str, what: str) -> bytes:
     """Return the file's bytes after checking what it is and who may read it."""
-    try:
-        _check_kind(os.stat(path), path, what)  # before opening: opening a FIFO blocks
-        # O_NONBLOCK: a file swapped for a FIFO after the stat does not hang the open.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
-    except OSError as e:
-        raise SecretFileError(f"{what}: cannot read {path} ({e.strerror or e}); "
-                              f"{_VALID}") from None
-    try:
-        st = os.fstat(fd)  # what was opened, in case the path changed since the stat
-        _check_kind(st, path, what)
-        _check_mode(st, path, what)
-        chunks, size = [], 0
-        while size <= MAX_SECRET_BYTES:
-            chunk = os.read(fd, MAX_SECRET_BYTES + 1 - size)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-    except OSError as e:
-        raise SecretFileError(f"{what}: cannot read {path} ({e.strerror or e}); "
-                              f"{_VALID}") from None
-    finally:
-        os.close(fd)
-    if size > MAX_SECRET_BYTES:
-        raise SecretFileError(f"{what}: {path} is larger than {MAX_SECRET_BYTES} bytes, too "
-                              f"large for a token or URL; {_VALID}")
-    return b"".join(chunks)
+    return read_regular_file(
+        path, what, max_bytes=MAX_SECRET_BYTES, valid=_VALID, error=SecretFileError,
+        check=lambda st: _check_mode(st, path, what))
 
 
 def read_secret_file(path: str | os.PathLike[str], what: str) -> Secret:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from sentinel.agent.ring import MAX_RING_BYTES, RECORD_BYTES
 from sentinel.agent.senders import SenderPolicy, resolve_group
-from sentinel.config import ConfigError, split_hostport
+from sentinel.config import ConfigError, config_section, split_hostport
 
 if TYPE_CHECKING:
     from sentinel.agent.collectors.base import Collector
@@ -54,6 +54,7 @@ def parse_mode(key: str, value: str) -> int:
     return int(value, 8)
 
 
+@config_section("agent")
 @dataclass
 class AgentConfig:
     """Settings of ``sentinel agent``; every one can also be a flag or SENTINEL_AGENT_*."""

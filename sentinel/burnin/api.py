@@ -3,8 +3,9 @@
     from sentinel.burnin.api import run_burnin
     from sentinel.burnin.config import BurninConfig
 
-    report = run_burnin(BurninConfig(duration=30))
+    report = run_burnin(BurninConfig())
     report.ok, report.exit_code, [v.verdict for v in report.verdicts]
+    report.interconnect.verdict  # the links between the GPUs (SKIPPED on one GPU)
 
 :func:`run_burnin` raises :class:`BurninUnavailable` when it cannot run at all (no
 torch, no CUDA, fp8 on a GPU without it) and
@@ -15,6 +16,7 @@ module level, torch inside the call.
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
 import threading
@@ -22,9 +24,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sentinel.burnin.baselines import load_baselines
+from sentinel.burnin.baselines import load_baselines, load_link_floors
 from sentinel.burnin.config import BurninConfig, BurninConfigError
-from sentinel.burnin.records import GpuRecord
+from sentinel.burnin.link_verdict import judge_interconnect
+from sentinel.burnin.links import measure_copies, node_topology
+from sentinel.burnin.records import GpuRecord, InterconnectRecord
 from sentinel.burnin.report import BurninReport, check_textfile_path, write_textfile
 from sentinel.burnin.verdict import VerdictConfig, judge
 
@@ -92,14 +96,17 @@ def run_burnin(
     *,
     nvml: Any | None = None,
     torch: Any | None = None,
+    allreduce_backend: str = "nccl",
 ) -> BurninReport:
-    """Burn in the configured GPUs and return every GPU's record and verdict.
+    """Burn in the configured GPUs, test the links between them, and judge each GPU.
 
-    ``on_event`` receives ``start``, ``phase`` and ``progress`` events (dicts, the
-    ``--json`` lines) while it runs. ``nvml`` replaces the NVML wrapper (tests).
+    ``on_event`` receives ``start``, ``progress`` and ``interconnect`` events (dicts,
+    the ``--json`` lines) while it runs. ``nvml`` replaces the NVML wrapper and
+    ``allreduce_backend="gloo"`` runs the all-reduce on CPU tensors (tests).
     """
     cfg.validate()
     baselines = load_baselines(cfg.baselines_file, cfg.dtype)  # bad file fails before work
+    link_floors = load_link_floors(cfg.baselines_file)
     if cfg.textfile:
         check_textfile_path(cfg.textfile)  # a bad path fails before work, not after it
     torch = torch or import_torch()
@@ -116,19 +123,97 @@ def run_burnin(
     sampler = NvmlSampler(idents, interval=cfg.sample_interval, nvml=nvml)
     emit = on_event or (lambda _e: None)
     start_event = {"event": "start", "time": started, "hostname": hostname}
-    workers = _run_workers(torch, cfg, idents, sampler, emit, start_event, t_start)
-    records = [_record(ident, w, sampler, cfg) for ident, w in zip(idents, workers, strict=True)]
+    links = _Links(torch, cfg, gpus, allreduce_backend)
+    try:
+        workers = _run_workers(torch, cfg, idents, sampler, emit, start_event, t_start, links)
+        records = [_record(ident, w, sampler, cfg)
+                   for ident, w in zip(idents, workers, strict=True)]
+        link_rec = links.measure(records, emit)
+    finally:
+        links.close()
+    names = {r.cuda_index: r.name for r in records}
+    ic = judge_interconnect(link_rec, names, links.topology, link_floors,
+                            cfg.bandwidth_tolerance)
     verdicts = judge(records, VerdictConfig(
         tolerance=cfg.tolerance, baselines=baselines, baseline_override=cfg.baseline_tflops,
-        sample_interval_s=cfg.sample_interval))
+        sample_interval_s=cfg.sample_interval), ic.gpu_problems())
     report = BurninReport(
         hostname=hostname, started_at=started, finished_at=time.time(),
         wall_seconds=time.monotonic() - t_start, config=cfg, records=records,
         verdicts=verdicts, torch_version=str(torch.__version__),
-        notes=[f"NVML: {sampler.error}"] if sampler.error else [])
+        notes=[f"NVML: {sampler.error}"] if sampler.error else [], interconnect=ic)
     if cfg.textfile:
         _write_textfile(cfg.textfile, report)
     return report
+
+
+class _Links:
+    """The interconnect check: rank processes started early, copies and all-reduce at the end."""
+
+    def __init__(self, torch: Any, cfg: BurninConfig, gpus: list[int], backend: str) -> None:
+        self.torch, self.cfg, self.gpus, self.backend = torch, cfg, gpus, backend
+        self.topologies: dict[tuple[int, int], str] = {}
+        self.topology = "unknown"
+        self.ranks: Any = None
+        self.skipped = ""
+        if len(gpus) < 2:
+            self.skipped = (f"it needs two or more GPUs (this burn-in has {len(gpus)}: "
+                            f"GPU {', '.join(map(str, gpus))})")
+        elif not cfg.interconnect:
+            self.skipped = "turned off (burnin.interconnect: false, --no-interconnect)"
+
+    def start(self, sampler: Any) -> None:
+        """Read the link topology and start the all-reduce ranks (they import torch now)."""
+        if self.skipped:
+            return
+        self.topologies = sampler.link_topologies()
+        self.topology = node_topology(self.topologies)
+        from sentinel.burnin import allreduce  # noqa: PLC0415
+
+        dist = getattr(self.torch, "distributed", None)
+        available = getattr(dist, f"is_{self.backend}_available", lambda: False)
+        if self.backend == "nccl" and not available():
+            self.ranks = f"torch {self.torch.__version__} has no NCCL"
+            return
+        self.ranks = allreduce.AllreduceRanks(
+            self.gpus, self.topology, backend=self.backend, nbytes=allreduce.ALLREDUCE_BYTES,
+            iters=allreduce.ITERS, warmup=allreduce.WARMUP_ITERS)
+        self.ranks.start()
+
+    def measure(self, records: list[GpuRecord],
+                emit: Callable[[Event], None]) -> InterconnectRecord:
+        """Measure the copies and the all-reduce (unless skipped, or a GPU failed)."""
+        if self.skipped:
+            return InterconnectRecord(gpus=self.gpus, skipped=self.skipped)
+        bad = [r.cuda_index for r in records if r.error is not None]
+        if bad:
+            return InterconnectRecord(gpus=self.gpus, skipped=(
+                f"GPU {', '.join(map(str, bad))} failed its compute test; its links were "
+                f"not tried (a hung GPU would hang them too)"))
+        t0 = time.monotonic()
+        emit({"event": "phase", "phase": "interconnect", "gpus": self.gpus,
+              "topology": self.topology})
+        rec = InterconnectRecord(gpus=self.gpus)
+        try:
+            # The workers' cached blocks go back to the driver: the copies and the rank
+            # processes size themselves by what it reports free.
+            self.torch.cuda.empty_cache()
+            rec.copies = measure_copies(self.torch, self.gpus, self.topologies,
+                                        hang_timeout=self.cfg.hang_timeout)
+            if isinstance(self.ranks, str):
+                rec.notes.append(f"all-reduce not measured: {self.ranks}")
+            elif self.ranks is not None:
+                rec.allreduce = self.ranks.run()
+        except Exception as e:  # noqa: BLE001 - the GPUs' results must survive a broken check
+            log.exception("interconnect check broke off")
+            rec.error = f"{type(e).__name__}: {e}".strip()
+        rec.seconds = time.monotonic() - t0
+        return rec
+
+    def close(self) -> None:
+        """Stop rank processes still waiting (the burn-in failed or was interrupted)."""
+        if self.ranks is not None and not isinstance(self.ranks, str):
+            self.ranks.close()
 
 
 def _check_fp8(torch: Any, gpus: list[int]) -> None:
@@ -146,20 +231,24 @@ def _check_fp8(torch: Any, gpus: list[int]) -> None:
 
 def _run_workers(torch: Any, cfg: BurninConfig, idents: list[Any], sampler: Any,
                  emit: Callable[[Event], None], start_event: Event,
-                 t_start: float) -> list[Any]:
+                 t_start: float, links: _Links) -> list[Any]:
     """Run one worker per GPU with NVML sampled alongside; return the finished workers."""
     from sentinel.burnin import correctness  # noqa: PLC0415 - needs torch
     from sentinel.burnin.runner import GpuWorker, SharedInputs  # noqa: PLC0415
+    from sentinel.burnin.warmup import MeasureGate  # noqa: PLC0415
 
     stop = threading.Event()
     workers: list[GpuWorker] = []
+    gate = MeasureGate([i.cuda_index for i in idents], cfg.warmup)
     sampler.start()
     # Everything after start() is inside the try: whatever fails (the caller's on_event,
     # making the inputs, ^C), the workers are told to stop and NVML is released, so a
     # caller that goes on running (the controller) leaves no GPU burning and no sampler.
     try:
+        links.start(sampler)
         emit({**start_event, "dtype": cfg.dtype, "size": cfg.size, "duration": cfg.duration,
-              "warmup": cfg.warmup, "memtest_seconds": cfg.memtest_seconds,
+              "warmup": cfg.warmup, "warmup_mode": cfg.warmup_mode,
+              "memtest_seconds": cfg.memtest_seconds, "interconnect": links.skipped or "on",
               "nvml": sampler.error or "ok",
               "gpus": [{"gpu": i.cuda_index, "uuid": i.uuid, "name": i.name,
                         "nvml_index": getattr(sampler.matched.get(i.cuda_index), "index",
@@ -168,10 +257,15 @@ def _run_workers(torch: Any, cfg: BurninConfig, idents: list[Any], sampler: Any,
         a, b = correctness.make_inputs(torch, cfg.size, cfg.seed)
         inputs = SharedInputs(a=a, b=b,
                               cpu_rows=correctness.cpu_reference_rows(torch, a, b, cfg.dtype))
-        workers.extend(GpuWorker(torch, i.cuda_index, cfg, inputs, stop) for i in idents)
+        workers.extend(
+            GpuWorker(torch, i.cuda_index, cfg, inputs, stop, gate=gate,
+                      clocks=functools.partial(sampler.sm_clocks, i.cuda_index))
+            for i in idents)
         for w in workers:
             w.start()
-        expected_end = (time.monotonic() + cfg.memtest_seconds * 2 + cfg.warmup
+        # Memory test (twice its budget: whole passes), the longest warm-up, the longest
+        # wait for the slowest GPU, the measured window.
+        expected_end = (time.monotonic() + cfg.memtest_seconds * 2 + cfg.warmup * 2
                         + cfg.duration + cfg.hang_timeout + JOIN_GRACE_S)
         while any(w.is_alive() for w in workers) and time.monotonic() < expected_end:
             for w in workers:
@@ -210,7 +304,8 @@ def _record(ident: Any, w: Any, sampler: Any, cfg: BurninConfig) -> GpuRecord:
         name=ident.name, pci_bus_id=getattr(dev, "pci_bus_id", "") or ident.pci_bus_id,
         nvml_index=getattr(dev, "index", None), dtype=cfg.dtype, duration_s=cfg.duration,
         perf=res.perf, nvml=readings, correctness=res.correctness, memtest=res.memtest,
-        error=error, nvml_error=nvml_error)
+        error=error, nvml_error=nvml_error, setup_s=res.setup_s, warmup_s=res.warmup_s,
+        warmup_end=res.warmup_end)
 
 
 def _write_textfile(path: str, report: BurninReport) -> None:

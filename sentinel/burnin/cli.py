@@ -1,4 +1,5 @@
-"""``sentinel burnin``: stress every GPU, judge each, exit 0 (all OK), 1 (a GPU failed), 2.
+"""``sentinel burnin``: stress every GPU and the links between them, judge each GPU, exit 0
+(all OK), 1 (a GPU or a link failed), 2.
 
 Exit code 2 means it could not run: bad flags or config, no torch/CUDA/NVIDIA GPU, fp8
 asked on a GPU without it. The message says which and what to do.
@@ -19,20 +20,33 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "burnin",
         help="stress-test every GPU (bf16/fp8 matmuls, memory test) and judge each",
-        description="Run tensor-core matmuls on every GPU, sample NVML, check results and "
-                    "memory, and give each GPU a verdict: OK, LOW_FLOPS, THROTTLED, "
-                    "WRONG_RESULTS, MEMORY_ERRORS or NO_WORK. Exit 0 when every GPU is OK, "
-                    "1 when one failed, 2 when the burn-in could not run.",
+        description="Run tensor-core matmuls on every GPU at once, sample NVML, check "
+                    "results and memory, time copies between every pair of GPUs and an NCCL "
+                    "all-reduce, and give each GPU a verdict: OK, LOW_FLOPS, THROTTLED, "
+                    "WRONG_RESULTS, MEMORY_ERRORS, NO_WORK or LOW_BANDWIDTH (a link it "
+                    "shares is slow). Exit 0 when every GPU is OK, 1 when one failed, 2 when "
+                    "the burn-in could not run.",
     )
     p.add_argument("--config", help="YAML config file (section burnin:)")
     p.add_argument("--gpus", help="CUDA device indices to test, e.g. 0,3 (default: all)")
-    p.add_argument("--duration", type=float, help="measured seconds (default 30)")
-    p.add_argument("--warmup", type=float, help="uncounted warm-up seconds (default 5)")
+    p.add_argument("--duration", type=float, help="measured seconds (default 20)")
+    p.add_argument("--warmup", type=float, help="longest uncounted warm-up after the memory "
+                   "test (default 5; with --warmup-mode fixed: exactly this long)")
+    p.add_argument("--warmup-mode", choices=["steady", "fixed"],
+                   help="steady (default): memory test beside the first matmuls, measure once "
+                   "speed and clocks are steady; fixed: memory test first, then --warmup "
+                   "seconds (v1)")
     p.add_argument("--dtype", choices=["bf16", "fp8"], help="matmul inputs (default bf16; "
                    "fp8 needs compute capability 9.0+)")
     p.add_argument("--size", type=int, help="matrix size N (default 8192)")
     p.add_argument("--tolerance", type=float,
-                   help="fraction below the node's best GPU that is LOW_FLOPS (default 0.07)")
+                   help="fraction below the node's best GPU that is LOW_FLOPS (default 0.10)")
+    p.add_argument("--interconnect", action=argparse.BooleanOptionalAction, default=None,
+                   help="time copies between every pair of GPUs and an NCCL all-reduce over "
+                   "all of them (default on; needs two or more GPUs)")
+    p.add_argument("--bandwidth-tolerance", type=float,
+                   help="fraction below the node's best GPU pair over the same kind of link "
+                   "that is LOW_BANDWIDTH (default 0.15)")
     p.add_argument("--baseline-tflops", type=float,
                    help="TFLOPS floor for every GPU (overrides the per-model table)")
     p.add_argument("--baselines", help="file of per-model TFLOPS floors (YAML or JSON) "
@@ -59,9 +73,12 @@ def _load(args: argparse.Namespace) -> BurninConfig:
         "gpus": parse_gpu_list(args.gpus) if args.gpus is not None else None,
         "duration": args.duration,
         "warmup": args.warmup,
+        "warmup_mode": args.warmup_mode,
         "dtype": args.dtype,
         "size": args.size,
         "tolerance": args.tolerance,
+        "interconnect": args.interconnect,
+        "bandwidth_tolerance": args.bandwidth_tolerance,
         "baseline_tflops": args.baseline_tflops,
         "baselines_file": args.baselines,
         "memtest_seconds": args.memtest_seconds,

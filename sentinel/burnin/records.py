@@ -66,6 +66,9 @@ class MemtestResult:
     first_bad_offset: int | None = None  # byte offset within the tested area
     examples: list[str] = field(default_factory=list)  # "offset: wrote X read Y"
     note: str = ""
+    # Added in v2 (absent from older reports, hence the defaults):
+    free_bytes: int | None = None  # device memory free when the test was sized
+    concurrent: bool = False  # ran alongside the warm-up matmuls (on memory they do not use)
 
 
 @dataclass
@@ -85,6 +88,10 @@ class GpuRecord:
     memtest: MemtestResult | None = None
     error: str | None = None  # the runner failed or the GPU hung
     nvml_error: str | None = None  # why there are no NVML readings
+    # Added in v2 (absent from older reports, hence the defaults):
+    setup_s: float | None = None  # worker start to first matmul (inputs, reference, memtest)
+    warmup_s: float | None = None  # first matmul to the start of the measured window
+    warmup_end: str = ""  # why measuring began: steady, cap, fixed, peers ("" before v2)
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready mapping (non-finite floats as strings)."""
@@ -100,3 +107,81 @@ class GpuRecord:
         """
         return read_dataclass(cls, d, where)
 
+
+
+@dataclass
+class CopyMeasurement:
+    """Device-to-device copies from one GPU to another, timed with CUDA events."""
+
+    src: int  # CUDA index of the GPU the data leaves
+    dst: int  # CUDA index of the GPU it arrives on
+    topology: str  # how the two are linked (sentinel.burnin.links.TOPOLOGIES)
+    bytes_per_copy: int = 0
+    copies: int = 0
+    seconds: float = 0.0  # GPU time of the timed copies
+    p2p: bool | None = None  # direct peer access (False: staged through host memory)
+    wrong_bytes: int = 0  # bytes that arrived different from what was sent
+    error: str | None = None  # the copy failed or hung
+    skipped: str = ""  # why it was not measured (not a failure of the link)
+
+    @property
+    def gbps(self) -> float | None:
+        """Return the copy bandwidth in GB/s (1e9 bytes), None when nothing was timed."""
+        if self.error is not None or self.skipped or self.seconds <= 0:
+            return None
+        return self.bytes_per_copy * self.copies / self.seconds / 1e9
+
+
+@dataclass
+class AllreduceMeasurement:
+    """An all-reduce over every GPU under test, one process per GPU, as nccl-tests times it."""
+
+    gpus: list[int]  # CUDA indices, rank order
+    topology: str  # the weakest link between any two of them
+    backend: str = "nccl"
+    message_bytes: int = 0  # size of one all-reduce's buffer
+    iters: int = 0
+    seconds_per_iter: float | None = None  # the slowest rank's mean time of one all-reduce
+    rank_seconds: list[float] = field(default_factory=list)  # each rank's mean time
+    wrong_elements: int = 0  # elements of the checked all-reduce that came out wrong
+    version: str = ""  # NCCL version the ranks ran
+    env: dict[str, str] = field(default_factory=dict)  # NCCL_* settings the ranks ran with
+    error: str | None = None
+    phase: str = ""  # where it failed: start (environment), init, check, measure, timeout
+
+    @property
+    def algbw_gbps(self) -> float | None:
+        """Return the algorithm bandwidth (bytes / time) in GB/s."""
+        if self.error is not None or not self.seconds_per_iter:
+            return None
+        return self.message_bytes / self.seconds_per_iter / 1e9
+
+    @property
+    def busbw_gbps(self) -> float | None:
+        """Return the bus bandwidth in GB/s: algbw x 2(n-1)/n, nccl-tests' all-reduce factor."""
+        alg = self.algbw_gbps
+        n = len(self.gpus)
+        return None if alg is None or n < 2 else alg * 2.0 * (n - 1) / n
+
+
+@dataclass
+class InterconnectRecord:
+    """What the interconnect check measured (or why it measured nothing)."""
+
+    gpus: list[int] = field(default_factory=list)
+    copies: list[CopyMeasurement] = field(default_factory=list)
+    allreduce: AllreduceMeasurement | None = None
+    skipped: str = ""  # why nothing was measured ("" when it ran)
+    seconds: float = 0.0  # wall time of the check
+    notes: list[str] = field(default_factory=list)
+    error: str | None = None  # the check itself broke off (CUDA error outside a measurement)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready mapping (non-finite floats as strings)."""
+        out: dict[str, Any] = encode(asdict(self))
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str = "interconnect") -> InterconnectRecord:
+        """Build a record from :meth:`to_dict` output; FormatError names a bad key."""
+        return read_dataclass(cls, d, where)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from sentinel.burnin.config import BurninConfig, BurninConfigError
+from sentinel.burnin.link_verdict import InterconnectVerdict, LinkVerdict
 from sentinel.burnin.records import GpuRecord
 from sentinel.burnin.typedjson import Fields, FormatError, read_dataclass
 from sentinel.burnin.verdict import GpuVerdict, Verdict
@@ -39,10 +40,12 @@ class BurninReport:
     torch_version: str = ""
     notes: list[str] = field(default_factory=list)
     textfile_error: str | None = None  # why --textfile was not written (None: written/off)
+    # The links between the GPUs (None: a report from before v2, which had no such check).
+    interconnect: InterconnectVerdict | None = None
 
     @property
     def ok(self) -> bool:
-        """Return True when every GPU passed."""
+        """Return True when every GPU passed (a failed link fails the GPUs it joins)."""
         return all(v.ok for v in self.verdicts)
 
     @property
@@ -66,6 +69,8 @@ class BurninReport:
             "gpus": [{**v.to_dict(), "record": r.to_dict()}
                      for r, v in zip(self.records, self.verdicts, strict=True)],
         })
+        if self.interconnect is not None:
+            out["interconnect"] = self.interconnect.to_dict()
         return out
 
     @classmethod
@@ -99,6 +104,9 @@ class BurninReport:
             # Older reports lack it; None says no textfile write is known to have failed.
             textfile_error=f.get("textfile_error", str | None, None),
         )
+        links = f.get("interconnect", dict[str, Any] | None, None)  # absent before v2
+        if links is not None:
+            report.interconnect = InterconnectVerdict.from_dict(links, "report.interconnect")
         for key, derived in (("ok", report.ok), ("exit_code", report.exit_code)):
             said = f.get(key, type(derived))
             if said != derived:
@@ -108,7 +116,13 @@ class BurninReport:
         return report
 
 
+# Settings added in v2, and what a report written before them ran with: the v1 burn-in
+# ran the memory test first and a fixed warm-up, and had no interconnect check.
+V1_SETTINGS: dict[str, Any] = {"warmup_mode": "fixed", "interconnect": False}
+
+
 def _config(d: dict[str, Any]) -> BurninConfig:
+    d = {**{k: v for k, v in V1_SETTINGS.items() if k not in d}, **d}
     cfg = read_dataclass(BurninConfig, d, "report.config")
     try:
         cfg.validate()
@@ -129,6 +143,8 @@ def result_events(report: BurninReport) -> list[dict[str, Any]]:
         rd = rec.to_dict()
         out.append({"event": "result", **v.to_dict(), "correctness": rd["correctness"],
                     "memtest": rd["memtest"], "error": rec.error})
+    if report.interconnect is not None:
+        out.append({"event": "interconnect", **report.interconnect.to_dict()})
     out.append({
         "event": "verdict",
         "ok": report.ok,
@@ -138,6 +154,8 @@ def result_events(report: BurninReport) -> list[dict[str, Any]]:
         "gpus": [{"gpu": v.cuda_index, "uuid": v.uuid, "verdict": v.verdict.value,
                   "problems": [p.verdict.value for p in v.problems]} for v in report.verdicts],
         "notes": report.notes,
+        "interconnect": (report.interconnect.verdict.value
+                         if report.interconnect is not None else None),
         # The whole report, for a reader on another node (BurninReport.from_dict).
         "report": report.to_dict(),
     })
@@ -168,6 +186,8 @@ def format_table(report: BurninReport) -> str:
             lines.append(f"GPU {v.cuda_index} {p.verdict.value}: {p.evidence}")
         for n in v.notes:
             lines.append(f"GPU {v.cuda_index} note: {n}")
+    if report.interconnect is not None:
+        lines.extend(_interconnect_lines(report.interconnect))
     for n in report.notes:
         lines.append(f"note: {n}")
     failed = [v for v in report.verdicts if not v.ok]
@@ -177,6 +197,20 @@ def format_table(report: BurninReport) -> str:
         f"({report.config.dtype} {report.config.size}x{report.config.size}, "
         f"{report.config.duration:.0f} s measured)")
     return "\n".join(lines)
+
+
+def _interconnect_lines(ic: InterconnectVerdict) -> list[str]:
+    """Return the table's interconnect lines: verdict, figures, problems, notes."""
+    rec = ic.record
+    if ic.verdict is LinkVerdict.SKIPPED:
+        return [f"interconnect: not tested: {rec.skipped}"]
+    figures = [f"copy {m.src}->{m.dst} {_num(m.gbps)} GB/s" for m in rec.copies]
+    if rec.allreduce is not None:
+        figures.append(f"all-reduce busbw {_num(rec.allreduce.busbw_gbps)} GB/s")
+    lines = [f"interconnect {ic.verdict.value} ({ic.topology}): {', '.join(figures)}"]
+    lines += [f"interconnect {p.verdict.value}: {p.evidence}" for p in ic.problems]
+    lines += [f"interconnect note: {n}" for n in ic.notes]
+    return lines
 
 
 class ProgressBar:
@@ -235,6 +269,8 @@ def render_textfile(report: BurninReport) -> str:
                 "thermal clock-event reason active", base, registry=reg)
     ts = Gauge("sentinel_burnin_timestamp_seconds", "Unix time the burn-in finished", base,
                registry=reg)
+    if report.interconnect is not None:
+        _interconnect_series(reg, report)
     for v in report.verdicts:
         lab = _labels(report, v)
         s = v.stats
@@ -249,6 +285,37 @@ def render_textfile(report: BurninReport) -> str:
         thr.labels(**lab).set(s.throttle_seconds)
         ts.labels(**lab).set(report.finished_at)
     return generate_latest(reg).decode()
+
+
+def _interconnect_series(reg: Any, report: BurninReport) -> None:
+    """Add the interconnect verdict and bandwidths to the textfile's registry."""
+    from prometheus_client import Gauge  # noqa: PLC0415
+
+    ic = report.interconnect
+    assert ic is not None
+    host = {"hostname": report.hostname}
+    verdict = Gauge("sentinel_burnin_interconnect_verdict", "Verdict of the burn-in's check "
+                    "of the links between the node's GPUs (1 for the verdict that applies)",
+                    ["hostname", "verdict"], registry=reg)
+    verdict.labels(**host, verdict=ic.verdict.value).set(1)
+    # The agent's GPU series number GPUs as NVML does; so do these, to join with them.
+    nvml = {v.cuda_index: v.nvml_index if v.nvml_index is not None else v.cuda_index
+            for v in report.verdicts}
+    copy = Gauge("sentinel_burnin_copy_bandwidth_bytes_per_second", "Device-to-device copy "
+                 "bandwidth from gpu to peer_gpu during the burn-in",
+                 ["hostname", "gpu", "peer_gpu", "topology"], registry=reg)
+    for m in ic.record.copies:
+        if m.gbps is not None:
+            copy.labels(**host, gpu=str(nvml.get(m.src, m.src)),
+                        peer_gpu=str(nvml.get(m.dst, m.dst)), topology=m.topology).set(
+                m.gbps * 1e9)
+    a = ic.record.allreduce
+    if a is not None and a.busbw_gbps is not None:
+        bus = Gauge("sentinel_burnin_allreduce_bus_bandwidth_bytes_per_second", "All-reduce "
+                    "bus bandwidth over the node's GPUs during the burn-in (nccl-tests' busbw)",
+                    ["hostname", "gpu_count", "topology"], registry=reg)
+        bus.labels(**host, gpu_count=str(len(a.gpus)), topology=a.topology).set(
+            a.busbw_gbps * 1e9)
 
 
 def check_textfile_path(path: str | os.PathLike[str]) -> None:

@@ -143,6 +143,39 @@ class NvmlSampler:
         if self._nvml is not None and self.error is None:
             self._nvml.shutdown()
 
+    def sm_clocks(self, cuda_index: int, since: float) -> list[float] | None:
+        """Return the SM clocks of ``cuda_index`` read since ``since`` (None: NVML cannot tell).
+
+        None also when readings exist but none has an SM clock (a GPU or VM that does not
+        report it), so a warm-up waiting for steady clocks does not wait for ever.
+        """
+        if self.error is not None or cuda_index not in self.matched:
+            return None
+        readings = list(self._readings.get(cuda_index, ()))
+        if len(readings) >= 2 and all(r.sm_clock_hz is None for _, r in readings):
+            return None
+        return [r.sm_clock_hz for t, r in readings if t >= since and r.sm_clock_hz is not None]
+
+    def link_topologies(self) -> dict[tuple[int, int], str]:
+        """Return how each pair of matched GPUs is linked, keyed by CUDA indices (a < b).
+
+        Read once, before the burn-in, from :meth:`sentinel.gpu.nvml.Nvml.link_topology`;
+        a pair NVML cannot describe is "unknown".
+        """
+        out: dict[tuple[int, int], str] = {}
+        idx = sorted(c.cuda_index for c in self._cuda)
+        for i, a in enumerate(idx):
+            for b in idx[i + 1:]:
+                da, db = self.matched.get(a), self.matched.get(b)
+                topo = None
+                if self.error is None and self._nvml is not None and da and db:
+                    try:
+                        topo = self._nvml.link_topology(da.index, db.index)
+                    except Exception as e:  # noqa: BLE001 - the wrapper should not raise
+                        log.warning("link topology of GPUs %d and %d: %s", a, b, e)
+                out[(a, b)] = topo or "unknown"
+        return out
+
     def readings(self, cuda_index: int, start: float, end: float) -> list[NvmlReading]:
         """Return readings of ``cuda_index`` taken in [start, end], times relative to start."""
         out = []

@@ -1,8 +1,10 @@
 """Judge each GPU of a burn-in from what was recorded: a pure function, no GPU needed.
 
 Verdicts, most severe first (:data:`SEVERITY`): ``WRONG_RESULTS``, ``MEMORY_ERRORS``,
-``NO_WORK``, ``THROTTLED``, ``LOW_FLOPS``; ``OK`` when none applies. Every problem
-found is reported with its evidence; the primary verdict is the most severe.
+``NO_WORK``, ``THROTTLED``, ``LOW_FLOPS``, ``LOW_BANDWIDTH``; ``OK`` when none applies.
+Every problem found is reported with its evidence; the primary verdict is the most
+severe. The links between GPUs are judged in :mod:`sentinel.burnin.link_verdict`; its
+problems join the verdicts of the GPUs they involve (``link_problems``).
 
 How this differs from gpu-fryer (the reference tool):
 
@@ -24,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from sentinel.burnin.config import DEFAULT_TOLERANCE
 from sentinel.burnin.records import GpuRecord, NvmlReading, PerfSample
 from sentinel.burnin.typedjson import Fields
 from sentinel.gpu.reasons import (
@@ -46,17 +49,20 @@ class Verdict(enum.StrEnum):
     WRONG_RESULTS = "WRONG_RESULTS"
     MEMORY_ERRORS = "MEMORY_ERRORS"
     NO_WORK = "NO_WORK"
+    LOW_BANDWIDTH = "LOW_BANDWIDTH"
 
 
 # Most severe first. Wrong math and bad memory silently corrupt training, so they
 # outrank a GPU that visibly does nothing; throttling outranks low speed because it
-# names the cause of the low speed.
+# names the cause of the low speed. A slow link comes last: it is shared by two GPUs
+# (or all, for the collective), so a GPU's own problem is the better first lead.
 SEVERITY: tuple[Verdict, ...] = (
     Verdict.WRONG_RESULTS,
     Verdict.MEMORY_ERRORS,
     Verdict.NO_WORK,
     Verdict.THROTTLED,
     Verdict.LOW_FLOPS,
+    Verdict.LOW_BANDWIDTH,
 )
 
 # Reasons that count only when the GPU is also slow (see the module docstring): SW
@@ -78,7 +84,7 @@ HW_THROTTLE_MIN_SAMPLES = 1
 class VerdictConfig:
     """What the verdict compares against."""
 
-    tolerance: float = 0.07  # see sentinel.burnin.config.DEFAULT_TOLERANCE
+    tolerance: float = DEFAULT_TOLERANCE
     baselines: Mapping[str, float] = field(default_factory=dict)  # model name -> floor
     baseline_override: float | None = None  # one floor for every GPU (a flag)
     sample_interval_s: float = 1.0
@@ -278,8 +284,13 @@ class _NodeBest:
     n_worked: int  # GPUs that did work without an error
 
 
-def judge(records: Sequence[GpuRecord], config: VerdictConfig | None = None) -> list[GpuVerdict]:
-    """Return one verdict per GPU record, in the records' order."""
+def judge(records: Sequence[GpuRecord], config: VerdictConfig | None = None,
+          link_problems: Mapping[int, Sequence[Problem]] | None = None) -> list[GpuVerdict]:
+    """Return one verdict per GPU record, in the records' order.
+
+    ``link_problems`` (by CUDA index) are the interconnect check's problems charged to
+    each GPU (:meth:`~sentinel.burnin.link_verdict.InterconnectVerdict.gpu_problems`).
+    """
     config = config or VerdictConfig()
     stats = [summarize(r, config.sample_interval_s) for r in records]
     worked = [(s.tflops_mean, r) for s, r in zip(stats, records, strict=True)
@@ -289,16 +300,20 @@ def judge(records: Sequence[GpuRecord], config: VerdictConfig | None = None) -> 
     if best_rec is not None:
         best_clock = stats[list(records).index(best_rec)].sm_clock_median_hz
     node = _NodeBest(best, best_rec, best_clock, len(worked))
-    return [_judge_one(rec, st, config, node) for rec, st in zip(records, stats, strict=True)]
+    links = link_problems or {}
+    return [_judge_one(rec, st, config, node, links.get(rec.cuda_index, ()))
+            for rec, st in zip(records, stats, strict=True)]
 
 
-def _judge_one(rec: GpuRecord, st: GpuStats, config: VerdictConfig,
-               node: _NodeBest) -> GpuVerdict:
+def _judge_one(rec: GpuRecord, st: GpuStats, config: VerdictConfig, node: _NodeBest,
+               link_problems: Sequence[Problem] = ()) -> GpuVerdict:
     notes: list[str] = []  # in the order of the checks: results, speed, throttling
     baseline = baseline_for(rec, config)
     found = [_no_work(rec, st), _wrong_results(rec, st, notes), _memory_errors(rec)]
     low_flops = _low_flops(rec, st, config, node, baseline, notes)
     found += [low_flops, _throttled(rec, st, config, node, low_flops is not None, notes)]
+    found += list(link_problems)
+    _warmup_notes(rec, notes)
     if any(r.gpu_lost for r in rec.nvml):
         notes.append("NVML reported the GPU lost during the run")
     problems = sorted((p for p in found if p is not None),
@@ -309,6 +324,16 @@ def _judge_one(rec: GpuRecord, st: GpuStats, config: VerdictConfig,
         verdict=verdict, problems=problems, stats=st, baseline_tflops=baseline,
         node_best_tflops=node.tflops, notes=notes,
     )
+
+
+def _warmup_notes(rec: GpuRecord, notes: list[str]) -> None:
+    """Say when measuring began on a GPU whose speed had not settled, or beside a memtest."""
+    if rec.warmup_end == "cap":
+        notes.append(f"speed and clocks were not steady after {rec.warmup_s or 0:.1f} s of "
+                     f"warm-up (the longest wait): measured anyway")
+    elif rec.warmup_end == "peers":
+        notes.append("measuring began before this GPU was steady: the other GPUs had "
+                     "waited for it as long as the warm-up allows")
 
 
 def _no_work(rec: GpuRecord, st: GpuStats) -> Problem | None:

@@ -28,6 +28,7 @@ import threading
 from typing import Any
 
 from sentinel.config import ConfigError, read_yaml_file
+from sentinel.controller import config as _sections  # noqa: F401 - declares its sections
 
 log = logging.getLogger(__name__)
 

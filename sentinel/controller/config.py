@@ -18,13 +18,20 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from sentinel.config import ConfigError, load_section, split_hostport
+from sentinel.config import (
+    ConfigError,
+    config_section,
+    load_section,
+    register_section,
+    split_hostport,
+)
 
 MODES = ("observe", "ask", "act")
 SPIKE_CLASSES = ("pending", "recoverable_fast", "recoverable_slow", "diverged", "plateau",
                  "nonfinite")
 
 
+@config_section("controller")
 @dataclass
 class ControllerConfig:
     """Settings of ``sentinel controller run``."""
@@ -98,6 +105,7 @@ class ControllerConfig:
             split_hostport("controller.listen_address", self.listen_address)
 
 
+@config_section("policy")
 @dataclass
 class PolicyConfig:
     """What the controller may do, how often, and how far (section ``policy:``)."""
@@ -145,6 +153,10 @@ class PolicyConfig:
                                "lose 10% at once)", "min": 0.0, "max": 1.0})
     breaker_max_nodes: int = field(
         default=4, metadata={"help": "... or this many nodes, whichever is smaller", "min": 1})
+
+
+# ``jobs:`` is a list of JobSpec mappings, read by load_jobs (not one flat section).
+register_section("jobs", __name__)
 
 
 @dataclass

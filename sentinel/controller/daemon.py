@@ -10,6 +10,7 @@ Slack (when ``notify:`` has a token or webhook), and the actions' context.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 import time
@@ -64,6 +65,10 @@ def load_configs(file_data: dict[str, Any] | None, env: dict[str, str] | None = 
                  overrides: dict[str, Any] | None = None
                  ) -> tuple[ControllerConfig, PolicyConfig, dict[str, JobSpec]]:
     """Read the controller:, policy: and jobs: sections (ConfigError names what is wrong)."""
+    from sentinel.controller.executor import CRASH_ENV
+
+    # The kill -9 tests' hook shares the SENTINEL_CONTROLLER_ prefix but is no setting.
+    env = {k: v for k, v in (os.environ if env is None else env).items() if k != CRASH_ENV}
     cfg = load_section(ControllerConfig, "controller", file_data=file_data, env=env,
                        overrides=overrides)
     policy = load_section(PolicyConfig, "policy", file_data=file_data, env=env)
@@ -131,16 +136,19 @@ def build(file_data: dict[str, Any] | None, *, env: dict[str, str] | None = None
             raise KeyError(f"job {job!r} has no step stream")
         return list(s.steps)
 
-    stop_sleep = threading.Event()
     teller = None
     if notifier is not None:
         from sentinel.controller.tell import SlackTeller
 
         teller = SlackTeller(notifier, steps_of)
     ctx = ActionContext(config=cfg, policy=policy, journal=journal, jobs=jobs, clock=clock,
-                        sleep=sleep or stop_sleep.wait, steps_of=steps_of, slurm=slurm,
+                        sleep=sleep or time.sleep, steps_of=steps_of, slurm=slurm,
                         teller=teller)
     ctl = Controller(cfg, policy, journal, detector, world, ctx, teller, clock=clock)
+    if sleep is None:
+        # An action waiting (for a job's answer, a verification) wakes when the executor
+        # stops, so a stop never waits for an action's own deadline.
+        ctx.sleep = ctl.executor.stopping.wait
     metrics = ControllerMetrics(journal, cfg, world=world, clock=clock)
     ctl.observers.append(metrics.observe_cycle)
     return Parts(controller=ctl, config=cfg, policy=policy, jobs=jobs, journal=journal,

@@ -12,9 +12,10 @@ Reads and the formats they use (Slurm 22.05, the version Debian 12 ships):
   ignores its filters in 22.05 and would list every job of a large cluster). ``|`` is
   the field separator; the name, the only free-text field, comes last.
 
-Writes are ``scontrol update/create/delete/requeue``. 22.05 refuses ``Nodes+=``/``Nodes-=``
-on a reservation ("The +=/-= notation is not supported when updating Nodes"), so a
-node is moved in or out by setting the reservation's whole node list.
+Writes are ``scontrol update/create/delete/requeue/requeuehold/release``. 22.05 refuses
+``Nodes+=``/``Nodes-=`` on a reservation ("The +=/-= notation is not supported when
+updating Nodes"), so a node is moved in or out by setting the reservation's whole node
+list.
 
 Errors raise :class:`SlurmError` with the command, Slurm's own message and an outcome
 class: a timeout or an unreachable slurmctld is transient; anything else (an invalid
@@ -450,6 +451,14 @@ class Slurm:
     def requeue(self, job_id: str) -> None:
         """Requeue a job (it goes back to pending and starts again)."""
         self.run(["scontrol", "requeue", job_id])
+
+    def requeue_hold(self, job_id: str) -> None:
+        """Requeue a job and hold it: it stops and stays pending until released."""
+        self.run(["scontrol", "requeuehold", job_id])
+
+    def release(self, job_id: str) -> None:
+        """Let a held job be scheduled again."""
+        self.run(["scontrol", "release", job_id])
 
 
 def is_write(argv: Sequence[str]) -> bool:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sentinel.config import ConfigError, load_section, read_yaml_file
+from sentinel.dashboards.config import DashboardsConfig
 
 EXIT_OK = 0
 EXIT_PROBLEM = 1
@@ -100,7 +101,7 @@ def _load_dir(d: Path) -> dict[str, dict[str, Any]]:
 
 
 def _push(args: argparse.Namespace) -> int:
-    from sentinel.dashboards.push import DashboardsConfig, PushError, push, read_token
+    from sentinel.dashboards.push import PushError, push, read_token
 
     file_data = read_yaml_file(args.config) if args.config else None
     cfg = load_section(

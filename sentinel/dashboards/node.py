@@ -16,6 +16,7 @@ from sentinel.dashboards.common import (
     TEMP_HEADROOM_CRIT_C,
     TEMP_HEADROOM_WARN_C,
     PanelBuilder,
+    cell,
     dashed_line,
     datasource_variable,
     finish,
@@ -39,6 +40,9 @@ NODE_GPU_MATCHER = 'hostname=~"$node", gpu=~"$gpu"'
 GPU_LEGEND = "GPU {{gpu}}"
 
 UP_MAPPINGS = (("1", "UP", "green"), ("0", "DOWN", "red"))
+# The interconnect verdict as one number (the query below), and how the stat shows it.
+LINK_VERDICT_CODES = (("OK", 0, "green"), ("SKIPPED", 1, "blue"), ("LOW_BANDWIDTH", 2, "red"),
+                      ("WRONG_RESULTS", 3, "red"))
 ACTIVE_MAPPINGS = (("0", "inactive", "transparent"), ("1", "ACTIVE", "orange"))
 
 
@@ -50,6 +54,7 @@ def build() -> dict[str, Any]:
         ("Throttling", _throttling_row()),
         ("Utilization, power and memory", _utilization_row()),
         ("GPU errors", _gpu_errors_row()),
+        ("Burn-in", _burnin_row()),
         ("Disk", _disk_row()),
         ("Host", _host_row()),
         ("Agent", _agent_row()),
@@ -64,8 +69,9 @@ def _dashboard() -> db.Dashboard:
         .uid(UID)
         .description(
             "One node: per GPU temperature against its slowdown threshold, each throttle "
-            "reason, utilization, power, memory, ECC, row remapping and XID; disk read "
-            "latency; host and agent health."
+            "reason, utilization, power, memory, ECC, row remapping and XID; the last "
+            "burn-in of its GPUs and of the links between them; disk read latency; host "
+            "and agent health."
         )
         .tags([*TAGS, "node"])
         .editable()
@@ -373,6 +379,57 @@ def _gpu_errors_row() -> list[PanelBuilder]:
                 ),
             ],
             unit="ops",
+        ),
+    ]
+
+
+def _burnin_row() -> list[PanelBuilder]:
+    """The last burn-in: each GPU's verdict and speed, and the links between the GPUs."""
+    link_verdict = " or ".join(
+        f'(sentinel_burnin_interconnect_verdict{{{NODE_MATCHER}, verdict="{v}"}} == 1) * {code}'
+        for v, code, _ in LINK_VERDICT_CODES)
+    return [
+        table_panel(
+            "Last burn-in per GPU",
+            "Verdict of each GPU's last burn-in (LOW_BANDWIDTH: a link it shares was slow or "
+            "failed), its median TFLOPS, throttle time and age.",
+            [
+                cell(f"sentinel_burnin_verdict{{{NODE_GPU_MATCHER}}} == 1"),
+                cell(f'max without (stat) (sentinel_burnin_tflops{{{NODE_GPU_MATCHER}, '
+                     f'stat="median"}})'),
+                cell(f"sentinel_burnin_throttle_seconds{{{NODE_GPU_MATCHER}}}"),
+                cell(f"time() - sentinel_burnin_timestamp_seconds{{{NODE_GPU_MATCHER}}}"),
+            ],
+            rename={"Value #B": "TFLOPS median", "Value #C": "throttled s", "Value #D": "age s"},
+            hide=("Time", "__name__", "instance", "job", "hostname", "UUID", "Value #A"),
+            w=10,
+        ),
+        stat_panel(
+            "Interconnect check",
+            "The last burn-in's check of the links between this node's GPUs: copies between "
+            "every pair and an NCCL all-reduce. SKIPPED: one GPU under test (it needs two).",
+            [target(f"max({link_verdict})")],
+            mappings=tuple((str(code), v, color) for v, code, color in LINK_VERDICT_CODES),
+            steps=[(None, "green"), (2, "red")],
+            decimals=0,
+        ),
+        table_panel(
+            "Copy bandwidth between GPUs",
+            "Last burn-in: device-to-device copy bandwidth of each direction between two "
+            "GPUs, in GB/s, with the kind of link (nvlink, or the PCIe level).",
+            [cell(f"sentinel_burnin_copy_bandwidth_bytes_per_second{{{NODE_MATCHER}}} / 1e9")],
+            rename={"gpu": "from GPU", "peer_gpu": "to GPU", "Value": "GB/s"},
+            hide=("Time", "__name__", "instance", "job", "hostname"),
+            sort_by="GB/s",
+            w=6,
+        ),
+        stat_panel(
+            "All-reduce bus bandwidth",
+            "Last burn-in: NCCL all-reduce over every GPU, bus bandwidth as nccl-tests reports "
+            "it (busbw).",
+            [target(f"max(sentinel_burnin_allreduce_bus_bandwidth_bytes_per_second"
+                    f"{{{NODE_MATCHER}}})")],
+            unit="Bps",
         ),
     ]
 

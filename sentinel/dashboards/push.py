@@ -11,9 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from grafana_client.api import GrafanaApi
 from grafana_client.client import (
@@ -24,49 +22,13 @@ from grafana_client.client import (
     GrafanaUnauthorizedError,
 )
 
-from sentinel.config import ConfigError
+from sentinel.dashboards.config import TOKEN_ENV, DashboardsConfig, redact_url
 from sentinel.secretfile import Secret, SecretFileError, read_secret_file
 
 log = logging.getLogger(__name__)
 
-TOKEN_ENV = "SENTINEL_GRAFANA_TOKEN"  # noqa: S105 - a variable name, not a secret
 EXIT_PROBLEM = 1
 EXIT_USAGE = 2
-
-
-@dataclass
-class DashboardsConfig:
-    """The ``dashboards:`` config section (used by ``sentinel dashboards push``)."""
-
-    grafana_url: str = field(
-        default="", metadata={"help": "Grafana base URL, e.g. https://grafana.example.com"}
-    )
-    token_file: str = field(
-        default="",
-        metadata={"help": f"file holding a Grafana service-account token (else ${TOKEN_ENV})"},
-    )
-    folder: str = field(default="Sentinel", metadata={"help": "Grafana folder title"})
-    folder_uid: str = field(default="sentinel", metadata={"help": "Grafana folder uid"})
-    # Grafana answers a dashboard save in well under a second; 10 s leaves room for a
-    # loaded server without hanging a deploy script on a dead one.
-    timeout_s: float = field(
-        default=10.0, metadata={"help": "HTTP timeout per request", "min": 0.1, "max": 300}
-    )
-
-    def validate(self) -> None:
-        """Check the URL, if one is set, is http(s) with a host."""
-        if self.grafana_url:
-            parts = urlsplit(self.grafana_url)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ConfigError(
-                    f"dashboards.grafana_url: {redact_url(self.grafana_url)!r} is not valid "
-                    "(valid: http://HOST[:PORT][/PATH] or https://...)"
-                )
-        if not self.folder_uid or len(self.folder_uid) > 40:
-            raise ConfigError(
-                f"dashboards.folder_uid: {self.folder_uid!r} is not valid "
-                "(valid: 1 to 40 characters)"
-            )
 
 
 class PushError(Exception):
@@ -75,17 +37,6 @@ class PushError(Exception):
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
         self.exit_code = exit_code
-
-
-def redact_url(url: str) -> str:
-    """Return ``url`` without any user:password part."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
 
 
 def read_token(token_file: str | None, env: dict[str, str] | None = None) -> Secret | None:

@@ -133,14 +133,9 @@ def _overview_row() -> list[PanelBuilder]:
         ),
         stat_panel(
             "Ranks with NaN/Inf loss",
-            "Ranks whose last reported loss is not finite.",
-            [
-                target(
-                    f"sum(sentinel_train_loss{{{JOB_MATCHER}}} "
-                    f"!= bool sentinel_train_loss{{{JOB_MATCHER}}}) "
-                    f"+ sum(abs(sentinel_train_loss{{{JOB_MATCHER}}}) == bool +Inf)"
-                )
-            ],
+            "Ranks whose last reported loss is not finite (the agents' flag: a store "
+            "that drops NaN samples, such as VictoriaMetrics, still holds it).",
+            [target(f"sum(sentinel_train_loss_finite{{{JOB_MATCHER}}} == bool 0)")],
             steps=[(None, "green"), (1, "red")],
             decimals=0,
         ),

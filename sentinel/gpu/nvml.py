@@ -40,6 +40,13 @@ _ERROR_UNKNOWN = 999
 _ERROR_FUNCTION_NOT_FOUND = 13
 _ERROR_ARGUMENT_VERSION_MISMATCH = 25
 _EVENT_TYPE_XID_CRITICAL = 0x8
+_P2P_CAPS_INDEX_NVLINK = 2
+_P2P_STATUS_OK = 0
+# nvmlGpuTopologyLevel_t -> the names nvidia-smi topo -m prints (lowercase): one PCIe
+# switch (pix), several (pxb), the host bridge (phb), the NUMA node (node), across
+# NUMA nodes (sys). Internal (two GPUs on one board) counts as one switch.
+TOPOLOGY_LEVELS: dict[int, str] = {0: "pix", 10: "pix", 20: "pxb", 30: "phb", 40: "node",
+                                   50: "sys"}
 
 VIOLATION_POLICIES: dict[str, int] = {
     "power": 0,
@@ -385,6 +392,30 @@ class Nvml:
                     setattr(s, attr, v)
                 written.add(attr)
         return written
+
+    def link_topology(self, a: int, b: int) -> str | None:
+        """Return how GPUs ``a`` and ``b`` are linked: nvlink, or a PCIe level (pix ... sys).
+
+        NVLink when NVML reports peer-to-peer over NVLink as OK between the two, else the
+        PCIe level of their closest common ancestor (:data:`TOPOLOGY_LEVELS`). None when
+        NVML cannot tell (unsupported, lost GPU): the caller treats the link as unknown.
+        """
+        ha, hb = self._handles.get(a), self._handles.get(b)
+        if ha is None or hb is None:
+            return None
+        bk = self._backend
+        with self._lock:
+            try:
+                if int(bk.nvmlDeviceGetP2PStatus(ha, hb, _P2P_CAPS_INDEX_NVLINK)) == _P2P_STATUS_OK:
+                    return "nvlink"
+            except bk.NVMLError as e:
+                log.debug("P2P status of GPUs %d and %d: %s", a, b, e)
+            try:
+                level = int(bk.nvmlDeviceGetTopologyCommonAncestor(ha, hb))
+            except bk.NVMLError as e:
+                log.debug("topology of GPUs %d and %d: %s", a, b, e)
+                return None
+        return TOPOLOGY_LEVELS.get(level)
 
     def shutdown(self) -> None:
         """Release NVML (safe to call when init failed or twice)."""

@@ -7,10 +7,12 @@ per device, each query's raw value or ``{"error": "NVMLError_X", "value": code}`
 the same ``value`` codes) where the dump recorded an error, so the wrapper's error
 handling is exercised exactly as on a real GPU. A dump may also carry
 ``"xid_events": [{"uuid": "GPU-...", "xid": 79}, ...]``, delivered once through the
-event-set calls. A backend loaded with :meth:`ReplayBackend.from_file` follows its file:
-events appended to ``xid_events`` while it runs are delivered too (write the new file
-to a temporary name and rename it over the old one). That is how ``sentinel demo`` and
-the tests inject an XID into a running agent's replayed GPU.
+event-set calls, and per device ``"links": {"<peer index>": {"p2p_nvlink": 0,
+"common_ancestor": 50}}`` for the link-topology calls (absent: NotSupported). A backend
+loaded with :meth:`ReplayBackend.from_file` follows its file: events appended to
+``xid_events`` while it runs are delivered too (write the new file to a temporary name
+and rename it over the old one). That is how ``sentinel demo`` and the tests inject an
+XID into a running agent's replayed GPU.
 """
 
 from __future__ import annotations
@@ -296,6 +298,27 @@ class ReplayBackend:
         return int(self._get(h, "pcie_replay_counter"))
 
     # ---- events ----
+    def _link(self, h1: _Handle, h2: _Handle, key: str) -> Any:
+        """Return ``links[<peer>][key]`` recorded on either device (NotSupported if absent).
+
+        NVML answers a pair the same both ways, so a dump records each pair once.
+        """
+        for a, b in ((h1, h2), (h2, h1)):
+            entry = (self._dev(a).get("links") or {}).get(str(b.index)) or {}
+            if key in entry:
+                return self._value(entry[key])
+        return self._value(None)
+
+    def nvmlDeviceGetP2PStatus(self, h1: _Handle, h2: _Handle, index: int) -> int:  # noqa: N802
+        """Return the P2P status recorded for the pair (only the NVLink index, 2, is kept)."""
+        if index != 2:
+            raise error("NotSupported")
+        return int(self._link(h1, h2, "p2p_nvlink"))
+
+    def nvmlDeviceGetTopologyCommonAncestor(self, h1: _Handle, h2: _Handle) -> int:  # noqa: N802
+        """Return the recorded nvmlGpuTopologyLevel_t of the pair."""
+        return int(self._link(h1, h2, "common_ancestor"))
+
     def nvmlEventSetCreate(self) -> object:  # noqa: N802
         """Return an event set token."""
         return object()

@@ -15,10 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import socket
+import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from sentinel.config import ConfigError, read_yaml_file
+from sentinel.notify.config import load_notify_config
 
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
 # Steps kept on each side of the incident step for the plot: PaLM restarted about 100
@@ -33,7 +36,7 @@ def register(subparsers: Any) -> None:
     sub = p.add_subparsers(dest="notify_command", metavar="ACTION")
 
     t = sub.add_parser("test", help="post a test message now and report whether Slack took it")
-    t.set_defaults(func=_cmd_test)
+    t.set_defaults(func=_guarded(_cmd_test))
 
     s = sub.add_parser("send", help="queue one incident message and try to deliver it")
     s.add_argument("--incident", required=True, help="incident key: its messages share a thread")
@@ -49,21 +52,34 @@ def register(subparsers: Any) -> None:
     s.add_argument("--around-step", type=int, help="incident step to centre the plot on")
     s.add_argument("--window", type=int, default=DEFAULT_PLOT_WINDOW,
                    help="steps each side of --around-step to plot")
-    s.set_defaults(func=_cmd_send)
+    s.set_defaults(func=_guarded(_cmd_send))
 
     f = sub.add_parser("flush", help="deliver queued messages")
     f.add_argument("--wait", type=float, default=0.0,
                    help="keep trying for up to this many seconds while messages wait")
-    f.set_defaults(func=_cmd_flush)
+    f.set_defaults(func=_guarded(_cmd_flush))
 
     st = sub.add_parser("status", help="print the queue's counts as JSON")
-    st.set_defaults(func=_cmd_status)
+    st.set_defaults(func=_guarded(_cmd_status))
     p.set_defaults(func=lambda _a: (p.print_help(), EXIT_USAGE)[1])
 
 
-def _config(args: argparse.Namespace) -> Any:
-    from sentinel.notify.config import load_notify_config
+def _guarded(cmd: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Print an outbox that cannot be used as what it is (not as a bad config), exit 2."""
 
+    def run(args: argparse.Namespace) -> int:
+        from sentinel.notify.queue import OutboxError
+
+        try:
+            return cmd(args)
+        except OutboxError as e:
+            print(f"sentinel notify: {e}", file=sys.stderr)
+            return EXIT_USAGE
+
+    return run
+
+
+def _config(args: argparse.Namespace) -> Any:
     data = read_yaml_file(args.config) if args.config else None
     return load_notify_config(file_data=data)
 

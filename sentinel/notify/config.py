@@ -13,13 +13,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
-from sentinel.config import ConfigError, load_section
+from sentinel.config import ConfigError, config_section, load_section
 from sentinel.secretfile import Secret, read_secret_file
 
 SECTION = "notify"
 
 
+@config_section(SECTION)
 @dataclass
 class NotifyConfig:
     """Where and how sentinel posts to Slack."""
@@ -31,7 +33,8 @@ class NotifyConfig:
     slack_token: str = field(
         default="",
         repr=False,
-        metadata={"help": "bot token itself; set it through SENTINEL_NOTIFY_SLACK_TOKEN only"},
+        metadata={"help": "bot token itself; set it through SENTINEL_NOTIFY_SLACK_TOKEN only",
+                  "secret": True},
     )
     slack_webhook_url_file: str = field(
         default="", metadata={"help": "file holding a Slack incoming-webhook URL (no threads)"}
@@ -39,7 +42,8 @@ class NotifyConfig:
     slack_webhook_url: str = field(
         default="",
         repr=False,
-        metadata={"help": "webhook URL itself; set it through SENTINEL_NOTIFY_SLACK_WEBHOOK_URL"},
+        metadata={"help": "webhook URL itself; set it through SENTINEL_NOTIFY_SLACK_WEBHOOK_URL",
+                  "secret": True},
     )
     channel: str = field(
         default="", metadata={"help": "channel ID or #name to post to (bot token only)"}
@@ -61,27 +65,31 @@ class NotifyConfig:
     # 1000 messages is days of a busy incident channel, and a few MB on disk at most.
     queue_max_messages: int = field(
         default=1000,
-        metadata={"help": "pending messages kept; when full the oldest is dropped", "min": 10},
+        metadata={"help": "pending messages kept; when full the oldest is dropped", "min": 10,
+                  "max": 1_000_000},
     )
     # 15 minutes: an alert that re-fires identically within one Alertmanager
     # group_interval-to-repeat cycle is the same news.
     dedupe_window_s: float = field(
         default=900.0,
         metadata={"help": "identical messages of one incident within this window are sent once",
-                  "min": 0},
+                  "min": 0, "max": 7 * 86400},
     )
     # Slack allows about one message a second per channel; people read far fewer.
     # Six a minute with a burst of ten lets one incident's opening, plot and first
     # follow-ups through at once and holds a flapping condition to a readable pace.
     rate_per_minute: float = field(
-        default=6.0, metadata={"help": "messages per minute per channel (token bucket)", "min": 0.1}
+        default=6.0, metadata={"help": "messages per minute per channel (token bucket)", "min": 0.1,
+                               "max": 6000}
     )
     rate_burst: int = field(
-        default=10, metadata={"help": "token bucket size: messages sent at once", "min": 1}
+        default=10, metadata={"help": "token bucket size: messages sent at once", "min": 1,
+                              "max": 10_000}
     )
     retry_max: int = field(
         default=3,
-        metadata={"help": "retries of one request on 429, honouring Retry-After", "min": 0,
+        metadata={"help": "retries of one request on 429 while the Retry-After waits add up "
+                  "to 3 s at most (a longer one leaves the message queued)", "min": 0,
                   "max": 20},
     )
     upload_plots: bool = field(
@@ -116,10 +124,25 @@ class NotifyConfig:
         return _secret(self.slack_token_file, self.slack_token, "notify.slack_token_file")
 
     def webhook_url(self) -> Secret | None:
-        """Return the incoming-webhook URL (file first, then environment), or None."""
-        return _secret(
-            self.slack_webhook_url_file, self.slack_webhook_url, "notify.slack_webhook_url_file"
-        )
+        """Return the incoming-webhook URL (file first, then environment), or None.
+
+        A URL that is not http(s) with a host is refused without showing it: urllib
+        would quote it whole in an error, and the path is the secret.
+        """
+        key = ("notify.slack_webhook_url_file" if self.slack_webhook_url_file
+               else "SENTINEL_NOTIFY_SLACK_WEBHOOK_URL")
+        url = _secret(self.slack_webhook_url_file, self.slack_webhook_url, key)
+        if url is not None:
+            try:
+                parts = urlsplit(url.reveal())
+                ok = parts.scheme in ("https", "http") and bool(parts.hostname)
+            except ValueError:  # e.g. a bad [IPv6] host; its message quotes the URL
+                ok = False
+            if not ok:
+                raise ConfigError(
+                    f"{key}: the webhook URL is not an http(s) URL (it is a secret and is not "
+                    "shown); valid: https://hooks.slack.com/services/...")
+        return url
 
 
 def _secret(path: str, value: str, key: str) -> Secret | None:

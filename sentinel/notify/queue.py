@@ -9,22 +9,36 @@ Bounded: at most ``max_pending`` messages wait. When the queue is full the OLDES
 waiting message is dropped (its news is the stalest), logged with its incident and
 title, and counted in ``dropped_full``. Sent rows are kept only as long as needed for
 deduplication and thread bookkeeping (the newest ``max_pending``).
+
+Private: the directory is created 0700 and the database (with its -wal and -shm files,
+which SQLite creates with the database's mode) is 0600, whatever the umask; an older,
+looser file is tightened. A file that is not a sound outbox raises :class:`OutboxError`
+saying to move it aside.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from sentinel.config import ConfigError
+
 log = logging.getLogger(__name__)
 
 DB_NAME = "outbox.sqlite3"
+# Messages hold incident details; only sentinel's user reads them.
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+COLUMNS = ("id", "key", "incident", "kind", "title", "body", "digest", "created", "state",
+           "attempts", "next_attempt", "last_error", "sent_at", "slack_ts")
 STATES = ("pending", "sending", "sent", "dead")
 
 _SCHEMA = """
@@ -58,6 +72,26 @@ CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NU
 COUNTERS = ("queued", "sent", "deduplicated", "duplicate_key", "dropped_full", "dead", "retried")
 
 
+class OutboxError(ConfigError):
+    """The outbox cannot be created or opened; the message says what to do."""
+
+
+def _private_file(path: Path) -> None:
+    """Create ``path`` (and tighten it and its -wal/-shm files) to FILE_MODE."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, FILE_MODE)
+    try:
+        if stat.S_IMODE(os.fstat(fd).st_mode) != FILE_MODE:
+            log.warning("notify outbox %s was readable by others; setting mode 600", path)
+            os.fchmod(fd, FILE_MODE)
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm"):
+        side = path.with_name(path.name + suffix)
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_IMODE(side.lstat().st_mode) != FILE_MODE:
+                os.chmod(side, FILE_MODE)
+
+
 @dataclass
 class Row:
     """One queued message."""
@@ -87,22 +121,52 @@ class Outbox:
         if max_pending < 1:
             raise ValueError(f"max_pending must be >= 1, got {max_pending}")
         self.directory = Path(directory)
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise OSError(
-                f"notify queue directory {self.directory}: cannot create it ({e.strerror}); "
-                "set notify.queue_dir to a writable directory"
-            ) from e
         self.path = self.directory / DB_NAME
         self.max_pending = max_pending
         self.clock = clock
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # FULL: a message we told the caller is queued must be on disk after power loss.
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+            _private_file(self.path)
+        except OSError as e:
+            raise OutboxError(
+                f"notify.queue_dir {self.directory}: cannot create the outbox {self.path} "
+                f"({e.strerror or e}); valid: a directory sentinel's user may create and write"
+            ) from None
+        self._db = self._open()
+
+    def _open(self) -> sqlite3.Connection:
+        """Connect and check the database is a sound outbox, or raise OutboxError."""
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            # FULL: a message we told the caller is queued must be on disk after power loss.
+            db.execute("PRAGMA synchronous=FULL")
+            if db.execute("PRAGMA quick_check(1)").fetchone()[0] != "ok":
+                raise sqlite3.DatabaseError("quick_check found damage")
+            db.executescript(_SCHEMA)
+            cols = tuple(r[1] for r in db.execute("PRAGMA table_info(outbox)"))
+            if cols != COLUMNS:
+                raise sqlite3.DatabaseError(f"table outbox has columns {cols}, not {COLUMNS}")
+        except sqlite3.OperationalError as e:
+            db.close()
+            if "locked" in str(e) or "readonly" in str(e) or "unable to open" in str(e):
+                raise OutboxError(f"notify outbox {self.path}: cannot use it ({e}); check "
+                                  "that sentinel's user may write it and its directory") from None
+            raise self._damaged(e) from None
+        except sqlite3.DatabaseError as e:
+            db.close()
+            raise self._damaged(e) from None
+        _private_file(self.path)  # the -wal/-shm files exist now
+        return db
+
+    def _damaged(self, e: Exception) -> OutboxError:
+        p = self.path
+        return OutboxError(
+            f"notify outbox {p} is damaged or not a sentinel outbox ({e}); move it aside "
+            f"(`mv {p} {p}.damaged`, and its -wal and -shm files if present) and sentinel "
+            f"starts an empty one; the messages it held are not sent (`sqlite3 {p} .recover` "
+            "may save them)")
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[None]:

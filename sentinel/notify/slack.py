@@ -12,15 +12,18 @@ Two transports:
 
 Every message goes through the on-disk :class:`~sentinel.notify.queue.Outbox` first.
 :meth:`Notifier.flush` sends what is due, oldest first and in order per incident, takes a
-token from the channel's bucket for each, retries 429s inside slack-sdk
-(``RateLimitErrorRetryHandler`` sleeps for ``Retry-After``), and leaves anything that
-still fails in the outbox with a backoff. Secrets never reach a log line: slack-sdk
-logs through a logger of ours whose filter masks them.
+token from the channel's bucket for each, retries a 429 inside slack-sdk only while its
+``Retry-After`` fits a few seconds' budget (a send never blocks for long), and leaves
+anything that still fails in the outbox with a backoff (a longer ``Retry-After``,
+capped). Secrets never reach a log line or the outbox: slack-sdk logs through a logger
+of ours whose filter masks them, and error texts are masked before they are stored.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -61,6 +64,13 @@ UPLOAD_REFUSED = frozenset({"missing_scope", "not_allowed_token_type", "no_permi
 BACKOFF_BASE_S = 2.0
 BACKOFF_MAX_S = 300.0
 AUTH_RETRY_S = 300.0
+# Retry-After is honoured inside one send only while the waits of that send add up to
+# this: Slack's usual answer (1-30 s) mostly exceeds it, so the message goes back to the
+# outbox and the caller is not held (main slept 3 x 20 s in one send).
+INLINE_RETRY_AFTER_BUDGET_S = 3.0
+# A longer Retry-After delays the message in the outbox, but never longer than this: a
+# proxy answering "3600" or "1e9" must not silence an incident channel for hours.
+MAX_RETRY_AFTER_S = BACKOFF_MAX_S
 # An API error we do not know is retried this many times before the message is given up.
 MAX_UNKNOWN_ERROR_ATTEMPTS = 10
 METADATA_EVENT = "sentinel_notification"
@@ -112,16 +122,28 @@ class SendError(Exception):
         self.retry_after_s = retry_after_s
 
 
+def retry_after_s(headers: Any) -> float | None:
+    """Return a response's Retry-After in seconds, or None if absent or not a number >= 0."""
+    if headers is None:
+        return None
+    raw = None
+    for k in headers:
+        if str(k).lower() == "retry-after":
+            raw = headers[k]
+            break
+    if isinstance(raw, list):
+        raw = raw[0] if raw else None
+    try:
+        value = float(raw) if raw is not None else None
+    except (TypeError, ValueError):  # an HTTP date, or junk: fall back to our backoff
+        return None
+    if value is None or not math.isfinite(value) or value < 0:
+        return None
+    return value
+
+
 def _classify_api_error(status: int, error: str, headers: Any) -> SendError:
-    retry_after = None
-    if headers is not None:
-        raw = headers.get("retry-after") or headers.get("Retry-After")
-        if isinstance(raw, list):
-            raw = raw[0] if raw else None
-        try:
-            retry_after = float(raw) if raw is not None else None
-        except (TypeError, ValueError):
-            retry_after = None
+    retry_after = retry_after_s(headers)
     if status == 429 or error == "ratelimited":
         return SendError("transient", f"rate limited by Slack ({error or status})", retry_after)
     if error in AUTH_ERRORS or status in (401, 403):
@@ -151,16 +173,46 @@ def _translate(exc: BaseException) -> SendError:
     return SendError("transient", f"{type(exc).__name__}: {exc}")
 
 
+def _rate_limit_retry(retry_max: int) -> Any:
+    """Return a slack-sdk retry handler for 429s that waits at most the inline budget.
+
+    slack-sdk's own RateLimitErrorRetryHandler sleeps whatever Retry-After says, up to
+    ``retry_max`` times, and fails on a non-integer value. This one retries only while
+    the waits of one request fit INLINE_RETRY_AFTER_BUDGET_S; otherwise the 429 comes
+    back to :class:`Notifier`, which keeps the message queued until Retry-After.
+    """
+    from slack_sdk.http_retry.handler import RetryHandler
+
+    class BoundedRateLimitRetry(RetryHandler):
+        def _can_retry(self, *, state: Any, request: Any, response: Any = None,
+                       error: Any = None) -> bool:
+            if response is None or response.status_code != 429:
+                return False
+            wait = retry_after_s(response.headers)
+            spent = (state.custom_values or {}).get("retry_after_spent_s", 0.0)
+            return wait is not None and spent + wait <= INLINE_RETRY_AFTER_BUDGET_S
+
+        def prepare_for_next_attempt(self, *, state: Any, request: Any, response: Any = None,
+                                     error: Any = None) -> None:
+            wait = retry_after_s(response.headers if response is not None else None) or 0.0
+            values = state.custom_values = state.custom_values or {}
+            values["retry_after_spent_s"] = values.get("retry_after_spent_s", 0.0) + wait
+            state.next_attempt_requested = True
+            time.sleep(wait + random.uniform(0, 0.1))  # noqa: S311 - jitter, not a secret
+            state.increment_current_attempt()
+
+    return BoundedRateLimitRetry(max_retry_count=retry_max)
+
+
 def _retry_handlers(retry_max: int) -> list[Any]:
     from slack_sdk.http_retry.builtin_handlers import (
         ConnectionErrorRetryHandler,
-        RateLimitErrorRetryHandler,
         ServerErrorRetryHandler,
     )
 
     return [
         ConnectionErrorRetryHandler(max_retry_count=1),
-        RateLimitErrorRetryHandler(max_retry_count=retry_max),
+        _rate_limit_retry(retry_max),
         ServerErrorRetryHandler(max_retry_count=1),
     ]
 
@@ -425,16 +477,18 @@ class Notifier:
 
     def _handle_failure(self, row: Row, e: SendError) -> bool:
         """Record a failed send; return True if the flush should stop."""
+        # Error texts may quote a URL (urllib does): the webhook URL is a secret.
+        err = REDACTOR.redact(str(e))
         if e.kind == "permanent" or (
             e.kind == "unknown" and row.attempts + 1 >= MAX_UNKNOWN_ERROR_ATTEMPTS
         ):
-            self.outbox.mark_dead(row.id, str(e))
+            self.outbox.mark_dead(row.id, err)
             log.error(
                 "notification %s for incident %r given up: %s", row.key, row.incident, e
             )
             return False
         if e.kind == "auth":
-            self.outbox.mark_retry(row.id, AUTH_RETRY_S, str(e))
+            self.outbox.mark_retry(row.id, AUTH_RETRY_S, err)
             if not self._auth_warned:
                 log.error(
                     "%s: messages stay queued in %s until the credentials are fixed "
@@ -445,8 +499,11 @@ class Notifier:
             return True
         delay = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** min(row.attempts, 16))
         if e.retry_after_s is not None:
-            delay = max(delay, e.retry_after_s)
-        self.outbox.mark_retry(row.id, delay, str(e))
+            if e.retry_after_s > MAX_RETRY_AFTER_S:
+                log.warning("Slack asked to wait %.0f s before retrying; waiting %.0f s",
+                            e.retry_after_s, MAX_RETRY_AFTER_S)
+            delay = max(delay, min(e.retry_after_s, MAX_RETRY_AFTER_S))
+        self.outbox.mark_retry(row.id, delay, err)
         log.warning(
             "notification %s for incident %r not sent (%s); next try in %.0f s",
             row.key, row.incident, e, delay,

@@ -2,7 +2,10 @@
 
 Offline: ``sentinel detect FILE [--rules RULES.yml] [--job NAME]`` reads detector-input
 JSON lines and prints one JSON finding per line. Exit 0 with no findings, 1 with
-findings, 2 on bad input (the message names the line and why) or bad rules.
+findings, 2 on bad input (the message names the line and why) or bad rules. The file
+is streamed (memory does not grow with it); it must be a regular file in time order
+(a resume from a checkpoint is reported on stderr; shuffled, reversed or concatenated
+lines are bad input).
 
 Online: ``sentinel detect --prometheus URL [--agent URL --job NAME] [--rules FILE]
 [--once | --interval 15]`` evaluates every rule its sources allow each cycle and prints
@@ -21,6 +24,8 @@ from sentinel.config import ConfigError
 from sentinel.jsonnum import dumps
 
 EXIT_OK, EXIT_FOUND, EXIT_BAD = 0, 1, 2
+# Resumes (steps going back) printed on stderr; more are counted.
+MAX_NOTES = 20
 
 
 def register(subparsers: Any) -> None:
@@ -66,21 +71,41 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _offline(args: argparse.Namespace, rules: list[Any]) -> int:
-    from sentinel.rules.engine import run_rule
-    from sentinel.rules.jsonl import InputError, read_steps
+    from sentinel.rules.engine import run_rule, stamp
+    from sentinel.rules.jsonl import DetectorInput, InputError, iter_records
     from sentinel.rules.window import Window
 
+    job = args.job or Path(args.file).stem
+    # A file has no series: only rules that can read steps run, then the findings rules.
+    streams = [(rule, rule.spec.stream(rule.params, job)) for rule in rules
+               if rule.source(online=False) == "steps"]
+    checks = DetectorInput()
+    records = 0
+    notes = 0
     try:
-        steps = read_steps(args.file)
+        for where, pt in iter_records(args.file):
+            note = checks.feed(where, pt)
+            if note is not None:
+                notes += 1
+                if notes <= MAX_NOTES:
+                    print(f"sentinel detect: {note}", file=sys.stderr)
+            records += 1
+            for _rule, stream in streams:
+                stream.feed(pt)
     except InputError as e:
         print(f"sentinel detect: bad input: {e}", file=sys.stderr)
         return EXIT_BAD
-    job = args.job or Path(args.file).stem
+    if not records:
+        print(f"sentinel detect: bad input: {args.file}: no step records (valid: one JSON "
+              "object per line)", file=sys.stderr)
+        return EXIT_BAD
+    if notes > MAX_NOTES:
+        print(f"sentinel detect: {notes - MAX_NOTES} more resumes not listed", file=sys.stderr)
     found: list[Any] = []
-    # A file has no series: only rules that can read steps run, then the findings rules.
-    for rule in rules:
-        if rule.source(online=False) == "steps":
-            found += run_rule(rule, Window(job=job, steps=steps))
+    for rule, stream in streams:
+        found += stamp(rule, stream.finish(), job)
+        for note in stream.notes:
+            print(f"sentinel detect: rule {rule.name}: {note}", file=sys.stderr)
     for rule in rules:
         if rule.source(online=False) == "findings":
             found += run_rule(rule, Window(job=job, findings=list(found)))

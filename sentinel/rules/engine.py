@@ -41,15 +41,19 @@ def signature(f: Finding) -> tuple[str, str, str, str]:
 
 def run_rule(rule: Rule, window: Window) -> list[Finding]:
     """Run one rule's detector on a window and stamp the rule's name and overrides."""
-    found = rule.spec.detect(window, rule.params)
+    return stamp(rule, rule.spec.detect(window, rule.params), window.job)
+
+
+def stamp(rule: Rule, found: list[Finding], job: str) -> list[Finding]:
+    """Put the rule's name, its severity/action overrides and the job on its findings."""
     for f in found:
         f.rule = rule.name
         if rule.severity:
             f.severity = rule.severity
         if rule.action:
             f.suggested_action = rule.action
-        if f.job is None and window.job:
-            f.job = window.job
+        if f.job is None and job:
+            f.job = job
     return found
 
 

@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import stat
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from sentinel.config import file_kind
 from sentinel.jsonnum import VALID as _NUM_VALID
 from sentinel.jsonnum import decode_number
 from sentinel.rules.window import StepPoint
@@ -21,10 +25,30 @@ from sentinel.rules.window import StepPoint
 # A step record is about 150 bytes; a longer "line" is not this format (a binary file,
 # a log with no newlines) and is refused before it is held in memory whole.
 MAX_LINE_BYTES = 64 * 1024
+# Largest step, batch or rank: a float still names every integer up to here.
+MAX_INDEX = 2**53
+# How far a record's time may lie before the newest time already seen: ranks' clocks
+# and the order in which their lines were merged differ by seconds, a shuffled,
+# reversed or concatenated file by more (a resumed run's time keeps going forward).
+TIME_BACK_TOLERANCE_S = 60.0
+# A resume goes back in steps but forward in time (the job restarted, or rolled back
+# in-process, later): a step going back with its time earlier than the newest by more
+# than the ranks' clocks differ is another file's line (a concatenation).
+REWIND_TIME_TOLERANCE_S = 1.0
+# Step changes looked at, and how many of them may go backwards: a resume goes back
+# once and then forward; two rollbacks queued back to back go back twice in a row.
+ORDER_WINDOW = 8
+MAX_BACKWARDS = 2
 
 
 class InputError(ValueError):
     """A line of the input is not valid; the message names the line and why."""
+
+
+def _short(v: Any) -> str:
+    """Return ``repr(v)``, cut to a readable length (a line may hold a 4000-digit number)."""
+    text = repr(v)
+    return text if len(text) <= 60 else f"{text[:40]}... ({len(text)} characters)"
 
 
 def _number(where: str, key: str, v: Any, *, optional: bool, nonneg: bool = False) -> float | None:
@@ -33,17 +57,24 @@ def _number(where: str, key: str, v: Any, *, optional: bool, nonneg: bool = Fals
     try:
         x = decode_number(v)
     except ValueError:
-        raise InputError(f"{where}: {key!r} is {v!r} (valid: {_NUM_VALID}"
+        raise InputError(f"{where}: {key!r} is {_short(v)} (valid: {_NUM_VALID}"
                          f"{', or null' if optional else ''})") from None
     if nonneg and x < 0:
-        raise InputError(f"{where}: {key!r} is {v!r} (valid: a number >= 0)")
+        raise InputError(f"{where}: {key!r} is {_short(v)} (valid: a number >= 0)")
+    return x
+
+
+def _float(text: str) -> float:
+    x = float(text)
+    if not math.isfinite(x):  # 1e400: JSON has no infinity; "Infinity" spells it
+        raise ValueError(f"{text[:40]} is too large for a float")
     return x
 
 
 def parse_line(where: str, line: str) -> StepPoint:
     """Parse one JSON line into a StepPoint or raise InputError naming ``where``."""
     try:
-        obj = json.loads(line)
+        obj = json.loads(line, parse_float=_float)
     except json.JSONDecodeError as e:
         raise InputError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
     except (ValueError, RecursionError) as e:  # a 5000-digit number, arrays nested deeply
@@ -52,8 +83,9 @@ def parse_line(where: str, line: str) -> StepPoint:
         raise InputError(f"{where}: expected a JSON object like "
                          f'{{"step": 1, "loss": 2.5}}, got {type(obj).__name__}')
     step = obj.get("step")
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        raise InputError(f"{where}: 'step' is {step!r} (valid: an integer >= 0)")
+    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= MAX_INDEX:
+        raise InputError(
+            f"{where}: 'step' is {_short(step)} (valid: an integer >= 0, at most 2^53)")
     if "loss" not in obj:
         raise InputError(f"{where}: 'loss' is missing (valid: {_NUM_VALID})")
     loss = _number(where, "loss", obj["loss"], optional=False)
@@ -67,21 +99,44 @@ def parse_line(where: str, line: str) -> StepPoint:
     if node is not None and not isinstance(node, str):
         raise InputError(f"{where}: 'node' is {node!r} (valid: a string)")
     rank = obj.get("rank")
-    if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int)):
-        raise InputError(f"{where}: 'rank' is {rank!r} (valid: an integer)")
+    if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int)
+                             or abs(rank) > MAX_INDEX):
+        raise InputError(f"{where}: 'rank' is {_short(rank)} (valid: an integer)")
     return StepPoint(step=step, loss=loss, grad_norm=gn, tokens_per_sec=tps, time=t,
                      node=node, rank=rank)
 
 
-def iter_steps(path: str | Path) -> Iterator[StepPoint]:
-    """Yield the steps of a JSON-lines file one line at a time; a bad line raises InputError.
+def _open_regular(p: Path) -> Any:
+    """Open a regular file for reading; a FIFO, a device or a directory is an InputError.
 
-    Lines are read one by one, so a caller that keeps only some steps (a plot around
-    one step of a run of millions) holds only those.
+    Checked before opening (opening a FIFO blocks; /dev/zero never ends) and again on
+    what was opened, which is opened non-blocking in case the path changed between.
+    """
+    valid = "valid: a regular file of JSON lines (decompress or save a stream first)"
+    try:
+        st = os.stat(p)
+        if not stat.S_ISREG(st.st_mode):
+            raise InputError(f"{p} is {file_kind(st.st_mode)}; {valid}")
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError as e:
+        raise InputError(f"{p}: cannot read it ({e.strerror or e})") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise InputError(f"{p} is {file_kind(st.st_mode)}; {valid}")
+    return os.fdopen(fd, "rb")
+
+
+def iter_records(path: str | Path) -> Iterator[tuple[str, StepPoint]]:
+    """Yield ``("FILE:LINE", step)`` for each record, one line at a time.
+
+    A bad line raises InputError naming it. Lines are read one by one, so a caller that
+    keeps only some steps (a plot around one step of a run of millions) holds only those.
     """
     p = Path(path)
+    fh = _open_regular(p)
     try:
-        with p.open("rb") as fh:
+        with fh:
             for i, raw in enumerate(iter(lambda: fh.readline(MAX_LINE_BYTES + 1), b""), 1):
                 where = f"{p}:{i}"
                 if len(raw) > MAX_LINE_BYTES:
@@ -92,9 +147,15 @@ def iter_steps(path: str | Path) -> Iterator[StepPoint]:
                 except UnicodeDecodeError:
                     raise InputError(f"{where}: not UTF-8 text (valid: JSON lines)") from None
                 if line.strip():
-                    yield parse_line(where, line)
+                    yield where, parse_line(where, line)
     except OSError as e:
         raise InputError(f"{p}: cannot read it ({e.strerror or e})") from None
+
+
+def iter_steps(path: str | Path) -> Iterator[StepPoint]:
+    """Yield the steps of a JSON-lines file one line at a time; a bad line raises InputError."""
+    for _where, pt in iter_records(path):
+        yield pt
 
 
 def read_steps(path: str | Path) -> list[StepPoint]:
@@ -103,3 +164,65 @@ def read_steps(path: str | Path) -> list[StepPoint]:
     if not out:
         raise InputError(f"{path}: no step records (valid: one JSON object per line)")
     return out
+
+
+class DetectorInput:
+    """What ``sentinel detect`` needs of a run's records beyond the format, checked as fed.
+
+    * Time order: a record whose time lies more than TIME_BACK_TOLERANCE_S before the
+      newest seen means shuffled, reversed or concatenated files; so does a step going
+      back with a time more than REWIND_TIME_TOLERANCE_S before the newest (a resume
+      goes back in steps, never in time).
+    * Step order: steps go forward; a resume from a checkpoint goes back once, then
+      forward again. More than MAX_BACKWARDS of the last ORDER_WINDOW step changes
+      going backwards is shuffled or reversed input, not resumes (with or without time).
+    * Losses > 0 (or NaN/infinite, which are findings): the loss detector judges
+      log-loss, so a loss that may be negative or zero gives nonsense ratios.
+
+    Each breach raises InputError naming the line and what to do; ``feed`` returns a
+    note for each backward step (a resume), so none passes silently.
+    """
+
+    def __init__(self) -> None:
+        self.latest: tuple[float, str] | None = None  # newest time and its line
+        self.step: int | None = None
+        self.changes: deque[bool] = deque(maxlen=ORDER_WINDOW)  # True: went backwards
+
+    def feed(self, where: str, pt: StepPoint) -> str | None:
+        """Check the next record; return a note if its step goes back (a resume)."""
+        if math.isfinite(pt.loss) and pt.loss <= 0:
+            raise InputError(f"{where}: 'loss' is {pt.loss!r} (valid for sentinel detect: a "
+                             "loss > 0, or NaN/Infinity: spikes are judged on log-loss; a "
+                             "loss that can be zero or negative must be shifted first)")
+        if pt.time is not None:
+            if self.latest is not None and self.latest[0] - pt.time > TIME_BACK_TOLERANCE_S:
+                raise InputError(
+                    f"{where}: time {pt.time:.3f} is {self.latest[0] - pt.time:.0f} s before "
+                    f"that of {self.latest[1]}: the lines are out of order (shuffled, reversed "
+                    "or several files concatenated?); a resumed run's time keeps going "
+                    "forward. Sort them by time, e.g. jq -c -s 'sort_by(.time)[]' FILE")
+            if self.latest is None or pt.time > self.latest[0]:
+                self.latest = (pt.time, where)
+        note = None
+        if self.step is not None and pt.step != self.step:
+            back = pt.step < self.step
+            if (back and pt.time is not None and self.latest is not None
+                    and self.latest[0] - pt.time > REWIND_TIME_TOLERANCE_S):
+                raise InputError(
+                    f"{where}: step {pt.step} after step {self.step}, and its time is "
+                    f"{self.latest[0] - pt.time:.1f} s before that of {self.latest[1]}: the "
+                    "lines are out of order (several files concatenated?); a resume from a "
+                    "checkpoint goes back in steps, not in time. Give one run's lines, sorted "
+                    "by time")
+            self.changes.append(back)
+            if back and sum(self.changes) > MAX_BACKWARDS:
+                raise InputError(
+                    f"{where}: step {pt.step} after step {self.step}: {sum(self.changes)} of "
+                    f"the last {len(self.changes)} step changes go backwards, so the lines "
+                    "are out of order (shuffled or reversed?), not resumes from a checkpoint "
+                    "(those go back once, then forward). Sort them by time or step")
+            if back:
+                note = (f"{where}: step goes back from {self.step} to {pt.step}: taken as a "
+                        "resume from a checkpoint (the loss baseline restarts there)")
+        self.step = pt.step
+        return note

@@ -4,14 +4,36 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from sentinel.rules.finding import Finding
-from sentinel.rules.window import Window
+from sentinel.rules.window import StepPoint, Window
 
 # Inputs that are not Prometheus series: step records (the agent's step stream or a
 # JSON-lines file) and the findings of the other rules in the same cycle.
 NON_SERIES_INPUTS = ("steps", "findings")
+
+
+# Findings one streamed rule keeps; beyond this, further ones are counted, not kept, so
+# a hostile or pathological file cannot make memory grow with its length.
+MAX_STREAM_FINDINGS = 10_000
+
+
+class StepConsumer(Protocol):
+    """A detector run over step records one at a time, in the input's order.
+
+    ``feed`` takes the next record; ``finish`` returns the findings. Memory is bounded
+    whatever the number of records: at most MAX_STREAM_FINDINGS findings are kept, and
+    after ``finish``, ``notes`` says what was counted instead of kept or used.
+    """
+
+    notes: list[str]
+
+    def feed(self, pt: StepPoint) -> None:
+        """Take the next step record."""
+
+    def finish(self) -> list[Finding]:
+        """Return the findings of everything fed."""
 
 
 @dataclass(frozen=True)
@@ -23,6 +45,8 @@ class DetectorSpec:
     reads Prometheus; a detector that also reads steps or findings runs from those when
     its rule maps no series. Severity and suggested action are not here: each finding
     carries its own (they depend on what was found), and a rule may override them.
+    ``stream(params, job)`` builds the :class:`StepConsumer` of a detector that reads
+    steps: ``sentinel detect FILE`` streams a file through it in bounded memory.
     """
 
     name: str
@@ -31,12 +55,16 @@ class DetectorSpec:
     inputs: tuple[str, ...]
     required: tuple[str, ...]
     description: str
+    stream: Callable[[Any, str], StepConsumer] | None = None
 
     def __post_init__(self) -> None:
         odd = [r for r in self.required if r not in self.series_roles]
         if odd:
             raise ValueError(f"detector {self.name}: required {odd} are not series inputs "
                              f"(series inputs: {', '.join(self.series_roles) or 'none'})")
+        if self.reads_steps and self.stream is None:
+            raise ValueError(f"detector {self.name} reads steps but has no stream: "
+                             "sentinel detect FILE could not run it in bounded memory")
 
     @property
     def series_roles(self) -> tuple[str, ...]:

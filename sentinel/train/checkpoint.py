@@ -4,6 +4,7 @@ Layout of a store directory::
 
     manifest.json               {"version": 1, "checkpoints": [...], "pins": {incident: step}}
     manifest.lock               empty; flock'd around every change of the manifest
+    writer.lock                 flock'd by the one writing process; says which it is
     step_000001200.pt           one torch.save file per checkpoint
     .step_000001400.pt.tmp-PID  a checkpoint being written (never loaded)
 
@@ -18,23 +19,34 @@ exclusive ``flock`` on ``manifest.lock``, so a pin made by another process (the
 controller) while the job saves is never lost, nor is the job's new entry. The lock
 file is mode 0644 whatever the umask: ``flock`` needs only read access, so any process
 that can read the directory's files and write the directory can take it.
+
+One process writes: a writer store holds ``writer.lock`` for its lifetime, and a second
+writing process is refused with the holder's PID and host. The manifest is read
+strictly (every entry's keys and types; a file name other than the step's own is
+refused, so nothing outside the directory is ever read or deleted). A save refuses a
+state ``torch.load(weights_only=True)`` could not read back, and a full disk is
+reported as "disk full at DIR" with the bytes needed and free.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import io
 import json
 import logging
+import math
 import os
 import random
 import re
+import socket
 import threading
 import time
+import weakref
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -54,8 +66,15 @@ LOCK_MODE = 0o644
 DEFAULT_KEEP = 3
 # Read size when hashing: large enough for disk throughput, small enough for memory.
 HASH_CHUNK_BYTES = 8 << 20
+WRITER_LOCK_FILE = "writer.lock"
+# Bytes torch.save adds per tensor (zip entry, alignment, pickle) beyond the data: used
+# to tell a full disk early; the write itself is the final word.
+SAVE_OVERHEAD_PER_TENSOR = 512
+SAVE_OVERHEAD_BYTES = 64 * 1024
 _FILE_RE = re.compile(r"^step_(\d{9,})\.pt$")
-_TMP_RE = re.compile(r"^\.step_\d+\.pt\.tmp-(\d+)$")
+# Temporary files of a checkpoint or of the manifest (write_json_atomic's naming).
+_TMP_RE = re.compile(r"^\.(?:step_\d+\.pt|manifest\.json)\.tmp-(\d+)$")
+_SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 class CheckpointError(Exception):
@@ -78,6 +97,108 @@ def _file_name(step: int) -> str:
     return f"step_{step:09d}.pt"
 
 
+_ENTRY_TYPES = {"step": "an integer >= 0", "size": "an integer >= 0", "sha256": "64 hex digits",
+                "time": "a finite number", "abandoned": "null or a string"}
+
+
+def _entry(i: int, c: Any, where: Path) -> CheckpointInfo:
+    """Return manifest entry ``#i`` as a CheckpointInfo, or raise CheckpointError saying why."""
+    at = f"checkpoint manifest {where}: entry #{i}"
+    if not isinstance(c, dict):
+        raise CheckpointError(f"{at} is {type(c).__name__}, not an object")
+    names = {f.name for f in fields(CheckpointInfo)}
+    for k in c:
+        if k not in names:
+            raise CheckpointError(f"{at} has unknown key {k!r} (valid: {', '.join(names)})")
+
+    def bad(k: str, valid: str = "") -> CheckpointError:
+        return CheckpointError(f"{at}: {k!r} is {c.get(k)!r} (valid: {valid or _ENTRY_TYPES[k]});"
+                               " the manifest is written atomically, so this is outside damage")
+
+    for k in ("step", "size"):
+        v = c.get(k)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise bad(k)
+    if c.get("file") != _file_name(c["step"]):
+        raise bad("file", f"{_file_name(c['step'])}, the file of step {c['step']}")
+    if not isinstance(c.get("sha256"), str) or not _SHA_RE.match(c["sha256"]):
+        raise bad("sha256")
+    t = c.get("time")
+    if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t):
+        raise bad("time")
+    if c.get("abandoned") is not None and not isinstance(c["abandoned"], str):
+        raise bad("abandoned")
+    return CheckpointInfo(c["step"], c["file"], c["size"], c["sha256"], float(t),
+                          c.get("abandoned"))
+
+
+def _state_nbytes(obj: Any, seen: set[int] | None = None) -> tuple[int, int]:
+    """Return (tensor data bytes, tensor count) in a state, each storage counted once."""
+    import torch
+
+    seen = set() if seen is None else seen
+    if isinstance(obj, torch.Tensor):
+        st = obj.untyped_storage()
+        key = st.data_ptr()
+        if key in seen:
+            return 0, 1
+        seen.add(key)
+        return st.nbytes(), 1
+    total = count = 0
+    if isinstance(obj, dict):
+        obj = list(obj.values())
+    if isinstance(obj, list | tuple):
+        for v in obj:
+            n, k = _state_nbytes(v, seen)
+            total, count = total + n, count + k
+    return total, count
+
+
+# What torch.load(weights_only=True) reads back without being told about more types.
+_PLAIN = (str, bytes, int, float, bool, complex, type(None))
+
+
+def _first_suspect(obj: Any, where: str = "state") -> tuple[str, str] | None:
+    """Return (path, type) of the first value weights_only loading is unlikely to accept."""
+    import torch
+
+    # Exact types: numpy.float64 is a float subclass that weights_only refuses.
+    if type(obj) in _PLAIN or isinstance(obj, torch.Tensor | torch.Size | torch.dtype
+                                         | torch.device):
+        return None
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            found = _first_suspect(v, f"{where}[{k!r}]")
+            if found:
+                return found
+        return None
+    if isinstance(obj, list | tuple):
+        for i, v in enumerate(obj):
+            found = _first_suspect(v, f"{where}[{i}]")
+            if found:
+                return found
+        return None
+    t = type(obj)
+    return where, f"{t.__module__}.{t.__qualname__}"
+
+
+# Writers of this process, by directory (dev, inode): one lock descriptor each, shared
+# by every writer store of that directory in this process.
+_WRITERS: dict[tuple[int, int], list[int]] = {}  # key -> [fd, users]
+_WRITERS_LOCK = threading.Lock()
+
+
+def _release_writer(key: tuple[int, int]) -> None:
+    with _WRITERS_LOCK:
+        entry = _WRITERS.get(key)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] <= 0:
+            os.close(entry[0])  # releases the flock
+            del _WRITERS[key]
+
+
 class _HashingWriter(io.RawIOBase):
     """Write through to a file while hashing and counting the bytes."""
 
@@ -85,13 +206,20 @@ class _HashingWriter(io.RawIOBase):
         self.f = f
         self.sha = hashlib.sha256()
         self.size = 0
+        # torch wraps an exception raised here into a RuntimeError that does not say
+        # why; the save reads the original from here.
+        self.error: OSError | None = None
 
     def writable(self) -> bool:
         return True
 
     def write(self, b: Any) -> int:
         mv = memoryview(b).cast("B")
-        self.f.write(mv)
+        try:
+            self.f.write(mv)
+        except OSError as e:
+            self.error = e
+            raise
         self.sha.update(mv)
         self.size += len(mv)
         return len(mv)
@@ -129,7 +257,44 @@ class CheckpointStore:
         self._lock_fd = -1
         if writer:
             self.dir.mkdir(parents=True, exist_ok=True)
+            self._writer_lock = weakref.finalize(self, _release_writer,
+                                                 self._take_writer_lock())
             self._clean_debris()
+
+    def _take_writer_lock(self) -> tuple[int, int]:
+        """Become the directory's one writing process, or raise CheckpointError naming it."""
+        st = self.dir.stat()
+        key = (st.st_dev, st.st_ino)
+        with _WRITERS_LOCK:
+            if key in _WRITERS:
+                _WRITERS[key][1] += 1  # another store of this process: the same writer
+                return key
+            path = self.dir / WRITER_LOCK_FILE
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, LOCK_MODE)
+            except OSError as e:
+                raise CheckpointError(f"cannot open {path} ({e.strerror}): a writer needs "
+                                      f"write access to {self.dir}") from e
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
+                os.close(fd)
+                holder = holder or "another process"
+                raise CheckpointError(
+                    f"checkpoint directory {self.dir} is already written by {holder}; only one"
+                    " process (rank 0) may write: open the store with writer=False on the other"
+                    " ranks, and give each run its own directory") from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"PID {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+            _WRITERS[key] = [fd, 1]
+            return key
+
+    def close(self) -> None:
+        """Give up writing (the writer lock goes when this process's last writer closes)."""
+        if self.writer:
+            self._writer_lock()  # a finalizer runs once, here or when the store is freed
+            self.writer = False
 
     # -- manifest ---------------------------------------------------------------------
     def _open_lock(self) -> int:
@@ -170,6 +335,7 @@ class CheckpointStore:
                     os.close(fd)  # closing the last descriptor releases the flock
 
     def _read_manifest(self) -> dict[str, Any]:
+        """Return the manifest, every entry and pin checked; CheckpointError if damaged."""
         path = self.dir / MANIFEST_FILE
         if not path.exists():
             return {"version": MANIFEST_VERSION, "checkpoints": [], "pins": {}}
@@ -182,7 +348,22 @@ class CheckpointStore:
             ) from e
         if not isinstance(data, dict) or not isinstance(data.get("checkpoints"), list):
             raise CheckpointError(f"checkpoint manifest {path}: expected a 'checkpoints' list")
-        data.setdefault("pins", {})
+        version = data.get("version")
+        if isinstance(version, bool) or version != MANIFEST_VERSION:
+            raise CheckpointError(f"checkpoint manifest {path}: version {version!r}, this "
+                                  f"sentinel reads version {MANIFEST_VERSION}")
+        extra = sorted(set(data) - {"version", "checkpoints", "pins"})
+        if extra:
+            raise CheckpointError(f"checkpoint manifest {path}: unknown key {extra[0]!r}")
+        for i, c in enumerate(data["checkpoints"]):
+            _entry(i, c, path)
+        pins = data.setdefault("pins", {})
+        if not isinstance(pins, dict):
+            raise CheckpointError(f"checkpoint manifest {path}: 'pins' is not an object")
+        for k, v in pins.items():
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise CheckpointError(f"checkpoint manifest {path}: pin {k!r} is {v!r} "
+                                      "(valid: a step, an integer)")
         return data
 
     def _write_manifest(self, data: dict[str, Any]) -> None:
@@ -192,7 +373,8 @@ class CheckpointStore:
 
     def checkpoints(self, include_abandoned: bool = False) -> list[CheckpointInfo]:
         """Return the manifest's checkpoints, oldest first."""
-        out = [CheckpointInfo(**c) for c in self._read_manifest()["checkpoints"]]
+        path = self.dir / MANIFEST_FILE
+        out = [_entry(i, c, path) for i, c in enumerate(self._read_manifest()["checkpoints"])]
         return [c for c in out if include_abandoned or c.abandoned is None]
 
     def info(self, step: int) -> CheckpointInfo | None:
@@ -224,7 +406,12 @@ class CheckpointStore:
                 p.unlink(missing_ok=True)
 
     def save(self, step: int, state: dict[str, Any]) -> CheckpointInfo:
-        """Write ``state`` for ``step`` atomically, record it, then apply retention."""
+        """Write ``state`` for ``step`` atomically, record it, then apply retention.
+
+        Raises CheckpointError, leaving no partial file, when the disk is full ("disk
+        full at DIR: N bytes needed, M free") or when ``torch.load(weights_only=True)``
+        could not read the state back (a numpy scalar, a Path: the message names it).
+        """
         import torch
 
         if not self.writer:
@@ -234,27 +421,79 @@ class CheckpointStore:
         name = _file_name(step)
         final = self.dir / name
         tmp = self.dir / f".{name}.tmp-{os.getpid()}"
+        data_bytes, tensors = _state_nbytes(state)
+        needed = data_bytes + tensors * SAVE_OVERHEAD_PER_TENSOR + SAVE_OVERHEAD_BYTES
+        self._check_space(step, needed)
+        w: _HashingWriter | None = None
         try:
             with open(tmp, "wb") as f:
                 w = _HashingWriter(f)
                 torch.save({"sentinel_step": step, "state": state}, w)  # type: ignore[arg-type]
                 f.flush()
                 os.fsync(f.fileno())
-        except BaseException:
+            self._check_loadable(step, tmp, state)
+            os.replace(tmp, final)
+            fsync_dir(self.dir)
+        except BaseException as e:
             # A failed save (disk full, unpicklable state) must not leave a partial file
             # per attempt behind: this PID is alive, so start-up cleaning would keep them.
             tmp.unlink(missing_ok=True)
+            err = e if isinstance(e, OSError) else (w.error if w is not None else None)
+            if err is not None and err.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise self._disk_full(step, needed, w.size if w else 0) from e
+            if isinstance(e, OSError | RuntimeError) and err is not None:
+                raise CheckpointError(f"cannot write checkpoint step {step} to {tmp}: "
+                                      f"{err.strerror or err}") from e
             raise
-        os.replace(tmp, final)
-        fsync_dir(self.dir)
         entry = CheckpointInfo(step, name, w.size, w.sha.hexdigest(), time.time())
-        with self._locked():
-            data = self._read_manifest()
-            data["checkpoints"] = [c for c in data["checkpoints"] if c["step"] != step]
-            data["checkpoints"].append(asdict(entry))
-            self._write_manifest(data)
-            self.prune()
+        try:
+            with self._locked():
+                data = self._read_manifest()
+                data["checkpoints"] = [c for c in data["checkpoints"] if c["step"] != step]
+                data["checkpoints"].append(asdict(entry))
+                self._write_manifest(data)
+                self.prune()
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise self._disk_full(step, needed, w.size) from e
+            raise
         return entry
+
+    def _free_bytes(self) -> int:
+        st = os.statvfs(self.dir)
+        return st.f_bavail * st.f_frsize
+
+    def _check_space(self, step: int, needed: int) -> None:
+        """Refuse a save that cannot fit before writing any of it."""
+        if self._free_bytes() < needed:
+            raise self._disk_full(step, needed, 0)
+
+    def _disk_full(self, step: int, needed: int, written: int) -> CheckpointError:
+        done = f" after writing {written} bytes" if written else ""
+        return CheckpointError(
+            f"disk full at {self.dir}: checkpoint step {step} failed{done}; about {needed} "
+            f"bytes needed, {self._free_bytes()} free (free space, lower keep= or move the "
+            "store); the previous checkpoints are intact")
+
+    def _check_loadable(self, step: int, path: Path, state: dict[str, Any]) -> None:
+        """Raise CheckpointError if torch.load(weights_only=True) cannot read ``path``.
+
+        Loads with ``mmap=True``: the pickle is read and checked, the tensor data is only
+        mapped, so this costs a fraction of the write.
+        """
+        import torch
+
+        try:
+            torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as e:  # noqa: BLE001 - torch raises many kinds; all mean "cannot load"
+            suspect = _first_suspect(state)
+            where = (f"; the first suspect is {suspect[0]}, a {suspect[1]}: store plain "
+                     "Python or torch values (float(x), x.tolist(), str(path))"
+                     if suspect else "")
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CheckpointError(
+                f"checkpoint step {step} not saved: torch.load(weights_only=True) could not "
+                f"read it back ({first}){where}") from None
 
     def pin(self, step: int, incident: str) -> None:
         """Keep checkpoint ``step`` while ``incident`` is open, whatever retention says.
@@ -282,7 +521,11 @@ class CheckpointStore:
                     self.prune()
 
     def abandon_after(self, step: int, reason: str) -> list[int]:
-        """Mark checkpoints newer than ``step`` as off the timeline (after a rollback)."""
+        """Mark checkpoints newer than ``step`` as off the timeline (after a rollback).
+
+        A writer applies retention now; otherwise (the controller, for a job it requeues)
+        the job's next save does, so only the job deletes checkpoint files.
+        """
         with self._locked():
             data = self._read_manifest()
             gone = []
@@ -292,7 +535,8 @@ class CheckpointStore:
                     gone.append(int(c["step"]))
             if gone:
                 self._write_manifest(data)
-                self.prune()
+                if self.writer:
+                    self.prune()
         return gone
 
     def prune(self) -> list[int]:
@@ -302,7 +546,8 @@ class CheckpointStore:
 
     def _prune_locked(self) -> list[int]:
         data = self._read_manifest()
-        entries = sorted((CheckpointInfo(**c) for c in data["checkpoints"]),
+        path = self.dir / MANIFEST_FILE
+        entries = sorted((_entry(i, c, path) for i, c in enumerate(data["checkpoints"])),
                          key=lambda c: c.step, reverse=True)
         pinned = {int(s) for s in data["pins"].values()}
         live = [c for c in entries if c.abandoned is None]

@@ -28,6 +28,7 @@ import time
 from typing import Any
 
 from sentinel import protocol
+from sentinel.config import REPORTER_SOCKET_ENV, REPORTER_UDP_ENV
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +91,8 @@ class Reporter:
         self.job = job
         self.rank = rank
         self.enabled = enabled
-        self.socket_path = socket_path or os.environ.get("SENTINEL_AGENT_SOCKET", DEFAULT_SOCKET)
-        udp = udp or os.environ.get("SENTINEL_AGENT_UDP")
+        self.socket_path = socket_path or os.environ.get(REPORTER_SOCKET_ENV, DEFAULT_SOCKET)
+        udp = udp or os.environ.get(REPORTER_UDP_ENV)
         self._udp: tuple[str, int] | None = None
         if udp:
             h, _, p = udp.rpartition(":")

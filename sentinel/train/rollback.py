@@ -17,20 +17,21 @@ At its next step boundary the job calls :meth:`RollbackHandler.at_step_boundary`
    rank 0 persists the skip plan, marks newer checkpoints abandoned and writes
    ``RUN_DIR/rollback/results/ID.json``.
 
-Requests with no or a wrong signature are ignored and logged (renamed ``*.rejected``).
-Requests that cannot be honoured are refused: a result file and a
-``rollback_refused`` event say why.
+Requests with no or a wrong signature, and files that are not a request at all (junk
+JSON, a number Python cannot hold, a FIFO, a huge file), are ignored and logged once
+(renamed ``*.rejected``): no input makes a boundary check raise or hang. Requests that
+cannot be honoured are refused: a result file and a ``rollback_refused`` event say why.
 """
 
 from __future__ import annotations
 
+import grp
 import hmac
-import json
 import logging
 import os
 import secrets
 import signal
-import socket
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,17 +42,21 @@ from typing import Any, Protocol
 from sentinel.train._atomic import write_json_atomic
 from sentinel.train.checkpoint import CheckpointError, CheckpointStore
 from sentinel.train.request import (
+    CONTROL_GROUP_ENV,
     REJECTED_SUFFIX,
     REQUEST_DIR,
+    RESULT_DIR,
     ROLLBACK_SIGNAL,
     RollbackError,
     RollbackRequest,
     pid_dir,
+    read_json_file,
     read_token,
     request_path,
     result_path,
     sign,
     token_path,
+    write_pid_file,
 )
 from sentinel.train.skipplan import SkipPlan, SkipPlanError
 
@@ -67,6 +72,17 @@ MAX_CLOCK_SKEW_S = 60.0
 DEFAULT_POLL_INTERVAL_S = 10.0
 # Requests read per boundary: bounds the work a flood of junk files can cause.
 MAX_REQUESTS_PER_CHECK = 16
+# The token: the job's user's alone, or also readable by the job's control group.
+TOKEN_MODE = 0o600
+GROUP_TOKEN_MODE = 0o640
+# With a control group: its members read the control directory (token, PIDs) and the
+# results, and write requests; setgid so files made there (requests) get the group.
+CONTROL_DIR_MODE = 0o2750
+REQUEST_DIR_MODE = 0o2770
+RESULT_DIR_MODE = 0o2750
+# Junk files that could not be moved aside (another user's file in a shared directory)
+# are remembered so that each is logged once; beyond this many the oldest are forgotten.
+MAX_REMEMBERED_JUNK = 1024
 
 
 class EventSink(Protocol):
@@ -77,22 +93,67 @@ class EventSink(Protocol):
 
 
 # -- token (the job creates it; requesters read it) ------------------------------------
-def ensure_token(run_dir: str | Path) -> bytes:
-    """Create the run's token (mode 0600) if absent and return it; tighten loose modes."""
+def control_gid(group: str | None) -> int | None:
+    """Return the gid of the job's control group, or None when it names none.
+
+    The group must exist and this process must be in it (only a member may give a file
+    to a group); otherwise RollbackError says what to fix.
+    """
+    if not group:
+        return None
+    try:
+        gid = grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise RollbackError(f"control group {group!r} ({CONTROL_GROUP_ENV}) does not exist; "
+                            "create it, or unset it to keep the token to the job's user"
+                            ) from None
+    if os.geteuid() != 0 and gid not in (os.getegid(), *os.getgroups()):
+        raise RollbackError(f"control group {group!r} ({CONTROL_GROUP_ENV}): this job's user "
+                            f"(uid {os.geteuid()}) is not a member; add it, or unset it")
+    return gid
+
+
+def _own_dir(path: Path, gid: int | None, mode: int) -> None:
+    """Create ``path`` (and parents); with a control group, give it that group and ``mode``."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700 if gid is None else mode)
+    if gid is not None:
+        st = path.stat()
+        if st.st_uid == os.geteuid() and (st.st_gid != gid
+                                          or stat.S_IMODE(st.st_mode) != mode):
+            os.chown(path, -1, gid)
+            os.chmod(path, mode)  # after chown: chown clears the setgid bit
+
+
+def ensure_token(run_dir: str | Path, group: str | None = None) -> bytes:
+    """Create the run's token if absent and return it; set its mode and group.
+
+    Without ``group`` the token is 0600, the job's user's alone (a loose mode is
+    tightened). With a control group (see :func:`control_gid`) it is 0640 and that
+    group's, so its members (a controller running as another user) can sign requests.
+    """
+    gid = control_gid(group)
     path = token_path(run_dir)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _own_dir(path.parent, gid, CONTROL_DIR_MODE)
+    want = TOKEN_MODE if gid is None else GROUP_TOKEN_MODE
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        mode = path.stat().st_mode & 0o777
-        if mode & 0o077:
-            log.warning("token %s had mode %o, readable by others; setting 0600", path, mode)
-            os.chmod(path, 0o600)
+        st = path.stat()
+        if stat.S_IMODE(st.st_mode) != want or (gid is not None and st.st_gid != gid):
+            if stat.S_IMODE(st.st_mode) & ~want:
+                log.warning("token %s had mode %o, readable by more than intended; setting %o",
+                            path, stat.S_IMODE(st.st_mode), want)
+            if gid is not None:
+                os.chown(path, -1, gid)
+            os.chmod(path, want)
     else:
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_hex(32) + "\n")
             f.flush()
             os.fsync(f.fileno())
+        if gid is not None:
+            os.chown(path, -1, gid)
+            os.chmod(path, want)
     return read_token(run_dir)
 
 
@@ -133,6 +194,7 @@ class RollbackHandler:
         map_location: Any = "cpu",
         group: Any = None,
         now: Callable[[], float] = time.time,
+        control_group: str | None = None,
     ) -> None:
         if check_every < 1:
             raise ValueError(f"check_every must be >= 1, got {check_every}")
@@ -148,6 +210,10 @@ class RollbackHandler:
         self.map_location = map_location
         self.now = now
         self.group = group
+        # Who besides the job's user may request a rollback (DESIGN.md, Controller ->
+        # Security); from the environment so a launcher sets it for every rank.
+        self.control_group = (control_group if control_group is not None
+                              else os.environ.get(CONTROL_GROUP_ENV, "")) or None
         self.rank, self.world_size = 0, 1
         self._dist: Any = None
         self._token = b""
@@ -156,6 +222,7 @@ class RollbackHandler:
         self._next_poll = 0.0
         self._previous_handler: Any = None
         self._pid_file: Path | None = None
+        self._junk: dict[str, None] = {}  # insertion-ordered set of unmovable junk files
 
     # -- set-up ---------------------------------------------------------------------
     def install(self) -> None:
@@ -172,15 +239,18 @@ class RollbackHandler:
                 # Control traffic goes over CPU so the check never syncs the GPU stream.
                 self.group = dist.new_group(backend="gloo")
         if self.rank == 0:
-            self._token = ensure_token(self.run_dir)
+            self._token = ensure_token(self.run_dir, self.control_group)
+            # The job makes the request and result directories, so it may remove what
+            # a requester of another user writes there.
+            gid = control_gid(self.control_group)
+            _own_dir(self.run_dir / REQUEST_DIR, gid, REQUEST_DIR_MODE)
+            _own_dir(self.run_dir / RESULT_DIR, gid, RESULT_DIR_MODE)
+            _own_dir(pid_dir(self.run_dir), gid, CONTROL_DIR_MODE)
         if self._dist is not None:
             self._dist.barrier(group=self.group)  # token exists before others read it
         if self.rank != 0:
             self._token = read_token(self.run_dir)
-        pids = pid_dir(self.run_dir)
-        pids.mkdir(parents=True, exist_ok=True)
-        self._pid_file = pids / f"rank-{self.rank}.pid"
-        write_json_atomic(self._pid_file, {"pid": os.getpid(), "host": socket.gethostname()})
+        self._pid_file = write_pid_file(self.run_dir, self.rank, self._token)
         self._previous_handler = signal.signal(ROLLBACK_SIGNAL, self._on_signal)
 
     def uninstall(self) -> None:
@@ -249,7 +319,7 @@ class RollbackHandler:
     def _pending_files(self) -> list[Path]:
         d = self.run_dir / REQUEST_DIR
         try:
-            files = [p for p in d.iterdir() if p.suffix == ".json"]
+            files = [p for p in d.iterdir() if p.suffix == ".json" and p.name not in self._junk]
         except FileNotFoundError:
             return []
         return sorted(files)[:MAX_REQUESTS_PER_CHECK]
@@ -260,23 +330,12 @@ class RollbackHandler:
         valid: list[RollbackRequest] = []
         for path in self._pending_files():
             try:
-                raw = json.loads(path.read_text("utf-8"))
-                sig = raw.get("signature") if isinstance(raw, dict) else None
-                body = raw.get("request") if isinstance(raw, dict) else None
-                req = RollbackRequest.from_json(body)
-            except (OSError, ValueError, RollbackError) as e:
-                self._reject(path, f"unreadable request ({e})")
+                req = self._read(path)
+            except Exception as e:  # noqa: BLE001 - one bad file must never block the rest
+                self._reject(path, str(e) if isinstance(e, RollbackError)
+                             else f"unreadable request ({type(e).__name__}: {e})")
                 continue
-            # Compare bytes: compare_digest raises TypeError on a non-ASCII str, and one
-            # such junk file would then block every request behind it.
-            if not isinstance(sig, str) or not hmac.compare_digest(
-                sig.encode("utf-8"), sign(req, self._token).encode("ascii")
-            ):
-                self._reject(path, "missing or wrong signature (not signed with this run's token)")
-                continue
-            if path.stem != req.id or result_path(self.run_dir, req.id).exists():
-                self._reject(path, f"request id {req.id!r} does not match its file or was "
-                             "already handled")
+            if req is None:
                 continue
             reason = self._invalid(req)
             if reason:
@@ -288,6 +347,29 @@ class RollbackHandler:
         valid.sort(key=lambda r: r.created)
         chosen = valid[0] if valid else None
         return {"apply": chosen.to_json() if chosen else None, "refused": refused}
+
+    def _read(self, path: Path) -> RollbackRequest | None:
+        """Return the signed request in ``path``, None if it vanished; RollbackError if bad."""
+        try:
+            raw = read_json_file(path, "rollback request")
+        except FileNotFoundError:
+            return None  # answered and removed, or withdrawn, since the listing
+        if not isinstance(raw, dict) or "request" not in raw or set(raw) - {"request",
+                                                                              "signature"}:
+            raise RollbackError("not a rollback request (valid: {\"request\": {...}, "
+                                "\"signature\": \"...\"} as sentinel rollback writes it)")
+        req = RollbackRequest.from_json(raw["request"])
+        sig = raw.get("signature")
+        # Compare bytes: compare_digest raises TypeError on a non-ASCII str, and one
+        # such junk file would then block every request behind it.
+        if not isinstance(sig, str) or not hmac.compare_digest(
+            sig.encode("utf-8"), sign(req, self._token).encode("ascii")
+        ):
+            raise RollbackError("missing or wrong signature (not signed with this run's token)")
+        if path.stem != req.id or result_path(self.run_dir, req.id).exists():
+            raise RollbackError(f"request id {req.id!r} does not match its file or was "
+                                "already handled")
+        return req
 
     def _invalid(self, req: RollbackRequest) -> str | None:
         if req.job != self.job:
@@ -307,11 +389,45 @@ class RollbackHandler:
         return None
 
     def _reject(self, path: Path, why: str) -> None:
+        """Log a bad request file once and move it aside (or, failing that, remember it)."""
         log.warning("ignoring rollback request %s: %s", path, why)
         try:
             path.rename(path.with_suffix(REJECTED_SUFFIX))
+            return
         except OSError:
-            path.unlink(missing_ok=True)
+            pass
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError:
+            self._junk[path.name] = None
+            while len(self._junk) > MAX_REMEMBERED_JUNK:
+                del self._junk[next(iter(self._junk))]
+
+    def _add_skips(self, req: RollbackRequest, step: int) -> None:
+        """Add the request's ranges on rank 0 (saved) and give every rank rank 0's plan.
+
+        Rank 0 reads the file again under its lock, so a range another writer added is
+        kept; every rank then takes rank 0's ranges, so all ranks skip the same batches.
+        """
+        error = ""
+        if self.rank == 0:
+            try:
+                self.skip_plan.add(req.skip, added_by=req.requested_by or "rollback",
+                                   reason=f"rollback {req.id}: {req.reason}", save=True)
+            except SkipPlanError as e:
+                error = str(e)
+        error, ranges = self._broadcast((error, self.skip_plan.to_json()))
+        if error:
+            if self.reporter is not None:
+                self.reporter.event("rollback_failed", request_id=req.id, reason=error,
+                                    step=step)
+            raise RollbackError(f"rollback {req.id} to step {req.to_step} failed: the skip "
+                                f"ranges were not saved ({error}); stopping so the job "
+                                "restarts and applies it again")
+        if self.rank != 0:
+            self.skip_plan.replace(ranges)
 
     def _write_result(self, req: RollbackRequest, result: dict[str, Any]) -> None:
         if self.rank != 0:
@@ -374,8 +490,7 @@ class RollbackHandler:
             # The other order would restart past the spike with the ranges already in the
             # plan, and the re-found request would be refused as overlapping.
             self.store.abandon_after(req.to_step, f"rollback {req.id} from step {step}")
-        self.skip_plan.add(req.skip, added_by=req.requested_by or "rollback",
-                           reason=f"rollback {req.id}: {req.reason}", save=self.rank == 0)
+        self._add_skips(req, step)
         t_done = time.monotonic()
         outcome = RollbackOutcome(req, step, req.to_step, t_read - t0, t_done - t_read,
                                   t_done - started)

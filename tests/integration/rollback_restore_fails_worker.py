@@ -23,7 +23,7 @@ def main() -> int:
     run_dir = Path(sys.argv[1])
     dist.init_process_group("gloo", timeout=__import__("datetime").timedelta(seconds=60))
     rank = dist.get_rank()
-    store = CheckpointStore(run_dir / "checkpoints", keep=5)
+    store = CheckpointStore(run_dir / "checkpoints", keep=5, writer=rank == 0)
     if rank == 0:
         for s in (0, 10, 20):
             store.save(s, {"w": torch.full((4,), float(s))})

@@ -55,9 +55,15 @@ def test_non_finite_env_number_is_refused():
         load_section(Demo, "demo", env={"SENTINEL_DEMO_INTERVAL": "nan"})
 
 
-def test_bad_env_key_is_named():
-    with pytest.raises(ConfigError, match="SENTINEL_DEMO_NOPE"):
-        load_section(Demo, "demo", env={"SENTINEL_DEMO_NOPE": "1"})
+def test_bad_env_key_is_a_warning_naming_it(caplog):
+    """The environment is shared with other programs: a name that is no key is not fatal."""
+    with caplog.at_level("WARNING"):
+        cfg = load_section(Demo, "demo", env={"SENTINEL_DEMO_NOPE": "1",
+                                              "SENTINEL_DEMO_INTERVALS": "2"})
+    assert cfg.interval == 5.0
+    assert "SENTINEL_DEMO_NOPE is not a setting of demo: ignored (valid:" in caplog.text
+    assert "SENTINEL_DEMO_INTERVALS is not a setting of demo: ignored (did you mean " \
+        "SENTINEL_DEMO_INTERVAL?" in caplog.text
 
 
 def test_yaml_errors(tmp_path):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import grp
 import logging
+import math
 import os
 import socket
 import stat
@@ -214,6 +215,12 @@ class _Families:
         self.loss = GaugeMetricFamily(
             "sentinel_train_loss", "Last reported loss (NaN is exported as NaN).", labels=lab
         )
+        # VictoriaMetrics drops NaN samples at ingestion, so a NaN loss never reaches a
+        # fleet's global store: this flag does (docs/SCALE.md).
+        self.loss_finite = GaugeMetricFamily(
+            "sentinel_train_loss_finite",
+            "1 if the last reported loss is finite, 0 if it is NaN or infinite.", labels=lab
+        )
         self.gnorm = GaugeMetricFamily(
             "sentinel_train_grad_norm", "Last reported gradient norm.", labels=lab
         )
@@ -262,7 +269,8 @@ class _Families:
 
     def all(self) -> list[Metric]:
         """Return the families in exposition order."""
-        return [self.job_info, self.rank_info, self.step, self.loss, self.gnorm, self.tokens,
+        return [self.job_info, self.rank_info, self.step, self.loss, self.loss_finite,
+                self.gnorm, self.tokens,
                 self.samples, self.tps, self.hist, self.age, self.events, self.received,
                 self.dropped, self.rep_dropped]
 
@@ -279,6 +287,7 @@ class _Families:
             return  # only events so far
         self.step.add_metric(lv, float(st.step))
         self.loss.add_metric(lv, st.loss)
+        self.loss_finite.add_metric(lv, 1.0 if math.isfinite(st.loss) else 0.0)
         if st.grad_norm is not None:
             self.gnorm.add_metric(lv, st.grad_norm)
         self.tokens.add_metric(lv, float(st.tokens_total))

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from sentinel.controller.actions.base import Action
 from sentinel.controller.actions.burnin import Burnin
+from sentinel.controller.actions.rollback_skip import RollbackSkip
 from sentinel.controller.actions.spare_swap import SpareSwap
 
 _ALL: list[Action] = [
     Burnin(),
+    RollbackSkip(),
     SpareSwap(),
 ]
 

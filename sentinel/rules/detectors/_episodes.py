@@ -1,8 +1,15 @@
-"""Find sustained episodes (and short dips) in a time series against a baseline."""
+"""Find sustained episodes (and short dips) in a time series against a baseline.
+
+:class:`EpisodeFinder` takes samples one at a time (oldest first) and holds only the
+baseline window and the sustain window, so it runs over a window of minutes or a run of
+millions of samples alike; :func:`find_episodes` runs it over a list.
+"""
 
 from __future__ import annotations
 
 import math
+from bisect import bisect_left, insort
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -32,6 +39,141 @@ def resolution(points: list[tuple[float, float]], hint: float | None = None) -> 
     return median(gaps) if gaps else 1.0
 
 
+class EpisodeFinder:
+    """Sustained episodes and short dips of samples fed oldest first; see find_episodes.
+
+    ``on_episode`` gets each episode as it closes (and the open one at :meth:`finish`).
+    Memory: the good samples of the baseline window and the last sustain window.
+    """
+
+    def __init__(
+        self,
+        *,
+        is_bad: Callable[[float, float], bool],
+        baseline_s: float,
+        sustain_s: float,
+        fraction: float,
+        res: float,
+        on_episode: Callable[[Episode], None],
+        fixed_baseline: float | None = None,
+        min_baseline_samples: int = 4,
+        worse: Callable[[float, float], bool] = lambda a, b: a < b,
+    ) -> None:
+        self.is_bad, self.worse = is_bad, worse
+        self.baseline_s, self.sustain_s = baseline_s, sustain_s
+        self.fixed_baseline, self.min_baseline_samples = fixed_baseline, min_baseline_samples
+        self.on_episode = on_episode
+        self.res = res
+        self.k = max(2, round(sustain_s / res))
+        self.need = math.ceil(fraction * self.k)
+        # A dip is over after this many good samples in a row: one jittery sample above the
+        # threshold in the middle of a real drop must not restart it.
+        self.dip_close = max(1, self.k - self.need + 1)
+        self.recent: deque[bool] = deque(maxlen=self.k)
+        self.cur: Episode | None = None  # the open run of bad samples (dip or episode)
+        self.good_run = 0
+        self.first_good = 0.0
+        self.last_t: float | None = None
+        # Good samples not yet in the baseline window, the window itself (by time and
+        # sorted by value), for the median of good samples in [t - sustain - baseline,
+        # t - sustain) without rescanning them at every sample.
+        self._newer: deque[tuple[float, float]] = deque()
+        self._window: deque[tuple[float, float]] = deque()
+        self._sorted: list[float] = []
+
+    def _baseline(self, t: float) -> float | None:
+        lo, hi = t - self.sustain_s - self.baseline_s, t - self.sustain_s
+        while self._newer and self._newer[0][0] < hi:
+            tt, v = self._newer.popleft()
+            self._window.append((tt, v))
+            insort(self._sorted, v)
+        while self._window and self._window[0][0] < lo:
+            _, v = self._window.popleft()
+            del self._sorted[bisect_left(self._sorted, v)]
+        n = len(self._sorted)
+        if n < self.min_baseline_samples:
+            return None
+        s = self._sorted
+        return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
+
+    def _good(self, t: float, v: float) -> None:
+        if self.fixed_baseline is None:  # only a moving baseline needs them
+            self._newer.append((t, v))
+
+    def feed(self, t: float, v: float) -> None:
+        """Take the next sample (a non-finite value is skipped)."""
+        if not math.isfinite(v):
+            return
+        if self.last_t is not None and t - self.last_t > MAX_GAP_STEPS * self.res:
+            self._gap(self.last_t)
+        self.last_t = t
+        if self.fixed_baseline is not None:
+            base: float | None = self.fixed_baseline
+        elif self.cur is not None:
+            base = self.cur.baseline
+            self._baseline(t)  # keep the window sliding while the baseline is frozen
+        else:
+            base = self._baseline(t)
+        if base is None:
+            self._good(t, v)
+            return
+        bad = self.is_bad(v, base)
+        self.recent.append(bad)
+        if bad:
+            self._bad(t, v, base)
+        else:
+            self._ok(t, v)
+
+    def _gap(self, last: float) -> None:
+        """No samples for a while: the series stopped (a job requeued and down, scrapes
+        failing). Samples on either side are not one run of bad samples: a dip open
+        before the gap ends there, and the sustain window starts over.
+        """
+        self.recent.clear()
+        self.good_run = 0
+        if self.cur is not None and self.cur.flagged is None:
+            self.cur.end = last + self.res
+            self._close()
+
+    def _bad(self, t: float, v: float, base: float) -> None:
+        self.good_run = 0
+        cur = self.cur
+        if cur is None:
+            cur = self.cur = Episode(start=t, end=None, flagged=None, baseline=base, worst=v,
+                                     last_bad=t)
+        cur.last_bad = t
+        if self.worse(v, cur.worst):
+            cur.worst = v
+        if cur.flagged is None and len(self.recent) == self.k and sum(self.recent) >= self.need:
+            cur.flagged = t
+
+    def _ok(self, t: float, v: float) -> None:
+        self._good(t, v)
+        if self.good_run == 0:
+            self.first_good = t
+        self.good_run += 1
+        cur = self.cur
+        if cur is None:
+            return
+        if cur.flagged is None:
+            if self.good_run >= self.dip_close:
+                cur.end = self.first_good
+                self._close()
+        elif len(self.recent) == self.k and self.k - sum(self.recent) >= self.need:
+            cur.end = t
+            self._close()
+
+    def _close(self) -> None:
+        assert self.cur is not None
+        ep, self.cur = self.cur, None
+        self.on_episode(ep)
+
+    def finish(self) -> None:
+        """Hand over the episode still open, if any."""
+        if self.cur is not None:
+            self._close()
+
+
 def find_episodes(
     points: list[tuple[float, float]],
     *,
@@ -55,73 +197,12 @@ def find_episodes(
     pts = [(t, v) for t, v in points if math.isfinite(v)]
     if not pts:
         return []
-    res = resolution(pts, step_s)
-    k = max(2, round(sustain_s / res))
-    need = math.ceil(fraction * k)
-    good: list[tuple[float, float]] = []  # good samples, for the baseline
-    recent: list[bool] = []
     out: list[Episode] = []
-    cur: Episode | None = None  # the open run of bad samples (dip or episode)
-    # A dip is over after this many good samples in a row: one jittery sample above the
-    # threshold in the middle of a real drop must not restart it.
-    dip_close = max(1, k - need + 1)
-    good_run = 0
-    first_good = 0.0
-    last_t: float | None = None
+    finder = EpisodeFinder(
+        is_bad=is_bad, baseline_s=baseline_s, sustain_s=sustain_s, fraction=fraction,
+        res=resolution(pts, step_s), on_episode=out.append, fixed_baseline=fixed_baseline,
+        min_baseline_samples=min_baseline_samples, worse=worse)
     for t, v in pts:
-        if last_t is not None and t - last_t > MAX_GAP_STEPS * res:
-            # No samples for a while: the series stopped (a job requeued and down, scrapes
-            # failing). Samples on either side are not one run of bad samples: a dip open
-            # before the gap ends there, and the sustain window starts over.
-            recent.clear()
-            good_run = 0
-            if cur is not None and cur.flagged is None:
-                cur.end = last_t + res
-                out.append(cur)
-                cur = None
-        last_t = t
-        if fixed_baseline is not None:
-            base: float | None = fixed_baseline
-        elif cur is not None:
-            base = cur.baseline
-        else:
-            lo, hi = t - sustain_s - baseline_s, t - sustain_s
-            ref = [x for tt, x in good if lo <= tt < hi]
-            base = median(ref) if len(ref) >= min_baseline_samples else None
-        if base is None:
-            good.append((t, v))
-            continue
-        bad = is_bad(v, base)
-        recent.append(bad)
-        if len(recent) > k:
-            recent.pop(0)
-        if bad:
-            good_run = 0
-            if cur is None:
-                cur = Episode(start=t, end=None, flagged=None, baseline=base, worst=v, last_bad=t)
-            cur.last_bad = t
-            if worse(v, cur.worst):
-                cur.worst = v
-            if cur.flagged is None and len(recent) == k and sum(recent) >= need:
-                cur.flagged = t
-        else:
-            good.append((t, v))
-            if good_run == 0:
-                first_good = t
-            good_run += 1
-            if cur is not None:
-                if cur.flagged is None:
-                    if good_run >= dip_close:
-                        cur.end = first_good
-                        out.append(cur)
-                        cur = None
-                elif len(recent) == k and k - sum(recent) >= need:
-                    cur.end = t
-                    out.append(cur)
-                    cur = None
-        # Keep only what the baseline window can still use.
-        while good and good[0][0] < t - sustain_s - baseline_s - res:
-            good.pop(0)
-    if cur is not None:
-        out.append(cur)
+        finder.feed(t, v)
+    finder.finish()
     return out

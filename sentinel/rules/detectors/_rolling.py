@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from bisect import bisect_left, insort
 from collections import deque
@@ -106,3 +107,53 @@ class RobustLevel:
 def median(values: Iterable[float]) -> float:
     """Return the median of ``values`` (raises StatisticsError when empty)."""
     return float(statistics.median(values))
+
+
+class MedianSketch:
+    """The median of every value added: exact up to ``exact`` values, then within 0.1%.
+
+    Past ``exact`` values the sketch keeps counts per logarithmic bin (ratio
+    1 + ``rel``) instead of the values, so its memory no longer grows: a run of millions
+    of steps costs a few thousand bins. Zero and negative values are counted apart.
+    """
+
+    def __init__(self, exact: int = 65536, rel: float = 1e-3) -> None:
+        self.exact = exact
+        self._values: list[float] | None = []
+        self._log_base = math.log1p(rel)
+        self._bins: dict[int, int] = {}
+        self._low = 0  # values <= 0
+        self.n = 0
+
+    def add(self, x: float) -> None:
+        """Add one finite value."""
+        self.n += 1
+        if self._values is not None:
+            self._values.append(x)
+            if len(self._values) > self.exact:
+                for v in self._values:
+                    self._bin(v)
+                self._values = None
+            return
+        self._bin(x)
+
+    def _bin(self, x: float) -> None:
+        if x <= 0:
+            self._low += 1
+        else:
+            b = math.floor(math.log(x) / self._log_base)
+            self._bins[b] = self._bins.get(b, 0) + 1
+
+    def median(self) -> float:
+        """Return the median (raises StatisticsError when empty)."""
+        if self._values is not None:
+            return median(self._values)
+        half = (self.n + 1) // 2  # the middle value's rank, 1-based
+        if half <= self._low:
+            return 0.0
+        seen = self._low
+        for b in sorted(self._bins):
+            seen += self._bins[b]
+            if seen >= half:
+                return math.exp((b + 0.5) * self._log_base)  # the bin's middle
+        raise AssertionError("counts do not add up")

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass, field
 
-from sentinel.rules.detectors._rolling import median
+from sentinel.rules.detectors._rolling import MedianSketch, median
 from sentinel.rules.finding import Finding
-from sentinel.rules.spec import DetectorSpec
-from sentinel.rules.window import Series, Window, node_of
+from sentinel.rules.spec import MAX_STREAM_FINDINGS, DetectorSpec
+from sentinel.rules.window import Series, StepPoint, Window, node_of
 
 NAME = "job_stalled"
 
@@ -33,6 +34,52 @@ def _threshold(step_time: float, p: Params) -> float:
     return max(p.stall_factor * step_time, p.min_stall_s)
 
 
+class _Gaps:
+    """Gaps between reported steps, fed in time order, and the stalls among them.
+
+    The usual step time is the median gap (:class:`MedianSketch`: exact for a window,
+    within 0.1% past 65,536 steps); only gaps above ``min_stall_s`` can be stalls, and
+    at most ``keep`` of the longest are kept, so a run of any length takes bounded memory.
+    """
+
+    def __init__(self, p: Params, keep: int = MAX_STREAM_FINDINGS) -> None:
+        self.p = p
+        self.keep = keep
+        self.gaps = MedianSketch()
+        self.count = 0
+        self.last: tuple[float, int] | None = None
+        self.longest: list[tuple[float, float, float, int]] = []  # heap: (gap, t0, t1, step)
+        self.dropped = 0
+
+    def add(self, t: float, step: int) -> None:
+        """Take the time of the next step reported."""
+        if self.last is not None:
+            t0, s0 = self.last
+            gap = t - t0
+            self.gaps.add(gap)
+            if gap > self.p.min_stall_s:  # no stall limit is below min_stall_s
+                heapq.heappush(self.longest, (gap, t0, t, s0))
+                if len(self.longest) > self.keep:
+                    heapq.heappop(self.longest)
+                    self.dropped += 1
+        self.last = (t, step)
+        self.count += 1
+
+    def findings(self, window: Window) -> list[Finding]:
+        """Return a finding per gap above the stall limit (and one for a stall ongoing)."""
+        if self.count < 3 or self.last is None:
+            return []
+        usual = self.gaps.median()
+        limit = _threshold(usual, self.p)
+        out = [_finding(window, t0, t1, s0, gap, usual, "resolved")
+               for gap, t0, t1, s0 in sorted(self.longest, key=lambda x: (x[1], x[3]))
+               if gap > limit]
+        if window.now is not None and window.now - self.last[0] > limit:
+            t0, s0 = self.last
+            out.append(_finding(window, t0, None, s0, window.now - t0, usual, "firing"))
+        return out
+
+
 def _from_steps(window: Window, p: Params) -> list[Finding]:
     times: list[tuple[float, int]] = []
     last_step: int | None = None
@@ -41,20 +88,42 @@ def _from_steps(window: Window, p: Params) -> list[Finding]:
             continue
         times.append((sp.time, sp.step))
         last_step = sp.step
-    times.sort()
-    if len(times) < 3:
-        return []
-    gaps = [b[0] - a[0] for a, b in zip(times, times[1:], strict=False)]
-    usual = median(gaps)
-    limit = _threshold(usual, p)
-    out: list[Finding] = []
-    for (t0, s0), (t1, _s1), gap in zip(times, times[1:], gaps, strict=False):
-        if gap > limit:
-            out.append(_finding(window, t0, t1, s0, gap, usual, "resolved"))
-    if window.now is not None and window.now - times[-1][0] > limit:
-        t0, s0 = times[-1]
-        out.append(_finding(window, t0, None, s0, window.now - t0, usual, "firing"))
-    return out
+    gaps = _Gaps(p)
+    for t, step in sorted(times):
+        gaps.add(t, step)
+    return gaps.findings(window)
+
+
+class Stream:
+    """The detector over a stream of step records (``sentinel detect FILE``).
+
+    Records come in the file's order, which ``sentinel detect`` checks is time order
+    (give or take the clocks of the ranks), so they are not sorted here.
+    """
+
+    def __init__(self, params: Params, job: str) -> None:
+        self.window = Window(job=job)
+        self.gaps = _Gaps(params)
+        self.last_step: int | None = None
+        self.latest: float | None = None
+        self.notes: list[str] = []
+
+    def feed(self, pt: StepPoint) -> None:
+        """Take the next step record (one per step: the ranks' duplicates are skipped)."""
+        if pt.time is None or pt.step == self.last_step:
+            return
+        self.last_step = pt.step
+        # A record a little older than the newest (another rank's clock) is no gap.
+        t = pt.time if self.latest is None else max(pt.time, self.latest)
+        self.latest = t
+        self.gaps.add(t, pt.step)
+
+    def finish(self) -> list[Finding]:
+        """Return the stalls found."""
+        if self.gaps.dropped:
+            self.notes.append(f"only the {self.gaps.keep} longest gaps were kept; "
+                              f"{self.gaps.dropped} shorter ones above min_stall_s were not")
+        return self.gaps.findings(self.window)
 
 
 def _finding(
@@ -113,4 +182,5 @@ SPEC = DetectorSpec(
     inputs=("steps", "seconds_since_last_report", "step_duration"),
     required=("seconds_since_last_report", "step_duration"),
     description="no step for much longer than the usual step time",
+    stream=Stream,
 )

@@ -28,7 +28,7 @@ from typing import Any
 
 from sentinel.rules.detectors._rolling import RobustLevel, median
 from sentinel.rules.finding import Finding
-from sentinel.rules.spec import DetectorSpec
+from sentinel.rules.spec import MAX_STREAM_FINDINGS, DetectorSpec
 from sentinel.rules.window import StepPoint, Window
 
 NAME = "loss_spike"
@@ -145,42 +145,71 @@ def _log(v: float) -> float:
     return math.log(max(v, 1e-12))
 
 
+class _Merge:
+    """Collapse consecutive records of the same step (one per rank) into their mean.
+
+    Held as running sums, so any number of ranks (or a file of one step repeated)
+    takes constant memory.
+    """
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self.first: StepPoint | None = None
+        self.n = 0
+        self.loss = 0.0
+        self.gn_sum, self.gn_n = 0.0, 0
+        self.time: float | None = None
+
+    def add(self, p: StepPoint) -> StepPoint | None:
+        """Take a record; return the previous step's merged point when the step changes."""
+        out = self.flush() if self.first is not None and p.step != self.first.step else None
+        if self.first is None:
+            self.first = p
+        self.n += 1
+        self.loss += p.loss  # NaN in any rank stays NaN
+        if p.grad_norm is not None:
+            self.gn_sum += p.grad_norm
+            self.gn_n += 1
+        if p.time is not None:
+            self.time = p.time if self.time is None else max(self.time, p.time)
+        return out
+
+    def flush(self) -> StepPoint | None:
+        """Return the merged point of the records held (None if none), and forget them."""
+        first, n = self.first, self.n
+        if first is None:
+            return None
+        out = first if n == 1 else StepPoint(
+            step=first.step, loss=self.loss / n,
+            grad_norm=self.gn_sum / self.gn_n if self.gn_n else None, time=self.time)
+        self._reset()
+        return out
+
+
 def _merge_ranks(steps: list[StepPoint]) -> list[StepPoint]:
     """Collapse consecutive records of the same step (one per rank) into their mean."""
-    out: list[StepPoint] = []
-    group: list[StepPoint] = []
-    for p in steps:
-        if group and p.step != group[0].step:
-            out.append(_mean_point(group))
-            group = []
-        group.append(p)
-    if group:
-        out.append(_mean_point(group))
-    return out
-
-
-def _mean_point(group: list[StepPoint]) -> StepPoint:
-    if len(group) == 1:
-        return group[0]
-    loss = sum(p.loss for p in group) / len(group)  # NaN in any rank stays NaN
-    gns = [p.grad_norm for p in group if p.grad_norm is not None]
-    times = [p.time for p in group if p.time is not None]
-    return StepPoint(
-        step=group[0].step,
-        loss=loss,
-        grad_norm=(sum(gns) / len(gns)) if gns else None,
-        time=max(times) if times else None,
-    )
+    m = _Merge()
+    out = [pt for p in steps if (pt := m.add(p)) is not None]
+    last = m.flush()
+    return out + [last] if last is not None else out
 
 
 class _Tracker:
     """The state machine over one job's steps; ``feed`` one step at a time."""
 
-    def __init__(self, p: Params) -> None:
+    def __init__(self, p: Params, max_events: int | None = None) -> None:
         self.p = p
+        self.max_events = max_events
+        self.dropped_events = 0  # events past max_events: counted, not kept
+        self.nonpositive = 0  # finite losses <= 0: log-loss cannot judge them
         self.loss = RobustLevel(p.history)
         self.grad = RobustLevel(p.history)
         self.medians: deque[tuple[int, float]] = deque()
+        # The medians that may still be the smallest: increasing, so the first is the
+        # minimum (a rolling minimum in O(1) per step instead of a scan of 1,000).
+        self._lowest: deque[tuple[int, float]] = deque()
         self.last_grad_anom: int | None = None
         self.event: _Event | None = None
         self.events: list[_Event] = []
@@ -198,6 +227,7 @@ class _Tracker:
         self.loss.reset(x for _, x in list(self.accepted)[-self.p.history:])
         while self.medians and self.medians[-1][0] >= step:
             self.medians.pop()
+        self._rebuild_lowest()
         self.last_grad_anom = None
 
     def feed(self, pt: StepPoint) -> None:
@@ -206,6 +236,11 @@ class _Tracker:
             self._rewind(pt.step)
         self.last_step = pt.step
         loss_ok = math.isfinite(pt.loss)
+        if loss_ok and pt.loss <= 0:
+            # Not a cross-entropy: a ratio to a baseline means nothing (main reported
+            # "2e10x the baseline 1e-12"). Skipped, not fed into the baseline.
+            self.nonpositive += 1
+            return
         gn = pt.grad_norm
         gn_bad = gn is not None and not math.isfinite(gn)
         self._grad(pt.step, gn)
@@ -224,7 +259,7 @@ class _Tracker:
                 self._open(pt, "spike", b0=m, s0=s, r=r)
                 return
             self._remember_median(pt.step, m)
-            best = min(m for _, m in self.medians)
+            best = self._lowest[0][1]
             if m - best > p.drift_jump:
                 start = self._drift_start(best)
                 self._open(pt, "drift", b0=best, s0=s, r=x - best, start=start)
@@ -240,8 +275,22 @@ class _Tracker:
 
     def _remember_median(self, step: int, m: float) -> None:
         self.medians.append((step, m))
-        while self.medians and self.medians[0][0] < step - self.p.drift_horizon:
+        while self._lowest and self._lowest[-1][1] >= m:
+            self._lowest.pop()
+        self._lowest.append((step, m))
+        oldest = step - self.p.drift_horizon
+        while self.medians and self.medians[0][0] < oldest:
             self.medians.popleft()
+        while self._lowest and self._lowest[0][0] < oldest:
+            self._lowest.popleft()
+
+    def _rebuild_lowest(self) -> None:
+        """Recompute the rolling minimum's candidates (after medians were cut back)."""
+        self._lowest.clear()
+        for item in self.medians:
+            while self._lowest and self._lowest[-1][1] >= item[1]:
+                self._lowest.pop()
+            self._lowest.append(item)
 
     def _drift_start(self, best: float) -> int:
         # The rise began after the last step whose baseline was still near the minimum.
@@ -289,7 +338,10 @@ class _Tracker:
         else:
             ev.recent.append(_log(pt.loss))
         self.event = ev
-        self.events.append(ev)
+        if self.max_events is None or len(self.events) < self.max_events:
+            self.events.append(ev)
+        else:
+            self.dropped_events += 1
 
     def _follow(self, pt: StepPoint, loss_ok: bool, gn_bad: bool) -> None:
         p = self.p
@@ -347,12 +399,15 @@ class _Tracker:
                 # from it so later spikes on the plateau are still found.
                 self.loss.reset(list(ev.recent)[-p.history:])
                 self.medians.clear()
+                self._lowest.clear()
                 self._close()
 
     def _close(self) -> None:
         assert self.event is not None
+        self.event.recent.clear()  # only needed while following; a closed event is kept
         self.event = None
         self.medians.clear()
+        self._lowest.clear()
 
 
 def _severity_action(ev: _Event) -> tuple[str, str]:
@@ -417,6 +472,35 @@ def detect(window: Window, params: Params) -> list[Finding]:
     return [_finding(ev, window.job) for ev in tr.events]
 
 
+class Stream:
+    """The detector over a stream of step records (``sentinel detect FILE``)."""
+
+    def __init__(self, params: Params, job: str) -> None:
+        self.job = job
+        self.merge = _Merge()
+        self.tracker = _Tracker(params, max_events=MAX_STREAM_FINDINGS)
+        self.notes: list[str] = []
+
+    def feed(self, pt: StepPoint) -> None:
+        """Take the next step record."""
+        merged = self.merge.add(pt)
+        if merged is not None:
+            self.tracker.feed(merged)
+
+    def finish(self) -> list[Finding]:
+        """Return one finding per event."""
+        last = self.merge.flush()
+        if last is not None:
+            self.tracker.feed(last)
+        tr = self.tracker
+        if tr.dropped_events:
+            self.notes.append(f"{tr.dropped_events} more events not shown (at most "
+                              f"{MAX_STREAM_FINDINGS})")
+        if tr.nonpositive:
+            self.notes.append(f"{tr.nonpositive} steps with a loss <= 0 not judged")
+        return [_finding(ev, self.job) for ev in tr.events]
+
+
 SPEC = DetectorSpec(
     name=NAME,
     params=Params,
@@ -424,4 +508,5 @@ SPEC = DetectorSpec(
     inputs=("steps",),
     required=(),
     description="loss/grad-norm spikes, NaN/Inf and divergence with recovery classification",
+    stream=Stream,
 )

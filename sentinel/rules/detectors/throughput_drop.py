@@ -12,15 +12,25 @@ whether they grow with the step count.
 
 from __future__ import annotations
 
+import functools
+import heapq
 import math
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sentinel.rules.detectors._episodes import Episode, find_episodes, resolution
+from sentinel.rules.detectors._episodes import (
+    Episode,
+    EpisodeFinder,
+    find_episodes,
+    resolution,
+)
 from sentinel.rules.detectors._rolling import median
 from sentinel.rules.finding import Finding
-from sentinel.rules.spec import DetectorSpec
-from sentinel.rules.window import Series, Window, node_of
+from sentinel.rules.jsonl import TIME_BACK_TOLERANCE_S
+from sentinel.rules.spec import MAX_STREAM_FINDINGS, DetectorSpec
+from sentinel.rules.window import Series, StepPoint, Window, node_of
 
 NAME = "throughput_drop"
 
@@ -88,16 +98,67 @@ def _state(ep: Episode) -> str:
     return "resolved" if ep.end is not None else "firing"
 
 
+def _delay(e: Episode) -> float:
+    assert e.flagged is not None  # only sustained episodes are findings
+    return e.flagged - e.start
+
+
+def _job_finding(e: Episode, dips: list[dict[str, Any]], nodes: list[str], job: str
+                 ) -> Finding:
+    depth = 1 - e.worst / e.baseline if e.baseline else 0.0
+    evidence: dict[str, Any] = {
+        "scope": "job", "baseline_tokens_per_sec": e.baseline,
+        "worst_tokens_per_sec": e.worst, "depth": depth, "flagged_at": e.flagged,
+        "detection_delay_s": _delay(e), "dips": dips, "nodes": nodes,
+    }
+    return Finding(
+        kind="throughput_drop", severity="warning",
+        summary=(f"job throughput {depth:.0%} below its own baseline "
+                 f"{e.baseline:.4g} tokens/s since t={e.start:.0f}"),
+        suggested_action="notify", detector=NAME, job=job or None,
+        time_start=e.start, time_end=e.end if e.end is not None else e.last_bad,
+        confidence=min(1.0, 0.5 + depth), evidence=evidence, state=_state(e),
+        episode=f"{e.start:.0f}",
+    )
+
+
+def _node_finding(e: Episode, node: str, job: str) -> Finding:
+    depth = 1 - e.worst
+    return Finding(
+        kind="throughput_drop", severity="warning",
+        summary=(f"node {node} runs {depth:.0%} below the cluster median "
+                 f"since t={e.start:.0f}"),
+        suggested_action="notify", detector=NAME, job=job or None,
+        node=node, time_start=e.start,
+        time_end=e.end if e.end is not None else e.last_bad,
+        confidence=min(1.0, 0.5 + depth),
+        evidence={"scope": "node", "ratio_to_cluster_median": e.worst,
+                  "depth": depth, "flagged_at": e.flagged,
+                  "detection_delay_s": _delay(e)},
+        state=_state(e), episode=f"{e.start:.0f}",
+    )
+
+
+def _dip(e: Episode, res: float) -> dict[str, Any]:
+    return {"start": e.start, "end": e.end,
+            "depth": 1 - e.worst / e.baseline if e.baseline else 0.0,
+            "duration_s": ((e.end if e.end is not None else e.last_bad + res) - e.start),
+            "sustained": e.flagged is not None}
+
+
 def detect(window: Window, params: Params) -> list[Finding]:
     """Return job-level drops and per-node (straggler) drops in the window."""
     p = params
     nodes = _by_node(window.role("tokens_per_sec"))
-    if not nodes and window.steps:
-        for sp in window.steps:
-            if sp.tokens_per_sec is not None and sp.time is not None:
-                nodes.setdefault(sp.node or "?", []).append((sp.time, sp.tokens_per_sec))
-    all_pts = [pt for pts in nodes.values() for pt in pts]
     cl_series = window.role("tokens_per_sec_cluster")
+    if not nodes and not cl_series:
+        # From step records (sentinel detect FILE): the streamed detector, in time order.
+        stream = Stream(p, window.job)
+        for sp in sorted((sp for sp in window.steps if sp.time is not None),
+                         key=lambda sp: sp.time or 0.0):
+            stream.feed(sp)
+        return stream.finish()
+    all_pts = [pt for pts in nodes.values() for pt in pts]
     cl_pts = sorted(pt for s in cl_series for pt in s.points)
     res = resolution(cl_pts or sorted(all_pts), window.step_s)
     per_node = {n: _resample(pts, res) for n, pts in nodes.items()}
@@ -111,30 +172,9 @@ def detect(window: Window, params: Params) -> list[Finding]:
         cluster, is_bad=lambda v, b: v < drop_line * b, baseline_s=p.baseline_s,
         sustain_s=p.sustain_s, fraction=p.fraction, step_s=res,
     )
-    dips = [
-        {"start": e.start, "end": e.end, "depth": 1 - e.worst / e.baseline if e.baseline else 0.0,
-         "duration_s": ((e.end if e.end is not None else e.last_bad + res) - e.start),
-         "sustained": e.flagged is not None}
-        for e in eps
-    ]
-    for e in eps:
-        if e.flagged is None:
-            continue
-        depth = 1 - e.worst / e.baseline if e.baseline else 0.0
-        evidence: dict[str, Any] = {
-            "scope": "job", "baseline_tokens_per_sec": e.baseline,
-            "worst_tokens_per_sec": e.worst, "depth": depth, "flagged_at": e.flagged,
-            "detection_delay_s": e.flagged - e.start, "dips": dips, "nodes": sorted(nodes),
-        }
-        findings.append(Finding(
-            kind="throughput_drop", severity="warning",
-            summary=(f"job throughput {depth:.0%} below its own baseline "
-                     f"{e.baseline:.4g} tokens/s since t={e.start:.0f}"),
-            suggested_action="notify", detector=NAME, job=window.job or None,
-            time_start=e.start, time_end=e.end if e.end is not None else e.last_bad,
-            confidence=min(1.0, 0.5 + depth), evidence=evidence, state=_state(e),
-            episode=f"{e.start:.0f}",
-        ))
+    dips = [_dip(e, res) for e in eps]
+    findings += [_job_finding(e, dips, sorted(nodes), window.job)
+                 for e in eps if e.flagged is not None]
 
     # A cluster median given by Prometheus was computed over the whole fleet, even when
     # the per-node query returned only the slow nodes.
@@ -147,23 +187,158 @@ def detect(window: Window, params: Params) -> list[Finding]:
                 ratio, is_bad=lambda v, b: v < drop_line * b, baseline_s=p.baseline_s,
                 sustain_s=p.sustain_s, fraction=p.fraction, step_s=res, fixed_baseline=1.0,
             ):
-                if e.flagged is None:
-                    continue
-                depth = 1 - e.worst
-                findings.append(Finding(
-                    kind="throughput_drop", severity="warning",
-                    summary=(f"node {node} runs {depth:.0%} below the cluster median "
-                             f"since t={e.start:.0f}"),
-                    suggested_action="notify", detector=NAME, job=window.job or None,
-                    node=node, time_start=e.start,
-                    time_end=e.end if e.end is not None else e.last_bad,
-                    confidence=min(1.0, 0.5 + depth),
-                    evidence={"scope": "node", "ratio_to_cluster_median": e.worst,
-                              "depth": depth, "flagged_at": e.flagged,
-                              "detection_delay_s": e.flagged - e.start},
-                    state=_state(e), episode=f"{e.start:.0f}",
-                ))
+                if e.flagged is not None:
+                    findings.append(_node_finding(e, node, window.job))
     return findings
+
+
+class Stream:
+    """The detector over step records in time order (``sentinel detect FILE``).
+
+    What :func:`detect` does with series, one sample at a time: the resolution is the
+    median gap of the first RES_SAMPLE records' times; each record goes into its
+    node's time bucket; a bucket is closed once the input is HOLD_S past it (records
+    may come out of order by that much: ranks' clocks), and gives the cluster median
+    (fed to the job's episode finder) and each node's ratio to it (fed to that node's).
+    Memory: the open buckets, one finder per node (MAX_NODES), MAX_DIPS dips.
+    """
+
+    RES_SAMPLE = 4096
+    # Twice sentinel detect's tolerance for records out of time order, so none comes late.
+    HOLD_S = 2 * TIME_BACK_TOLERANCE_S
+    MAX_NODES = 4096
+    MAX_DIPS = 1000
+
+    def __init__(self, params: Params, job: str) -> None:
+        self.p, self.job = params, job
+        self.res = 0.0
+        self._first: list[tuple[float, str, float]] = []  # until the resolution is known
+        self._open: dict[int, dict[str, list[float]]] = {}  # bucket -> node -> [sum, n]
+        self._order: list[int] = []  # heap of the open buckets
+        self._closed_to: int | None = None  # buckets up to this one are closed
+        self._latest = -math.inf
+        self.nodes: set[str] = set()
+        self._job: EpisodeFinder | None = None
+        self._node_finders: dict[str, EpisodeFinder] = {}
+        self._job_eps: list[Episode] = []
+        self._node_eps: list[tuple[str, Episode]] = []
+        self._dips: deque[dict[str, Any]] = deque(maxlen=self.MAX_DIPS)
+        self.dropped = 0  # findings past MAX_STREAM_FINDINGS
+        self.late = 0  # records for a bucket already closed
+        self.extra_nodes = 0  # records of nodes past MAX_NODES
+        self.dips_seen = 0
+        self.notes: list[str] = []
+
+    def _finder(self, on: Callable[[Episode], None], fixed: float | None) -> EpisodeFinder:
+        p = self.p
+        drop_line = 1.0 - p.drop_ratio
+        return EpisodeFinder(is_bad=lambda v, b: v < drop_line * b, baseline_s=p.baseline_s,
+                             sustain_s=p.sustain_s, fraction=p.fraction, res=self.res,
+                             on_episode=on, fixed_baseline=fixed)
+
+    def feed(self, pt: StepPoint) -> None:
+        """Take the next step record (those without time or tokens/sec are skipped)."""
+        if pt.tokens_per_sec is None or pt.time is None:
+            return
+        node = pt.node or "?"
+        if node not in self.nodes:
+            if len(self.nodes) >= self.MAX_NODES:
+                self.extra_nodes += 1
+                return
+            self.nodes.add(node)
+        if self._job is None:
+            self._first.append((pt.time, node, pt.tokens_per_sec))
+            if len(self._first) >= self.RES_SAMPLE:
+                self._start()
+            return
+        self._add(pt.time, node, pt.tokens_per_sec)
+
+    def _start(self) -> None:
+        """Fix the resolution from the records so far and replay them."""
+        self.res = resolution(sorted((t, v) for t, _n, v in self._first))
+        self._job = self._finder(self._job_episode, None)
+        first, self._first = self._first, []
+        for t, node, v in first:
+            self._add(t, node, v)
+
+    def _add(self, t: float, node: str, v: float) -> None:
+        b = round(t / self.res)
+        if self._closed_to is not None and b <= self._closed_to:
+            self.late += 1
+            return
+        if math.isfinite(v):
+            if b not in self._open:
+                self._open[b] = {}
+                heapq.heappush(self._order, b)
+            acc = self._open[b].setdefault(node, [0.0, 0])
+            acc[0] += v
+            acc[1] += 1
+        if t > self._latest:
+            self._latest = t
+            self._close_until(round((t - self.HOLD_S) / self.res) - 1)
+
+    def _close_until(self, last: int) -> None:
+        while self._order and self._order[0] <= last:
+            self._close_bucket(heapq.heappop(self._order))
+        if self._closed_to is None or last > self._closed_to:
+            self._closed_to = last
+
+    def _close_bucket(self, b: int) -> None:
+        assert self._job is not None
+        per_node = {n: acc[0] / acc[1] for n, acc in self._open.pop(b).items()}
+        t = b * self.res
+        cluster = median(per_node.values())
+        self._job.feed(t, cluster)
+        if not self.p.peer_check or not cluster:
+            return
+        for node, v in sorted(per_node.items()):
+            f = self._node_finders.get(node)
+            if f is None:
+                f = self._node_finders[node] = self._finder(
+                    functools.partial(self._node_episode, node), 1.0)
+            f.feed(t, v / cluster)
+
+    def _job_episode(self, e: Episode) -> None:
+        self.dips_seen += 1
+        self._dips.append(_dip(e, self.res))
+        if e.flagged is not None:
+            self._keep(self._job_eps, e)
+
+    def _node_episode(self, node: str, e: Episode) -> None:
+        if e.flagged is not None:
+            self._keep(self._node_eps, (node, e))
+
+    def _keep(self, where: list[Any], item: Any) -> None:
+        if len(self._job_eps) + len(self._node_eps) < MAX_STREAM_FINDINGS:
+            where.append(item)
+        else:
+            self.dropped += 1
+
+    def finish(self) -> list[Finding]:
+        """Close every bucket and return the job's and the nodes' drops."""
+        if self._job is None:
+            if not self._first:
+                return []
+            self._start()
+        self._close_until(max(self._open, default=-1))
+        assert self._job is not None
+        self._job.finish()
+        for f in self._node_finders.values():
+            f.finish()
+        for n, what in ((self.dropped, f"more drops not shown (at most {MAX_STREAM_FINDINGS})"),
+                        (self.late, f"records more than {self.HOLD_S:g} s late not used"),
+                        (self.extra_nodes, f"records of nodes past the first {self.MAX_NODES} "
+                         "not used"),
+                        (self.dips_seen - len(self._dips), "older dips left out of the "
+                         "evidence")):
+            if n:
+                self.notes.append(f"{n} {what}")
+        dips = list(self._dips)
+        out = [_job_finding(e, dips, sorted(self.nodes), self.job) for e in self._job_eps]
+        if self.p.peer_check and len(self.nodes) >= self.p.min_nodes_for_peers:
+            out += [_node_finding(e, node, self.job)
+                    for node, e in sorted(self._node_eps, key=lambda x: (x[0], x[1].start))]
+        return out
 
 
 SPEC = DetectorSpec(
@@ -173,4 +348,5 @@ SPEC = DetectorSpec(
     inputs=("tokens_per_sec", "tokens_per_sec_cluster", "steps"),
     required=("tokens_per_sec",),
     description="sustained tokens/sec drop vs the run's baseline and vs the cluster median",
+    stream=Stream,
 )

@@ -187,6 +187,7 @@ def test_reporter_steps_reach_metrics_and_the_step_stream(running):
     lab = {"job": "run1", "rank": "3"}
     assert value(text, "sentinel_train_step", **lab) == 5
     assert math.isnan(value(text, "sentinel_train_loss", **lab))
+    assert value(text, "sentinel_train_loss_finite", **lab) == 0
     assert value(text, "sentinel_train_tokens_total", **lab) == 6 * 4096
     assert value(text, "sentinel_train_samples_total", **lab) == 40
     assert value(text, "sentinel_train_events_total", kind="checkpoint_saved", **lab) == 1
@@ -209,6 +210,10 @@ def test_reporter_steps_reach_metrics_and_the_step_stream(running):
     assert again.status_code == 200 and again.json() == body
     assert math.isnan(value(requests.get(f"{url}/metrics", timeout=5).text,
                             "sentinel_train_loss", **lab))
+    r.step(6, loss=1.2, tokens=4096)
+    assert wait_for(lambda: store.received >= 8)
+    assert value(requests.get(f"{url}/metrics", timeout=5).text,
+                 "sentinel_train_loss_finite", **lab) == 1
 
 
 def test_steps_api_errors(running):

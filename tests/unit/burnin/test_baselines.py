@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from sentinel.burnin.baselines import load_baselines
+from sentinel.burnin.baselines import LinkFloor, link_floor, load_baselines, load_link_floors
 from sentinel.burnin.config import BurninConfigError
 
 
@@ -40,3 +40,50 @@ def test_bad_override_files_say_what_is_wrong(tmp_path, text, match):
 def test_missing_file(tmp_path):
     with pytest.raises(BurninConfigError, match="cannot read it"):
         load_baselines(tmp_path / "nope.json")
+
+
+def test_link_floors_per_model_kind_and_gpu_count(tmp_path):
+    p = tmp_path / "b.yml"
+    p.write_text("bf16: {X: 100}\ninterconnect:\n  about: notes\n  NVIDIA H200:\n"
+                 "    nvlink: {copy_gbps: 350, allreduce_busbw_gbps: {'2': 300, '8': null},\n"
+                 "             source: measured}\n    sys: {copy_gbps: null}\n")
+    floors = load_link_floors(p)
+    assert floors == {"NVIDIA H200": {
+        "nvlink": LinkFloor(copy_gbps=350.0, allreduce_busbw_gbps={2: 300.0}, source="measured"),
+        "sys": LinkFloor()}}
+    assert link_floor(floors, "nvidia h200", "nvlink").copy_gbps == 350.0  # case-blind
+    assert link_floor(floors, "NVIDIA H200", "pix") is None
+    assert link_floor(floors, "NVIDIA L4", "nvlink") is None
+    # A file without the section has no link floors (its TFLOPS floors still load).
+    q = tmp_path / "c.json"
+    q.write_text('{"bf16": {"X": 1}}')
+    assert load_link_floors(q) == {} and load_baselines(q) == {"X": 1.0}
+
+
+@pytest.mark.parametrize("text, match", [
+    ("interconnect: [1]\n", "interconnect must map model names"),
+    ("interconnect: {M: 5}\n", r"interconnect\.M: must map a link kind \(nvlink, pix"),
+    ("interconnect: {M: {nvswitch: {}}}\n", "unknown link kind 'nvswitch'"),
+    ("interconnect: {M: {nvlink: {copy_gbps: -1}}}\n", r"nvlink\.copy_gbps: -1 is not valid"),
+    ("interconnect: {M: {nvlink: {copy: 5}}}\n", "unknown key 'copy'"),
+    ("interconnect: {M: {nvlink: {allreduce_busbw_gbps: {one: 5}}}}\n",
+     "key 'one' is not a GPU count"),
+    ("interconnect: {M: {nvlink: {allreduce_busbw_gbps: 5}}}\n",
+     "must map a GPU count"),
+    ("interconnect: {M: {nvlink: {allreduce_busbw_gbps: {'2': fast}}}}\n",
+     r"allreduce_busbw_gbps\.2: 'fast' is not valid"),
+])
+def test_bad_link_floors_say_what_is_wrong(tmp_path, text, match):
+    p = tmp_path / "b.yaml"
+    p.write_text(text)
+    with pytest.raises(BurninConfigError, match=match):
+        load_link_floors(p)
+
+
+def test_shipped_link_floors_have_sources():
+    from sentinel.burnin.baselines import SHIPPED
+
+    data = json.loads(SHIPPED.read_text())["interconnect"]
+    assert data["NVIDIA H200"]["nvlink"]["source"].startswith("to be measured")
+    assert all(k["source"] for m in data.values() for k in m.values())
+    assert "NVIDIA H200" in load_link_floors()

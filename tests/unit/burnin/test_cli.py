@@ -38,6 +38,7 @@ def test_api_raises_unavailable_without_cuda():
     (["--check-every", "0"], "burnin.check_every: 0 is below the minimum 1"),
     (["--size", "64"], "burnin.size: 64 is below the minimum 128"),
     (["--duration", "nan"], "burnin.duration: nan is not a finite number"),
+    (["--bandwidth-tolerance", "1.5"], "burnin.bandwidth_tolerance: 1.5 is above the maximum"),
 ])
 def test_bad_flags_exit_2_naming_the_flag(capsys, argv, message):
     assert main(["burnin", *argv]) == 2
@@ -75,3 +76,28 @@ def test_config_validate_is_used_by_the_api():
         BurninConfig(warmup=-1.0).validate()
     with pytest.raises(BurninConfigError, match="not valid \\(valid: bf16, fp8\\)"):
         BurninConfig(dtype="int8").validate()
+
+
+def test_v2_flags_reach_the_config(monkeypatch):
+    import argparse
+
+    from sentinel.burnin import cli
+
+    monkeypatch.setenv("SENTINEL_BURNIN_DURATION", "25")
+    ap = argparse.ArgumentParser()
+    cli.register(ap.add_subparsers())
+    cfg = cli._load(ap.parse_args(["burnin", "--no-interconnect", "--warmup-mode", "fixed",
+                                   "--bandwidth-tolerance", "0.3"]))
+    assert (cfg.interconnect, cfg.warmup_mode, cfg.bandwidth_tolerance) == (False, "fixed", 0.3)
+    assert cfg.duration == 25.0
+    monkeypatch.delenv("SENTINEL_BURNIN_DURATION")
+    cfg = cli._load(ap.parse_args(["burnin"]))
+    assert (cfg.interconnect, cfg.warmup_mode, cfg.duration, cfg.tolerance) == (
+        True, "steady", 20.0, 0.10)
+
+
+def test_bad_warmup_mode_from_the_environment_exits_2(capsys, monkeypatch):
+    monkeypatch.setenv("SENTINEL_BURNIN_WARMUP_MODE", "lukewarm")
+    assert main(["burnin"]) == 2
+    assert "burnin.warmup_mode: 'lukewarm' is not valid (valid: steady, fixed)" in (
+        capsys.readouterr().err)

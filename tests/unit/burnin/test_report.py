@@ -7,6 +7,8 @@ import pytest
 
 from sentinel.burnin.baselines import load_baselines
 from sentinel.burnin.config import BurninConfig
+from sentinel.burnin.link_verdict import judge_interconnect
+from sentinel.burnin.records import AllreduceMeasurement, CopyMeasurement, InterconnectRecord
 from sentinel.burnin.report import (
     BurninReport,
     ProgressBar,
@@ -17,6 +19,7 @@ from sentinel.burnin.report import (
     write_textfile,
 )
 from sentinel.burnin.verdict import VerdictConfig, judge
+from tests.support.burnin import make_record
 from tests.support.metrics import check_promtool
 
 
@@ -95,3 +98,52 @@ def test_progress_bar_draws_on_its_stream():
     bar.close()
     out = buf.getvalue()
     assert "50%" in out and "0:731 1:729" in out and out.endswith("\n")
+
+
+@pytest.fixture
+def linked_report():
+    """Two H200s whose copy from GPU 1 to GPU 0 runs at a third of the other direction."""
+    nbytes = 1 << 28
+    copies = [CopyMeasurement(src=s, dst=d, topology="nvlink", bytes_per_copy=nbytes,
+                              copies=100, seconds=nbytes * 100 / (g * 1e9), p2p=True)
+              for s, d, g in ((0, 1, 390.0), (1, 0, 130.0))]
+    ar = AllreduceMeasurement(gpus=[0, 1], topology="nvlink", message_bytes=nbytes, iters=20,
+                              seconds_per_iter=nbytes / 350e9, rank_seconds=[0.00076] * 2)
+    rec = InterconnectRecord(gpus=[0, 1], copies=copies, allreduce=ar)
+    ic = judge_interconnect(rec, {0: "NVIDIA H200", 1: "NVIDIA H200"}, "nvlink", {}, 0.15)
+    recs = [make_record(i, tflops=660.0, name="NVIDIA H200") for i in (0, 1)]
+    recs[1].nvml_index = 3  # NVML numbers this GPU 3: the series say so
+    verdicts = judge(recs, VerdictConfig(baselines=load_baselines()), ic.gpu_problems())
+    return BurninReport(hostname="node07", started_at=1.7e9, finished_at=1.7e9 + 29,
+                        wall_seconds=28.6, config=BurninConfig(), records=recs,
+                        verdicts=verdicts, interconnect=ic)
+
+
+def test_textfile_interconnect_series(linked_report):
+    text = render_textfile(linked_report)
+    assert ('sentinel_burnin_interconnect_verdict{hostname="node07",verdict="LOW_BANDWIDTH"} '
+            '1.0') in text
+    assert ('sentinel_burnin_copy_bandwidth_bytes_per_second{gpu="3",hostname="node07",'
+            'peer_gpu="0",topology="nvlink"} 1.3e+11') in text
+    assert ('sentinel_burnin_allreduce_bus_bandwidth_bytes_per_second{gpu_count="2",'
+            'hostname="node07",topology="nvlink"} 3.5e+11') in text
+    assert text.count('verdict="LOW_BANDWIDTH"} 1.0') == 3  # the node, and both GPUs
+
+
+def test_table_shows_the_links(linked_report):
+    text = format_table(linked_report)
+    assert ("interconnect LOW_BANDWIDTH (nvlink): copy 0->1 390.0 GB/s, copy 1->0 130.0 GB/s, "
+            "all-reduce busbw 350.0 GB/s") in text
+    assert ("interconnect LOW_BANDWIDTH: copy GPU 1 -> GPU 0 over nvlink: 130.0 GB/s, 66.7% "
+            "below the node's best nvlink pair") in text
+    assert "GPU 0 LOW_BANDWIDTH: copy GPU 1 -> GPU 0" in text
+    events = [json.loads(json_line(e)) for e in result_events(linked_report)]
+    assert [e["event"] for e in events] == ["result", "result", "interconnect", "verdict"]
+    assert events[-1]["interconnect"] == "LOW_BANDWIDTH" and events[-1]["exit_code"] == 1
+
+
+@pytest.mark.integration
+def test_textfile_with_links_passes_promtool(linked_report, tmp_path):
+    path = tmp_path / "burnin.prom"
+    write_textfile(path, linked_report)
+    check_promtool(path.read_text())

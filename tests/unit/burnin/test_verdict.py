@@ -113,13 +113,14 @@ def test_gpu_that_stopped_midway_is_no_work_with_what_it_did():
 
 def test_one_slow_gpu_against_the_node_best():
     recs = [make_record(i) for i in range(4)] + [make_record(4, tflops=650.0),
-                                                 make_record(5, tflops=690.0)]
+                                                 make_record(5, tflops=670.0)]
     verdicts = judge(recs, VerdictConfig())  # no floors: relative check only
     assert [v.verdict for v in verdicts] == [Verdict.OK] * 4 + [Verdict.LOW_FLOPS, Verdict.OK]
     ev = verdicts[4].problems[0].evidence
-    assert "11.6% below the node's best GPU" in ev and "tolerance 7%" in ev
-    # 690 is 6.1% below: inside the 7% tolerance.
+    assert "11.6% below the node's best GPU" in ev and "tolerance 10%" in ev
+    # 670 is 8.8% below: inside the 10% of issue 16 (v1's 7% flagged it).
     assert verdicts[5].ok
+    assert judge(recs, VerdictConfig(tolerance=0.07))[5].verdict is Verdict.LOW_FLOPS
 
 
 def test_all_slow_node_is_caught_by_the_model_floor():

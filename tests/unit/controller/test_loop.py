@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 
 import pytest
 
@@ -191,3 +192,41 @@ def test_a_failing_detector_does_not_stop_the_loop(tmp_path):
     ctl = make_controller(tmp_path, Broken())
     stats = ctl.cycle()
     assert stats.errors == ["rules: Prometheus is down"] and not ctl.last_cycle_ok
+
+
+def test_an_action_resumed_for_its_verification_reads_its_steps_outcomes(tmp_path, monkeypatch):
+    """Killed after its steps and before its verdict: verify still sees what they did."""
+    seen = []
+
+    class Verifying(ToyAction):
+        def verify(self, run):
+            seen.append(dict(run.outputs))
+            return {"summary": "ok"}
+
+    monkeypatch.setitem(ACTIONS, "rollback_skip", Verifying())
+    ctl = make_controller(tmp_path, ScriptedDetector([[spike()]]))
+    ctl.cycle()
+    wait_done(ctl)
+    [a] = ctl.journal.actions()
+    ctl.journal.set_action(a.id, "done")  # as a controller killed at verify/before leaves it
+    ctl.resume()
+    wait_done(ctl)
+    assert seen[1] == seen[0] == {s: {"did": s} for s in TOY_STEPS}
+    assert ctl.journal.action(a.id).state == "verified"
+
+
+def test_stopping_the_controller_wakes_a_waiting_action(tmp_path):
+    """An action sleeping until its deadline (a verification) wakes when the daemon stops."""
+    import time
+
+    from sentinel.controller.daemon import build
+
+    parts = build({"controller": {"journal": str(tmp_path / "c.db"), "scheduler": "none",
+                                  "listen_address": ""}})
+    woke = []
+    t = threading.Thread(target=lambda: woke.append(parts.controller.ctx.sleep(300)))
+    t.start()
+    t0 = time.monotonic()
+    parts.controller.stop()
+    t.join(10)
+    assert woke == [True] and time.monotonic() - t0 < 5

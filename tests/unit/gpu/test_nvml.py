@@ -74,3 +74,25 @@ def test_a_gpu_lost_mid_sample_gets_no_further_queries():
     after = {"nvmlDeviceGetEnforcedPowerLimit", "nvmlDeviceGetTotalEnergyConsumption",
              "nvmlDeviceGetViolationStatus", "nvmlDeviceGetRemappedRows"}
     assert not after & set(backend.by_name)
+
+
+def test_link_topology_nvlink_first_then_the_pcie_level():
+    backend = ReplayBackend.from_file(H100_LOAD)
+    devs = backend.dump["devices"]
+    for i in (1, 2, 3):
+        d = json.loads(json.dumps(devs[0]))
+        d["uuid"], d["index"] = f"GPU-{i}", i
+        devs.append(d)
+    backend.dump["device_count"] = 4
+    devs[0]["links"] = {"1": {"p2p_nvlink": 0, "common_ancestor": 50},
+                        "2": {"p2p_nvlink": 2, "common_ancestor": 20},
+                        "3": {"common_ancestor": 30}}
+    devs[3]["links"] = {"1": {"p2p_nvlink": {"error": "NVMLError_GpuIsLost", "value": 15}}}
+    nv = Nvml(backend)
+    nv.init()
+    assert nv.link_topology(0, 1) == "nvlink"
+    assert nv.link_topology(1, 0) == "nvlink"  # a pair is the same both ways
+    assert nv.link_topology(0, 2) == "pxb"  # NVLink P2P not supported: the PCIe level
+    assert nv.link_topology(0, 3) == "phb"
+    assert nv.link_topology(3, 1) is None  # NVML errors: unknown, not a crash
+    assert nv.link_topology(0, 9) is None  # no such GPU

@@ -12,7 +12,7 @@ import pytest
 
 from sentinel.notify.config import NotifyConfig
 from sentinel.notify.message import Notification, Series
-from sentinel.notify.queue import Outbox
+from sentinel.notify.queue import Outbox, OutboxError
 from sentinel.notify.slack import BotTransport, Notifier, WebhookTransport
 from sentinel.secretfile import Secret
 from tests.support.fake_slack import TOKEN, WEBHOOK_PATH, FakeSlack
@@ -336,5 +336,37 @@ def test_queue_is_bounded(slack: FakeSlack, bot_cfg: NotifyConfig,
 def test_outbox_directory_error_is_clear(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("")
-    with pytest.raises(OSError, match="notify.queue_dir"):
+    with pytest.raises(OutboxError, match="notify.queue_dir .*Not a directory"):
         Outbox(blocker / "queue")
+
+
+def test_inline_429_retries_stay_within_the_budget() -> None:
+    """Retry-After is slept inside one send only while the sleeps fit the budget."""
+    from slack_sdk.http_retry.request import HttpRequest
+    from slack_sdk.http_retry.response import HttpResponse
+    from slack_sdk.http_retry.state import RetryState
+
+    from sentinel.notify import slack as slack_mod
+
+    handler = slack_mod._rate_limit_retry(retry_max=5)
+    req = HttpRequest(method="POST", url="https://slack.invalid/api/chat.postMessage",
+                      headers={}, body_params=None, data=None)
+
+    def answer(retry_after: str, status: int = 429) -> HttpResponse:
+        return HttpResponse(status_code=status, headers={"Retry-After": [retry_after]}, body={},
+                            data=b"")
+
+    state = RetryState()
+    assert handler._can_retry(state=state, request=req, response=answer("0.5"))
+    t0 = time.monotonic()
+    handler.prepare_for_next_attempt(state=state, request=req, response=answer("0.5"))
+    assert time.monotonic() - t0 >= 0.5 and state.next_attempt_requested
+    assert state.current_attempt == 1
+    # 0.5 s spent: 2.4 more fits the 3 s budget, 2.6 does not.
+    assert handler._can_retry(state=state, request=req, response=answer("2.4"))
+    assert not handler._can_retry(state=state, request=req, response=answer("2.6"))
+    fresh = RetryState()
+    for junk in ("soon", "-1", "inf", "Wed, 21 Oct 2015 07:28:00 GMT"):
+        assert not handler._can_retry(state=fresh, request=req, response=answer(junk))
+    assert not handler._can_retry(state=fresh, request=req, response=answer("1", status=500))
+    assert slack_mod.retry_after_s({"retry-after": ["7"]}) == 7.0

@@ -40,8 +40,9 @@ def run(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.Monk
     [
         (b'{"step": 3, "loss": "lots"}',
          """:3: 'loss' is 'lots' (valid: a number, or "NaN", "Infinity", "-Infinity")"""),
-        (b'{"step": "two", "loss": 1.0}', ":3: 'step' is 'two' (valid: an integer >= 0)"),
-        (b'{"step": -1, "loss": 1.0}', ":3: 'step' is -1 (valid: an integer >= 0)"),
+        (b'{"step": "two", "loss": 1.0}',
+         ":3: 'step' is 'two' (valid: an integer >= 0, at most 2^53)"),
+        (b'{"step": -1, "loss": 1.0}', ":3: 'step' is -1 (valid: an integer >= 0, at most 2^53)"),
         (b'{"step": 3}', ":3: 'loss' is missing (valid: a number"),
         (b'{"step": 3, "loss": true}', ":3: 'loss' is True (valid: a number"),
         (b"[1, 2]", ':3: expected a JSON object like {"step": 1, "loss": 2.5}, got list'),

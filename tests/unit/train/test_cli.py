@@ -1,5 +1,4 @@
 import json
-import os
 import signal
 
 import pytest
@@ -7,7 +6,7 @@ import torch
 
 from sentinel.cli import main
 from sentinel.train.checkpoint import CheckpointStore
-from sentinel.train.request import REQUEST_DIR, RollbackRequest, sign
+from sentinel.train.request import REQUEST_DIR, RollbackRequest, read_token, sign, write_pid_file
 from sentinel.train.rollback import ensure_token
 from sentinel.train.skipplan import SkipPlan
 
@@ -42,7 +41,7 @@ def test_writes_a_signed_request_for_the_newest_verified_before_step(run_dir, ca
                                                             "spike at 110")
     token = (run_dir / ".sentinel" / "token").read_text().strip().encode()
     assert raw["signature"] == sign(req, token)
-    assert json.loads(capsys.readouterr().out)["status"] == "submitted"
+    assert json.loads(capsys.readouterr().out)["status"] == "pending"
 
 
 @pytest.mark.parametrize(
@@ -53,7 +52,6 @@ def test_writes_a_signed_request_for_the_newest_verified_before_step(run_dir, ca
         (["--to-step", "50", "--skip", "10:20", "--skip", "15:25"], 2, "overlaps"),
         (["--to-step", "60"], 1, "no checkpoint for step 60"),
         (["--before-step", "-5"], 1, "no verified checkpoint at or before step -5"),
-        (["--to-step", "50"], 1, "no job PID is recorded"),
     ],
 )
 def test_bad_requests_fail_with_a_reason(run_dir, capsys, args, rc, message):
@@ -77,11 +75,18 @@ def test_signals_the_recorded_pid_and_times_out_without_an_answer(run_dir, capsy
     got = []
     old = signal.signal(signal.SIGUSR1, lambda *a: got.append(a[0]))
     try:
-        pids = run_dir / ".sentinel" / "pids"
-        pids.mkdir()
-        (pids / "rank-0.pid").write_text(str(os.getpid()))
+        write_pid_file(run_dir, 0, read_token(run_dir))
         assert _cli(run_dir, "--to-step", "50", "--wait", "0.3") == 1
     finally:
         signal.signal(signal.SIGUSR1, old)
     assert got == [signal.SIGUSR1]
-    assert "no answer from the job within 0.3 s" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no answer from the job within 0.3 s" in err and "still pending" in err
+
+
+def test_a_job_it_cannot_signal_is_left_to_find_the_request(run_dir, capsys):
+    assert _cli(run_dir, "--to-step", "50", "--wait", "0.2", "--request-id", "r-7") == 1
+    err = capsys.readouterr().err
+    assert "no rank of the job on this host can be signalled" in err and "polls" in err
+    assert "--request-id r-7 --wait 600" in err  # how to wait for it, not ask again
+    assert (run_dir / REQUEST_DIR / "r-7.json").exists()

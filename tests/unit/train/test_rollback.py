@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from sentinel import protocol
+from sentinel.train import skipplan
 from sentinel.train.checkpoint import CheckpointStore
 from sentinel.train.reporter import Reporter
 from sentinel.train.request import (
@@ -23,6 +24,7 @@ from sentinel.train.request import (
 )
 from sentinel.train.rollback import RollbackHandler, ensure_token
 from sentinel.train.skipplan import SkipPlan
+from tests.support.checkpoints import record_by_hand
 
 
 class Job:
@@ -84,6 +86,34 @@ def test_token_is_private_and_stable(tmp_path):
     assert stat.S_IMODE(token_path(tmp_path).stat().st_mode) == 0o600
     with pytest.raises(RollbackError, match="no run token .* is the job running"):
         read_token(tmp_path / "elsewhere")
+
+
+def test_a_control_group_may_read_the_token(tmp_path):
+    """The job names a group it is in: token 0640 and the control directories its."""
+    import grp
+
+    group = grp.getgrgid(os.getegid()).gr_name
+    run_dir = tmp_path / "run"
+    tok = ensure_token(run_dir, group)
+    st = token_path(run_dir).stat()
+    assert (stat.S_IMODE(st.st_mode), st.st_gid) == (0o640, os.getegid())
+    assert stat.S_IMODE((run_dir / ".sentinel").stat().st_mode) == 0o2750
+    h = RollbackHandler(run_dir, "job-a", CheckpointStore(run_dir / "ck"), SkipPlan(run_dir),
+                        lambda s: None, control_group=group)
+    h.install()
+    try:
+        modes = {d: stat.S_IMODE((run_dir / d).stat().st_mode)
+                 for d in ("rollback/requests", "rollback/results", ".sentinel/pids")}
+        assert modes == {"rollback/requests": 0o2770, "rollback/results": 0o2750,
+                         ".sentinel/pids": 0o2750}
+    finally:
+        h.uninstall()
+    # Without it again: the token goes back to the job's user alone, unchanged.
+    assert ensure_token(run_dir) == tok
+    assert stat.S_IMODE(token_path(run_dir).stat().st_mode) == 0o600
+    with pytest.raises(RollbackError, match="control group 'no-such-group-x' "
+                                            r"\(SENTINEL_CONTROL_GROUP\) does not exist"):
+        ensure_token(tmp_path / "other", "no-such-group-x")
 
 
 def test_signalled_request_is_applied_at_the_boundary(job):
@@ -187,7 +217,7 @@ def test_only_checks_every_n_steps(job):
 def test_request_ids_and_fields_are_validated():
     with pytest.raises(RollbackError, match="request id '../x'"):
         RollbackRequest.from_json({"id": "../x", "job": "j", "to_step": 1, "created": 0})
-    with pytest.raises(RollbackError, match="needs id, job, to_step"):
+    with pytest.raises(RollbackError, match="request has no 'to_step'; valid: {id, job, to_step"):
         RollbackRequest.from_json({"id": "a", "job": "j", "created": 0})
 
 
@@ -216,7 +246,7 @@ def test_checkpoint_that_verifies_but_cannot_be_loaded_is_refused(job):
     # Before: the vote said "verified", then deserialising raised out of the boundary
     # (in a distributed job, on some ranks only, after all had agreed), the request stayed
     # pending and a restarted job hit it again.
-    job.store.save(30, {"w": NotAWeight()})
+    record_by_hand(job.store.dir, 30, {"w": NotAWeight()})  # save() refuses it now
     req = job.request(to_step=30, skip=[(40, 45)])
     reason = _refused(job, req)
     assert "checkpoint verifies but cannot be loaded" in reason
@@ -236,7 +266,7 @@ def test_a_crash_while_applying_leaves_a_state_a_restart_completes(tmp_path, mon
         if where == "abandon":
             m.setattr(CheckpointStore, "abandon_after", lambda *a: (_ for _ in ()).throw(Crash()))
         else:
-            m.setattr(SkipPlan, "save", lambda self: (_ for _ in ()).throw(Crash()))
+            m.setattr(skipplan, "write_json_atomic", lambda *a: (_ for _ in ()).throw(Crash()))
         os.kill(os.getpid(), signal.SIGUSR1)
         with pytest.raises(Crash):
             j.handler.at_step_boundary(24)

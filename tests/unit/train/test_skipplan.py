@@ -64,10 +64,10 @@ def test_lookup_and_next_unskipped():
 
 
 def test_damaged_plan_file_is_a_clear_error(tmp_path):
-    (tmp_path / "skip_plan.json").write_text('{"ranges": [{"start": 5}]}')
-    with pytest.raises(SkipPlanError, match="needs integer 'start' and 'end'"):
+    (tmp_path / "skip_plan.json").write_text('{"version": 1, "ranges": [{"start": 5}]}')
+    with pytest.raises(SkipPlanError, match="range #0: 'end' is None"):
         SkipPlan(tmp_path)
     (tmp_path / "skip_plan.json").write_text(
-        '{"ranges": [{"start": 5, "end": 9}, {"start": 7, "end": 12}]}')
+        '{"version": 1, "ranges": [{"start": 5, "end": 9}, {"start": 7, "end": 12}]}')
     with pytest.raises(SkipPlanError, match="overlaps"):
         SkipPlan(tmp_path)
