@@ -132,8 +132,10 @@ class Stack:
     def start_infra(self) -> None:
         """Start Slurm, the storage rig, the agents and Prometheus (each says if it cannot)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        self._slurm()
+        # The storage first: it is torn down last, once the job (Slurm's) has stopped and
+        # no longer holds its files.
         self._storage()
+        self._slurm()
         for node in self.nodes():
             self.agents[node] = self._agent(node)
         self._prometheus()
@@ -190,7 +192,8 @@ class Stack:
         log_path = d / "agent.log"
         out = self._exit.enter_context(open(log_path, "ab"))
         proc = subprocess.Popen([self.opts.python, "-m", "sentinel", "agent", "--config",
-                                 str(d / "agent.yml")], stdout=out, stderr=subprocess.STDOUT)
+                                 str(d / "agent.yml")], stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
         self._exit.callback(stop, proc)
         url = f"http://127.0.0.1:{port}"
         try:
@@ -272,7 +275,8 @@ class Stack:
         out = self._exit.enter_context(open(log_path, "ab"))
         self.controller = subprocess.Popen(
             [self.opts.python, "-m", "sentinel", "--log-level", "info", "controller", "run",
-             "--config", str(self.config_path)], stdout=out, stderr=subprocess.STDOUT, env=env)
+             "--config", str(self.config_path)], stdout=out, stderr=subprocess.STDOUT, env=env,
+            start_new_session=True)
         self._exit.callback(self.stop_controller)
         try:
             wait_http(f"http://{self.controller_url}/metrics", timeout=START_TIMEOUT_S,
@@ -315,7 +319,23 @@ class Stack:
                                   "--ntasks-per-node=1", f"--reservation={story.RESERVATION}",
                                   "-J", story.JOB, "-o", str(self.run_dir / "slurm-%j.out"),
                                   script=self.job_script())
+        self._exit.callback(self.cancel_job)
         return f"Slurm job {self.slurm_job}"
+
+    def cancel_job(self) -> None:
+        """Cancel the job and wait until it is gone.
+
+        Before the daemons stop: a job whose slurmd goes first leaves steps retrying to
+        report for a minute.
+        """
+        if self.slurm is None or not self.slurm_job:
+            return
+        if self.job_state()[0] in ("PENDING", "RUNNING", "COMPLETING", "CONFIGURING"):
+            self.slurm.run("scancel", self.slurm_job, check=False)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and self.job_state()[0] in (
+                "PENDING", "RUNNING", "COMPLETING", "CONFIGURING"):
+            time.sleep(0.5)
 
     def job_script(self) -> str:
         """Return the batch script: one rank per node, each to its node's agent and data."""
@@ -347,7 +367,8 @@ exec srun --kill-on-bad-exit=1 --ntasks-per-node=1 bash -c '{rank}'
             argv = [self.opts.python, "-m", "sentinel.examples.gpt", *self.gpt_args(),
                     *(["--data-file", str(data)] if data else [])]
             out = self._exit.enter_context(open(log_dir / f"{node}.log", "ab"))
-            p = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
+            p = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
             self._exit.callback(stop, p)
             self.local_ranks.append(p)
 

@@ -7,5 +7,7 @@
 - :mod:`~sentinel.localstack.slurm`: a Slurm cluster on 127.0.0.1 (its own munged,
   slurmctld, one slurmd per node), the recipe of /work/shared/LOCAL-STACK.md.
 
-A shared module below the parts: it imports none of them.
+Daemons start in sessions of their own, so a Ctrl-C in the terminal reaches only the
+process that started them, which stops them in order. A shared module below the parts:
+it imports none of them.
 """

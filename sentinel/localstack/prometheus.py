@@ -114,7 +114,8 @@ def run_prometheus(
     ]
     log_path = tmp / "prometheus.log"
     log = open(log_path, "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
     try:
         url = f"http://127.0.0.1:{port}"
         try:
@@ -155,7 +156,8 @@ def run_alertmanager(tmp: Path, config_path: Path, *, binary: str | None = None
     ]
     log_path = tmp / "alertmanager.log"
     log = open(log_path, "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
     try:
         try:
             wait_http(f"{url}/-/ready", proc=proc)

@@ -249,7 +249,8 @@ def _start_munged(munged: str) -> tuple[subprocess.Popen[Any], Path]:
             munged, "-F", f"--socket={sock}", f"--pid-file={mdir}/munged.pid",
             f"--seed-file={mdir}/munged.seed", f"--log-file={mdir}/munged.log",
             f"--key-file={MUNGE_KEY}"]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
     try:
         _wait(lambda: sock.exists() or proc.poll() is not None, 10, "munged socket")
     except TimeoutError:
@@ -285,11 +286,11 @@ def run_slurm(tmp: Path, n_nodes: int = 5, *, partition: str = "gpu",
     try:
         cluster.procs["slurmctld"] = subprocess.Popen(
             [bins["slurmctld"], "-D", "-i"], env=env, cwd=tmp, stdout=logs,
-            stderr=subprocess.STDOUT)
+            stderr=subprocess.STDOUT, start_new_session=True)
         for n in nodes:
             cluster.procs[f"slurmd-{n}"] = subprocess.Popen(
                 [bins["slurmd"], "-D", "-N", n], env=env, cwd=tmp, stdout=logs,
-                stderr=subprocess.STDOUT)
+                stderr=subprocess.STDOUT, start_new_session=True)
         try:
             cluster.wait_idle(timeout=30)
         except Exception as e:
