@@ -97,6 +97,7 @@ class Setup:
     errors: dict[str, str] = field(default_factory=dict)   # section -> what is wrong
     loaded: list[str] = field(default_factory=list)        # sections that loaded
     sections: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)         # worth knowing, not errors
     preflight: PreflightConfig = field(default_factory=PreflightConfig)
     job: Any | None = None                                 # controller JobSpec
     hostname: str = field(default_factory=lambda: socket.gethostname().split(".")[0])
@@ -148,39 +149,48 @@ class Setup:
 
 # -- every section, loaded as its part loads it ----------------------------------------
 
-def _agent(data: dict[str, Any] | None, _s: dict[str, Any]) -> Any:
+def _agent(data: dict[str, Any] | None, _s: Setup) -> Any:
     from sentinel.agent.config import AgentConfig
 
     return load_section(AgentConfig, "agent", file_data=data)
 
 
-def _notify(data: dict[str, Any] | None, _s: dict[str, Any]) -> Any:
+def _notify(data: dict[str, Any] | None, s: Setup) -> Any:
     from sentinel.notify.config import load_notify_config
 
     cfg = load_notify_config(data)
-    cfg.token()        # reads and checks the secret files (mode, size, one word)
-    cfg.webhook_url()
+    # The secret files live on the controller's host only (one config file serves every
+    # node): one that is here is read and judged (mode, size, one word) as the notifier
+    # would at start; one that is not is noted.
+    for key, path, read in (("slack_token_file", cfg.slack_token_file, cfg.token),
+                            ("slack_webhook_url_file", cfg.slack_webhook_url_file,
+                             cfg.webhook_url)):
+        if path and not os.path.lexists(path):
+            s.notes.append(f"notify.{key}: {path} is not on this host (needed where the "
+                           "controller runs)")
+        elif path:
+            read()
     return cfg
 
 
-def _controller(data: dict[str, Any] | None, s: dict[str, Any]) -> Any:
+def _controller(data: dict[str, Any] | None, s: Setup) -> Any:
     from sentinel.controller.daemon import load_configs
 
     cfg, policy, jobs = load_configs(data)
-    s["policy"], s["jobs"] = policy, jobs
+    s.sections["policy"], s.sections["jobs"] = policy, jobs
     return cfg
 
 
-def _rules(_data: dict[str, Any] | None, s: dict[str, Any]) -> Any:
+def _rules(_data: dict[str, Any] | None, s: Setup) -> Any:
     from sentinel.rules.rulefile import load_rules
 
-    ctl = s.get("controller")
+    ctl = s.sections.get("controller")
     if ctl is None:
         raise ConfigError("not checked: controller: does not load (controller.rules)")
     return load_rules(ctl.rules or None)
 
 
-def _burnin(data: dict[str, Any] | None, _s: dict[str, Any]) -> Any:
+def _burnin(data: dict[str, Any] | None, _s: Setup) -> Any:
     from sentinel.burnin.config import BurninConfig, BurninConfigError
 
     try:
@@ -189,19 +199,19 @@ def _burnin(data: dict[str, Any] | None, _s: dict[str, Any]) -> Any:
         raise ConfigError(str(e)) from None
 
 
-def _rollback(data: dict[str, Any] | None, _s: dict[str, Any]) -> Any:
+def _rollback(data: dict[str, Any] | None, _s: Setup) -> Any:
     from sentinel.train.cli import RollbackConfig
 
     return load_section(RollbackConfig, "rollback", file_data=data)
 
 
-def _dashboards(data: dict[str, Any] | None, _s: dict[str, Any]) -> Any:
+def _dashboards(data: dict[str, Any] | None, _s: Setup) -> Any:
     from sentinel.dashboards.push import DashboardsConfig
 
     return load_section(DashboardsConfig, "dashboards", file_data=data)
 
 
-Loader = Callable[[dict[str, Any] | None, dict[str, Any]], Any]
+Loader = Callable[[dict[str, Any] | None, Setup], Any]
 # (section, loader). "controller" also loads policy: and jobs: (one loader, as the
 # controller does); "rules" is the file controller.rules names. A new section of a
 # part adds a line here (tests/unit/preflight/test_config.py finds every
@@ -236,7 +246,7 @@ def load_setup(path: str | None, overrides: dict[str, Any] | None = None) -> Set
                                   f"{', '.join(sorted(FILE_SECTIONS))})")
     for name, loader in SECTIONS:
         try:
-            setup.sections[name] = loader(data, setup.sections)
+            setup.sections[name] = loader(data, setup)
             setup.loaded.append(name)
         except ConfigError as e:
             setup.errors[name] = str(e)

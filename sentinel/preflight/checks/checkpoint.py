@@ -123,7 +123,10 @@ def round_trip(ctx: Context, directory: Path) -> Result:
                            **ev)
     except (OSError, RuntimeError) as e:
         # Disk full, permission denied, a torch error while writing: the job would hit it.
-        return problem(f"the round trip failed in {scratch}: {type(e).__name__}: {e}", **ev)
+        # torch reports a full disk as "unexpected pos", so say how much room there was.
+        ev["free_bytes"] = shutil.disk_usage(directory).free
+        return problem(f"the round trip failed in {scratch} ({human_bytes(ev['free_bytes'])} "
+                       f"free there): {type(e).__name__}: {e}", **ev)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return ok(f"{human_bytes(ev['bytes'])} saved ({ev['write_rate']}), verified "

@@ -18,4 +18,5 @@ def check(ctx: Context) -> Result:
                        file=s.path, **{f"error.{k}": v for k, v in sorted(s.errors.items())})
     where = f"{s.path}" if s.path else "no file: defaults and SENTINEL_* environment"
     return ok(f"every section loads ({where})", file=s.path, sections=s.loaded,
-              job=s.job.name if s.job is not None else None)
+              job=s.job.name if s.job is not None else None,
+              notes=s.notes)
