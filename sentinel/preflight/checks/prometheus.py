@@ -33,7 +33,7 @@ def check(ctx: Context) -> Result:
     try:
         up = prom.instant(f'up{{job="{job}"}}')
         renamed = prom.instant(f'count by (instance) (sentinel_train_rank_info{{job="{job}", '
-                               'exported_job!=""}})')
+                               'exported_job!=""})')
     except SourceError as e:
         return problem(f"Prometheus did not answer: {e}", prometheus=url)
     targets = {labels.get("instance", "?"): v for labels, v in up}

@@ -10,7 +10,6 @@ down, the job can never fit) fails at once instead of waiting for the timeout.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from sentinel.preflight.checks.base import Context, wait_until
@@ -63,6 +62,31 @@ def _wait_running(ctx: Context, job_id: str, after_restarts: int, timeout: float
                    f"{j.restarts} restart(s)); preflight.requeue_timeout_seconds", **ev)
 
 
+def _test(ctx: Context, options: list[str], ev: dict[str, Any], job: list[str]) -> Result:
+    """Submit, wait, requeue, wait; ``job`` receives the id as soon as there is one."""
+    p = ctx.setup.preflight
+    slurm = ctx.slurm
+    assert slurm is not None
+    job_id = slurm.submit(options, f"sleep {SLEEP_SECONDS}")
+    job.append(job_id)
+    ev["job_id"] = job_id
+    bad = _wait_running(ctx, job_id, -1, p.requeue_timeout_seconds, ev, "start", "started")
+    if bad is not None:
+        return bad
+    first = slurm.job(job_id)
+    before = first.restarts if first is not None else 0
+    t = ctx.monotonic()
+    slurm.requeue(job_id)
+    bad = _wait_running(ctx, job_id, before, p.requeue_timeout_seconds, ev, "rerun",
+                        "run again")
+    if bad is not None:
+        return bad
+    ev["requeue_to_running_seconds"] = round(ctx.monotonic() - t, 1)
+    return ok(f"test job {job_id} ran on {','.join(ev['start_on'])}, was requeued and ran "
+              f"again on {','.join(ev['rerun_on'])} after "
+              f"{ev['requeue_to_running_seconds']:.1f} s", **ev)
+
+
 def check(ctx: Context) -> Result:
     """Submit, requeue and cancel a tiny requeueable job in the job's partition."""
     from sentinel.controller.slurm import SlurmError
@@ -75,32 +99,22 @@ def check(ctx: Context) -> Result:
                f"--time={TIME_LIMIT_MINUTES}", "--output=/dev/null", "--open-mode=append",
                *([f"--partition={partition}"] if partition else []), *p.requeue_sbatch_args]
     ev: dict[str, Any] = {"partition": partition or "(Slurm's default)", "sbatch": options}
-    job_id = None
+    job: list[str] = []
     try:
-        job_id = ctx.slurm.submit(options, f"sleep {SLEEP_SECONDS}")
-        ev["job_id"] = job_id
-        bad = _wait_running(ctx, job_id, -1, p.requeue_timeout_seconds, ev, "start", "started")
-        if bad is not None:
-            return bad
-        first = ctx.slurm.job(job_id)
-        before = first.restarts if first is not None else 0
-        t = time.monotonic()
-        ctx.slurm.requeue(job_id)
-        bad = _wait_running(ctx, job_id, before, p.requeue_timeout_seconds, ev, "rerun",
-                            "run again")
-        if bad is not None:
-            return bad
-        ev["requeue_to_running_seconds"] = round(time.monotonic() - t, 1)
+        res = _test(ctx, options, ev, job)
     except SlurmError as e:
-        return problem(f"Slurm refused the test: {e}", **ev)
+        res = problem(f"Slurm refused the test: {e}", **ev)
     finally:
-        if job_id is not None:
+        # Whatever happened (an exception included), the test job goes.
+        cancel: dict[str, Any] = {}
+        if job:
             try:
-                ctx.slurm.cancel(job_id)
-                ev["cancelled"] = True
+                ctx.slurm.cancel(job[0])
+                cancel["cancelled"] = True
             except SlurmError as e:
-                ev["cancelled"] = False
-                ev["cancel_error"] = str(e)
-    return ok(f"test job {job_id} ran on {','.join(ev['start_on'])}, was requeued and ran "
-              f"again on {','.join(ev['rerun_on'])} after "
-              f"{ev['requeue_to_running_seconds']:.1f} s", **ev)
+                cancel.update(cancelled=False, cancel_error=str(e))
+    res.evidence.update(cancel)
+    if cancel.get("cancelled") is False:
+        res = problem(f"{res.summary}; and the test job {job[0]} could not be cancelled "
+                      f"(scancel {job[0]}): {cancel['cancel_error']}", **res.evidence)
+    return res
