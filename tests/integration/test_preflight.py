@@ -156,6 +156,32 @@ def test_requeue_that_never_runs_again_times_out(slurm, tmp_path):
     assert no_test_job_left(slurm)
 
 
+def test_burnin_of_slurm_nodes_runs_on_each_and_names_the_one_that_failed(slurm, tmp_path):
+    """`preflight.burnin_nodes`: the burn-in command through srun on each node, at once.
+
+    The nodes have no GPU, so the command is the REPLAY of the recorded H200 burn-ins
+    (tests/support/burnin_replay.py): node1 replays the passing run, node2 the failing.
+    """
+    fix = Path(__file__).resolve().parents[1] / "fixtures" / "burnin"
+    for node, verdict in (("node1", "pass"), ("node2", "fail")):
+        for suffix in (".report.json", ".jsonl"):
+            (tmp_path / f"{node}{suffix}").write_text(
+                (fix / f"h200-{verdict}{suffix}").read_text())
+    replay = Path(__file__).resolve().parents[1] / "support" / "burnin_replay.py"
+    cfg = write_config(tmp_path, {"controller": {"scheduler": "slurm"}, "preflight": {
+        "burnin_nodes": "node[1-2]", "burnin_timeout_seconds": 60,
+        "burnin_command": ["srun", "-w", "{node}", "-N1", "--time={minutes}", sys.executable,
+                           str(replay), f"{tmp_path}/{{node}}.report.json"]}})
+    rc, rep = preflight(cfg, "--only", "burnin")
+    b = by_name(rep)["burnin"]
+    assert (rc, b["status"]) == (1, "problem")
+    assert b["summary"] == "1 of 2 node(s) failed: node2: GPU 0 LOW_FLOPS"
+    nodes = b["evidence"]["nodes"]
+    assert nodes["node1"]["status"] == "ok" and nodes["node1"]["gpus"][0]["verdict"] == "OK"
+    assert nodes["node1"]["summary"].startswith("node1: 1 GPU(s) passed (NVIDIA H200")
+    assert nodes["node2"]["exit_code"] == 1
+
+
 def test_without_slurm_the_slurm_checks_are_skipped_naming_why(tmp_path):
     setup = load_setup(str(write_config(tmp_path, {"controller": {"scheduler": "none"}})))
     ctx = Context(setup=setup)
