@@ -98,6 +98,7 @@ class Setup:
     loaded: list[str] = field(default_factory=list)        # sections that loaded
     sections: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)         # worth knowing, not errors
+    not_checked: dict[str, str] = field(default_factory=dict)  # section -> why not
     preflight: PreflightConfig = field(default_factory=PreflightConfig)
     job: Any | None = None                                 # controller JobSpec
     hostname: str = field(default_factory=lambda: socket.gethostname().split(".")[0])
@@ -252,6 +253,10 @@ def load_setup(path: str | None, overrides: dict[str, Any] | None = None) -> Set
             setup.errors[name] = str(e)
         except OSError as e:  # a rules file or secret that cannot be read
             setup.errors[name] = f"{name}: {e}"
+        except ImportError as e:
+            # A part whose libraries this host lacks (grafana-client on a GPU node) is
+            # not used here: said, not an error.
+            setup.not_checked[name] = f"{e.name or e} is not installed"
     try:
         setup.preflight = load_section(PreflightConfig, "preflight", file_data=data,
                                        overrides=overrides)

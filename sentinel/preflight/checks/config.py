@@ -17,6 +17,10 @@ def check(ctx: Context) -> Result:
                        "(fix them; nothing else was checked)",
                        file=s.path, **{f"error.{k}": v for k, v in sorted(s.errors.items())})
     where = f"{s.path}" if s.path else "no file: defaults and SENTINEL_* environment"
-    return ok(f"every section loads ({where})", file=s.path, sections=s.loaded,
+    summary = f"every section loads ({where})"
+    if s.not_checked:
+        why = "; ".join(f"{k}: {v}" for k, v in sorted(s.not_checked.items()))
+        summary += f"; not checked on this host: {why}"
+    return ok(summary, file=s.path, sections=s.loaded,
               job=s.job.name if s.job is not None else None,
-              notes=s.notes)
+              notes=s.notes, not_checked=s.not_checked)

@@ -9,6 +9,8 @@ a full disk is a real tiny tmpfs.
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -195,18 +197,32 @@ def test_storage_without_a_known_size_is_a_problem(tmp_path):
 
 # -- the command -------------------------------------------------------------------------
 
-def test_gpu_machine_command_runs_without_slurm_or_prometheus(tmp_path, capsys):
-    """What the lead runs on the GPU machine, here without a GPU."""
-    rc = main(["preflight", "--only", "burnin,checkpoint", "--checkpoint-dir",
-               str(tmp_path / "ck"), "--json"])
-    rep = strict_loads(capsys.readouterr().out)
+def test_gpu_machine_command_needs_no_cluster_service_or_library(tmp_path):
+    """What the lead runs on the GPU machine, here without a GPU.
+
+    No Slurm, no Prometheus, and the GPU image's libraries: torch, PyYAML, requests,
+    prometheus-client, but no slack-sdk, prometheus-api-client or grafana libraries.
+    """
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import sys\nfor m in ('slack_sdk', 'prometheus_api_client', 'grafana_client', "
+        "'grafana_foundation_sdk'):\n    sys.modules[m] = None  # as if not installed\n")
+    env = {**os.environ, "PYTHONPATH": f"{site}:{ROOT}"}
+    r = subprocess.run([sys.executable, "-m", "sentinel", "preflight", "--only",
+                        "config,burnin,checkpoint", "--checkpoint-dir", str(tmp_path / "ck"),
+                        "--burnin-args", "--duration 1", "--json"], capture_output=True,
+                       text=True, timeout=300, env=env)
+    rep = strict_loads(r.stdout)
     by = {c["name"]: c for c in rep["checks"]}
-    assert rc == 0 and rep["exit_code"] == 0 and rep["ok"] is True
+    assert r.returncode == 0 and rep["exit_code"] == 0 and rep["ok"] is True, r.stderr[-2000:]
     assert by["burnin"]["status"] == "skipped"  # no GPU here; on the GPU machine: ok
     assert by["checkpoint"]["status"] == "ok"
+    assert by["config"]["status"] == "ok"
+    assert "not checked on this host: dashboards: grafana_client" in by["config"]["summary"]
     assert {by[n]["summary"] for n in ("requeue", "prometheus", "reporter", "spare")} == {
-        "not selected (--only burnin,checkpoint)"}
-    assert rep["counts"] == {"ok": 1, "problem": 0, "skipped": 7}
+        "not selected (--only config,burnin,checkpoint)"}
+    assert rep["counts"] == {"ok": 2, "problem": 0, "skipped": 6}
     for c in rep["checks"]:
         assert set(c) == {"name", "title", "status", "summary", "seconds", "evidence"}
         assert c["seconds"] >= 0
