@@ -5,12 +5,16 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from sentinel.config import ConfigError
-from sentinel.preflight.checks import CHECKS
+from sentinel.preflight.checks import CHECKS, Check
 from sentinel.preflight.checks.base import Context
 from sentinel.preflight.config import CHECK_NAMES, Setup, slurm_configured_here
 from sentinel.preflight.report import PROBLEM, CheckResult, Report, Result, problem, skipped
+
+if TYPE_CHECKING:
+    from sentinel.controller.slurm import Slurm
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +28,7 @@ def parse_names(text: str | None, flag: str) -> list[str]:
     return names
 
 
-def slurm_of(setup: Setup) -> tuple[object | None, str]:
+def slurm_of(setup: Setup) -> tuple[Slurm | None, str]:
     """Return the Slurm client of ``controller:``, or None and why there is none.
 
     Slurm counts as configured when ``controller.scheduler`` says slurm in the file, or
@@ -74,9 +78,9 @@ def run_checks(ctx: Context, only: Iterable[str] = (), skip: Iterable[str] = ())
                   checks=results, config_valid=setup.valid)
 
 
-def _safe(fn: object, ctx: Context, name: str) -> Result:
+def _safe(fn: Check, ctx: Context, name: str) -> Result:
     try:
-        res: Result = fn(ctx)  # type: ignore[operator]
+        res = fn(ctx)
     except Exception as e:  # noqa: BLE001 - one broken check must not hide the others
         log.exception("preflight check %s failed", name)
         return problem(f"the check itself failed: {type(e).__name__}: {e}")

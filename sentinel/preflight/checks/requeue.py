@@ -62,11 +62,10 @@ def _wait_running(ctx: Context, job_id: str, after_restarts: int, timeout: float
                    f"{j.restarts} restart(s)); preflight.requeue_timeout_seconds", **ev)
 
 
-def _test(ctx: Context, options: list[str], ev: dict[str, Any], job: list[str]) -> Result:
+def _test(ctx: Context, slurm: Any, options: list[str], ev: dict[str, Any],
+          job: list[str]) -> Result:
     """Submit, wait, requeue, wait; ``job`` receives the id as soon as there is one."""
     p = ctx.setup.preflight
-    slurm = ctx.slurm
-    assert slurm is not None
     job_id = slurm.submit(options, f"sleep {SLEEP_SECONDS}")
     job.append(job_id)
     ev["job_id"] = job_id
@@ -101,7 +100,7 @@ def check(ctx: Context) -> Result:
     ev: dict[str, Any] = {"partition": partition or "(Slurm's default)", "sbatch": options}
     job: list[str] = []
     try:
-        res = _test(ctx, options, ev, job)
+        res = _test(ctx, ctx.slurm, options, ev, job)
     except SlurmError as e:
         res = problem(f"Slurm refused the test: {e}", **ev)
     finally:
