@@ -1,7 +1,8 @@
 """Imports follow the flow collect -> store -> detect -> act -> tell (ARCHITECTURE.md).
 
 Parsed with ``ast`` over sentinel/: a part may import the shared modules below the parts
-and the parts its row allows; nothing imports the controller but the top-level CLI.
+and the parts its row allows; nothing imports the controller but the applications that
+wire it in (the CLI, the demo, preflight and the deployment helpers).
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from tests.support.imports import imports_with_lines
 
 # The parts, each a package under sentinel/.
 PARTS = ("agent", "train", "rules", "burnin", "notify", "dashboards", "controller")
-# The applications on top: they wire parts together and may import any of them.
-APPS = ("cli", "__main__", "demo")
+# The applications on top: they wire parts together and may import any of them, the
+# controller included (preflight uses its Slurm client and spare pool; `sentinel deploy`
+# its Slurm client).
+APPS = ("cli", "__main__", "demo", "preflight", "deploy")
 # What each part may import besides the shared modules and itself. A dotted name allows
 # that module of a part only (the controller uses the request side of train, not the
 # training loop's side; burn-in's report format, not its runner).
@@ -53,8 +56,9 @@ def _violations(root: Path = ROOT) -> list[str]:
             if target == src or target == "__version__":
                 continue
             where = f"{path.relative_to(root.parent)}:{line} imports {mod}"
-            if target == "controller" and src not in ("cli",):
-                bad.append(f"{where}: only sentinel/cli.py imports the controller")
+            if target == "controller" and src not in APPS:
+                bad.append(f"{where}: only the applications ({', '.join(APPS)}) import the "
+                           "controller")
                 continue
             if src in APPS or src not in PARTS:
                 if src not in APPS and target in PARTS:
@@ -82,6 +86,10 @@ def test_the_rule_catches_a_violation(tmp_path):
         (fake / part / "__init__.py").write_text("")
     (fake / "rules" / "x.py").write_text("from sentinel.notify import slack\n")
     (fake / "agent" / "y.py").write_text("import sentinel.controller.loop\n")
+    (fake / "preflight").mkdir()
+    (fake / "preflight" / "z.py").write_text("from sentinel.controller import spares\n")
     found = _violations(fake)
+    assert not any("preflight/z.py" in v for v in found)  # an application may
     assert any("rules/x.py:1 imports sentinel.notify" in v for v in found)
-    assert any("only sentinel/cli.py imports the controller" in v for v in found)
+    assert any("only the applications (cli, __main__, demo, preflight, deploy) import the "
+               "controller" in v for v in found)
