@@ -25,6 +25,7 @@ import sys
 from typing import Any
 
 from sentinel.config import ConfigError
+from sentinel.preflight import config as _sections  # noqa: F401 - declares preflight:
 
 SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]?)(i?B?)\s*$", re.IGNORECASE)
 

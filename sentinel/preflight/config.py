@@ -16,7 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sentinel.config import ConfigError, load_section, read_yaml_file
+from sentinel.config import (
+    ConfigError,
+    check_sections,
+    config_section,
+    known_sections,
+    load_section,
+    load_yaml,
+)
 from sentinel.train.checkpoint import DEFAULT_KEEP
 
 # The checks, in the order they run (the config first: the others read it). The
@@ -31,6 +38,7 @@ AGENT_SCRAPE_JOB = "sentinel-agent"
 ROUNDTRIP_BYTES = 16 << 20
 
 
+@config_section("preflight")
 @dataclass
 class PreflightConfig:
     """Settings of ``sentinel preflight`` (section ``preflight:``)."""
@@ -43,7 +51,7 @@ class PreflightConfig:
     checkpoint_dir: str = field(default="", metadata={
         "help": "the job's checkpoint directory ('' = jobs[].checkpoint_dir, else "
         "RUN_DIR/checkpoints)"})
-    checkpoint_bytes: int = field(default=0, metadata={
+    checkpoint_bytes: int = field(default=0, metadata={"max": 1 << 50,
         "help": "planned size of one checkpoint ('0' = the newest in the job's store)",
         "min": 0})
     checkpoint_keep: int = field(default=DEFAULT_KEEP, metadata={
@@ -207,7 +215,7 @@ def _rollback(data: dict[str, Any] | None, _s: Setup) -> Any:
 
 
 def _dashboards(data: dict[str, Any] | None, _s: Setup) -> Any:
-    from sentinel.dashboards.push import DashboardsConfig
+    from sentinel.dashboards.config import DashboardsConfig
 
     return load_section(DashboardsConfig, "dashboards", file_data=data)
 
@@ -226,10 +234,17 @@ SECTIONS: list[tuple[str, Loader]] = [
     ("rollback", _rollback),
     ("dashboards", _dashboards),
 ]
-# Top-level keys of a config file: the sections above, those loaded with the
-# controller, and preflight:.
-FILE_SECTIONS = frozenset({"agent", "notify", "controller", "policy", "jobs", "burnin",
-                           "rollback", "dashboards", "preflight"})
+
+
+def _read(path: str) -> dict[str, Any]:
+    """Parse the file (sections are checked by the caller, one error each)."""
+    data = load_yaml(path)
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: top level must be a mapping of sections "
+                          f"(agent:, notify:, ...), got {type(data).__name__}")
+    return data
 
 
 def load_setup(path: str | None, overrides: dict[str, Any] | None = None) -> Setup:
@@ -238,13 +253,17 @@ def load_setup(path: str | None, overrides: dict[str, Any] | None = None) -> Set
     A file that cannot be read or parsed is an error of section ``file``.
     """
     try:
-        data = read_yaml_file(path) if path else None
+        data = _read(path) if path else None
     except ConfigError as e:
         return Setup(path, None, errors={"file": str(e)})
     setup = Setup(path, data)
-    for key in sorted(set(data or {}) - FILE_SECTIONS):
-        setup.errors[str(key)] = (f"{key}: unknown section (valid: "
-                                  f"{', '.join(sorted(FILE_SECTIONS))})")
+    # Every unknown section is reported, each by name (the parts' declared sections,
+    # sentinel.config.known_sections, are the one list of what is valid).
+    for key in sorted(set(data or {}) - set(known_sections()), key=str):
+        try:
+            check_sections({key: None}, f"config file {path}")
+        except ConfigError as e:
+            setup.errors[str(key)] = str(e)
     for name, loader in SECTIONS:
         try:
             setup.sections[name] = loader(data, setup)

@@ -81,7 +81,7 @@ def round_trip(ctx: Context, directory: Path) -> Result:
     """Save, verify and load back a training state in a scratch store under ``directory``."""
     import torch
 
-    from sentinel.train.checkpoint import CheckpointStore, restore_training_state
+    from sentinel.train.checkpoint import CheckpointError, CheckpointStore, restore_training_state
 
     s = ctx.setup
     nbytes = s.preflight.roundtrip_bytes
@@ -121,9 +121,9 @@ def round_trip(ctx: Context, directory: Path) -> Result:
         if got_info.step != STEP or diff:
             return problem(f"the resumed state differs from the saved one at {diff or 'step'}",
                            **ev)
-    except (OSError, RuntimeError) as e:
-        # Disk full, permission denied, a torch error while writing: the job would hit it.
-        # torch reports a full disk as "unexpected pos", so say how much room there was.
+    except (OSError, RuntimeError, CheckpointError) as e:
+        # Disk full (the store says "disk full at ..."), permission denied, a torch error
+        # while writing: the job would hit it. Say how much room there was.
         ev["free_bytes"] = shutil.disk_usage(directory).free
         return problem(f"the round trip failed in {scratch} ({human_bytes(ev['free_bytes'])} "
                        f"free there): {type(e).__name__}: {e}", **ev)

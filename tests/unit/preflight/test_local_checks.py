@@ -138,7 +138,7 @@ def test_round_trip_on_a_full_disk_is_a_problem(tmp_path):
     with tiny_tmpfs(tmp_path / "small", "1m") as small:
         res = checkpoint.check(ctx_for(checkpoint_dir=str(small / "ck"),
                                        roundtrip_bytes=4 << 20))
-        # torch says "unexpected pos" (or ENOSPC); the summary gives the room left.
+        # The store says "disk full at ..."; the summary gives the room left.
         assert res.status == "problem" and "the round trip failed" in res.summary
         assert res.evidence["free_bytes"] < 4 << 20 and " free there)" in res.summary
         assert list((small / "ck").iterdir()) == []  # the scratch store is gone
@@ -219,7 +219,8 @@ def test_gpu_machine_command_needs_no_cluster_service_or_library(tmp_path):
     assert by["burnin"]["status"] == "skipped"  # no GPU here; on the GPU machine: ok
     assert by["checkpoint"]["status"] == "ok"
     assert by["config"]["status"] == "ok"
-    assert "not checked on this host: dashboards: grafana_client" in by["config"]["summary"]
+    # dashboards: loads without grafana-client (its config is apart from the push code).
+    assert "not checked on this host" not in by["config"]["summary"]
     assert {by[n]["summary"] for n in ("requeue", "prometheus", "reporter", "spare")} == {
         "not selected (--only config,burnin,checkpoint)"}
     assert rep["counts"] == {"ok": 2, "problem": 0, "skipped": 6}
