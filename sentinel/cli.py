@@ -29,6 +29,8 @@ COMMANDS: list[tuple[str, str]] = [
     ("dashboards", "sentinel.dashboards.cli"),
     ("controller", "sentinel.controller.cli"),
     ("status", "sentinel.controller.status"),
+    ("preflight", "sentinel.preflight.cli"),
+    ("deploy", "sentinel.deploy"),
     ("demo", "sentinel.demo.cli"),
 ]
 

@@ -173,6 +173,7 @@ class Node:
     features: tuple[str, ...] = ()  # active features
     partitions: tuple[str, ...] = ()
     hostname: str = ""
+    address: str = ""               # NodeAddr: where the node is reached (its agent too)
 
     @property
     def drained(self) -> bool:
@@ -270,7 +271,8 @@ def parse_sinfo_json(text: str, command: Sequence[str] = ("sinfo", "--json")) ->
         nodes[str(n["name"])] = Node(
             name=str(n["name"]), state=state, flags=flags, reason=str(n.get("reason") or ""),
             reason_user=str(n.get("reason_set_by_user") or ""), features=_words(feats),
-            partitions=_words(n.get("partitions")), hostname=str(n.get("hostname") or ""))
+            partitions=_words(n.get("partitions")), hostname=str(n.get("hostname") or ""),
+            address=str(n.get("address") or ""))
     return nodes
 
 
@@ -460,6 +462,31 @@ class Slurm:
         """Let a held job be scheduled again."""
         self.run(["scontrol", "release", job_id])
 
+    def submit(self, options: Sequence[str], command: str) -> str:
+        """Submit ``command`` as a batch job (``sbatch --wrap``) with ``options``; return its id.
+
+        ``options`` are sbatch's own (``--requeue``, ``-p PART``, ...); ``--parsable``
+        is added. sbatch's ``--wrap`` writes the one-line script itself: no shell here.
+        """
+        res = self.run(["sbatch", "--parsable", *options, f"--wrap={command}"])
+        # --parsable prints "ID" or "ID;CLUSTER".
+        job_id = res.stdout.strip().split(";")[0]
+        if not job_id.isdigit():
+            cmd = self.argv(["sbatch", "--parsable", *options])
+            raise SlurmError(f"{' '.join(cmd)}: no job id in its output {res.stdout[:200]!r}",
+                             PERMANENT, cmd, res.stdout[:500])
+        return job_id
+
+    def cancel(self, job_id: str) -> None:
+        """Cancel a job (a job already gone is not an error)."""
+        cmd = ["scancel", job_id]
+        res = self.run(cmd, check=False)
+        msg = (res.stderr or res.stdout or "").strip()
+        if res.returncode != 0 and "invalid job id" not in msg.lower() and \
+                "already completed" not in msg.lower():
+            raise SlurmError(f"{' '.join(self.argv(cmd))}: {msg}", classify(msg),
+                             self.argv(cmd), msg)
+
 
 def is_write(argv: Sequence[str]) -> bool:
     """Whether a Slurm argv changes the cluster (for recording runners and dry runs)."""
@@ -489,7 +516,12 @@ def owned(node: Node) -> bool:
 
 def drain_reason(summary: str, incident: str) -> str:
     """Return ``sentinel: <summary> [incident ID]``, one line, at most REASON_MAX long."""
-    tail = f" [incident {incident}]"
+    return owned_reason(summary, f"incident {incident}")
+
+
+def owned_reason(summary: str, source: str) -> str:
+    """Return ``sentinel: <summary> [<source>]``, one line, at most REASON_MAX long."""
+    tail = f" [{source}]"
     text = " ".join(summary.split())
     room = REASON_MAX - len(OWNER_PREFIX) - 1 - len(tail)
     if len(text) > room:

@@ -219,8 +219,11 @@ def times_panel() -> timeseries.Panel:
         "Over incidents of the last $band_window, by kind: detect = the problem's start to "
         "its incident opening; decide = opening to the first decision; recover = the "
         "problem's start to the verified fix (MTTR).",
+        # increase(), not rate(): a quantile does not care about the scale, and over hours
+        # VictoriaMetrics rounds the rate of a few incidents to 0, so the panel went blank
+        # on the fleet's store (rate and increase are the same on Prometheus here).
         [
-            target("histogram_quantile(0.5, sum by (le, kind) (rate("
+            target("histogram_quantile(0.5, sum by (le, kind) (increase("
                    f"sentinel_controller_incident_{what}_seconds_bucket[{win}])))",
                    f"{{{{kind}}}} {what}")
             for what in ("detect", "decide", "recover")

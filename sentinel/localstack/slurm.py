@@ -190,7 +190,8 @@ def _kill_left_behind(root: Path, conf: Path) -> None:
 
 
 def _write_conf(d: Path, nodes: list[str], partition: str, features: dict[str, str],
-                munge_socket: Path, partitions: dict[str, list[str]]) -> Path:
+                munge_socket: Path, partitions: dict[str, list[str]],
+                extra: list[str]) -> Path:
     host = socket.gethostname().split(".")[0]
     ctl_port, *node_ports = free_ports(len(nodes) + 1)
     lines = [
@@ -221,6 +222,7 @@ def _write_conf(d: Path, nodes: list[str], partition: str, features: dict[str, s
         f"SlurmctldLogFile={d}/slurmctld.log",
         f"SlurmdPidFile={d}/slurmd-%n.pid",
         f"SlurmdLogFile={d}/slurmd-%n.log",
+        *extra,
     ]
     for node, port in zip(nodes, node_ports, strict=True):
         feat = f" Feature={features[node]}" if node in features else ""
@@ -265,10 +267,12 @@ def _start_munged(munged: str) -> tuple[subprocess.Popen[Any], Path]:
 @contextlib.contextmanager
 def run_slurm(tmp: Path, n_nodes: int = 5, *, partition: str = "gpu",
               features: dict[str, str] | None = None,
-              partitions: dict[str, list[str]] | None = None) -> Iterator[SlurmCluster]:
+              partitions: dict[str, list[str]] | None = None,
+              extra_conf: list[str] | None = None) -> Iterator[SlurmCluster]:
     """Start munged, slurmctld and ``n_nodes`` slurmd (node1..N); stop them all at the end.
 
-    Every node is in ``partition`` (the default one); ``partitions`` adds more.
+    Every node is in ``partition`` (the default one); ``partitions`` adds more;
+    ``extra_conf`` lines (``HealthCheckProgram=...``) go before the node lines.
     """
     bins = need_slurm()
     tmp.mkdir(parents=True, exist_ok=True)
@@ -278,7 +282,7 @@ def run_slurm(tmp: Path, n_nodes: int = 5, *, partition: str = "gpu",
     for n in nodes:
         (tmp / "spool" / n).mkdir(parents=True, exist_ok=True)
     conf = _write_conf(tmp, nodes, partition, DEFAULT_FEATURES if features is None else features,
-                       mdir / "munge.socket", partitions or {})
+                       mdir / "munge.socket", partitions or {}, extra_conf or [])
     cluster = SlurmCluster(dir=tmp, conf=conf, nodes=nodes, partition=partition,
                            procs={"munged": munged}, munge_dir=mdir)
     env = cluster.env

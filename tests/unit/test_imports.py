@@ -1,7 +1,8 @@
 """Imports follow the flow collect -> store -> detect -> act -> tell (ARCHITECTURE.md).
 
 Parsed with ``ast`` over sentinel/: a part may import the shared modules below the parts
-and the parts its row allows; nothing imports the controller but the top-level CLI.
+and the parts its row allows; nothing imports the controller but the applications that
+wire it in (the CLI, the demo, preflight and the deployment helpers).
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ from tests.support.imports import imports_with_lines
 
 # The parts, each a package under sentinel/.
 PARTS = ("agent", "train", "rules", "burnin", "notify", "dashboards", "controller")
-# The applications on top: they wire parts together and may import any of them. The
-# examples are applications of train (the GPT example); the demo runs the controller as
-# its own process and reads its journal for the view and the summary.
-APPS = ("cli", "__main__", "demo", "examples")
+# The applications on top: they wire parts together and may import any of them, the
+# controller included (preflight uses its Slurm client and spare pool; `sentinel deploy`
+# its Slurm client; the demo reads its journal for the view and the summary). The
+# examples are applications of train (the GPT example).
+APPS = ("cli", "__main__", "demo", "preflight", "deploy", "examples")
 # What each part may import besides the shared modules and itself. A dotted name allows
 # that module of a part only (the controller uses the request side of train, not the
 # training loop's side; burn-in's report format, not its runner).
@@ -55,8 +57,8 @@ def _violations(root: Path = ROOT) -> list[str]:
             if target == src or target == "__version__":
                 continue
             where = f"{path.relative_to(root.parent)}:{line} imports {mod}"
-            if target == "controller" and src not in ("cli", "demo"):
-                bad.append(f"{where}: only sentinel/cli.py (and the demo) import the "
+            if target == "controller" and src not in APPS:
+                bad.append(f"{where}: only the applications ({', '.join(APPS)}) import the "
                            "controller")
                 continue
             if src in APPS or src not in PARTS:
@@ -85,6 +87,10 @@ def test_the_rule_catches_a_violation(tmp_path):
         (fake / part / "__init__.py").write_text("")
     (fake / "rules" / "x.py").write_text("from sentinel.notify import slack\n")
     (fake / "agent" / "y.py").write_text("import sentinel.controller.loop\n")
+    (fake / "preflight").mkdir()
+    (fake / "preflight" / "z.py").write_text("from sentinel.controller import spares\n")
     found = _violations(fake)
+    assert not any("preflight/z.py" in v for v in found)  # an application may
     assert any("rules/x.py:1 imports sentinel.notify" in v for v in found)
-    assert any("only sentinel/cli.py (and the demo) import the controller" in v for v in found)
+    assert any("only the applications (cli, __main__, demo, preflight, deploy, examples) "
+               "import the controller" in v for v in found)

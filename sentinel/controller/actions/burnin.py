@@ -67,8 +67,12 @@ def reservation_name(node: str) -> str:
     return f"{RESERVATION_PREFIX}{node}"
 
 
-def fill_command(template: list[str], node: str, reservation: str, minutes: int) -> list[str]:
-    """Fill ``{node}``, ``{reservation}``, ``{minutes}`` in the burn-in argv template."""
+def fill_command(template: list[str], node: str, reservation: str, minutes: int,
+                 key: str = "controller.burnin_command") -> list[str]:
+    """Fill ``{node}``, ``{reservation}``, ``{minutes}`` in the burn-in argv template.
+
+    ``key`` names the setting the template came from, in the errors.
+    """
     values = {"node": node, "reservation": reservation, "minutes": str(minutes)}
     out = []
     for arg in template:
@@ -77,11 +81,11 @@ def fill_command(template: list[str], node: str, reservation: str, minutes: int)
         left = re.findall(r"\{[A-Za-z_]+\}", arg)
         if left:
             raise ActionFailed(
-                f"controller.burnin_command: unknown placeholder {left[0]} in {arg!r} (valid: "
+                f"{key}: unknown placeholder {left[0]} in {arg!r} (valid: "
                 + ", ".join("{" + p + "}" for p in PLACEHOLDERS) + ")")
         out.append(arg)
     if not out:
-        raise ActionFailed("controller.burnin_command is empty (valid: an argv such as srun -w "
+        raise ActionFailed(f"{key} is empty (valid: an argv such as srun -w "
                            "{node} ... sentinel burnin --json)")
     return out
 

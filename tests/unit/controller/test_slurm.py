@@ -20,6 +20,7 @@ from sentinel.controller.slurm import (
     expand_hostlist,
     is_write,
     owned,
+    owned_reason,
     parse_jobs,
     parse_reservations,
     parse_sinfo_json,
@@ -42,6 +43,8 @@ def test_sinfo_json_nodes_states_reasons_features():
     assert nodes["node5"].features == ("staged",) and nodes["node5"].free
     assert nodes["node5"].partitions == ("gpu",)
     assert nodes["node1"].features == () and not nodes["node1"].free
+    # NodeAddr and NodeHostname (the file_sd targets of `sentinel deploy file-sd`).
+    assert (nodes["node5"].address, nodes["node5"].hostname) == ("127.0.0.1", "vm")
 
 
 def test_sinfo_json_reason_of_a_person_with_equals_signs_is_whole_and_not_ours():
@@ -238,6 +241,35 @@ def test_writes_are_argv_lists_and_move_sets_the_whole_list():
     assert not is_write(["squeue", "-h"])
 
 
+def test_submit_wraps_the_command_and_reads_the_job_id():
+    r = Replay({"sbatch": Done(0, "42;sentineltest\n", "")})
+    s = Slurm(runner=r, bin_dir="/opt/slurm/bin")
+    assert s.submit(["--requeue", "--partition=gpu"], "sleep 60") == "42"
+    assert r.calls[0][0] == ["/opt/slurm/bin/sbatch", "--parsable", "--requeue",
+                             "--partition=gpu", "--wrap=sleep 60"]
+    assert is_write(r.calls[0][0])
+    bad = Slurm(runner=Replay({"sbatch": Done(0, "Submitted batch job\n", "")}))
+    with pytest.raises(SlurmError, match="no job id in its output"):
+        bad.submit([], "true")
+    refused = Slurm(runner=Replay({"sbatch": Done(
+        1, "", "sbatch: error: invalid partition specified: nope\n")}))
+    with pytest.raises(SlurmError, match="invalid partition") as e:
+        refused.submit(["--partition=nope"], "true")
+    assert e.value.outcome_class == PERMANENT
+
+
+def test_cancel_of_a_job_already_gone_is_not_an_error():
+    gone = Replay({"scancel": Done(1, "", "scancel: error: Kill job error on job id 7: "
+                                   "Invalid job id specified\n")})
+    Slurm(runner=gone).cancel("7")
+    assert gone.calls[0][0] == ["scancel", "7"]
+    down = Slurm(runner=Replay({"scancel": Done(
+        1, "", "scancel: error: Unable to contact slurm controller (connect failure)\n")}))
+    with pytest.raises(SlurmError) as e:
+        down.cancel("7")
+    assert e.value.transient
+
+
 # -- owner scope -------------------------------------------------------------------------
 
 
@@ -247,6 +279,12 @@ def test_drain_reason_is_one_line_owned_and_bounded():
     long = drain_reason("x" * 500, "i-0c1d")
     assert len(long) == REASON_MAX and long.startswith(OWNER_PREFIX)
     assert long.endswith("... [incident i-0c1d]")
+
+
+def test_owned_reason_names_its_source():
+    assert owned_reason("burn-in failed: GPU 0 LOW_FLOPS", "healthcheck") == (
+        "sentinel: burn-in failed: GPU 0 LOW_FLOPS [healthcheck]")
+    assert len(owned_reason("y" * 300, "healthcheck")) == REASON_MAX
 
 
 def test_owned_needs_drain_and_our_prefix():
