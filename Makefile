@@ -3,7 +3,7 @@ PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 STAMP := .make/deps.stamp
 
-.PHONY: deps demo test test-unit test-integration lint typecheck gpu-test dashboards bench clean
+.PHONY: deps demo test test-exhaustive test-unit test-integration lint typecheck gpu-test dashboards bench clean
 
 $(STAMP): pyproject.toml scripts/install-deps.sh
 	bash scripts/install-deps.sh
@@ -15,7 +15,10 @@ demo: $(STAMP)
 	$(PYTHON) -m sentinel demo
 
 test: $(STAMP)
-	$(PYTHON) -m pytest -m "not gpu" tests
+	$(PYTHON) -m pytest -m "not gpu and not exhaustive" tests
+
+test-exhaustive: $(STAMP)
+	$(PYTHON) -m pytest -m exhaustive tests
 
 test-unit: $(STAMP)
 	$(PYTHON) -m pytest tests/unit

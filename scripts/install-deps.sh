@@ -4,10 +4,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(prometheus prometheus-alertmanager prometheus-node-exporter systemd victoria-metrics)
+APT_PACKAGES=(prometheus prometheus-alertmanager prometheus-node-exporter systemd slurm-wlm munge
+              victoria-metrics)
 # prometheus-node-exporter: the disk collector is checked against it; systemd: systemd-analyze
-# verifies the agent unit (PID 1 need not be systemd); victoria-metrics: the fleet tests
-# (VictoriaMetrics, vmagent, vmalert as the global store past one Prometheus).
+# verifies the agent unit (PID 1 need not be systemd); slurm-wlm and munge: the controller's
+# Slurm actions run against a local cluster (tests/support/slurm.py); victoria-metrics: the
+# fleet tests (VictoriaMetrics, vmagent, vmalert as the global store past one Prometheus).
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

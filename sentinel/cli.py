@@ -27,6 +27,10 @@ COMMANDS: list[tuple[str, str]] = [
     ("rollback", "sentinel.train.cli"),
     ("notify", "sentinel.notify.cli"),
     ("dashboards", "sentinel.dashboards.cli"),
+    ("controller", "sentinel.controller.cli"),
+    ("status", "sentinel.controller.status"),
+    ("preflight", "sentinel.preflight.cli"),
+    ("deploy", "sentinel.deploy"),
     ("demo", "sentinel.demo"),
 ]
 

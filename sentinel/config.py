@@ -436,6 +436,17 @@ def load_section(
     return obj
 
 
+def split_hostport(key: str, value: str) -> tuple[str, int]:
+    """Return (host, port) of ``HOST:PORT`` (``[::1]:9464`` too); ConfigError names ``key``.
+
+    An empty host means every address.
+    """
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{key}: {value!r} is not HOST:PORT (valid: e.g. 127.0.0.1:9464)")
+    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - documented default
+
+
 def _unknown_env(name: str, prefix: str, section: str, fields: Mapping[str, Any]) -> None:
     """Warn about a variable in a section's namespace that is no key; never an error.
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from sentinel.agent.ring import MAX_RING_BYTES, RECORD_BYTES
 from sentinel.agent.senders import SenderPolicy, resolve_group
-from sentinel.config import ConfigError, config_section
+from sentinel.config import ConfigError, config_section, split_hostport
 
 if TYPE_CHECKING:
     from sentinel.agent.collectors.base import Collector
@@ -52,13 +52,6 @@ def parse_mode(key: str, value: str) -> int:
         raise ConfigError(f"{key}: {value!r} is not an octal file mode (valid: e.g. '0660', "
                           "or '0666' to let every local user write to the socket)")
     return int(value, 8)
-
-
-def _split_hostport(key: str, value: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"{key}: {value!r} is not HOST:PORT (valid: e.g. 127.0.0.1:9464)")
-    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - documented default
 
 
 @config_section("agent")
@@ -212,9 +205,9 @@ class AgentConfig:
             if name not in known:
                 raise ConfigError(f"agent.collectors: {name!r} is not valid "
                                   f"(valid: {', '.join(known)})")
-        _split_hostport("agent.listen_address", self.listen_address)
+        split_hostport("agent.listen_address", self.listen_address)
         if self.udp_address:
-            host, _ = _split_hostport("agent.udp_address", self.udp_address)
+            host, _ = split_hostport("agent.udp_address", self.udp_address)
             if not self.udp_allow_remote and not _is_loopback(host):
                 raise ConfigError(
                     f"agent.udp_address: {self.udp_address!r} is not a loopback address, and "
@@ -246,8 +239,8 @@ class AgentConfig:
 
     def listen(self) -> tuple[str, int]:
         """Return (host, port) of listen_address."""
-        return _split_hostport("agent.listen_address", self.listen_address)
+        return split_hostport("agent.listen_address", self.listen_address)
 
     def udp(self) -> tuple[str, int] | None:
         """Return (host, port) of udp_address, or None when off."""
-        return _split_hostport("agent.udp_address", self.udp_address) if self.udp_address else None
+        return split_hostport("agent.udp_address", self.udp_address) if self.udp_address else None

@@ -360,3 +360,49 @@ def write_textfile(path: str | os.PathLike[str], report: BurninReport) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@dataclass(frozen=True)
+class TextfileGpu:
+    """One GPU's result as :func:`render_textfile` wrote it (read back by Slurm hooks)."""
+
+    gpu: str
+    uuid: str
+    hostname: str
+    ok: bool
+    verdict: str
+    finished_at: float | None
+
+
+def read_textfile(text: str, where: str = "textfile") -> list[TextfileGpu]:
+    """Read the per-GPU verdicts back from :func:`render_textfile` output.
+
+    Raises ValueError naming ``where`` when the text is not an exposition or holds no
+    ``sentinel_burnin_ok`` series (another file in the textfile directory, say).
+    """
+    from prometheus_client.parser import text_string_to_metric_families  # noqa: PLC0415
+
+    ok: dict[str, tuple[dict[str, str], float]] = {}
+    verdicts: dict[str, str] = {}
+    finished: dict[str, float] = {}
+    try:
+        for fam in text_string_to_metric_families(text):
+            for s in fam.samples:
+                key = s.labels.get("UUID") or s.labels.get("gpu", "")
+                if s.name == "sentinel_burnin_ok":
+                    ok[key] = (dict(s.labels), s.value)
+                elif s.name == "sentinel_burnin_verdict" and s.value == 1:
+                    verdicts[key] = s.labels.get("verdict", "")
+                elif s.name == "sentinel_burnin_timestamp_seconds":
+                    finished[key] = s.value
+    except ValueError as e:
+        raise ValueError(f"{where}: not a Prometheus text exposition ({e})") from e
+    if not ok:
+        raise ValueError(f"{where}: no sentinel_burnin_ok series (valid: a file written by "
+                         "`sentinel burnin --textfile`)")
+    out = [TextfileGpu(gpu=lab.get("gpu", ""), uuid=lab.get("UUID", ""),
+                       hostname=lab.get("hostname", ""), ok=value == 1,
+                       verdict=verdicts.get(key, "OK" if value == 1 else "?"),
+                       finished_at=finished.get(key))
+           for key, (lab, value) in ok.items()]
+    return sorted(out, key=lambda g: (int(g.gpu) if g.gpu.isdigit() else 1 << 30, g.uuid))

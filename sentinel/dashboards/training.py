@@ -7,6 +7,7 @@ from typing import Any
 from grafana_foundation_sdk.builders import dashboard as db
 from grafana_foundation_sdk.models import dashboard as dm
 
+from sentinel.dashboards import controller
 from sentinel.dashboards.common import (
     BAND_TOLERANCE_DEFAULT,
     BAND_TOLERANCES,
@@ -57,6 +58,7 @@ def build() -> dict[str, Any]:
         ("Step time", _step_time_row()),
         ("Events", [_job_events_panel()]),
     ])
+    d = controller.add_row(d)
     return finish(d, _annotations())
 
 
@@ -338,4 +340,5 @@ def _annotations() -> list[dict[str, object]]:
             "{{severity}} {{hostname}} {{gpu}}",
             "alertname,severity",
         ),
+        *controller.annotation_queries(),
     ]

@@ -34,7 +34,8 @@ FETCH_THREADS = 4
 Fetch = Callable[[Rule, float], Window]
 
 
-def _signature(f: Finding) -> tuple[str, str, str, str]:
+def signature(f: Finding) -> tuple[str, str, str, str]:
+    """Return what makes a finding "changed" for the engine: severity, action, state, class."""
     return (f.severity, f.suggested_action, f.state, str(f.evidence.get("classification", "")))
 
 
@@ -124,7 +125,7 @@ class Engine:
             if k in seen:
                 continue
             seen.add(k)
-            sig = _signature(f)
+            sig = signature(f)
             prev = self._known.get(k)
             if prev is None or prev[0] != sig:
                 changes.append(f)
@@ -136,7 +137,7 @@ class Engine:
             gone = dataclasses.replace(f, state="resolved", evidence=dict(f.evidence))
             gone.evidence["resolved_because"] = "no longer reported by its rule"
             changes.append(gone)
-            self._known[k] = (_signature(gone), gone, origin)
+            self._known[k] = (signature(gone), gone, origin)
         while len(self._known) > self.max_tracked:
             self._known.popitem(last=False)
         return changes

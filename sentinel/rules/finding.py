@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sentinel.jsonnum import encode
+from sentinel.jsonnum import decode, encode
 
 SEVERITIES = ("info", "warning", "critical")
 # What the controller should consider doing; detectors only suggest.
@@ -78,4 +78,46 @@ class Finding:
             "key": self.key,
             "evidence": encode(self.evidence),
         }
+
+    @classmethod
+    def from_dict(cls, d: Any) -> Finding:
+        """Rebuild a finding from :meth:`to_dict` output (a findings JSONL line, the journal).
+
+        Raises ValueError naming the key that is missing or wrong.
+        """
+        if not isinstance(d, dict):
+            raise ValueError(f"a finding must be a JSON object, got {type(d).__name__}")
+        for k in ("kind", "severity", "summary", "suggested_action"):
+            if not isinstance(d.get(k), str):
+                raise ValueError(f"finding: key {k!r} missing or not a string")
+        kw: dict[str, Any] = {}
+        for k in ("detector", "rule", "episode", "state"):
+            if d.get(k) is not None:
+                if not isinstance(d[k], str):
+                    raise ValueError(f"finding: key {k!r} must be a string, got {d[k]!r}")
+                kw[k] = d[k]
+        for k in ("job", "node", "gpu"):
+            v = d.get(k)
+            if v is not None and not isinstance(v, str):
+                raise ValueError(f"finding: key {k!r} must be a string or null, got {v!r}")
+            kw[k] = v
+        for k in ("step_start", "step_end"):
+            v = d.get(k)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+                raise ValueError(f"finding: key {k!r} must be an integer or null, got {v!r}")
+            kw[k] = v
+        for k in ("time_start", "time_end", "confidence"):
+            v = d.get(k)
+            if v is None:
+                continue
+            if isinstance(v, bool) or not isinstance(v, int | float):
+                raise ValueError(f"finding: key {k!r} must be a number or null, got {v!r}")
+            kw[k] = float(v)
+        ev = d.get("evidence", {})
+        if not isinstance(ev, dict):
+            raise ValueError(f"finding: key 'evidence' must be an object, got {ev!r}")
+        kw["evidence"] = decode(ev)
+        f = cls(kind=d["kind"], severity=d["severity"], summary=d["summary"],
+                suggested_action=d["suggested_action"], **kw)
+        return f
 

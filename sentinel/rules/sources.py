@@ -74,6 +74,17 @@ class PrometheusSource:
             for r in result
         ]
 
+    def instant(self, promql: str) -> list[tuple[dict[str, str], float]]:
+        """Run one instant query (now); return each series' labels and value."""
+        try:
+            result = self._prom.custom_query(promql, timeout=int(self.timeout))
+        except Exception as e:  # noqa: BLE001 - the client raises several types
+            raise SourceError(f"Prometheus {self.url}: query {promql!r} failed: {e}") from e
+        with self._lock:
+            self.queries += 1
+        # Values are Prometheus' strings ("1", "+Inf"), which float() reads (see range()).
+        return [(dict(r.get("metric", {})), float(r["value"][1])) for r in result]
+
     def window(self, rule: Rule, now: float) -> Window:
         """Fetch every series role of ``rule`` over its window ending at ``now``."""
         start = now - rule.window_s

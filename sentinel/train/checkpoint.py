@@ -521,7 +521,11 @@ class CheckpointStore:
                     self.prune()
 
     def abandon_after(self, step: int, reason: str) -> list[int]:
-        """Mark checkpoints newer than ``step`` as off the timeline (after a rollback)."""
+        """Mark checkpoints newer than ``step`` as off the timeline (after a rollback).
+
+        A writer applies retention now; otherwise (the controller, for a job it requeues)
+        the job's next save does, so only the job deletes checkpoint files.
+        """
         with self._locked():
             data = self._read_manifest()
             gone = []
@@ -531,7 +535,8 @@ class CheckpointStore:
                     gone.append(int(c["step"]))
             if gone:
                 self._write_manifest(data)
-                self.prune()
+                if self.writer:
+                    self.prune()
         return gone
 
     def prune(self) -> list[int]:

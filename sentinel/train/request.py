@@ -48,6 +48,12 @@ PID_DIR = "pids"
 REQUEST_DIR = "rollback/requests"
 RESULT_DIR = "rollback/results"
 REJECTED_SUFFIX = ".rejected"
+# The group, besides the job's user, that may read the run's token and so request a
+# rollback (a controller running as another user is made a member of it).
+CONTROL_GROUP_ENV = "SENTINEL_CONTROL_GROUP"
+# A request holds no secret (its HMAC cannot sign another request), and the job, which
+# may run as another user than the requester, must be able to read it.
+REQUEST_MODE = 0o644
 ROLLBACK_SIGNAL = signal.SIGUSR1
 # How often wait_result looks for the job's answer; the job answers within a step.
 RESULT_POLL_S = 0.1
@@ -98,7 +104,8 @@ def read_token(run_dir: str | Path) -> bytes:
         ) from None
     except PermissionError:
         raise RollbackError(
-            f"cannot read {path}: only the job's user may request a rollback"
+            f"cannot read {path}: only the job's user, and the members of its control group "
+            f"when the job names one ({CONTROL_GROUP_ENV}), may request a rollback"
         ) from None
     if len(tok) < 32:
         raise RollbackError(f"run token {path} is too short to be one sentinel wrote")
@@ -227,6 +234,7 @@ def _create_exclusive(path: Path, data: bytes, mode: int) -> bool:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
+        os.fchmod(fd, mode)  # whatever the requester's umask: the job must read it
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -247,7 +255,7 @@ def write_request(run_dir: str | Path, request: RollbackRequest, token: bytes) -
     path.parent.mkdir(parents=True, exist_ok=True)
     body = {"request": request.to_json(), "signature": sign(request, token)}
     data = (json.dumps(body, indent=1, sort_keys=True) + "\n").encode("utf-8")
-    return path if _create_exclusive(path, data, 0o600) else None
+    return path if _create_exclusive(path, data, REQUEST_MODE) else None
 
 
 # -- choosing the checkpoint -----------------------------------------------------------
@@ -629,3 +637,115 @@ def wait_result(
         if left <= 0:
             return None
         sleep(min(poll_s, left))
+
+
+# -- what a controller needs besides the request ---------------------------------------
+# Torch-free wrappers over the checkpoint manifest and the skip plan, so a requester that
+# may import only this module (the controller) can pin the target, read the plan, and do
+# for a job without a rollback handler what the handler would (skip plan, abandon).
+def _store(checkpoint_dir: str | Path) -> CheckpointStore:
+    return CheckpointStore(checkpoint_dir, writer=False)
+
+
+def checkpoint_steps(checkpoint_dir: str | Path) -> list[int]:
+    """Return the steps of the live (not abandoned) checkpoints, oldest first."""
+    try:
+        return [c.step for c in _store(checkpoint_dir).checkpoints()]
+    except CheckpointError as e:
+        raise RollbackError(str(e)) from e
+
+
+def pin(checkpoint_dir: str | Path, step: int, holder: str) -> None:
+    """Keep checkpoint ``step`` from retention while ``holder`` (an incident) needs it."""
+    try:
+        _store(checkpoint_dir).pin(int(step), holder)
+    except CheckpointError as e:
+        raise RollbackError(str(e)) from e
+
+
+def unpin(checkpoint_dir: str | Path, holder: str) -> None:
+    """Release ``holder``'s pin (no-op without one); the job's next save applies retention."""
+    try:
+        _store(checkpoint_dir).unpin(holder)
+    except CheckpointError as e:
+        raise RollbackError(str(e)) from e
+
+
+def pins(checkpoint_dir: str | Path) -> dict[str, int]:
+    """Return ``{holder: step}`` of the pinned checkpoints."""
+    try:
+        return _store(checkpoint_dir).pins()
+    except CheckpointError as e:
+        raise RollbackError(str(e)) from e
+
+
+def abandon_after(checkpoint_dir: str | Path, step: int, reason: str) -> list[int]:
+    """Take checkpoints newer than ``step`` off the run's timeline; return their steps.
+
+    What the rollback handler does in-process, for a job that is resumed by a restart
+    instead: it then resumes from ``step``, the newest live checkpoint. No file is
+    deleted here (the job's next save applies retention).
+    """
+    try:
+        return _store(checkpoint_dir).abandon_after(int(step), reason)
+    except CheckpointError as e:
+        raise RollbackError(str(e)) from e
+
+
+def skip_ranges(run_dir: str | Path) -> list[tuple[int, int]]:
+    """Return the run's skip plan as half-open batch ranges, sorted."""
+    try:
+        return [(r.start, r.end) for r in SkipPlan(run_dir).ranges]
+    except SkipPlanError as e:
+        raise RollbackError(str(e)) from e
+
+
+def add_skips(run_dir: str | Path, ranges: list[tuple[int, int]], *, added_by: str,
+              reason: str) -> bool:
+    """Add ``ranges`` to the run's skip plan; False if every one is in it already.
+
+    For a job without a rollback handler, stopped while this runs: it reads the plan
+    when it starts again. A range that overlaps another is refused (RollbackError).
+    """
+    try:
+        plan = SkipPlan(run_dir)
+        have = {(r.start, r.end) for r in plan.ranges}
+        if all((int(a), int(b)) in have for a, b in ranges):
+            return False
+        plan.add([(int(a), int(b)) for a, b in ranges], added_by=added_by, reason=reason)
+    except SkipPlanError as e:
+        raise RollbackError(f"skip plan {Path(run_dir) / 'skip_plan.json'}: {e}") from e
+    return True
+
+
+def handler_missing(run_dir: str | Path) -> str | None:
+    """Return why the job seems to run no rollback handler, or None if it does.
+
+    The handler leaves the run's token and one PID file per rank (of any host); a job
+    that exited cleanly removed its PID files.
+    """
+    try:
+        if not token_path(run_dir).exists():
+            return f"no run token at {token_path(run_dir)}"
+        if not any(pid_dir(run_dir).glob("*.pid")):
+            return f"no rank PID files in {pid_dir(run_dir)}"
+    except PermissionError as e:
+        return (f"cannot look into {Path(run_dir) / CONTROL_DIR} ({e.strerror}): the job "
+                f"must name a control group the requester is in ({CONTROL_GROUP_ENV})")
+    return None
+
+
+def prior_request(run_dir: str | Path, request_id: str) -> dict[str, Any] | None:
+    """Return what request ``request_id`` asked for and how far it got, or None if absent.
+
+    ``{"status", "to_step", "skip"}``; a requester that restarts after a crash, or retries,
+    asks for the same rollback again under the same id rather than a second one.
+    """
+    state = status(run_dir, request_id)
+    if state == "absent":
+        return None
+    req = _existing(Path(run_dir), request_id)
+    if req is not None:
+        return {"status": state, "to_step": req.to_step, "skip": [list(r) for r in req.skip]}
+    result = read_result(run_dir, request_id) or {}
+    return {"status": state, "to_step": result.get("to_step"), "skip": result.get("skip", [])}

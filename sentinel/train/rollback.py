@@ -25,11 +25,13 @@ cannot be honoured are refused: a result file and a ``rollback_refused`` event s
 
 from __future__ import annotations
 
+import grp
 import hmac
 import logging
 import os
 import secrets
 import signal
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,11 +42,14 @@ from typing import Any, Protocol
 from sentinel.train._atomic import write_json_atomic
 from sentinel.train.checkpoint import CheckpointError, CheckpointStore
 from sentinel.train.request import (
+    CONTROL_GROUP_ENV,
     REJECTED_SUFFIX,
     REQUEST_DIR,
+    RESULT_DIR,
     ROLLBACK_SIGNAL,
     RollbackError,
     RollbackRequest,
+    pid_dir,
     read_json_file,
     read_token,
     request_path,
@@ -67,6 +72,14 @@ MAX_CLOCK_SKEW_S = 60.0
 DEFAULT_POLL_INTERVAL_S = 10.0
 # Requests read per boundary: bounds the work a flood of junk files can cause.
 MAX_REQUESTS_PER_CHECK = 16
+# The token: the job's user's alone, or also readable by the job's control group.
+TOKEN_MODE = 0o600
+GROUP_TOKEN_MODE = 0o640
+# With a control group: its members read the control directory (token, PIDs) and the
+# results, and write requests; setgid so files made there (requests) get the group.
+CONTROL_DIR_MODE = 0o2750
+REQUEST_DIR_MODE = 0o2770
+RESULT_DIR_MODE = 0o2750
 # Junk files that could not be moved aside (another user's file in a shared directory)
 # are remembered so that each is logged once; beyond this many the oldest are forgotten.
 MAX_REMEMBERED_JUNK = 1024
@@ -80,22 +93,67 @@ class EventSink(Protocol):
 
 
 # -- token (the job creates it; requesters read it) ------------------------------------
-def ensure_token(run_dir: str | Path) -> bytes:
-    """Create the run's token (mode 0600) if absent and return it; tighten loose modes."""
+def control_gid(group: str | None) -> int | None:
+    """Return the gid of the job's control group, or None when it names none.
+
+    The group must exist and this process must be in it (only a member may give a file
+    to a group); otherwise RollbackError says what to fix.
+    """
+    if not group:
+        return None
+    try:
+        gid = grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise RollbackError(f"control group {group!r} ({CONTROL_GROUP_ENV}) does not exist; "
+                            "create it, or unset it to keep the token to the job's user"
+                            ) from None
+    if os.geteuid() != 0 and gid not in (os.getegid(), *os.getgroups()):
+        raise RollbackError(f"control group {group!r} ({CONTROL_GROUP_ENV}): this job's user "
+                            f"(uid {os.geteuid()}) is not a member; add it, or unset it")
+    return gid
+
+
+def _own_dir(path: Path, gid: int | None, mode: int) -> None:
+    """Create ``path`` (and parents); with a control group, give it that group and ``mode``."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700 if gid is None else mode)
+    if gid is not None:
+        st = path.stat()
+        if st.st_uid == os.geteuid() and (st.st_gid != gid
+                                          or stat.S_IMODE(st.st_mode) != mode):
+            os.chown(path, -1, gid)
+            os.chmod(path, mode)  # after chown: chown clears the setgid bit
+
+
+def ensure_token(run_dir: str | Path, group: str | None = None) -> bytes:
+    """Create the run's token if absent and return it; set its mode and group.
+
+    Without ``group`` the token is 0600, the job's user's alone (a loose mode is
+    tightened). With a control group (see :func:`control_gid`) it is 0640 and that
+    group's, so its members (a controller running as another user) can sign requests.
+    """
+    gid = control_gid(group)
     path = token_path(run_dir)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _own_dir(path.parent, gid, CONTROL_DIR_MODE)
+    want = TOKEN_MODE if gid is None else GROUP_TOKEN_MODE
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        mode = path.stat().st_mode & 0o777
-        if mode & 0o077:
-            log.warning("token %s had mode %o, readable by others; setting 0600", path, mode)
-            os.chmod(path, 0o600)
+        st = path.stat()
+        if stat.S_IMODE(st.st_mode) != want or (gid is not None and st.st_gid != gid):
+            if stat.S_IMODE(st.st_mode) & ~want:
+                log.warning("token %s had mode %o, readable by more than intended; setting %o",
+                            path, stat.S_IMODE(st.st_mode), want)
+            if gid is not None:
+                os.chown(path, -1, gid)
+            os.chmod(path, want)
     else:
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_hex(32) + "\n")
             f.flush()
             os.fsync(f.fileno())
+        if gid is not None:
+            os.chown(path, -1, gid)
+            os.chmod(path, want)
     return read_token(run_dir)
 
 
@@ -136,6 +194,7 @@ class RollbackHandler:
         map_location: Any = "cpu",
         group: Any = None,
         now: Callable[[], float] = time.time,
+        control_group: str | None = None,
     ) -> None:
         if check_every < 1:
             raise ValueError(f"check_every must be >= 1, got {check_every}")
@@ -151,6 +210,10 @@ class RollbackHandler:
         self.map_location = map_location
         self.now = now
         self.group = group
+        # Who besides the job's user may request a rollback (DESIGN.md, Controller ->
+        # Security); from the environment so a launcher sets it for every rank.
+        self.control_group = (control_group if control_group is not None
+                              else os.environ.get(CONTROL_GROUP_ENV, "")) or None
         self.rank, self.world_size = 0, 1
         self._dist: Any = None
         self._token = b""
@@ -176,7 +239,13 @@ class RollbackHandler:
                 # Control traffic goes over CPU so the check never syncs the GPU stream.
                 self.group = dist.new_group(backend="gloo")
         if self.rank == 0:
-            self._token = ensure_token(self.run_dir)
+            self._token = ensure_token(self.run_dir, self.control_group)
+            # The job makes the request and result directories, so it may remove what
+            # a requester of another user writes there.
+            gid = control_gid(self.control_group)
+            _own_dir(self.run_dir / REQUEST_DIR, gid, REQUEST_DIR_MODE)
+            _own_dir(self.run_dir / RESULT_DIR, gid, RESULT_DIR_MODE)
+            _own_dir(pid_dir(self.run_dir), gid, CONTROL_DIR_MODE)
         if self._dist is not None:
             self._dist.barrier(group=self.group)  # token exists before others read it
         if self.rank != 0:

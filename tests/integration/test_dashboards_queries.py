@@ -2,14 +2,17 @@
 
 A real agent serves GPU series replayed from the captured H100 dump (plus one XID event),
 burn-in results from a textfile and the steps a real Reporter process sends; a real
-Prometheus scrapes it every second and evaluates one always-firing alert for the job (so
-the ALERTS annotation has something to show). The dashboards' template variables are
-resolved the way Grafana does (label_values through Prometheus, first value), then each
-target runs as Grafana would run it (range or instant) and must return a series.
+controller follows the job's step stream from that agent (goodput), rolls back a loss
+spike with the test's toy action and opens an incident for a throughput finding every few
+cycles (ControllerFindings); a real Prometheus scrapes both every second and evaluates
+one always-firing alert for the job (so the ALERTS annotation has something to show).
+The dashboards' template variables are resolved the way Grafana does (label_values
+through Prometheus, first value), then each target runs as Grafana would run it (range or
+instant) and must return a series.
 
 The same runs against the fleet's global store (docs/SCALE.md): vmagent scrapes the agent
-into VictoriaMetrics and vmalert evaluates the alert, with the configs of deploy/fleet/,
-and Grafana's queries go to VictoriaMetrics' Prometheus API.
+and the controller into VictoriaMetrics and vmalert evaluates the alert, with the configs
+of deploy/fleet/, and Grafana's queries go to VictoriaMetrics' Prometheus API.
 """
 
 from __future__ import annotations
@@ -28,11 +31,15 @@ from typing import Any
 import pytest
 import requests
 
+from sentinel.controller.actions import ACTIONS
 from sentinel.dashboards.common import iter_panels
 from sentinel.dashboards.generate import DASHBOARDS
 from sentinel.gpu.nvml_replay import H100_LOAD
+from sentinel.rules.finding import Finding
+from sentinel.rules.sources import StepStream
 from tests.support.agent import run_agent
-from tests.support.services import Prometheus, run_alertmanager, run_prometheus, stop
+from tests.support.controller import ToyAction, live_controller
+from tests.support.services import Prometheus, free_port, run_alertmanager, run_prometheus, stop
 from tests.support.victoria import run_victoria_metrics, run_vmagent, run_vmalert
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -66,6 +73,29 @@ REPORTER = textwrap.dedent(
         time.sleep(0.05)
     """
 )
+
+
+class ControllerFindings:
+    """The controller's rules engine here: polls the job's stream; a spike, then drops."""
+
+    def __init__(self, stream: StepStream) -> None:
+        self.stream = stream
+        self.cycles = 0
+
+    def cycle(self, now: float | None = None) -> list[Finding]:
+        self.stream.poll()
+        self.cycles += 1
+        t = time.time()
+        if self.cycles == 1:
+            return [Finding(kind="loss_spike", severity="critical", summary="spike",
+                            suggested_action="rollback_skip", detector="loss_spike",
+                            rule="loss-spike", job=JOB, step_start=5, step_end=6, episode="5",
+                            time_start=t - 20, evidence={"classification": "plateau"})]
+        if self.cycles % 4 == 0:  # decisions and new incidents keep the annotations busy
+            return [Finding(kind="throughput_drop", severity="warning", summary="slow",
+                            suggested_action="notify", job=JOB, rule="throughput",
+                            time_start=t - 30, episode=str(self.cycles))]
+        return []
 
 
 def burnin_textfile(uuid: str, model: str) -> str:
@@ -153,11 +183,13 @@ def run_query(prom: Prometheus, expr: str, instant: bool) -> str | None:
 
 
 @contextlib.contextmanager
-def metrics_store(backend: str, tmp: Path, target: str, rules: Path) -> Iterator[Prometheus]:
-    """Yield the Prometheus API that Grafana would query, holding ``target``'s series.
+def metrics_store(backend: str, tmp: Path, agent: str, controller: str,
+                  rules: Path) -> Iterator[Prometheus]:
+    """Yield the Prometheus API that Grafana would query, holding both targets' series.
 
-    ``prometheus``: Prometheus scrapes the agent and evaluates ``rules``.
-    ``victoria-metrics``: vmagent scrapes it into VictoriaMetrics, vmalert evaluates
+    ``prometheus``: Prometheus scrapes the agent and the controller (as
+    deploy/prometheus/prometheus.yml does) and evaluates ``rules``.
+    ``victoria-metrics``: vmagent scrapes both into VictoriaMetrics, vmalert evaluates
     ``rules`` against VictoriaMetrics and writes ALERTS there.
     """
     if backend == "prometheus":
@@ -167,8 +199,14 @@ def metrics_store(backend: str, tmp: Path, target: str, rules: Path) -> Iterator
                     "job_name": "sentinel-agent",
                     # The training job's `job` label must win (docs/DESIGN.md).
                     "honor_labels": True,
-                    "static_configs": [{"targets": [target]}],
-                }
+                    "static_configs": [{"targets": [agent]}],
+                },
+                {
+                    # As deploy/prometheus/prometheus.yml: per-job goodput series.
+                    "job_name": "sentinel-controller",
+                    "honor_labels": True,
+                    "static_configs": [{"targets": [controller]}],
+                },
             ]
         }
         with run_prometheus(tmp / "prom", rule_files=[str(rules)], extra_config=scrape) as prom:
@@ -179,14 +217,14 @@ def metrics_store(backend: str, tmp: Path, target: str, rules: Path) -> Iterator
     with (
         run_victoria_metrics(tmp / "vm") as vm,
         run_alertmanager(tmp / "am", am_cfg) as am,
-        run_vmagent(tmp / "vmagent", [target], vm.write_url()),
+        run_vmagent(tmp / "vmagent", [agent, controller], vm.write_url()),
         run_vmalert(tmp / "vmalert", [rules], vm.url, am.url),
     ):
         yield vm
 
 
 @pytest.mark.parametrize("backend", ["prometheus", "victoria-metrics"])
-def test_every_dashboard_query_returns_data(tmp_path: Path, backend: str) -> None:
+def test_every_dashboard_query_returns_data(tmp_path: Path, backend: str, monkeypatch) -> None:
     dump = json.loads(FIXTURE.read_text())
     dev = dump["devices"][0]
     dump["xid_events"] = [{"uuid": dev["uuid"], "xid": 79}]
@@ -210,15 +248,28 @@ def test_every_dashboard_query_returns_data(tmp_path: Path, backend: str) -> Non
         reporter = subprocess.Popen(
             [sys.executable, "-c", REPORTER, agent.socket_path, JOB, HOST], cwd=ROOT
         )
+        monkeypatch.setitem(ACTIONS, "rollback_skip", ToyAction())
+        stream = StepStream(agent.url, JOB)
+        (tmp_path / "ctl").mkdir()
         try:
-            with metrics_store(backend, tmp_path, agent.hostport, rules) as prom:
+            with live_controller(tmp_path / "ctl", ControllerFindings(stream), port=free_port(),
+                                 steps={JOB: lambda: list(stream.steps)}) as ctl, \
+                    metrics_store(backend, tmp_path, agent.hostport, ctl.hostport,
+                                  rules) as prom:
                 # Wait until every rate window has samples and the alert fires.
                 prom.wait_for(f'sentinel_train_tokens_total{{job="{JOB}"}}', timeout=30)
                 prom.wait_for("sentinel_disk_read_latency_seconds", timeout=30)
                 prom.wait_for('ALERTS{alertname="DashboardTestAlert",alertstate="firing"}')
+                prom.wait_for(f'sentinel_controller_job_goodput_ratio{{job="{JOB}"}}')
+                prom.wait_for('sentinel_controller_incidents_total{outcome="recovered"}')
+                # The MTTR histogram gets its one observation late.
+                prom.wait_for("sentinel_controller_incident_recover_seconds_bucket", timeout=45)
                 time.sleep(8)
                 assert reporter.poll() is None, "the Reporter process died"
                 check_all_dashboards(prom)
+                # The controller accounted the real job's steps it followed.
+                [g] = ctl.controller.journal.goodput()
+                assert g["job"] == JOB and g["last"] - g["start"] > 5
         finally:
             stop(reporter)
 

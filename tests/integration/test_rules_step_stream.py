@@ -21,9 +21,17 @@ def _report(rep: Reporter, start: int, losses: list[float],
             batch: Callable[[int], int] | None = None) -> None:
     # Real steps are milliseconds apart at least; a tight loop would overrun the kernel's
     # Unix datagram queue (net.unix.max_dgram_qlen, 10 on this CI machine) and be dropped.
+    # On a loaded machine the agent can still fall that far behind: the Reporter then
+    # drops the report (it never blocks a training loop) and the test sends it again, so
+    # what is checked is the stream, not the machine's load.
     for step, loss in enumerate(losses, start=start):
         extra = {} if batch is None else {"batch": batch(step)}
-        rep.step(step, loss=loss, tokens=4096, grad_norm=1.0, **extra)
+        for _attempt in range(100):
+            before = rep.dropped
+            rep.step(step, loss=loss, tokens=4096, grad_norm=1.0, **extra)
+            if rep.dropped == before:
+                break
+            time.sleep(0.01)
         time.sleep(0.001)
 
 
@@ -63,7 +71,6 @@ def test_spike_reported_through_the_agent_is_found_at_its_step(tmp_path):
         assert [p.step for p in stream.steps] == list(range(len(losses)))
         # The batch index each step reported comes back with it, past the skip too.
         assert [p.batch for p in stream.steps] == [_batch_of(s) for s in range(len(losses))]
-        assert rep.dropped == 0
 
         window = stream.window(rule=None, now=time.time())  # type: ignore[arg-type]
         findings = loss_spike.detect(window, loss_spike.Params())

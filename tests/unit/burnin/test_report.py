@@ -14,6 +14,7 @@ from sentinel.burnin.report import (
     ProgressBar,
     format_table,
     json_line,
+    read_textfile,
     render_textfile,
     result_events,
     write_textfile,
@@ -71,6 +72,23 @@ def test_textfile_series(report):
 
 
 @pytest.mark.integration
+def test_textfile_reads_back_every_gpus_verdict(report):
+    gpus = read_textfile(render_textfile(report), "burnin.prom")
+    assert [(g.gpu, g.uuid, g.verdict, g.ok) for g in gpus] == [
+        (str(v.nvml_index if v.nvml_index is not None else v.cuda_index), v.uuid,
+         v.verdict.value, v.ok) for v in report.verdicts]
+    assert {g.hostname for g in gpus} == {"node07"}
+    assert {g.finished_at for g in gpus} == {report.finished_at}
+    assert any(not g.ok for g in gpus)  # the recorded node has failing GPUs
+
+
+def test_reading_a_textfile_that_is_not_one_says_so():
+    with pytest.raises(ValueError, match="burnin.prom: no sentinel_burnin_ok series"):
+        read_textfile("node_load1 0.5\n", "burnin.prom")
+    with pytest.raises(ValueError, match="not a Prometheus text exposition"):
+        read_textfile('sentinel_burnin_ok{gpu="0"} yes\n', "burnin.prom")
+
+
 def test_textfile_passes_promtool(report, tmp_path):
     path = tmp_path / "burnin.prom"
     write_textfile(path, report)

@@ -88,6 +88,34 @@ def test_token_is_private_and_stable(tmp_path):
         read_token(tmp_path / "elsewhere")
 
 
+def test_a_control_group_may_read_the_token(tmp_path):
+    """The job names a group it is in: token 0640 and the control directories its."""
+    import grp
+
+    group = grp.getgrgid(os.getegid()).gr_name
+    run_dir = tmp_path / "run"
+    tok = ensure_token(run_dir, group)
+    st = token_path(run_dir).stat()
+    assert (stat.S_IMODE(st.st_mode), st.st_gid) == (0o640, os.getegid())
+    assert stat.S_IMODE((run_dir / ".sentinel").stat().st_mode) == 0o2750
+    h = RollbackHandler(run_dir, "job-a", CheckpointStore(run_dir / "ck"), SkipPlan(run_dir),
+                        lambda s: None, control_group=group)
+    h.install()
+    try:
+        modes = {d: stat.S_IMODE((run_dir / d).stat().st_mode)
+                 for d in ("rollback/requests", "rollback/results", ".sentinel/pids")}
+        assert modes == {"rollback/requests": 0o2770, "rollback/results": 0o2750,
+                         ".sentinel/pids": 0o2750}
+    finally:
+        h.uninstall()
+    # Without it again: the token goes back to the job's user alone, unchanged.
+    assert ensure_token(run_dir) == tok
+    assert stat.S_IMODE(token_path(run_dir).stat().st_mode) == 0o600
+    with pytest.raises(RollbackError, match="control group 'no-such-group-x' "
+                                            r"\(SENTINEL_CONTROL_GROUP\) does not exist"):
+        ensure_token(tmp_path / "other", "no-such-group-x")
+
+
 def test_signalled_request_is_applied_at_the_boundary(job):
     assert job.handler.at_step_boundary(22) is None  # first boundary polls; nothing there
     req = job.request(to_step=10, skip=[(25, 30)])
