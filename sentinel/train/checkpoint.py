@@ -1,11 +1,14 @@
-"""Atomic, checksummed checkpoints with a manifest, retention and pins.
+"""Atomic, checksummed checkpoints with a manifest, retention, pins and offload.
 
 Layout of a store directory::
 
-    manifest.json               {"version": 1, "checkpoints": [...], "pins": {incident: step}}
+    manifest.json               {"version": 2, "checkpoints": [...], "pins": {incident: step}}
     manifest.lock               empty; flock'd around every change of the manifest
     writer.lock                 flock'd by the one writing process; says which it is
     step_000001200.pt           one torch.save file per checkpoint
+    step_000001200.1.pt         the same step saved again while an abandoned (pinned) one
+                                of another timeline still holds the plain name
+    step_000001400.rank00003.pt one rank's shard of a sharded checkpoint
     .step_000001400.pt.tmp-PID  a checkpoint being written (never loaded)
 
 A checkpoint file is written to a temporary name, fsynced, renamed, and the directory
@@ -26,6 +29,11 @@ strictly (every entry's keys and types; a file name other than the step's own is
 refused, so nothing outside the directory is ever read or deleted). A save refuses a
 state ``torch.load(weights_only=True)`` could not read back, and a full disk is
 reported as "disk full at DIR" with the bytes needed and free.
+
+With a :class:`Remote` (object storage, :mod:`sentinel.train.offload`), an entry also
+says whether every file of it was uploaded and verified (``uploaded``) and whether its
+local files still exist (``local``); local copies beyond the newest ``keep`` are deleted
+only once uploaded, and a checkpoint whose local copy is gone is read from the bucket.
 """
 
 from __future__ import annotations
@@ -56,7 +64,10 @@ from sentinel.train.data import DataPosition
 log = logging.getLogger(__name__)
 
 MANIFEST_FILE = "manifest.json"
-MANIFEST_VERSION = 1
+# Version 2 added sharded entries, the upload state and the ".N" file names of a step
+# saved again; version 1 manifests are read as they are.
+MANIFEST_VERSION = 2
+READ_VERSIONS = (1, 2)
 LOCK_FILE = "manifest.lock"
 # Readable by all: the file holds nothing, and a controller running as another user must
 # be able to lock it (flock works on a read-only descriptor).
@@ -71,14 +82,23 @@ WRITER_LOCK_FILE = "writer.lock"
 # to tell a full disk early; the write itself is the final word.
 SAVE_OVERHEAD_PER_TENSOR = 512
 SAVE_OVERHEAD_BYTES = 64 * 1024
-_FILE_RE = re.compile(r"^step_(\d{9,})\.pt$")
+# A checkpoint's file, a step saved again (".N"), or one rank's shard (".rankRRRRR").
+_FILE_RE = re.compile(r"^step_(\d{9,})(?:\.(\d{1,6}))?(?:\.rank(\d{5}))?\.pt$")
 # Temporary files of a checkpoint or of the manifest (write_json_atomic's naming).
-_TMP_RE = re.compile(r"^\.(?:step_\d+\.pt|manifest\.json)\.tmp-(\d+)$")
+_TMP_RE = re.compile(r"^\.(?:step_[\d.a-z]+\.pt|manifest\.json)\.tmp-(\d+)$")
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 class CheckpointError(Exception):
     """A checkpoint is missing, unverified or unreadable; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One rank's file of a sharded checkpoint."""
+
+    size: int
+    sha256: str
 
 
 @dataclass(frozen=True)
@@ -91,14 +111,44 @@ class CheckpointInfo:
     sha256: str
     time: float
     abandoned: str | None = None  # why it left the run's timeline (a rollback past it)
+    # Sharded: one per rank, rank r's file is shard_file(file, r); size is their sum and
+    # sha256 the digest of their digests.
+    shards: tuple[Shard, ...] = ()
+    uploaded: bool = False  # every file uploaded to the store's remote and verified there
+    local: bool = True  # False once the local files were deleted (uploaded first)
+
+    def parts(self) -> list[tuple[str, int, str]]:
+        """Return (file name, size, sha256) of each file of this checkpoint."""
+        if not self.shards:
+            return [(self.file, self.size, self.sha256)]
+        return [(shard_file(self.file, r), s.size, s.sha256) for r, s in enumerate(self.shards)]
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the manifest form."""
+        d = asdict(self)
+        d["shards"] = [asdict(s) for s in self.shards]
+        return d
 
 
-def _file_name(step: int) -> str:
-    return f"step_{step:09d}.pt"
+def _file_name(step: int, generation: int = 0) -> str:
+    return f"step_{step:09d}.pt" if not generation else f"step_{step:09d}.{generation}.pt"
+
+
+def shard_file(file: str, rank: int) -> str:
+    """Return the name of rank ``rank``'s shard of the sharded checkpoint ``file``."""
+    return f"{file[:-3]}.rank{rank:05d}.pt"
+
+
+def shards_digest(shards: list[Shard] | tuple[Shard, ...]) -> str:
+    """Return the digest of a sharded checkpoint: sha256 over its shards' sizes and digests."""
+    text = "".join(f"{s.size}:{s.sha256}\n" for s in shards)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
 
 
 _ENTRY_TYPES = {"step": "an integer >= 0", "size": "an integer >= 0", "sha256": "64 hex digits",
-                "time": "a finite number", "abandoned": "null or a string"}
+                "time": "a finite number", "abandoned": "null or a string",
+                "uploaded": "true or false", "local": "true or false",
+                "shards": "a list of {size, sha256}, one per rank"}
 
 
 def _entry(i: int, c: Any, where: Path) -> CheckpointInfo:
@@ -119,8 +169,10 @@ def _entry(i: int, c: Any, where: Path) -> CheckpointInfo:
         v = c.get(k)
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
             raise bad(k)
-    if c.get("file") != _file_name(c["step"]):
-        raise bad("file", f"{_file_name(c['step'])}, the file of step {c['step']}")
+    m = _FILE_RE.match(c.get("file") or "") if isinstance(c.get("file"), str) else None
+    if m is None or int(m.group(1)) != c["step"] or m.group(3) is not None:
+        raise bad("file", f"{_file_name(c['step'])} or {_file_name(c['step'], 1)} ..., "
+                          f"a file of step {c['step']}")
     if not isinstance(c.get("sha256"), str) or not _SHA_RE.match(c["sha256"]):
         raise bad("sha256")
     t = c.get("time")
@@ -128,8 +180,22 @@ def _entry(i: int, c: Any, where: Path) -> CheckpointInfo:
         raise bad("time")
     if c.get("abandoned") is not None and not isinstance(c["abandoned"], str):
         raise bad("abandoned")
+    for k in ("uploaded", "local"):
+        if k in c and not isinstance(c[k], bool):
+            raise bad(k)
+    shards = c.get("shards", [])
+    if not isinstance(shards, list) or not all(
+            isinstance(x, dict) and set(x) == {"size", "sha256"} and isinstance(x["size"], int)
+            and not isinstance(x["size"], bool) and x["size"] >= 0
+            and isinstance(x["sha256"], str) and _SHA_RE.match(x["sha256"]) for x in shards):
+        raise bad("shards")
+    parsed = tuple(Shard(x["size"], x["sha256"]) for x in shards)
+    if parsed and (shards_digest(parsed) != c["sha256"]
+                   or sum(x.size for x in parsed) != c["size"]):
+        raise bad("shards", "shards whose sizes add up to 'size' and whose digest is 'sha256'")
     return CheckpointInfo(c["step"], c["file"], c["size"], c["sha256"], float(t),
-                          c.get("abandoned"))
+                          c.get("abandoned"), parsed, c.get("uploaded", False),
+                          c.get("local", True))
 
 
 def _state_nbytes(obj: Any, seen: set[int] | None = None) -> tuple[int, int]:
@@ -349,9 +415,10 @@ class CheckpointStore:
         if not isinstance(data, dict) or not isinstance(data.get("checkpoints"), list):
             raise CheckpointError(f"checkpoint manifest {path}: expected a 'checkpoints' list")
         version = data.get("version")
-        if isinstance(version, bool) or version != MANIFEST_VERSION:
+        if isinstance(version, bool) or version not in READ_VERSIONS:
             raise CheckpointError(f"checkpoint manifest {path}: version {version!r}, this "
-                                  f"sentinel reads version {MANIFEST_VERSION}")
+                                  f"sentinel reads versions "
+                                  f"{', '.join(map(str, READ_VERSIONS))}")
         extra = sorted(set(data) - {"version", "checkpoints", "pins"})
         if extra:
             raise CheckpointError(f"checkpoint manifest {path}: unknown key {extra[0]!r}")
@@ -450,7 +517,7 @@ class CheckpointStore:
             with self._locked():
                 data = self._read_manifest()
                 data["checkpoints"] = [c for c in data["checkpoints"] if c["step"] != step]
-                data["checkpoints"].append(asdict(entry))
+                data["checkpoints"].append(entry.to_json())
                 self._write_manifest(data)
                 self.prune()
         except OSError as e:
