@@ -93,6 +93,15 @@ class CheckpointError(Exception):
     """A checkpoint is missing, unverified or unreadable; the message says which and why."""
 
 
+class SaveCancelled(CheckpointError):
+    """A save was called off (a rollback past it) before it was recorded; nothing was kept."""
+
+
+# A save's data is written in pieces this large, so a cancelled background save stops
+# within one piece's write (tens of milliseconds), not after a whole tensor.
+WRITE_PIECE_BYTES = 64 << 20
+
+
 @dataclass(frozen=True)
 class Shard:
     """One rank's file of a sharded checkpoint."""
@@ -268,8 +277,9 @@ def _release_writer(key: tuple[int, int]) -> None:
 class _HashingWriter(io.RawIOBase):
     """Write through to a file while hashing and counting the bytes."""
 
-    def __init__(self, f: BinaryIO) -> None:
+    def __init__(self, f: BinaryIO, abort: threading.Event | None = None) -> None:
         self.f = f
+        self.abort = abort
         self.sha = hashlib.sha256()
         self.size = 0
         # torch wraps an exception raised here into a RuntimeError that does not say
@@ -281,11 +291,14 @@ class _HashingWriter(io.RawIOBase):
 
     def write(self, b: Any) -> int:
         mv = memoryview(b).cast("B")
-        try:
-            self.f.write(mv)
-        except OSError as e:
-            self.error = e
-            raise
+        for at in range(0, len(mv), WRITE_PIECE_BYTES):
+            if self.abort is not None and self.abort.is_set():
+                raise SaveCancelled("save cancelled")
+            try:
+                self.f.write(mv[at:at + WRITE_PIECE_BYTES])
+            except OSError as e:
+                self.error = e
+                raise
         self.sha.update(mv)
         self.size += len(mv)
         return len(mv)
@@ -445,11 +458,14 @@ class CheckpointStore:
         return [c for c in out if include_abandoned or c.abandoned is None]
 
     def info(self, step: int) -> CheckpointInfo | None:
-        """Return the manifest entry for ``step`` (abandoned ones included), or None."""
-        for c in self.checkpoints(include_abandoned=True):
-            if c.step == step:
-                return c
-        return None
+        """Return the manifest entry for ``step`` (abandoned ones included), or None.
+
+        A step saved again on a new timeline while the abandoned one is pinned has two
+        entries: the live one is returned.
+        """
+        found = [c for c in self.checkpoints(include_abandoned=True) if c.step == step]
+        found.sort(key=lambda c: c.abandoned is not None)
+        return found[0] if found else None
 
     def pins(self) -> dict[str, int]:
         """Return ``{incident_id: step}`` of pinned checkpoints."""
@@ -472,12 +488,29 @@ class CheckpointStore:
                 log.warning("removing %s: written but never recorded in the manifest", p)
                 p.unlink(missing_ok=True)
 
-    def save(self, step: int, state: dict[str, Any]) -> CheckpointInfo:
+    def _free_name(self, step: int) -> str:
+        """Return the file name for a new save of ``step``.
+
+        An abandoned checkpoint of that step (another timeline's) keeps its file: it may
+        be pinned now or while this save runs, and a pinned one is never overwritten.
+        """
+        with self._locked():
+            used = {c.file for c in self.checkpoints(include_abandoned=True)
+                    if c.step == step and c.abandoned is not None}
+        generation = 0
+        while _file_name(step, generation) in used:
+            generation += 1
+        return _file_name(step, generation)
+
+    def save(self, step: int, state: dict[str, Any], *,
+             abort: threading.Event | None = None) -> CheckpointInfo:
         """Write ``state`` for ``step`` atomically, record it, then apply retention.
 
         Raises CheckpointError, leaving no partial file, when the disk is full ("disk
         full at DIR: N bytes needed, M free") or when ``torch.load(weights_only=True)``
         could not read the state back (a numpy scalar, a Path: the message names it).
+        Once ``abort`` is set (by another thread) the save stops, removes what it wrote
+        and raises SaveCancelled; it is checked between pieces and before recording.
         """
         import torch
 
@@ -485,7 +518,7 @@ class CheckpointStore:
             raise CheckpointError("this CheckpointStore was opened with writer=False")
         if step < 0:
             raise ValueError(f"step must be >= 0, got {step}")
-        name = _file_name(step)
+        name = self._free_name(step)
         final = self.dir / name
         tmp = self.dir / f".{name}.tmp-{os.getpid()}"
         data_bytes, tensors = _state_nbytes(state)
@@ -494,7 +527,7 @@ class CheckpointStore:
         w: _HashingWriter | None = None
         try:
             with open(tmp, "wb") as f:
-                w = _HashingWriter(f)
+                w = _HashingWriter(f, abort)
                 torch.save({"sentinel_step": step, "state": state}, w)  # type: ignore[arg-type]
                 f.flush()
                 os.fsync(f.fileno())
@@ -505,6 +538,8 @@ class CheckpointStore:
             # A failed save (disk full, unpicklable state) must not leave a partial file
             # per attempt behind: this PID is alive, so start-up cleaning would keep them.
             tmp.unlink(missing_ok=True)
+            if abort is not None and abort.is_set():
+                raise SaveCancelled(f"checkpoint step {step}: save cancelled") from None
             err = e if isinstance(e, OSError) else (w.error if w is not None else None)
             if err is not None and err.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise self._disk_full(step, needed, w.size if w else 0) from e
@@ -515,10 +550,21 @@ class CheckpointStore:
         entry = CheckpointInfo(step, name, w.size, w.sha.hexdigest(), time.time())
         try:
             with self._locked():
+                if abort is not None and abort.is_set():
+                    final.unlink(missing_ok=True)
+                    raise SaveCancelled(f"checkpoint step {step}: save cancelled")
                 data = self._read_manifest()
-                data["checkpoints"] = [c for c in data["checkpoints"] if c["step"] != step]
+                # The live entry of this step (a save of it again) is replaced; an
+                # abandoned one stays, with its own file, until retention removes it.
+                replaced = [c["file"] for c in data["checkpoints"]
+                            if c["step"] == step and c.get("abandoned") is None]
+                data["checkpoints"] = [c for c in data["checkpoints"]
+                                       if c["step"] != step or c.get("abandoned") is not None]
                 data["checkpoints"].append(entry.to_json())
                 self._write_manifest(data)
+                for old in replaced:
+                    if old != name:
+                        (self.dir / old).unlink(missing_ok=True)
                 self.prune()
         except OSError as e:
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -618,26 +664,26 @@ class CheckpointStore:
                          key=lambda c: c.step, reverse=True)
         pinned = {int(s) for s in data["pins"].values()}
         live = [c for c in entries if c.abandoned is None]
-        keep = {c.step for c in live[: self.keep]} | pinned
-        doomed = [c for c in entries if c.step not in keep]
+        # By file, not step: a step can have a live entry and an abandoned (pinned) one.
+        keep = {c.file for c in live[: self.keep]} | {c.file for c in entries
+                                                      if c.step in pinned}
+        doomed = [c for c in entries if c.file not in keep]
         if not doomed:
             return []
         # Never delete the last verified checkpoint: if nothing kept verifies, spare the
         # newest live one that does.
-        if not any(self.verify(c.step) for c in live if c.step in keep):
+        if not any(self._problem(c, None) is None for c in live if c.file in keep):
             for c in live:
-                if c.step not in keep and self.verify(c.step):
-                    keep.add(c.step)
+                if c.file not in keep and self._problem(c, None) is None:
+                    keep.add(c.file)
                     break
-        deleted = []
-        for c in doomed:
-            if c.step in keep:
-                continue
+        deleted = [c for c in doomed if c.file not in keep]
+        for c in deleted:
             (self.dir / c.file).unlink(missing_ok=True)
-            deleted.append(c.step)
-        data["checkpoints"] = [c for c in data["checkpoints"] if c["step"] not in deleted]
+        gone = {c.file for c in deleted}
+        data["checkpoints"] = [c for c in data["checkpoints"] if c["file"] not in gone]
         self._write_manifest(data)
-        return deleted
+        return [c.step for c in deleted]
 
     # -- reading ----------------------------------------------------------------------
     def _have(self) -> str:
@@ -802,29 +848,64 @@ def set_rng_state(st: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all([t.cpu() for t in st["cuda"]])
 
 
+def _dist_rank_world(group: Any = None) -> tuple[Any, int, int]:
+    """Return (torch.distributed or None, rank, world size) of the running job."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist, dist.get_rank(group), dist.get_world_size(group)
+    return None, 0, 1
+
+
 def training_state(
     model: Any, optimizer: Any, scheduler: Any, position: DataPosition,
-    extra: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None, *, group: Any = None,
 ) -> dict[str, Any]:
-    """Collect everything a run needs to continue exactly: weights, optimizer, data, RNG."""
-    return {
+    """Collect everything a run needs to continue exactly: weights, optimizer, data, RNG.
+
+    Under ``torch.distributed`` this is a collective (call it on every rank at the same
+    step): ``rng_ranks`` holds every rank's RNG states, so each rank restores its own.
+    ``group`` is the process group to gather over (a gloo group keeps it off the GPU).
+    """
+    rng = rng_state()
+    state = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "rng": rng_state(),
+        "rng": rng,
         "data": position.to_dict(),
         "extra": extra or {},
     }
+    dist, _, world = _dist_rank_world(group)
+    if dist is not None and world > 1:
+        gathered: list[Any] = [None] * world
+        # Tensors travel as CPU bytes: a gloo group cannot carry CUDA tensors.
+        dist.all_gather_object(gathered, rng, group=group)
+        state["rng_ranks"] = gathered
+    return state
 
 
 def restore_training_state(
-    state: dict[str, Any], model: Any, optimizer: Any, scheduler: Any
+    state: dict[str, Any], model: Any, optimizer: Any, scheduler: Any, *, group: Any = None,
 ) -> DataPosition:
-    """Load a :func:`training_state` dict into the objects; return the data position."""
+    """Load a :func:`training_state` dict into the objects; return the data position.
+
+    Each rank takes its own RNG states from ``rng_ranks`` when the checkpoint has one per
+    rank of this job; otherwise (saved by another world size, or before per-rank RNG
+    was saved) every rank takes the saver's, and a different world size is logged.
+    """
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     if scheduler is not None and state.get("scheduler") is not None:
         scheduler.load_state_dict(state["scheduler"])
-    set_rng_state(state["rng"])
+    _, rank, world = _dist_rank_world(group)
+    per_rank = state.get("rng_ranks")
+    if per_rank is not None and len(per_rank) == world:
+        set_rng_state(per_rank[rank])
+    else:
+        if per_rank is not None:
+            log.warning("checkpoint holds RNG states of %d ranks, this job has %d: every "
+                        "rank takes the saving rank's", len(per_rank), world)
+        set_rng_state(state["rng"])
     return DataPosition.from_dict(state["data"])
 
