@@ -27,7 +27,6 @@ import os
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +43,9 @@ log = logging.getLogger(__name__)
 # leaves the rest to data loaders and the page cache; a rank of an 8-GPU node should
 # pass its share explicitly.
 DEFAULT_RAM_FRACTION = 0.25
+# Finished writes remembered for drain_saved(): far more than a loop saves between two
+# looks, and a bound if it never looks.
+MAX_DONE = 64
 
 
 def default_ram_budget() -> int:
@@ -51,12 +53,22 @@ def default_ram_budget() -> int:
     return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * DEFAULT_RAM_FRACTION)
 
 
-def _tensors(tree: Any, out: list[Any]) -> None:
-    """Append the tensors of a state (dicts, lists, tuples) to ``out`` in a fixed order."""
+def _key(t: Any) -> tuple[Any, ...]:
+    """Return what makes two tensors the same data: storage, offset, shape, strides, dtype."""
+    return (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape),
+            t.stride(), t.dtype)
+
+
+def _tensors(tree: Any, out: dict[tuple[Any, ...], Any]) -> None:
+    """Add the tensors of a state (dicts, lists, tuples) to ``out`` in a fixed order.
+
+    The same data met twice (tied weights: ``state_dict()`` gives one parameter under
+    two names, as two tensor objects) is copied once, and stays shared in the copy.
+    """
     import torch
 
     if isinstance(tree, torch.Tensor):
-        out.append(tree)
+        out.setdefault(_key(tree), tree)
     elif isinstance(tree, dict):
         for v in tree.values():
             _tensors(v, out)
@@ -65,12 +77,12 @@ def _tensors(tree: Any, out: list[Any]) -> None:
             _tensors(v, out)
 
 
-def _rebuild(tree: Any, tensors: Any) -> Any:
-    """Return ``tree`` with fresh containers and each tensor replaced by ``next(tensors)``."""
+def _rebuild(tree: Any, tensors: dict[tuple[Any, ...], Any]) -> Any:
+    """Return ``tree`` with fresh containers and each tensor replaced by its _key's entry."""
     import torch
 
     if isinstance(tree, torch.Tensor):
-        return next(tensors)
+        return tensors[_key(tree)]
     if isinstance(tree, dict):
         return {k: _rebuild(v, tensors) for k, v in tree.items()}
     if isinstance(tree, list):
@@ -120,14 +132,15 @@ class AsyncCheckpointer:
         *,
         ram_budget_bytes: int | None = None,
         overlap: bool = False,
-        on_saved: Callable[[CheckpointInfo, float], None] | None = None,
     ) -> None:
         self.store = store
         self.budget = default_ram_budget() if ram_budget_bytes is None else ram_budget_bytes
         if self.budget < 0:
             raise ValueError(f"ram_budget_bytes must be >= 0, got {ram_budget_bytes}")
         self.overlap = overlap
-        self.on_saved = on_saved
+        # Writes finished since the loop last asked (drain_saved): the loop's thread
+        # reports them. Bounded: a loop that never asks keeps only the newest.
+        self._done: deque[tuple[CheckpointInfo, float]] = deque(maxlen=MAX_DONE)
         self.last: SaveStats | None = None
         self._cv = threading.Condition()
         self._queue: deque[_Snapshot] = deque()  # waiting for the writer, oldest first
@@ -196,8 +209,9 @@ class AsyncCheckpointer:
         import torch
 
         t0 = time.perf_counter()
-        srcs: list[Any] = []
-        _tensors(state, srcs)
+        found: dict[tuple[Any, ...], Any] = {}
+        _tensors(state, found)
+        srcs = list(found.values())
         signature = tuple((tuple(t.shape), t.dtype) for t in srcs)
         nbytes = sum(t.numel() * t.element_size() for t in srcs)
         with self._cv:
@@ -225,8 +239,8 @@ class AsyncCheckpointer:
                 self._fence_event = event
             else:
                 event.synchronize()
-        snap = _Snapshot(step, _rebuild(state, iter(bufs.tensors)), bufs, event,
-                         taken=time.time())
+        tree = _rebuild(state, {_key(s): b for s, b in zip(srcs, bufs.tensors, strict=True)})
+        snap = _Snapshot(step, tree, bufs, event, taken=time.time())
         with self._cv:
             self._drop_step(step)
             if self.store.writer:
@@ -283,8 +297,8 @@ class AsyncCheckpointer:
                 else:
                     self._free.append(snap.buffers)
                 self._cv.notify_all()
-            if info is not None and self.on_saved is not None:
-                self.on_saved(info, time.perf_counter() - t0)
+                if info is not None:
+                    self._done.append((info, time.perf_counter() - t0))
 
     def _hold(self, snap: _Snapshot) -> None:
         """Keep ``snap`` as a rollback target; called with ``self._cv`` held."""
@@ -317,6 +331,13 @@ class AsyncCheckpointer:
                     raise CheckpointError(f"checkpoint writes still running after {timeout} s")
                 self._cv.wait(left)
             self._raise_errors()
+
+    def drain_saved(self) -> list[tuple[CheckpointInfo, float]]:
+        """Return (entry, seconds the background write took) of writes done since last asked."""
+        with self._cv:
+            done = list(self._done)
+            self._done.clear()
+        return done
 
     def pending(self) -> list[int]:
         """Return the steps queued or being written, oldest first."""
@@ -355,10 +376,10 @@ class AsyncCheckpointer:
                 snap.event.synchronize()  # a rank that does not write holds it at once
             # Held while copying: a save in another thread cannot take this set meanwhile
             # (saves happen on the loop's thread, which is here).
-            copies = [t.to(map_location, copy=True, non_blocking=True)
-                      for t in snap.buffers.tensors]
-            tree = _rebuild(snap.tree, iter(copies))
-        if any(t.is_cuda for t in copies):
+            copies = {_key(t): t.to(map_location, copy=True, non_blocking=True)
+                      for t in snap.buffers.tensors}
+            tree = _rebuild(snap.tree, copies)
+        if any(t.is_cuda for t in copies.values()):
             torch.cuda.synchronize()
         return tree  # type: ignore[no-any-return]
 

@@ -188,3 +188,22 @@ def test_kill_9_during_the_background_write_leaves_the_previous_state(tmp_path):
     got = store.load_latest()
     assert got[0].step == 0 and torch.equal(got[1]["w"], torch.zeros(1 << 21))
     assert not [n for n in os.listdir(tmp_path) if ".tmp-" in n]
+
+
+def test_a_tied_weight_is_copied_once_and_stays_tied_on_restore(tmp_path):
+    store = CheckpointStore(tmp_path)
+    ck = AsyncCheckpointer(store, ram_budget_bytes=1 << 30)
+    emb = torch.nn.Embedding(16, 4)
+    head = torch.nn.Linear(4, 16, bias=False)
+    head.weight = emb.weight
+    model = torch.nn.ModuleDict({"emb": emb, "head": head})
+    stats = ck.save(1, {"model": model.state_dict()})
+    assert stats.nbytes == 16 * 4 * 4
+    ck.wait()
+    held = ck.get(1, store.info(1))["model"]
+    assert held["emb.weight"] is held["head.weight"]
+    with torch.no_grad():
+        emb.weight.zero_()
+    model.load_state_dict(store.load(1)["model"])
+    assert torch.equal(model["head"].weight, held["emb.weight"])
+    ck.close()
