@@ -56,7 +56,7 @@ import weakref
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 from sentinel.train._atomic import fsync_dir, write_json_atomic
 from sentinel.train.data import DataPosition
@@ -91,6 +91,25 @@ _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 
 class CheckpointError(Exception):
     """A checkpoint is missing, unverified or unreadable; the message says which and why."""
+
+
+class Remote(Protocol):
+    """Object storage holding uploaded checkpoint files (sentinel.train.offload.S3Remote)."""
+
+    url: str
+
+    def check(self, name: str, size: int, sha256: str, md5s: list[bytes] | None = None
+              ) -> None:
+        """Raise CheckpointError unless object ``name`` has this size and sha256."""
+
+    def download(self, name: str, out: BinaryIO, size: int, sha256: str) -> None:
+        """Write object ``name`` to ``out``; raise CheckpointError unless it matches."""
+
+
+# With a remote, entries whose only copy is in the bucket stay in the manifest (so a
+# rollback or restart can use them) up to this many; older ones are left to the
+# bucket's lifecycle rules.
+REMOTE_ENTRIES_KEPT = 100
 
 
 class SaveCancelled(CheckpointError):
@@ -322,13 +341,17 @@ class CheckpointStore:
     """
 
     def __init__(
-        self, directory: str | Path, keep: int = DEFAULT_KEEP, *, writer: bool = True
+        self, directory: str | Path, keep: int = DEFAULT_KEEP, *, writer: bool = True,
+        remote: Remote | None = None,
     ) -> None:
         if keep < 1:
             raise ValueError(f"keep must be >= 1 (the newest is always kept), got {keep}")
         self.dir = Path(directory)
         self.keep = keep
         self.writer = writer
+        # With a remote, ``keep`` bounds the local copies: older ones are deleted once
+        # uploaded, and read back from the bucket when needed.
+        self.remote = remote
         # Threads of this process share one flock; the RLock orders them and lets a
         # locked method call another (save -> prune).
         self._thread_lock = threading.RLock()
@@ -478,7 +501,7 @@ class CheckpointStore:
             self._clean_debris_locked()
 
     def _clean_debris_locked(self) -> None:
-        known = {c.file for c in self.checkpoints(include_abandoned=True)}
+        known = {c.file for c in self.checkpoints(include_abandoned=True) if c.local}
         for p in self.dir.iterdir():
             m = _TMP_RE.match(p.name)
             if m and not _pid_alive(int(m.group(1))):
@@ -678,12 +701,43 @@ class CheckpointStore:
                     keep.add(c.file)
                     break
         deleted = [c for c in doomed if c.file not in keep]
+        if self.remote is not None:
+            return self._offload_prune(data, [c for c in live if c.step not in pinned], deleted)
         for c in deleted:
             (self.dir / c.file).unlink(missing_ok=True)
         gone = {c.file for c in deleted}
         data["checkpoints"] = [c for c in data["checkpoints"] if c["file"] not in gone]
         self._write_manifest(data)
         return [c.step for c in deleted]
+
+    def _offload_prune(self, data: dict[str, Any], unpinned: list[CheckpointInfo],
+                       doomed: list[CheckpointInfo]) -> list[int]:
+        """Retention with a remote: a live local copy goes only once uploaded.
+
+        Its entry stays (``local`` false) so the bucket's copy can be restored, up to
+        REMOTE_ENTRIES_KEPT of them; abandoned ones are dropped as without a remote.
+        """
+        remote_only = [c.file for c in unpinned if c.uploaded][REMOTE_ENTRIES_KEPT:]
+        drop = {c.file for c in doomed if c.abandoned is not None} | set(remote_only)
+        unlink = [c for c in doomed if c.local and (c.uploaded or c.abandoned is not None)]
+        for c in data["checkpoints"]:
+            if c["file"] in {u.file for u in unlink}:
+                c["local"] = False
+        data["checkpoints"] = [c for c in data["checkpoints"] if c["file"] not in drop]
+        self._write_manifest(data)  # before the files go: a crash leaves debris, not holes
+        for c in unlink:
+            (self.dir / c.file).unlink(missing_ok=True)
+        return [c.step for c in unlink]
+
+    def mark_uploaded(self, file: str) -> None:
+        """Record that checkpoint file ``file`` is uploaded and verified; apply retention."""
+        with self._locked():
+            data = self._read_manifest()
+            for c in data["checkpoints"]:
+                if c["file"] == file:
+                    c["uploaded"] = True
+            self._write_manifest(data)
+            self._prune_locked()
 
     # -- reading ----------------------------------------------------------------------
     def _have(self) -> str:
@@ -692,6 +746,14 @@ class CheckpointStore:
 
     def _problem(self, entry: CheckpointInfo, data: bytes | None) -> str | None:
         path = self.dir / entry.file
+        if data is None and not entry.local:
+            if self.remote is None:
+                return f"only in object storage (local copy deleted), and {self.dir} has no remote"
+            try:
+                self.remote.check(entry.file, entry.size, entry.sha256)
+            except CheckpointError as e:
+                return str(e)
+            return None
         if data is None:
             try:
                 size = path.stat().st_size
@@ -763,6 +825,8 @@ class CheckpointStore:
     def read_verified(self, step: int) -> bytes:
         """Read checkpoint ``step`` and check it against the manifest, or raise CheckpointError."""
         entry = self._live_entry(step)
+        if not entry.local:
+            return self._read_remote(entry)
         try:
             data = (self.dir / entry.file).read_bytes()
         except OSError as e:
@@ -773,6 +837,15 @@ class CheckpointStore:
         if problem:
             raise CheckpointError(f"checkpoint step {step} refused: {problem}")
         return data
+
+    def _read_remote(self, entry: CheckpointInfo) -> bytes:
+        """Download a checkpoint whose local copy is gone; its sha256 is checked on the way."""
+        if self.remote is None:
+            raise CheckpointError(f"checkpoint step {entry.step} is only in object storage "
+                                  f"and {self.dir} was opened without a remote")
+        buf = io.BytesIO()
+        self.remote.download(entry.file, buf, entry.size, entry.sha256)
+        return buf.getvalue()
 
     @staticmethod
     def deserialize(data: bytes, map_location: Any = "cpu") -> dict[str, Any]:
