@@ -219,6 +219,7 @@ def upload(b: Bench) -> dict[str, Any]:
     """Upload the newest checkpoint to moto's S3 server; skipped without moto/boto3."""
     try:
         from moto.server import ThreadedMotoServer
+
         from sentinel.train.offload import S3Remote
     except ImportError as e:
         return {"skipped": f"not importable here: {e}"}
