@@ -10,7 +10,10 @@ What it shows:
   verified checkpoint at start (so a Slurm ``--requeue`` continues the run); saved
   through ``AsyncCheckpointer`` (on by default): a snapshot to host memory, written in
   the background, the newest verified ones held in RAM (``--checkpoint-ram-gb``) so a
-  rollback to them reads no disk; every rank's RNG state is saved and restored;
+  rollback to them reads no disk; every rank's RNG state is saved and restored; with
+  ``SENTINEL_CHECKPOINT_URL=s3://BUCKET/PREFIX`` (and ``SENTINEL_CHECKPOINT_ENDPOINT``
+  for a non-AWS store) each checkpoint is uploaded in the background and local copies
+  beyond ``--keep`` are deleted once uploaded;
 - the resumable data position plus ``SkipPlan``: the batch for global index ``i`` is a
   pure function of ``i``, so skipping ranges and resuming are exact;
 - the rollback handler (on by default): ``sentinel rollback`` makes the job reload a
@@ -68,6 +71,7 @@ from sentinel.train import (
     restore_training_state,
     training_state,
 )
+from sentinel.train.offload import Offloader, remote_from_env
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,9 @@ EXIT_TERMINATED = 128 + signal.SIGTERM
 # On SIGTERM a background checkpoint write gets this long to finish: well inside Slurm's
 # default 30 s KillWait, and a write of a few GB takes seconds.
 SIGTERM_WRITE_WAIT_S = 20.0
+# At the end of the run, uploads still under way get this long; an unfinished one is
+# uploaded again by the next run in this directory.
+OFFLOAD_END_WAIT_S = 600.0
 
 
 class Block(nn.Module):
@@ -326,7 +333,10 @@ class Trainer:
 
             self.train_model = DistributedDataParallel(self.model)
         self.store = CheckpointStore(run_dir / "checkpoints", keep=args.keep,
-                                     writer=where.rank == 0)
+                                     writer=where.rank == 0, remote=remote_from_env())
+        self.offloader: Offloader | None = None
+        if self.store.remote is not None and where.rank == 0:
+            self.offloader = Offloader(self.store, self.store.remote)  # type: ignore[arg-type]
         self.ckpt: AsyncCheckpointer | None = None
         if args.async_checkpoint:
             budget = (None if args.checkpoint_ram_gb is None
@@ -451,6 +461,10 @@ class Trainer:
         if self.ckpt is not None:
             for info, write_s in self.ckpt.drain_saved():
                 self.note("checkpoint_written", step=info.step, write_s=write_s)
+                if self.offloader is not None:
+                    self.offloader.poke()
+        elif self.offloader is not None and step == self.checkpointed:
+            self.offloader.poke()
         if step % args.eval_every == 0:
             self.note("eval", step=step, eval_loss=self.evaluate())
 
@@ -532,6 +546,9 @@ class Trainer:
             self.ckpt.close()  # the last writes reach the disk before the run ends
             for info, write_s in self.ckpt.drain_saved():
                 self.note("checkpoint_written", step=info.step, write_s=write_s)
+        if self.offloader is not None:
+            self.offloader.wait_idle(OFFLOAD_END_WAIT_S)
+            self.offloader.close(OFFLOAD_END_WAIT_S)
         eval_loss = self.evaluate()
         self.note("eval", step=self.step, eval_loss=eval_loss)
         self.note("done", step=self.step)

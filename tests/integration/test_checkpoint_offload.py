@@ -15,6 +15,7 @@ from sentinel.train.checkpoint import CheckpointError, CheckpointStore
 from sentinel.train.offload import Offloader, S3Remote
 from tests.support.s3 import moto_server, read_only_server
 
+pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 MIB = 1 << 20
 
