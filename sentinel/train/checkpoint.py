@@ -6,9 +6,9 @@ Layout of a store directory::
     manifest.lock               empty; flock'd around every change of the manifest
     writer.lock                 flock'd by the one writing process; says which it is
     step_000001200.pt           one torch.save file per checkpoint
-    step_000001200.1.pt         the same step saved again while an abandoned (pinned) one
-                                of another timeline still holds the plain name
-    step_000001400.rank00003.pt one rank's shard of a sharded checkpoint
+    step_000001200.1.pt         the same step saved again while an abandoned one of
+                                another timeline (pinned, maybe) still holds the plain name
+    step_000001400.rank00003.pt rank 3's shard of a sharded checkpoint (sentinel.train.sharded)
     .step_000001400.pt.tmp-PID  a checkpoint being written (never loaded)
 
 A checkpoint file is written to a temporary name, fsynced, renamed, and the directory
@@ -64,8 +64,8 @@ from sentinel.train.data import DataPosition
 log = logging.getLogger(__name__)
 
 MANIFEST_FILE = "manifest.json"
-# Version 2 added sharded entries, the upload state and the ".N" file names of a step
-# saved again; version 1 manifests are read as they are.
+# Version 2 added the upload state (``uploaded``, ``local``), sharded entries and the
+# ".N" file names of a step saved again; version 1 manifests are read as they are.
 MANIFEST_VERSION = 2
 READ_VERSIONS = (1, 2)
 LOCK_FILE = "manifest.lock"
@@ -82,10 +82,11 @@ WRITER_LOCK_FILE = "writer.lock"
 # to tell a full disk early; the write itself is the final word.
 SAVE_OVERHEAD_PER_TENSOR = 512
 SAVE_OVERHEAD_BYTES = 64 * 1024
-# A checkpoint's file, a step saved again (".N"), or one rank's shard (".rankRRRRR").
-_FILE_RE = re.compile(r"^step_(\d{9,})(?:\.(\d{1,6}))?(?:\.rank(\d{5}))?\.pt$")
+# A checkpoint's file, or that of a step saved again (".N"); then one rank's shard.
+_FILE_RE = re.compile(r"^step_(\d{9,})(?:\.(\d{1,6}))?\.pt$")
+_SHARD_RE = re.compile(r"^step_(\d{9,})(?:\.(\d{1,6}))?\.rank(\d{5})\.pt$")
 # Temporary files of a checkpoint or of the manifest (write_json_atomic's naming).
-_TMP_RE = re.compile(r"^\.(?:step_[\d.a-z]+\.pt|manifest\.json)\.tmp-(\d+)$")
+_TMP_RE = re.compile(r"^\.(?:step_[\d.]+(?:rank\d+\.)?pt|manifest\.json)\.tmp-(\d+)$")
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -123,10 +124,22 @@ WRITE_PIECE_BYTES = 64 << 20
 
 @dataclass(frozen=True)
 class Shard:
-    """One rank's file of a sharded checkpoint."""
+    """One rank's file of a sharded checkpoint (rank = its index in the entry)."""
 
+    file: str
     size: int
     sha256: str
+
+
+def shard_file(file: str, rank: int) -> str:
+    """Return the name of rank ``rank``'s shard of the checkpoint named ``file``."""
+    return f"{file[:-3]}.rank{rank:05d}.pt"
+
+
+def shards_digest(shards: list[Shard] | tuple[Shard, ...]) -> str:
+    """Return a sharded checkpoint's sha256: over its shards' names, sizes and digests."""
+    text = "".join(f"{s.file} {s.size} {s.sha256}\n" for s in shards)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -139,44 +152,36 @@ class CheckpointInfo:
     sha256: str
     time: float
     abandoned: str | None = None  # why it left the run's timeline (a rollback past it)
-    # Sharded: one per rank, rank r's file is shard_file(file, r); size is their sum and
-    # sha256 the digest of their digests.
-    shards: tuple[Shard, ...] = ()
     uploaded: bool = False  # every file uploaded to the store's remote and verified there
     local: bool = True  # False once the local files were deleted (uploaded first)
+    # Sharded: one file per rank; ``file`` then names no file, ``size`` is the shards'
+    # sum and ``sha256`` their shards_digest.
+    shards: tuple[Shard, ...] = ()
 
     def parts(self) -> list[tuple[str, int, str]]:
         """Return (file name, size, sha256) of each file of this checkpoint."""
         if not self.shards:
             return [(self.file, self.size, self.sha256)]
-        return [(shard_file(self.file, r), s.size, s.sha256) for r, s in enumerate(self.shards)]
+        return [(s.file, s.size, s.sha256) for s in self.shards]
+
+    def files(self) -> list[str]:
+        """Return the names of this checkpoint's files."""
+        return [p[0] for p in self.parts()]
 
     def to_json(self) -> dict[str, Any]:
         """Return the manifest form."""
-        d = asdict(self)
-        d["shards"] = [asdict(s) for s in self.shards]
-        return d
+        return asdict(self)
 
 
 def _file_name(step: int, generation: int = 0) -> str:
     return f"step_{step:09d}.pt" if not generation else f"step_{step:09d}.{generation}.pt"
 
 
-def shard_file(file: str, rank: int) -> str:
-    """Return the name of rank ``rank``'s shard of the sharded checkpoint ``file``."""
-    return f"{file[:-3]}.rank{rank:05d}.pt"
-
-
-def shards_digest(shards: list[Shard] | tuple[Shard, ...]) -> str:
-    """Return the digest of a sharded checkpoint: sha256 over its shards' sizes and digests."""
-    text = "".join(f"{s.size}:{s.sha256}\n" for s in shards)
-    return hashlib.sha256(text.encode("ascii")).hexdigest()
-
-
 _ENTRY_TYPES = {"step": "an integer >= 0", "size": "an integer >= 0", "sha256": "64 hex digits",
                 "time": "a finite number", "abandoned": "null or a string",
                 "uploaded": "true or false", "local": "true or false",
-                "shards": "a list of {size, sha256}, one per rank"}
+                "shards": "a list of {file, size, sha256}, rank r's file named "
+                          "step_S[.N].rankRRRRR.pt"}
 
 
 def _entry(i: int, c: Any, where: Path) -> CheckpointInfo:
@@ -198,7 +203,7 @@ def _entry(i: int, c: Any, where: Path) -> CheckpointInfo:
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
             raise bad(k)
     m = _FILE_RE.match(c.get("file") or "") if isinstance(c.get("file"), str) else None
-    if m is None or int(m.group(1)) != c["step"] or m.group(3) is not None:
+    if m is None or int(m.group(1)) != c["step"]:
         raise bad("file", f"{_file_name(c['step'])} or {_file_name(c['step'], 1)} ..., "
                           f"a file of step {c['step']}")
     if not isinstance(c.get("sha256"), str) or not _SHA_RE.match(c["sha256"]):
@@ -211,19 +216,30 @@ def _entry(i: int, c: Any, where: Path) -> CheckpointInfo:
     for k in ("uploaded", "local"):
         if k in c and not isinstance(c[k], bool):
             raise bad(k)
-    shards = c.get("shards", [])
-    if not isinstance(shards, list) or not all(
-            isinstance(x, dict) and set(x) == {"size", "sha256"} and isinstance(x["size"], int)
-            and not isinstance(x["size"], bool) and x["size"] >= 0
-            and isinstance(x["sha256"], str) and _SHA_RE.match(x["sha256"]) for x in shards):
-        raise bad("shards")
-    parsed = tuple(Shard(x["size"], x["sha256"]) for x in shards)
-    if parsed and (shards_digest(parsed) != c["sha256"]
-                   or sum(x.size for x in parsed) != c["size"]):
-        raise bad("shards", "shards whose sizes add up to 'size' and whose digest is 'sha256'")
+    shards = _shards(c, bad)
     return CheckpointInfo(c["step"], c["file"], c["size"], c["sha256"], float(t),
-                          c.get("abandoned"), parsed, c.get("uploaded", False),
-                          c.get("local", True))
+                          c.get("abandoned"), c.get("uploaded", False), c.get("local", True),
+                          shards)
+
+
+def _shards(c: dict[str, Any], bad: Any) -> tuple[Shard, ...]:
+    """Return an entry's shards, each file named for its step and rank, or raise bad()."""
+    raw = c.get("shards", [])
+    if not isinstance(raw, list):
+        raise bad("shards")
+    out = []
+    for r, x in enumerate(raw):
+        if not (isinstance(x, dict) and set(x) == {"file", "size", "sha256"}
+                and isinstance(x["file"], str) and x["file"] == shard_file(c["file"], r)
+                and isinstance(x["size"], int) and not isinstance(x["size"], bool)
+                and x["size"] >= 0 and isinstance(x["sha256"], str)
+                and _SHA_RE.match(x["sha256"])):
+            raise bad("shards")
+        out.append(Shard(x["file"], x["size"], x["sha256"]))
+    if out and (shards_digest(out) != c["sha256"] or sum(x.size for x in out) != c["size"]):
+        raise bad("shards", "shards whose sizes add up to 'size' and whose shards_digest "
+                            "is 'sha256'")
+    return tuple(out)
 
 
 def _state_nbytes(obj: Any, seen: set[int] | None = None) -> tuple[int, int]:
@@ -501,17 +517,18 @@ class CheckpointStore:
             self._clean_debris_locked()
 
     def _clean_debris_locked(self) -> None:
-        known = {c.file for c in self.checkpoints(include_abandoned=True) if c.local}
+        known = {f for c in self.checkpoints(include_abandoned=True) if c.local
+                 for f in c.files()}
         for p in self.dir.iterdir():
             m = _TMP_RE.match(p.name)
             if m and not _pid_alive(int(m.group(1))):
                 log.warning("removing %s: an unfinished checkpoint of a dead process", p)
                 p.unlink(missing_ok=True)
-            elif _FILE_RE.match(p.name) and p.name not in known:
+            elif (_FILE_RE.match(p.name) or _SHARD_RE.match(p.name)) and p.name not in known:
                 log.warning("removing %s: written but never recorded in the manifest", p)
                 p.unlink(missing_ok=True)
 
-    def _free_name(self, step: int) -> str:
+    def free_name(self, step: int) -> str:
         """Return the file name for a new save of ``step``.
 
         An abandoned checkpoint of that step (another timeline's) keeps its file: it may
@@ -535,13 +552,50 @@ class CheckpointStore:
         Once ``abort`` is set (by another thread) the save stops, removes what it wrote
         and raises SaveCancelled; it is checked between pieces and before recording.
         """
-        import torch
-
         if not self.writer:
             raise CheckpointError("this CheckpointStore was opened with writer=False")
         if step < 0:
             raise ValueError(f"step must be >= 0, got {step}")
-        name = self._free_name(step)
+        name = self.free_name(step)
+        size, sha = self._write_file(step, name, state, abort)
+        entry = CheckpointInfo(step, name, size, sha, time.time())
+        self._record(entry, abort)
+        return entry
+
+    def save_shard(self, step: int, name: str, rank: int, state: dict[str, Any]) -> Shard:
+        """Write rank ``rank``'s shard of checkpoint ``name`` (step ``step``); not recorded.
+
+        Any rank may write its shard (a store opened with ``writer=False`` too); the
+        writing rank records the checkpoint with :meth:`record_sharded` once every shard
+        is written. Errors as :meth:`save`.
+        """
+        if step < 0 or rank < 0:
+            raise ValueError(f"step and rank must be >= 0, got {step}, {rank}")
+        m = _FILE_RE.match(name)
+        if m is None or int(m.group(1)) != step:
+            raise ValueError(f"{name!r} is not a checkpoint name of step {step}")
+        file = shard_file(name, rank)
+        size, sha = self._write_file(step, file, state, None)
+        return Shard(file, size, sha)
+
+    def record_sharded(self, step: int, name: str, shards: list[Shard]) -> CheckpointInfo:
+        """Record the sharded checkpoint whose shards (rank order) are written; prune."""
+        if not self.writer:
+            raise CheckpointError("this CheckpointStore was opened with writer=False")
+        for r, sh in enumerate(shards):
+            if sh.file != shard_file(name, r):
+                raise CheckpointError(f"shard {r} is {sh.file!r}, expected "
+                                      f"{shard_file(name, r)!r}")
+        entry = CheckpointInfo(step, name, sum(sh.size for sh in shards),
+                               shards_digest(shards), time.time(), shards=tuple(shards))
+        self._record(entry)
+        return entry
+
+    def _write_file(self, step: int, name: str, state: dict[str, Any],
+                    abort: threading.Event | None) -> tuple[int, str]:
+        """Write ``state`` to ``name`` atomically (temp, fsync, check, rename); (size, sha256)."""
+        import torch
+
         final = self.dir / name
         tmp = self.dir / f".{name}.tmp-{os.getpid()}"
         data_bytes, tensors = _state_nbytes(state)
@@ -570,30 +624,37 @@ class CheckpointStore:
                 raise CheckpointError(f"cannot write checkpoint step {step} to {tmp}: "
                                       f"{err.strerror or err}") from e
             raise
-        entry = CheckpointInfo(step, name, w.size, w.sha.hexdigest(), time.time())
+        return w.size, w.sha.hexdigest()
+
+    def _record(self, entry: CheckpointInfo, abort: threading.Event | None = None) -> None:
+        """Add the written ``entry`` to the manifest (replacing the step's live one); prune."""
+        mine = set(entry.files())
         try:
             with self._locked():
                 if abort is not None and abort.is_set():
-                    final.unlink(missing_ok=True)
-                    raise SaveCancelled(f"checkpoint step {step}: save cancelled")
+                    for f in mine:
+                        (self.dir / f).unlink(missing_ok=True)
+                    raise SaveCancelled(f"checkpoint step {entry.step}: save cancelled")
                 data = self._read_manifest()
+                path = self.dir / MANIFEST_FILE
                 # The live entry of this step (a save of it again) is replaced; an
                 # abandoned one stays, with its own file, until retention removes it.
-                replaced = [c["file"] for c in data["checkpoints"]
-                            if c["step"] == step and c.get("abandoned") is None]
+                replaced = [f for i, c in enumerate(data["checkpoints"])
+                            if c["step"] == entry.step and c.get("abandoned") is None
+                            for f in _entry(i, c, path).files()]
                 data["checkpoints"] = [c for c in data["checkpoints"]
-                                       if c["step"] != step or c.get("abandoned") is not None]
+                                       if c["step"] != entry.step
+                                       or c.get("abandoned") is not None]
                 data["checkpoints"].append(entry.to_json())
                 self._write_manifest(data)
                 for old in replaced:
-                    if old != name:
+                    if old not in mine:
                         (self.dir / old).unlink(missing_ok=True)
                 self.prune()
         except OSError as e:
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise self._disk_full(step, needed, w.size) from e
+                raise self._disk_full(entry.step, entry.size, entry.size) from e
             raise
-        return entry
 
     def _free_bytes(self) -> int:
         st = os.statvfs(self.dir)
@@ -704,7 +765,8 @@ class CheckpointStore:
         if self.remote is not None:
             return self._offload_prune(data, [c for c in live if c.step not in pinned], deleted)
         for c in deleted:
-            (self.dir / c.file).unlink(missing_ok=True)
+            for f in c.files():
+                (self.dir / f).unlink(missing_ok=True)
         gone = {c.file for c in deleted}
         data["checkpoints"] = [c for c in data["checkpoints"] if c["file"] not in gone]
         self._write_manifest(data)
@@ -726,7 +788,8 @@ class CheckpointStore:
         data["checkpoints"] = [c for c in data["checkpoints"] if c["file"] not in drop]
         self._write_manifest(data)  # before the files go: a crash leaves debris, not holes
         for c in unlink:
-            (self.dir / c.file).unlink(missing_ok=True)
+            for f in c.files():
+                (self.dir / f).unlink(missing_ok=True)
         return [c.step for c in unlink]
 
     def mark_uploaded(self, file: str) -> None:
@@ -745,6 +808,14 @@ class CheckpointStore:
         return f"checkpoints in {self.dir}: {', '.join(map(str, steps)) or 'none'}"
 
     def _problem(self, entry: CheckpointInfo, data: bytes | None) -> str | None:
+        if entry.shards and data is None:
+            for part_name, part_size, part_sha in entry.parts():
+                part = CheckpointInfo(entry.step, part_name, part_size, part_sha, entry.time,
+                                      local=entry.local)
+                problem = self._problem(part, None)
+                if problem:
+                    return problem
+            return None
         path = self.dir / entry.file
         if data is None and not entry.local:
             if self.remote is None:
@@ -825,6 +896,30 @@ class CheckpointStore:
     def read_verified(self, step: int) -> bytes:
         """Read checkpoint ``step`` and check it against the manifest, or raise CheckpointError."""
         entry = self._live_entry(step)
+        if entry.shards:
+            raise CheckpointError(f"checkpoint step {step} is sharded ({len(entry.shards)} "
+                                  "ranks): each rank reads its own with read_verified_shard")
+        return self._read_part(entry)
+
+    def read_verified_shard(self, step: int, rank: int, world: int) -> bytes:
+        """Read rank ``rank``'s shard of sharded checkpoint ``step`` and check it.
+
+        Raises CheckpointError when the checkpoint is not sharded, was saved by another
+        number of ranks than ``world``, or the shard does not verify.
+        """
+        entry = self._live_entry(step)
+        if len(entry.shards) != world:
+            have = f"{len(entry.shards)} shards" if entry.shards else "not sharded"
+            raise CheckpointError(f"checkpoint step {step} is {have}; this job has {world} "
+                                  "ranks (a sharded checkpoint restores on as many ranks as "
+                                  "saved it)")
+        name, size, sha = entry.parts()[rank]
+        return self._read_part(CheckpointInfo(step, name, size, sha, entry.time,
+                                              local=entry.local))
+
+    def _read_part(self, entry: CheckpointInfo) -> bytes:
+        """Read one file of a checkpoint (local, or from the remote) and check it."""
+        step = entry.step
         if not entry.local:
             return self._read_remote(entry)
         try:
@@ -921,7 +1016,7 @@ def set_rng_state(st: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all([t.cpu() for t in st["cuda"]])
 
 
-def _dist_rank_world(group: Any = None) -> tuple[Any, int, int]:
+def dist_rank_world(group: Any = None) -> tuple[Any, int, int]:
     """Return (torch.distributed or None, rank, world size) of the running job."""
     import torch.distributed as dist
 
@@ -949,7 +1044,7 @@ def training_state(
         "data": position.to_dict(),
         "extra": extra or {},
     }
-    dist, _, world = _dist_rank_world(group)
+    dist, _, world = dist_rank_world(group)
     if dist is not None and world > 1:
         gathered: list[Any] = [None] * world
         # Tensors travel as CPU bytes: a gloo group cannot carry CUDA tensors.
@@ -971,7 +1066,7 @@ def restore_training_state(
     optimizer.load_state_dict(state["optimizer"])
     if scheduler is not None and state.get("scheduler") is not None:
         scheduler.load_state_dict(state["scheduler"])
-    _, rank, world = _dist_rank_world(group)
+    _, rank, world = dist_rank_world(group)
     per_rank = state.get("rng_ranks")
     if per_rank is not None and len(per_rank) == world:
         set_rng_state(per_rank[rank])

@@ -252,7 +252,8 @@ class Offloader:
 
     def _upload(self, c: CheckpointInfo) -> None:
         t0 = time.perf_counter()
-        self.remote.upload(self.store.dir / c.file, c.file, c.sha256)
+        for name, _, sha in c.parts():  # a sharded one: every shard, then it counts
+            self.remote.upload(self.store.dir / name, name, sha)
         self.store.mark_uploaded(c.file)
         self.uploaded = [*self.uploaded[-63:], (c.step, time.perf_counter() - t0, c.size)]
         log.info("checkpoint step %d uploaded to %s (%d bytes)", c.step, self.remote.url,

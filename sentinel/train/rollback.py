@@ -460,15 +460,17 @@ class RollbackHandler:
     def _target_state(self, to_step: int) -> tuple[dict[str, Any] | None, str, str]:
         """Return (state, "memory" or "disk", why not) for the rollback target."""
         try:
+            entry = self.store.info(to_step)
             if self.memory is not None:
-                entry = self.store.info(to_step)
                 held = self.memory.get(to_step, entry, self.map_location)
                 if held is not None:
                     return held, "memory", ""
             # Deserialise before the vote too: a file that verifies but does not load
             # must be refused by all ranks, not raise on some after the others agreed.
-            return (self.store.deserialize(self.store.read_verified(to_step),
-                                           self.map_location), "disk", "")
+            data = (self.store.read_verified_shard(to_step, self.rank, self.world_size)
+                    if entry is not None and entry.shards
+                    else self.store.read_verified(to_step))
+            return self.store.deserialize(data, self.map_location), "disk", ""
         except CheckpointError as e:
             return None, "disk", str(e)
 

@@ -415,7 +415,7 @@ def test_a_version_1_manifest_is_still_read(tmp_path):
     m = json.loads((tmp_path / "manifest.json").read_text())
     m["version"] = 1
     for c in m["checkpoints"]:
-        for k in ("shards", "uploaded", "local"):
+        for k in ("uploaded", "local"):
             del c[k]
     (tmp_path / "manifest.json").write_text(json.dumps(m))
     assert store.load(10) == {"x": 1}

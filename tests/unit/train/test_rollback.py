@@ -377,3 +377,29 @@ def test_a_target_held_in_memory_is_restored_without_reading_the_disk(tmp_path, 
     finally:
         handler.uninstall()
         ck.close()
+
+
+def test_a_sharded_target_is_read_from_this_ranks_shard(tmp_path):
+    from sentinel.train.sharded import save_sharded
+
+    store = CheckpointStore(tmp_path / "checkpoints", keep=5)
+    for s in (0, 10):
+        save_sharded(store, s, {"w": torch.full((8,), float(s)), "step": s})
+    assert [sh.file for sh in store.info(10).shards] == ["step_000000010.rank00000.pt"]
+    restored = []
+    handler = RollbackHandler(tmp_path, "job-a", store, SkipPlan(tmp_path), restored.append,
+                              poll_interval_s=1e9)
+    handler.install()
+    try:
+        req = RollbackRequest(id="r-shard", job="job-a", to_step=0, skip=[(3, 5)],
+                              requested_by="test", reason="spike", created=time.time())
+        write_request(tmp_path, req, read_token(tmp_path))
+        os.kill(os.getpid(), signal.SIGUSR1)
+        out = handler.at_step_boundary(12)
+        assert out is not None and out.to_step == 0 and out.source == "disk"
+        assert [float(s["w"][0]) for s in restored] == [0.0]
+        # Step 10 is abandoned and, unpinned, deleted with its shard.
+        assert sorted(p.name for p in (tmp_path / "checkpoints").glob("step_*")) == [
+            "step_000000000.rank00000.pt"]
+    finally:
+        handler.uninstall()
