@@ -86,6 +86,7 @@ class Bench:
         self.ckpt = AsyncCheckpointer(self.store, ram_budget_bytes=budget,
                                       overlap=device.type == "cuda")
         self.step = 0
+        self.ram_snapshots = 0.0  # when set, the RAM budget in snapshots (see throughput)
         self.gen = torch.Generator(device=device)
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16,
                                        enabled=device.type == "cuda" and dtype == torch.float32)
@@ -116,6 +117,11 @@ class Bench:
         return steps * self.cfg.batch_size * self.cfg.seq_len
 
 
+def snapshot_nbytes(state: dict[str, Any]) -> int:
+    """Return the bytes of the distinct tensors of ``state`` (what a snapshot holds)."""
+    return ckmod._state_nbytes(state)[0]
+
+
 def throughput(b: Bench, blocks: int) -> dict[str, Any]:
     """Alternate 50-step blocks without and with a checkpoint; return stalls and ratio."""
     with_s, without_s, stalls, allocating = [], [], [], []
@@ -124,7 +130,10 @@ def throughput(b: Bench, blocks: int) -> dict[str, Any]:
         t0 = time.perf_counter()
         for k in range(EVERY):
             if save and k == 0:
-                st = b.ckpt.save(b.step, b.state())
+                state = b.state()
+                if b.ram_snapshots:  # the budget in snapshots: buffers are reused after
+                    b.ckpt.budget = int(b.ram_snapshots * snapshot_nbytes(state))
+                st = b.ckpt.save(b.step, state)
                 (allocating if st.allocated else stalls).append(st.blocked_s)
             b.train_step()
         dt = time.perf_counter() - t0
@@ -243,12 +252,13 @@ def upload(b: Bench) -> dict[str, Any]:
 
 
 def run_model(name: str, device: torch.device, root: Path, blocks: int, repeats: int,
-              budget: int) -> dict[str, Any]:
+              budget: int, ram_snapshots: float) -> dict[str, Any]:
     work = root / name
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     t0 = time.perf_counter()
     b = Bench(name, device, work, budget)
+    b.ram_snapshots = ram_snapshots
     out: dict[str, Any] = {"params": b.params, "dtype": str(next(b.model.parameters()).dtype),
                            "batch": [b.cfg.batch_size, b.cfg.seq_len]}
     print(f"{name}: {b.params / 1e6:.1f}M parameters", flush=True)
@@ -300,7 +310,11 @@ def main() -> int:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--blocks", type=int, default=3, help="50-step blocks with and without")
     ap.add_argument("--repeats", type=int, default=3, help="rollbacks of each kind")
-    ap.add_argument("--ram-gb", type=float, default=32.0, help="host RAM budget for snapshots")
+    ap.add_argument("--ram-gb", type=float, default=32.0,
+                    help="host RAM budget for snapshots (unless --ram-snapshots)")
+    ap.add_argument("--ram-snapshots", type=float, default=2.5,
+                    help="host RAM budget as this many snapshots of the model (0: --ram-gb);"
+                         " 2.5 holds two, so saves reuse their pinned buffers from the third")
     ap.add_argument("--work", type=Path, default=None,
                     help="where checkpoints are written (default: a temporary directory)")
     ap.add_argument("--quick", action="store_true", help="tiny model, few steps (CPU check)")
@@ -321,7 +335,7 @@ def main() -> int:
     try:
         for name in args.models.split(","):
             res["models"][name] = run_model(name, device, work, args.blocks, args.repeats,
-                                            int(args.ram_gb * (1 << 30)))
+                                            int(args.ram_gb * (1 << 30)), args.ram_snapshots)
             (args.out / "checkpoint_gpu.json").write_text(json.dumps(res, indent=1))
     finally:
         if args.work is None:
