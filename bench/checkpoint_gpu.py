@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import statistics
@@ -224,14 +225,22 @@ def rollbacks(b: Bench, work: Path, repeats: int) -> dict[str, Any]:
     return res
 
 
-def upload(b: Bench) -> dict[str, Any]:
-    """Upload the newest checkpoint to moto's S3 server; skipped without moto/boto3."""
+def upload(b: Bench, max_bytes: int) -> dict[str, Any]:
+    """Upload the newest checkpoint to moto's S3 server; skipped without moto/boto3.
+
+    moto keeps objects in Python memory at tens of MB/s, so a checkpoint larger than
+    ``max_bytes`` is skipped to keep the run within its time.
+    """
     try:
         from moto.server import ThreadedMotoServer
 
         from sentinel.train.offload import S3Remote
     except ImportError as e:
         return {"skipped": f"not importable here: {e}"}
+    size = b.store.checkpoints()[-1].size
+    if size > max_bytes:
+        return {"skipped": f"checkpoint of {size} bytes > --upload-max-gb"}
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
     server.start()
     try:
@@ -252,7 +261,7 @@ def upload(b: Bench) -> dict[str, Any]:
 
 
 def run_model(name: str, device: torch.device, root: Path, blocks: int, repeats: int,
-              budget: int, ram_snapshots: float) -> dict[str, Any]:
+              budget: int, ram_snapshots: float, upload_max: int) -> dict[str, Any]:
     work = root / name
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -268,7 +277,7 @@ def run_model(name: str, device: torch.device, root: Path, blocks: int, repeats:
     print(f"{name}: rollback memory {out['rollback']['memory']['median_s']:.3f} s, disk "
           f"{out['rollback']['disk']['median_s']:.3f} s, restart "
           f"{out['rollback']['restart']['median_s']:.3f} s", flush=True)
-    out["upload"] = upload(b)
+    out["upload"] = upload(b, upload_max)
     b.ckpt.close()
     out["seconds"] = time.perf_counter() - t0
     del b
@@ -315,6 +324,8 @@ def main() -> int:
     ap.add_argument("--ram-snapshots", type=float, default=2.5,
                     help="host RAM budget as this many snapshots of the model (0: --ram-gb);"
                          " 2.5 holds two, so saves reuse their pinned buffers from the third")
+    ap.add_argument("--upload-max-gb", type=float, default=1.5,
+                    help="upload (to moto) only checkpoints up to this size")
     ap.add_argument("--work", type=Path, default=None,
                     help="where checkpoints are written (default: a temporary directory)")
     ap.add_argument("--quick", action="store_true", help="tiny model, few steps (CPU check)")
@@ -335,7 +346,8 @@ def main() -> int:
     try:
         for name in args.models.split(","):
             res["models"][name] = run_model(name, device, work, args.blocks, args.repeats,
-                                            int(args.ram_gb * (1 << 30)), args.ram_snapshots)
+                                            int(args.ram_gb * (1 << 30)), args.ram_snapshots,
+                                            int(args.upload_max_gb * 1e9))
             (args.out / "checkpoint_gpu.json").write_text(json.dumps(res, indent=1))
     finally:
         if args.work is None:
