@@ -229,6 +229,9 @@ class AsyncCheckpointer:
             with torch.cuda.stream(self._stream):
                 for i in on_gpu:
                     bufs.tensors[i].copy_(srcs[i], non_blocking=True)
+                    # A temporary the caller drops must not be reused by the allocator
+                    # before this stream has read it.
+                    srcs[i].record_stream(self._stream)
                 event = torch.cuda.Event()  # type: ignore[no-untyped-call]
                 event.record(self._stream)
         for i, t in enumerate(srcs):
