@@ -12,7 +12,9 @@ part of the state (e.g. a sharded ``state_dict``) to :func:`save_sharded`, a col
    shards' digests), then every rank learns whether that worked.
 
 A crash before step 4 leaves shard files the manifest does not know; the next writer
-removes them. :func:`load_sharded` reads and checks this rank's shard; the rollback
+removes them. :func:`load_sharded` reads and checks this rank's shard, and
+:func:`resume_sharded` (a restart) has rank 0 choose the newest sharded checkpoint whose
+every shard verifies, so all ranks resume from the same one. The rollback
 handler does the same for a sharded target. A sharded checkpoint restores on as many
 ranks as saved it (resharding is torch.distributed.checkpoint's job; see DESIGN.md).
 """
@@ -84,3 +86,24 @@ def load_sharded(store: CheckpointStore, step: int, map_location: Any = "cpu", *
     """Return this rank's verified shard of checkpoint ``step`` (no collective)."""
     _, rank, world = dist_rank_world(group)
     return store.deserialize(store.read_verified_shard(step, rank, world), map_location)
+
+
+def resume_sharded(store: CheckpointStore, map_location: Any = "cpu", *, group: Any = None
+                   ) -> tuple[CheckpointInfo, dict[str, Any]] | None:
+    """Load this rank's shard of the newest sharded checkpoint that verifies (collective).
+
+    Rank 0 picks the step (every shard checked) and broadcasts it, so all ranks resume
+    from the same one; None on every rank when none verifies.
+    """
+    dist, rank, _ = dist_rank_world(group)
+    info = None
+    if rank == 0:
+        info = next((c for c in reversed(store.checkpoints())
+                     if c.shards and store.verify(c.step)), None)
+    if dist is not None:
+        box = [info]
+        dist.broadcast_object_list(box, src=0, group=group)
+        info = box[0]
+    if info is None:
+        return None
+    return info, load_sharded(store, info.step, map_location, group=group)
