@@ -147,3 +147,26 @@ def test_kill_9_during_an_upload_then_the_next_start_uploads_it_again(s3, tmp_pa
     assert store.checkpoints()[0].uploaded
     assert c.list_multipart_uploads(Bucket="crash-bucket").get("Uploads", []) == []
     remote.check(entry.file, entry.size, entry.sha256)
+
+
+def test_the_example_saves_in_the_background_and_offloads(s3, tmp_path):
+    import json
+
+    s3.client().create_bucket(Bucket="example-bucket")
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
+           "SENTINEL_CHECKPOINT_URL": "s3://example-bucket/gpt",
+           "SENTINEL_CHECKPOINT_ENDPOINT": s3.endpoint}
+    r = subprocess.run([sys.executable, "-m", "sentinel.examples.gpt", "--config", "tiny",
+                        "--max-steps", "50", "--checkpoint-every", "20", "--keep", "1",
+                        "--eval-every", "1000", "--run-dir", str(run_dir), "--threads", "1",
+                        "--checkpoint-ram-gb", "0.5"],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    log = [json.loads(x) for x in (run_dir / "log" / "rank0.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in log if e["event"] == "checkpoint_written"] == [0, 20, 40]
+    store = CheckpointStore(run_dir / "checkpoints", writer=False)
+    assert [(c.step, c.uploaded, c.local) for c in store.checkpoints()] == [
+        (0, True, False), (20, True, False), (40, True, True)]
+    keys = [o["Key"] for o in s3.client().list_objects_v2(Bucket="example-bucket")["Contents"]]
+    assert keys == ["gpt/step_000000000.pt", "gpt/step_000000020.pt", "gpt/step_000000040.pt"]
