@@ -7,7 +7,13 @@ fixed order. bf16 autocast on CUDA when present, fp32 on CPU otherwise.
 What it shows:
 - ``Reporter`` every step (loss, grad norm, tokens, the global batch index);
 - ``CheckpointStore`` every ``--checkpoint-every`` steps, resuming from the newest
-  verified checkpoint at start (so a Slurm ``--requeue`` continues the run);
+  verified checkpoint at start (so a Slurm ``--requeue`` continues the run); saved
+  through ``AsyncCheckpointer`` (on by default): a snapshot to host memory, written in
+  the background, the newest verified ones held in RAM (``--checkpoint-ram-gb``) so a
+  rollback to them reads no disk; every rank's RNG state is saved and restored; with
+  ``SENTINEL_CHECKPOINT_URL=s3://BUCKET/PREFIX`` (and ``SENTINEL_CHECKPOINT_ENDPOINT``
+  for a non-AWS store) each checkpoint is uploaded in the background and local copies
+  beyond ``--keep`` are deleted once uploaded;
 - the resumable data position plus ``SkipPlan``: the batch for global index ``i`` is a
   pure function of ``i``, so skipping ranges and resuming are exact;
 - the rollback handler (on by default): ``sentinel rollback`` makes the job reload a
@@ -54,6 +60,7 @@ from torch import nn
 
 from sentinel import jsonnum
 from sentinel.train import (
+    AsyncCheckpointer,
     CheckpointError,
     CheckpointStore,
     EpochShuffleSampler,
@@ -64,6 +71,7 @@ from sentinel.train import (
     restore_training_state,
     training_state,
 )
+from sentinel.train.offload import Offloader, remote_from_env
 
 
 @dataclass(frozen=True)
@@ -93,6 +101,12 @@ EVAL_BATCHES = 4
 DIRECT_ALIGN = 4096
 # Exit status after SIGTERM, as a shell reports a process killed by it.
 EXIT_TERMINATED = 128 + signal.SIGTERM
+# On SIGTERM a background checkpoint write gets this long to finish: well inside Slurm's
+# default 30 s KillWait, and a write of a few GB takes seconds.
+SIGTERM_WRITE_WAIT_S = 20.0
+# At the end of the run, uploads still under way get this long; an unfinished one is
+# uploaded again by the next run in this directory.
+OFFLOAD_END_WAIT_S = 600.0
 
 
 class Block(nn.Module):
@@ -237,6 +251,11 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--checkpoint-every", type=int, default=50)
     ap.add_argument("--keep", type=int, default=3, help="newest checkpoints kept")
+    ap.add_argument("--async-checkpoint", action=argparse.BooleanOptionalAction, default=True,
+                    help="snapshot to host memory and write in the background (default)")
+    ap.add_argument("--checkpoint-ram-gb", type=float, default=None, metavar="GB",
+                    help="host RAM per rank for snapshots held for rollback (default: a "
+                         "quarter of the machine's memory)")
     ap.add_argument("--eval-every", type=int, default=50)
     ap.add_argument("--inject-bad-batch", type=parse_steps, default=set(), metavar="I[,J...]",
                     help="global batch indices to replace with corrupted data")
@@ -314,7 +333,18 @@ class Trainer:
 
             self.train_model = DistributedDataParallel(self.model)
         self.store = CheckpointStore(run_dir / "checkpoints", keep=args.keep,
-                                     writer=where.rank == 0)
+                                     writer=where.rank == 0, remote=remote_from_env())
+        self.offloader: Offloader | None = None
+        if self.store.remote is not None and where.rank == 0:
+            self.offloader = Offloader(self.store, self.store.remote)  # type: ignore[arg-type]
+        self.ckpt: AsyncCheckpointer | None = None
+        if args.async_checkpoint:
+            budget = (None if args.checkpoint_ram_gb is None
+                      else int(args.checkpoint_ram_gb * (1 << 30)))
+            # On CUDA the copy overlaps the next forward/backward; fence() before the
+            # optimizer step keeps the snapshot exact.
+            self.ckpt = AsyncCheckpointer(self.store, ram_budget_bytes=budget,
+                                          overlap=device.type == "cuda")
         self.plan = SkipPlan(run_dir)
         self.batches = ResumableBatches(self.make_batch, skip_plan=self.plan,
                                         samples_per_batch=cfg.batch_size // where.world,
@@ -368,7 +398,8 @@ class Trainer:
 
     def restore(self, state: dict[str, Any]) -> None:
         """Load a checkpoint's state (at start, or by the rollback handler)."""
-        self.batches.seek(restore_training_state(state, self.model, self.opt, self.sched))
+        self.batches.seek(restore_training_state(state, self.model, self.opt, self.sched,
+                                                 group=self._group()))
         self.step = self.checkpointed = int(state["extra"]["step"])
 
     def resume(self) -> None:
@@ -391,8 +422,17 @@ class Trainer:
                       load_s=time.perf_counter() - t0, batch=self.batches.position.batch_index)
             self.reporter.event("resumed", step=self.step, load_s=time.perf_counter() - t0)
 
+    def _group(self) -> Any:
+        """Return the CPU (gloo) group of the rollback handler, if any, for small collectives."""
+        return self.handler.group if self.handler is not None else None
+
     def on_sigterm(self, signum: int, _frame: FrameType | None) -> None:
         """Stopped by the scheduler: tell the agent this rank ended on purpose, and exit."""
+        if self.ckpt is not None:
+            try:  # a write under way is worth finishing within the grace period
+                self.ckpt.wait(timeout=SIGTERM_WRITE_WAIT_S)
+            except CheckpointError as e:
+                self.note("checkpoint_failed", step=self.step, reason=str(e))
         self.reporter.finish(step=self.step, signal=signum)
         self.note("terminated", step=self.step, signal=signum)
         raise SystemExit(EXIT_TERMINATED)
@@ -417,17 +457,30 @@ class Trainer:
                           total_s=out.total_s, batch=self.batches.position.batch_index)
                 step = self.step
         if step % args.checkpoint_every == 0 and step != self.checkpointed:
-            t0 = time.perf_counter()
-            if self.where.rank == 0:
-                self.store.save(step, training_state(
-                    self.model, self.opt, self.sched, self.batches.position,
-                    {"step": step, "config": args.config}))
-            self.checkpointed = step
-            save_s = time.perf_counter() - t0
-            self.note("checkpoint", step=step, save_s=save_s)
-            self.reporter.event("checkpoint_saved", step=step, seconds=save_s)
+            self.save_checkpoint(step)
+        if self.ckpt is not None:
+            for info, write_s in self.ckpt.drain_saved():
+                self.note("checkpoint_written", step=info.step, write_s=write_s)
+                if self.offloader is not None:
+                    self.offloader.poke()
+        elif self.offloader is not None and step == self.checkpointed:
+            self.offloader.poke()
         if step % args.eval_every == 0:
             self.note("eval", step=step, eval_loss=self.evaluate())
+
+    def save_checkpoint(self, step: int) -> None:
+        """Checkpoint the state before ``step`` (every rank: each adds its RNG state)."""
+        t0 = time.perf_counter()
+        state = training_state(self.model, self.opt, self.sched, self.batches.position,
+                               {"step": step, "config": self.args.config}, group=self._group())
+        if self.ckpt is not None:
+            self.ckpt.save(step, state)
+        elif self.where.rank == 0:
+            self.store.save(step, state)
+        self.checkpointed = step
+        save_s = time.perf_counter() - t0
+        self.note("checkpoint", step=step, save_s=save_s)
+        self.reporter.event("checkpoint_saved", step=step, seconds=save_s)
 
     def train_step(self, jsonl: Any) -> None:
         """Train one batch and report it."""
@@ -444,6 +497,8 @@ class Trainer:
         self.opt.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
         grad_norm = float(nn.utils.clip_grad_norm_(self.model.parameters(), 1.0))
+        if self.ckpt is not None:
+            self.ckpt.fence()  # the snapshot's copy is done before the weights change
         self.opt.step()
         self.sched.step()
         loss_v = float(loss.detach())  # syncs the GPU: the step is done
@@ -473,7 +528,7 @@ class Trainer:
         if args.rollback_handler:
             self.handler = RollbackHandler(args.run_dir, self.job, self.store, self.plan,
                                            self.restore, self.reporter,
-                                           map_location=self.device)
+                                           map_location=self.device, memory=self.ckpt)
             self.handler.install()
         signal.signal(signal.SIGTERM, self.on_sigterm)
         n_params = sum(p.numel() for p in self.model.parameters())
@@ -487,6 +542,13 @@ class Trainer:
         while self.step < args.max_steps:
             self.boundary()
             self.train_step(jsonl)
+        if self.ckpt is not None:
+            self.ckpt.close()  # the last writes reach the disk before the run ends
+            for info, write_s in self.ckpt.drain_saved():
+                self.note("checkpoint_written", step=info.step, write_s=write_s)
+        if self.offloader is not None:
+            self.offloader.wait_idle(OFFLOAD_END_WAIT_S)
+            self.offloader.close(OFFLOAD_END_WAIT_S)
         eval_loss = self.evaluate()
         self.note("eval", step=self.step, eval_loss=eval_loss)
         self.note("done", step=self.step)

@@ -1,5 +1,6 @@
 """What a training script imports: Reporter, CheckpointStore, SkipPlan, rollback."""
 
+from sentinel.train.asyncsave import AsyncCheckpointer
 from sentinel.train.checkpoint import (
     CheckpointError,
     CheckpointInfo,
@@ -14,6 +15,7 @@ from sentinel.train.rollback import RollbackHandler
 from sentinel.train.skipplan import SkipPlan, SkipPlanError
 
 __all__ = [
+    "AsyncCheckpointer",
     "CheckpointError",
     "CheckpointInfo",
     "CheckpointStore",

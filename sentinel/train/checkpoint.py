@@ -1,11 +1,14 @@
-"""Atomic, checksummed checkpoints with a manifest, retention and pins.
+"""Atomic, checksummed checkpoints with a manifest, retention, pins and offload.
 
 Layout of a store directory::
 
-    manifest.json               {"version": 1, "checkpoints": [...], "pins": {incident: step}}
+    manifest.json               {"version": 2, "checkpoints": [...], "pins": {incident: step}}
     manifest.lock               empty; flock'd around every change of the manifest
     writer.lock                 flock'd by the one writing process; says which it is
     step_000001200.pt           one torch.save file per checkpoint
+    step_000001200.1.pt         the same step saved again while an abandoned one of
+                                another timeline (pinned, maybe) still holds the plain name
+    step_000001400.rank00003.pt rank 3's shard of a sharded checkpoint (sentinel.train.sharded)
     .step_000001400.pt.tmp-PID  a checkpoint being written (never loaded)
 
 A checkpoint file is written to a temporary name, fsynced, renamed, and the directory
@@ -26,6 +29,11 @@ strictly (every entry's keys and types; a file name other than the step's own is
 refused, so nothing outside the directory is ever read or deleted). A save refuses a
 state ``torch.load(weights_only=True)`` could not read back, and a full disk is
 reported as "disk full at DIR" with the bytes needed and free.
+
+With a :class:`Remote` (object storage, :mod:`sentinel.train.offload`), an entry also
+says whether every file of it was uploaded and verified (``uploaded``) and whether its
+local files still exist (``local``); local copies beyond the newest ``keep`` are deleted
+only once uploaded, and a checkpoint whose local copy is gone is read from the bucket.
 """
 
 from __future__ import annotations
@@ -48,7 +56,7 @@ import weakref
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 from sentinel.train._atomic import fsync_dir, write_json_atomic
 from sentinel.train.data import DataPosition
@@ -56,7 +64,10 @@ from sentinel.train.data import DataPosition
 log = logging.getLogger(__name__)
 
 MANIFEST_FILE = "manifest.json"
-MANIFEST_VERSION = 1
+# Version 2 added the upload state (``uploaded``, ``local``), sharded entries and the
+# ".N" file names of a step saved again; version 1 manifests are read as they are.
+MANIFEST_VERSION = 2
+READ_VERSIONS = (1, 2)
 LOCK_FILE = "manifest.lock"
 # Readable by all: the file holds nothing, and a controller running as another user must
 # be able to lock it (flock works on a read-only descriptor).
@@ -71,14 +82,64 @@ WRITER_LOCK_FILE = "writer.lock"
 # to tell a full disk early; the write itself is the final word.
 SAVE_OVERHEAD_PER_TENSOR = 512
 SAVE_OVERHEAD_BYTES = 64 * 1024
-_FILE_RE = re.compile(r"^step_(\d{9,})\.pt$")
+# A checkpoint's file, or that of a step saved again (".N"); then one rank's shard.
+_FILE_RE = re.compile(r"^step_(\d{9,})(?:\.(\d{1,6}))?\.pt$")
+_SHARD_RE = re.compile(r"^step_(\d{9,})(?:\.(\d{1,6}))?\.rank(\d{5})\.pt$")
 # Temporary files of a checkpoint or of the manifest (write_json_atomic's naming).
-_TMP_RE = re.compile(r"^\.(?:step_\d+\.pt|manifest\.json)\.tmp-(\d+)$")
+_TMP_RE = re.compile(r"^\.(?:step_[\d.]+(?:rank\d+\.)?pt|manifest\.json)\.tmp-(\d+)$")
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 class CheckpointError(Exception):
     """A checkpoint is missing, unverified or unreadable; the message says which and why."""
+
+
+class Remote(Protocol):
+    """Object storage holding uploaded checkpoint files (sentinel.train.offload.S3Remote)."""
+
+    url: str
+
+    def check(self, name: str, size: int, sha256: str, md5s: list[bytes] | None = None
+              ) -> None:
+        """Raise CheckpointError unless object ``name`` has this size and sha256."""
+
+    def download(self, name: str, out: BinaryIO, size: int, sha256: str) -> None:
+        """Write object ``name`` to ``out``; raise CheckpointError unless it matches."""
+
+
+# With a remote, entries whose only copy is in the bucket stay in the manifest (so a
+# rollback or restart can use them) up to this many; older ones are left to the
+# bucket's lifecycle rules.
+REMOTE_ENTRIES_KEPT = 100
+
+
+class SaveCancelled(CheckpointError):
+    """A save was called off (a rollback past it) before it was recorded; nothing was kept."""
+
+
+# A save's data is written in pieces this large, so a cancelled background save stops
+# within one piece's write (tens of milliseconds), not after a whole tensor.
+WRITE_PIECE_BYTES = 64 << 20
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One rank's file of a sharded checkpoint (rank = its index in the entry)."""
+
+    file: str
+    size: int
+    sha256: str
+
+
+def shard_file(file: str, rank: int) -> str:
+    """Return the name of rank ``rank``'s shard of the checkpoint named ``file``."""
+    return f"{file[:-3]}.rank{rank:05d}.pt"
+
+
+def shards_digest(shards: list[Shard] | tuple[Shard, ...]) -> str:
+    """Return a sharded checkpoint's sha256: over its shards' names, sizes and digests."""
+    text = "".join(f"{s.file} {s.size} {s.sha256}\n" for s in shards)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -91,14 +152,36 @@ class CheckpointInfo:
     sha256: str
     time: float
     abandoned: str | None = None  # why it left the run's timeline (a rollback past it)
+    uploaded: bool = False  # every file uploaded to the store's remote and verified there
+    local: bool = True  # False once the local files were deleted (uploaded first)
+    # Sharded: one file per rank; ``file`` then names no file, ``size`` is the shards'
+    # sum and ``sha256`` their shards_digest.
+    shards: tuple[Shard, ...] = ()
+
+    def parts(self) -> list[tuple[str, int, str]]:
+        """Return (file name, size, sha256) of each file of this checkpoint."""
+        if not self.shards:
+            return [(self.file, self.size, self.sha256)]
+        return [(s.file, s.size, s.sha256) for s in self.shards]
+
+    def files(self) -> list[str]:
+        """Return the names of this checkpoint's files."""
+        return [p[0] for p in self.parts()]
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the manifest form."""
+        return asdict(self)
 
 
-def _file_name(step: int) -> str:
-    return f"step_{step:09d}.pt"
+def _file_name(step: int, generation: int = 0) -> str:
+    return f"step_{step:09d}.pt" if not generation else f"step_{step:09d}.{generation}.pt"
 
 
 _ENTRY_TYPES = {"step": "an integer >= 0", "size": "an integer >= 0", "sha256": "64 hex digits",
-                "time": "a finite number", "abandoned": "null or a string"}
+                "time": "a finite number", "abandoned": "null or a string",
+                "uploaded": "true or false", "local": "true or false",
+                "shards": "a list of {file, size, sha256}, rank r's file named "
+                          "step_S[.N].rankRRRRR.pt"}
 
 
 def _entry(i: int, c: Any, where: Path) -> CheckpointInfo:
@@ -119,8 +202,10 @@ def _entry(i: int, c: Any, where: Path) -> CheckpointInfo:
         v = c.get(k)
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
             raise bad(k)
-    if c.get("file") != _file_name(c["step"]):
-        raise bad("file", f"{_file_name(c['step'])}, the file of step {c['step']}")
+    m = _FILE_RE.match(c.get("file") or "") if isinstance(c.get("file"), str) else None
+    if m is None or int(m.group(1)) != c["step"]:
+        raise bad("file", f"{_file_name(c['step'])} or {_file_name(c['step'], 1)} ..., "
+                          f"a file of step {c['step']}")
     if not isinstance(c.get("sha256"), str) or not _SHA_RE.match(c["sha256"]):
         raise bad("sha256")
     t = c.get("time")
@@ -128,8 +213,33 @@ def _entry(i: int, c: Any, where: Path) -> CheckpointInfo:
         raise bad("time")
     if c.get("abandoned") is not None and not isinstance(c["abandoned"], str):
         raise bad("abandoned")
+    for k in ("uploaded", "local"):
+        if k in c and not isinstance(c[k], bool):
+            raise bad(k)
+    shards = _shards(c, bad)
     return CheckpointInfo(c["step"], c["file"], c["size"], c["sha256"], float(t),
-                          c.get("abandoned"))
+                          c.get("abandoned"), c.get("uploaded", False), c.get("local", True),
+                          shards)
+
+
+def _shards(c: dict[str, Any], bad: Any) -> tuple[Shard, ...]:
+    """Return an entry's shards, each file named for its step and rank, or raise bad()."""
+    raw = c.get("shards", [])
+    if not isinstance(raw, list):
+        raise bad("shards")
+    out = []
+    for r, x in enumerate(raw):
+        if not (isinstance(x, dict) and set(x) == {"file", "size", "sha256"}
+                and isinstance(x["file"], str) and x["file"] == shard_file(c["file"], r)
+                and isinstance(x["size"], int) and not isinstance(x["size"], bool)
+                and x["size"] >= 0 and isinstance(x["sha256"], str)
+                and _SHA_RE.match(x["sha256"])):
+            raise bad("shards")
+        out.append(Shard(x["file"], x["size"], x["sha256"]))
+    if out and (shards_digest(out) != c["sha256"] or sum(x.size for x in out) != c["size"]):
+        raise bad("shards", "shards whose sizes add up to 'size' and whose shards_digest "
+                            "is 'sha256'")
+    return tuple(out)
 
 
 def _state_nbytes(obj: Any, seen: set[int] | None = None) -> tuple[int, int]:
@@ -202,8 +312,9 @@ def _release_writer(key: tuple[int, int]) -> None:
 class _HashingWriter(io.RawIOBase):
     """Write through to a file while hashing and counting the bytes."""
 
-    def __init__(self, f: BinaryIO) -> None:
+    def __init__(self, f: BinaryIO, abort: threading.Event | None = None) -> None:
         self.f = f
+        self.abort = abort
         self.sha = hashlib.sha256()
         self.size = 0
         # torch wraps an exception raised here into a RuntimeError that does not say
@@ -215,11 +326,14 @@ class _HashingWriter(io.RawIOBase):
 
     def write(self, b: Any) -> int:
         mv = memoryview(b).cast("B")
-        try:
-            self.f.write(mv)
-        except OSError as e:
-            self.error = e
-            raise
+        for at in range(0, len(mv), WRITE_PIECE_BYTES):
+            if self.abort is not None and self.abort.is_set():
+                raise SaveCancelled("save cancelled")
+            try:
+                self.f.write(mv[at:at + WRITE_PIECE_BYTES])
+            except OSError as e:
+                self.error = e
+                raise
         self.sha.update(mv)
         self.size += len(mv)
         return len(mv)
@@ -243,13 +357,17 @@ class CheckpointStore:
     """
 
     def __init__(
-        self, directory: str | Path, keep: int = DEFAULT_KEEP, *, writer: bool = True
+        self, directory: str | Path, keep: int = DEFAULT_KEEP, *, writer: bool = True,
+        remote: Remote | None = None,
     ) -> None:
         if keep < 1:
             raise ValueError(f"keep must be >= 1 (the newest is always kept), got {keep}")
         self.dir = Path(directory)
         self.keep = keep
         self.writer = writer
+        # With a remote, ``keep`` bounds the local copies: older ones are deleted once
+        # uploaded, and read back from the bucket when needed.
+        self.remote = remote
         # Threads of this process share one flock; the RLock orders them and lets a
         # locked method call another (save -> prune).
         self._thread_lock = threading.RLock()
@@ -349,9 +467,10 @@ class CheckpointStore:
         if not isinstance(data, dict) or not isinstance(data.get("checkpoints"), list):
             raise CheckpointError(f"checkpoint manifest {path}: expected a 'checkpoints' list")
         version = data.get("version")
-        if isinstance(version, bool) or version != MANIFEST_VERSION:
+        if isinstance(version, bool) or version not in READ_VERSIONS:
             raise CheckpointError(f"checkpoint manifest {path}: version {version!r}, this "
-                                  f"sentinel reads version {MANIFEST_VERSION}")
+                                  f"sentinel reads versions "
+                                  f"{', '.join(map(str, READ_VERSIONS))}")
         extra = sorted(set(data) - {"version", "checkpoints", "pins"})
         if extra:
             raise CheckpointError(f"checkpoint manifest {path}: unknown key {extra[0]!r}")
@@ -378,11 +497,14 @@ class CheckpointStore:
         return [c for c in out if include_abandoned or c.abandoned is None]
 
     def info(self, step: int) -> CheckpointInfo | None:
-        """Return the manifest entry for ``step`` (abandoned ones included), or None."""
-        for c in self.checkpoints(include_abandoned=True):
-            if c.step == step:
-                return c
-        return None
+        """Return the manifest entry for ``step`` (abandoned ones included), or None.
+
+        A step saved again on a new timeline while the abandoned one is pinned has two
+        entries: the live one is returned.
+        """
+        found = [c for c in self.checkpoints(include_abandoned=True) if c.step == step]
+        found.sort(key=lambda c: c.abandoned is not None)
+        return found[0] if found else None
 
     def pins(self) -> dict[str, int]:
         """Return ``{incident_id: step}`` of pinned checkpoints."""
@@ -395,30 +517,85 @@ class CheckpointStore:
             self._clean_debris_locked()
 
     def _clean_debris_locked(self) -> None:
-        known = {c.file for c in self.checkpoints(include_abandoned=True)}
+        known = {f for c in self.checkpoints(include_abandoned=True) if c.local
+                 for f in c.files()}
         for p in self.dir.iterdir():
             m = _TMP_RE.match(p.name)
             if m and not _pid_alive(int(m.group(1))):
                 log.warning("removing %s: an unfinished checkpoint of a dead process", p)
                 p.unlink(missing_ok=True)
-            elif _FILE_RE.match(p.name) and p.name not in known:
+            elif (_FILE_RE.match(p.name) or _SHARD_RE.match(p.name)) and p.name not in known:
                 log.warning("removing %s: written but never recorded in the manifest", p)
                 p.unlink(missing_ok=True)
 
-    def save(self, step: int, state: dict[str, Any]) -> CheckpointInfo:
+    def free_name(self, step: int) -> str:
+        """Return the file name for a new save of ``step``.
+
+        An abandoned checkpoint of that step (another timeline's) keeps its file: it may
+        be pinned now or while this save runs, and a pinned one is never overwritten.
+        """
+        with self._locked():
+            used = {c.file for c in self.checkpoints(include_abandoned=True)
+                    if c.step == step and c.abandoned is not None}
+        generation = 0
+        while _file_name(step, generation) in used:
+            generation += 1
+        return _file_name(step, generation)
+
+    def save(self, step: int, state: dict[str, Any], *,
+             abort: threading.Event | None = None) -> CheckpointInfo:
         """Write ``state`` for ``step`` atomically, record it, then apply retention.
 
         Raises CheckpointError, leaving no partial file, when the disk is full ("disk
         full at DIR: N bytes needed, M free") or when ``torch.load(weights_only=True)``
         could not read the state back (a numpy scalar, a Path: the message names it).
+        Once ``abort`` is set (by another thread) the save stops, removes what it wrote
+        and raises SaveCancelled; it is checked between pieces and before recording.
         """
-        import torch
-
         if not self.writer:
             raise CheckpointError("this CheckpointStore was opened with writer=False")
         if step < 0:
             raise ValueError(f"step must be >= 0, got {step}")
-        name = _file_name(step)
+        name = self.free_name(step)
+        size, sha = self._write_file(step, name, state, abort)
+        entry = CheckpointInfo(step, name, size, sha, time.time())
+        self._record(entry, abort)
+        return entry
+
+    def save_shard(self, step: int, name: str, rank: int, state: dict[str, Any]) -> Shard:
+        """Write rank ``rank``'s shard of checkpoint ``name`` (step ``step``); not recorded.
+
+        Any rank may write its shard (a store opened with ``writer=False`` too); the
+        writing rank records the checkpoint with :meth:`record_sharded` once every shard
+        is written. Errors as :meth:`save`.
+        """
+        if step < 0 or rank < 0:
+            raise ValueError(f"step and rank must be >= 0, got {step}, {rank}")
+        m = _FILE_RE.match(name)
+        if m is None or int(m.group(1)) != step:
+            raise ValueError(f"{name!r} is not a checkpoint name of step {step}")
+        file = shard_file(name, rank)
+        size, sha = self._write_file(step, file, state, None)
+        return Shard(file, size, sha)
+
+    def record_sharded(self, step: int, name: str, shards: list[Shard]) -> CheckpointInfo:
+        """Record the sharded checkpoint whose shards (rank order) are written; prune."""
+        if not self.writer:
+            raise CheckpointError("this CheckpointStore was opened with writer=False")
+        for r, sh in enumerate(shards):
+            if sh.file != shard_file(name, r):
+                raise CheckpointError(f"shard {r} is {sh.file!r}, expected "
+                                      f"{shard_file(name, r)!r}")
+        entry = CheckpointInfo(step, name, sum(sh.size for sh in shards),
+                               shards_digest(shards), time.time(), shards=tuple(shards))
+        self._record(entry)
+        return entry
+
+    def _write_file(self, step: int, name: str, state: dict[str, Any],
+                    abort: threading.Event | None) -> tuple[int, str]:
+        """Write ``state`` to ``name`` atomically (temp, fsync, check, rename); (size, sha256)."""
+        import torch
+
         final = self.dir / name
         tmp = self.dir / f".{name}.tmp-{os.getpid()}"
         data_bytes, tensors = _state_nbytes(state)
@@ -427,7 +604,7 @@ class CheckpointStore:
         w: _HashingWriter | None = None
         try:
             with open(tmp, "wb") as f:
-                w = _HashingWriter(f)
+                w = _HashingWriter(f, abort)
                 torch.save({"sentinel_step": step, "state": state}, w)  # type: ignore[arg-type]
                 f.flush()
                 os.fsync(f.fileno())
@@ -438,6 +615,8 @@ class CheckpointStore:
             # A failed save (disk full, unpicklable state) must not leave a partial file
             # per attempt behind: this PID is alive, so start-up cleaning would keep them.
             tmp.unlink(missing_ok=True)
+            if abort is not None and abort.is_set():
+                raise SaveCancelled(f"checkpoint step {step}: save cancelled") from None
             err = e if isinstance(e, OSError) else (w.error if w is not None else None)
             if err is not None and err.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise self._disk_full(step, needed, w.size if w else 0) from e
@@ -445,19 +624,37 @@ class CheckpointStore:
                 raise CheckpointError(f"cannot write checkpoint step {step} to {tmp}: "
                                       f"{err.strerror or err}") from e
             raise
-        entry = CheckpointInfo(step, name, w.size, w.sha.hexdigest(), time.time())
+        return w.size, w.sha.hexdigest()
+
+    def _record(self, entry: CheckpointInfo, abort: threading.Event | None = None) -> None:
+        """Add the written ``entry`` to the manifest (replacing the step's live one); prune."""
+        mine = set(entry.files())
         try:
             with self._locked():
+                if abort is not None and abort.is_set():
+                    for f in mine:
+                        (self.dir / f).unlink(missing_ok=True)
+                    raise SaveCancelled(f"checkpoint step {entry.step}: save cancelled")
                 data = self._read_manifest()
-                data["checkpoints"] = [c for c in data["checkpoints"] if c["step"] != step]
-                data["checkpoints"].append(asdict(entry))
+                path = self.dir / MANIFEST_FILE
+                # The live entry of this step (a save of it again) is replaced; an
+                # abandoned one stays, with its own file, until retention removes it.
+                replaced = [f for i, c in enumerate(data["checkpoints"])
+                            if c["step"] == entry.step and c.get("abandoned") is None
+                            for f in _entry(i, c, path).files()]
+                data["checkpoints"] = [c for c in data["checkpoints"]
+                                       if c["step"] != entry.step
+                                       or c.get("abandoned") is not None]
+                data["checkpoints"].append(entry.to_json())
                 self._write_manifest(data)
+                for old in replaced:
+                    if old not in mine:
+                        (self.dir / old).unlink(missing_ok=True)
                 self.prune()
         except OSError as e:
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise self._disk_full(step, needed, w.size) from e
+                raise self._disk_full(entry.step, entry.size, entry.size) from e
             raise
-        return entry
 
     def _free_bytes(self) -> int:
         st = os.statvfs(self.dir)
@@ -551,26 +748,59 @@ class CheckpointStore:
                          key=lambda c: c.step, reverse=True)
         pinned = {int(s) for s in data["pins"].values()}
         live = [c for c in entries if c.abandoned is None]
-        keep = {c.step for c in live[: self.keep]} | pinned
-        doomed = [c for c in entries if c.step not in keep]
+        # By file, not step: a step can have a live entry and an abandoned (pinned) one.
+        keep = {c.file for c in live[: self.keep]} | {c.file for c in entries
+                                                      if c.step in pinned}
+        doomed = [c for c in entries if c.file not in keep]
         if not doomed:
             return []
         # Never delete the last verified checkpoint: if nothing kept verifies, spare the
         # newest live one that does.
-        if not any(self.verify(c.step) for c in live if c.step in keep):
+        if not any(self._problem(c, None) is None for c in live if c.file in keep):
             for c in live:
-                if c.step not in keep and self.verify(c.step):
-                    keep.add(c.step)
+                if c.file not in keep and self._problem(c, None) is None:
+                    keep.add(c.file)
                     break
-        deleted = []
-        for c in doomed:
-            if c.step in keep:
-                continue
-            (self.dir / c.file).unlink(missing_ok=True)
-            deleted.append(c.step)
-        data["checkpoints"] = [c for c in data["checkpoints"] if c["step"] not in deleted]
+        deleted = [c for c in doomed if c.file not in keep]
+        if self.remote is not None:
+            return self._offload_prune(data, [c for c in live if c.step not in pinned], deleted)
+        for c in deleted:
+            for f in c.files():
+                (self.dir / f).unlink(missing_ok=True)
+        gone = {c.file for c in deleted}
+        data["checkpoints"] = [c for c in data["checkpoints"] if c["file"] not in gone]
         self._write_manifest(data)
-        return deleted
+        return [c.step for c in deleted]
+
+    def _offload_prune(self, data: dict[str, Any], unpinned: list[CheckpointInfo],
+                       doomed: list[CheckpointInfo]) -> list[int]:
+        """Retention with a remote: a live local copy goes only once uploaded.
+
+        Its entry stays (``local`` false) so the bucket's copy can be restored, up to
+        REMOTE_ENTRIES_KEPT of them; abandoned ones are dropped as without a remote.
+        """
+        remote_only = [c.file for c in unpinned if c.uploaded][REMOTE_ENTRIES_KEPT:]
+        drop = {c.file for c in doomed if c.abandoned is not None} | set(remote_only)
+        unlink = [c for c in doomed if c.local and (c.uploaded or c.abandoned is not None)]
+        for c in data["checkpoints"]:
+            if c["file"] in {u.file for u in unlink}:
+                c["local"] = False
+        data["checkpoints"] = [c for c in data["checkpoints"] if c["file"] not in drop]
+        self._write_manifest(data)  # before the files go: a crash leaves debris, not holes
+        for c in unlink:
+            for f in c.files():
+                (self.dir / f).unlink(missing_ok=True)
+        return [c.step for c in unlink]
+
+    def mark_uploaded(self, file: str) -> None:
+        """Record that checkpoint file ``file`` is uploaded and verified; apply retention."""
+        with self._locked():
+            data = self._read_manifest()
+            for c in data["checkpoints"]:
+                if c["file"] == file:
+                    c["uploaded"] = True
+            self._write_manifest(data)
+            self._prune_locked()
 
     # -- reading ----------------------------------------------------------------------
     def _have(self) -> str:
@@ -578,7 +808,23 @@ class CheckpointStore:
         return f"checkpoints in {self.dir}: {', '.join(map(str, steps)) or 'none'}"
 
     def _problem(self, entry: CheckpointInfo, data: bytes | None) -> str | None:
+        if entry.shards and data is None:
+            for part_name, part_size, part_sha in entry.parts():
+                part = CheckpointInfo(entry.step, part_name, part_size, part_sha, entry.time,
+                                      local=entry.local)
+                problem = self._problem(part, None)
+                if problem:
+                    return problem
+            return None
         path = self.dir / entry.file
+        if data is None and not entry.local:
+            if self.remote is None:
+                return f"only in object storage (local copy deleted), and {self.dir} has no remote"
+            try:
+                self.remote.check(entry.file, entry.size, entry.sha256)
+            except CheckpointError as e:
+                return str(e)
+            return None
         if data is None:
             try:
                 size = path.stat().st_size
@@ -650,6 +896,32 @@ class CheckpointStore:
     def read_verified(self, step: int) -> bytes:
         """Read checkpoint ``step`` and check it against the manifest, or raise CheckpointError."""
         entry = self._live_entry(step)
+        if entry.shards:
+            raise CheckpointError(f"checkpoint step {step} is sharded ({len(entry.shards)} "
+                                  "ranks): each rank reads its own with read_verified_shard")
+        return self._read_part(entry)
+
+    def read_verified_shard(self, step: int, rank: int, world: int) -> bytes:
+        """Read rank ``rank``'s shard of sharded checkpoint ``step`` and check it.
+
+        Raises CheckpointError when the checkpoint is not sharded, was saved by another
+        number of ranks than ``world``, or the shard does not verify.
+        """
+        entry = self._live_entry(step)
+        if len(entry.shards) != world:
+            have = f"{len(entry.shards)} shards" if entry.shards else "not sharded"
+            raise CheckpointError(f"checkpoint step {step} is {have}; this job has {world} "
+                                  "ranks (a sharded checkpoint restores on as many ranks as "
+                                  "saved it)")
+        name, size, sha = entry.parts()[rank]
+        return self._read_part(CheckpointInfo(step, name, size, sha, entry.time,
+                                              local=entry.local))
+
+    def _read_part(self, entry: CheckpointInfo) -> bytes:
+        """Read one file of a checkpoint (local, or from the remote) and check it."""
+        step = entry.step
+        if not entry.local:
+            return self._read_remote(entry)
         try:
             data = (self.dir / entry.file).read_bytes()
         except OSError as e:
@@ -660,6 +932,15 @@ class CheckpointStore:
         if problem:
             raise CheckpointError(f"checkpoint step {step} refused: {problem}")
         return data
+
+    def _read_remote(self, entry: CheckpointInfo) -> bytes:
+        """Download a checkpoint whose local copy is gone; its sha256 is checked on the way."""
+        if self.remote is None:
+            raise CheckpointError(f"checkpoint step {entry.step} is only in object storage "
+                                  f"and {self.dir} was opened without a remote")
+        buf = io.BytesIO()
+        self.remote.download(entry.file, buf, entry.size, entry.sha256)
+        return buf.getvalue()
 
     @staticmethod
     def deserialize(data: bytes, map_location: Any = "cpu") -> dict[str, Any]:
@@ -735,29 +1016,64 @@ def set_rng_state(st: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all([t.cpu() for t in st["cuda"]])
 
 
+def dist_rank_world(group: Any = None) -> tuple[Any, int, int]:
+    """Return (torch.distributed or None, rank, world size) of the running job."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist, dist.get_rank(group), dist.get_world_size(group)
+    return None, 0, 1
+
+
 def training_state(
     model: Any, optimizer: Any, scheduler: Any, position: DataPosition,
-    extra: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None, *, group: Any = None,
 ) -> dict[str, Any]:
-    """Collect everything a run needs to continue exactly: weights, optimizer, data, RNG."""
-    return {
+    """Collect everything a run needs to continue exactly: weights, optimizer, data, RNG.
+
+    Under ``torch.distributed`` this is a collective (call it on every rank at the same
+    step): ``rng_ranks`` holds every rank's RNG states, so each rank restores its own.
+    ``group`` is the process group to gather over (a gloo group keeps it off the GPU).
+    """
+    rng = rng_state()
+    state = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "rng": rng_state(),
+        "rng": rng,
         "data": position.to_dict(),
         "extra": extra or {},
     }
+    dist, _, world = dist_rank_world(group)
+    if dist is not None and world > 1:
+        gathered: list[Any] = [None] * world
+        # Tensors travel as CPU bytes: a gloo group cannot carry CUDA tensors.
+        dist.all_gather_object(gathered, rng, group=group)
+        state["rng_ranks"] = gathered
+    return state
 
 
 def restore_training_state(
-    state: dict[str, Any], model: Any, optimizer: Any, scheduler: Any
+    state: dict[str, Any], model: Any, optimizer: Any, scheduler: Any, *, group: Any = None,
 ) -> DataPosition:
-    """Load a :func:`training_state` dict into the objects; return the data position."""
+    """Load a :func:`training_state` dict into the objects; return the data position.
+
+    Each rank takes its own RNG states from ``rng_ranks`` when the checkpoint has one per
+    rank of this job; otherwise (saved by another world size, or before per-rank RNG
+    was saved) every rank takes the saver's, and a different world size is logged.
+    """
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     if scheduler is not None and state.get("scheduler") is not None:
         scheduler.load_state_dict(state["scheduler"])
-    set_rng_state(state["rng"])
+    _, rank, world = dist_rank_world(group)
+    per_rank = state.get("rng_ranks")
+    if per_rank is not None and len(per_rank) == world:
+        set_rng_state(per_rank[rank])
+    else:
+        if per_rank is not None:
+            log.warning("checkpoint holds RNG states of %d ranks, this job has %d: every "
+                        "rank takes the saving rank's", len(per_rank), world)
+        set_rng_state(state["rng"])
     return DataPosition.from_dict(state["data"])
 

@@ -40,7 +40,7 @@ from types import FrameType
 from typing import Any, Protocol
 
 from sentinel.train._atomic import write_json_atomic
-from sentinel.train.checkpoint import CheckpointError, CheckpointStore
+from sentinel.train.checkpoint import CheckpointError, CheckpointInfo, CheckpointStore
 from sentinel.train.request import (
     CONTROL_GROUP_ENV,
     REJECTED_SUFFIX,
@@ -90,6 +90,17 @@ class EventSink(Protocol):
 
     def event(self, kind: str, **fields: Any) -> None:
         """Report an event."""
+
+
+class HeldStates(Protocol):
+    """What the handler needs from an AsyncCheckpointer: states held in host memory."""
+
+    def get(self, step: int, entry: CheckpointInfo | None, map_location: Any = "cpu"
+            ) -> dict[str, Any] | None:
+        """Return a copy of the held state of ``step``, or None if not held."""
+
+    def cancel_after(self, step: int) -> list[int]:
+        """Call off writes of, and drop states of, steps after ``step``."""
 
 
 # -- token (the job creates it; requesters read it) ------------------------------------
@@ -168,6 +179,7 @@ class RollbackOutcome:
     read_s: float
     restore_s: float
     total_s: float
+    source: str = "disk"  # where the state came from: "memory" (held) or "disk"
 
 
 class RollbackHandler:
@@ -195,6 +207,7 @@ class RollbackHandler:
         group: Any = None,
         now: Callable[[], float] = time.time,
         control_group: str | None = None,
+        memory: HeldStates | None = None,
     ) -> None:
         if check_every < 1:
             raise ValueError(f"check_every must be >= 1, got {check_every}")
@@ -210,6 +223,8 @@ class RollbackHandler:
         self.map_location = map_location
         self.now = now
         self.group = group
+        # States held in host RAM (AsyncCheckpointer): a rollback to one reads no disk.
+        self.memory = memory
         # Who besides the job's user may request a rollback (DESIGN.md, Controller ->
         # Security); from the environment so a launcher sets it for every rank.
         self.control_group = (control_group if control_group is not None
@@ -442,17 +457,26 @@ class RollbackHandler:
             self.reporter.event("rollback_refused", request_id=request_id, reason=reason,
                                 step=step)
 
-    def _apply(self, req: RollbackRequest, step: int, started: float) -> RollbackOutcome | None:
-        t0 = time.monotonic()
-        state: dict[str, Any] | None = None
-        problem = ""
+    def _target_state(self, to_step: int) -> tuple[dict[str, Any] | None, str, str]:
+        """Return (state, "memory" or "disk", why not) for the rollback target."""
         try:
+            entry = self.store.info(to_step)
+            if self.memory is not None:
+                held = self.memory.get(to_step, entry, self.map_location)
+                if held is not None:
+                    return held, "memory", ""
             # Deserialise before the vote too: a file that verifies but does not load
             # must be refused by all ranks, not raise on some after the others agreed.
-            state = self.store.deserialize(self.store.read_verified(req.to_step),
-                                           self.map_location)
+            data = (self.store.read_verified_shard(to_step, self.rank, self.world_size)
+                    if entry is not None and entry.shards
+                    else self.store.read_verified(to_step))
+            return self.store.deserialize(data, self.map_location), "disk", ""
         except CheckpointError as e:
-            problem = str(e)
+            return None, "disk", str(e)
+
+    def _apply(self, req: RollbackRequest, step: int, started: float) -> RollbackOutcome | None:
+        t0 = time.monotonic()
+        state, source, problem = self._target_state(req.to_step)
         t_read = time.monotonic()
         if not self._all_reduce_int(0 if state is None else 1, "MIN"):
             reason = problem or "another rank could not verify the checkpoint (see its log)"
@@ -484,6 +508,10 @@ class RollbackHandler:
                                     step=step)
             raise RollbackError(f"rollback {req.id} to step {req.to_step} failed: {reason}; "
                                 "stopping so the job restarts and applies it again")
+        if self.memory is not None:
+            # Before abandoning: a background write of the old timeline must not reach
+            # the manifest after the abandon, as a live checkpoint.
+            self.memory.cancel_after(req.to_step)
         if self.rank == 0:
             # Abandon the newer checkpoints before the skip plan is saved: a crash between
             # the two then restarts from ``to_step`` and re-applies the pending request.
@@ -493,12 +521,13 @@ class RollbackHandler:
         self._add_skips(req, step)
         t_done = time.monotonic()
         outcome = RollbackOutcome(req, step, req.to_step, t_read - t0, t_done - t_read,
-                                  t_done - started)
+                                  t_done - started, source)
         if self.rank == 0:
             self._write_result(req, {
                 "status": "done", "from_step": step, "to_step": req.to_step,
                 "skip": [list(r) for r in req.skip], "read_s": outcome.read_s,
                 "restore_s": outcome.restore_s, "total_s": outcome.total_s, "pid": os.getpid(),
+                "source": source,
             })
             request_path(self.run_dir, req.id).unlink(missing_ok=True)
         log.info("rolled back from step %d to %d (request %s), skipping %s", step,
@@ -508,6 +537,6 @@ class RollbackHandler:
                 "rollback_done", request_id=req.id, from_step=step, to_step=req.to_step,
                 skipped_batches=sum(b - a for a, b in req.skip), read_s=outcome.read_s,
                 restore_s=outcome.restore_s, total_s=outcome.total_s,
-                request_age_s=self.now() - req.created,
+                request_age_s=self.now() - req.created, source=source,
             )
         return outcome

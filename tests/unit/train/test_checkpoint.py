@@ -371,3 +371,55 @@ def test_the_lock_file_is_lockable_by_others_whatever_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / ck.LOCK_FILE).stat().st_mode) == 0o644
+
+
+def test_a_pinned_abandoned_checkpoint_survives_the_new_timelines_save_of_its_step(tmp_path):
+    store = CheckpointStore(tmp_path, keep=2)
+    for s in (100, 150):
+        store.save(s, {"w": torch.full((4,), float(s)), "timeline": "old"})
+    old = store.info(150)
+    store.pin(150, "incident-1")  # a first incident's rollback target
+    store.abandon_after(100, "rollback r1")  # a second incident rolls back further
+    new = store.save(150, {"w": torch.zeros(4), "timeline": "new"})
+    assert new.file != old.file and (tmp_path / old.file).exists()
+    assert store.info(150) == new and store.load(150)["timeline"] == "new"
+    both = [(c.file, c.abandoned) for c in store.checkpoints(include_abandoned=True)
+            if c.step == 150]
+    assert both == [(old.file, "rollback r1"), (new.file, None)]
+    # Retention and more saves keep it while pinned, and its bytes are the old timeline's.
+    for s in (200, 250, 300):
+        store.save(s, {"w": torch.zeros(4), "timeline": "new"})
+    assert store._problem(old, None) is None
+    store.unpin("incident-1")
+    assert not (tmp_path / old.file).exists()
+    assert [c.step for c in store.checkpoints(include_abandoned=True)] == [250, 300]
+
+
+def test_an_unpinned_abandoned_checkpoint_is_replaced_by_the_new_timeline(tmp_path):
+    store = CheckpointStore(tmp_path, keep=3)
+    for s in (100, 150):
+        store.save(s, {"timeline": "old"})
+    # The controller abandons (a job resumed by a restart): no file is deleted then.
+    CheckpointStore(tmp_path, writer=False).abandon_after(100, "rollback r1")
+    store.save(150, {"timeline": "new"})
+    assert [(c.step, c.abandoned) for c in store.checkpoints(include_abandoned=True)] == [
+        (100, None), (150, None)]
+    assert sorted(p.name for p in tmp_path.glob("step_*")) == [
+        "step_000000100.pt", "step_000000150.1.pt"]
+    assert store.load(150)["timeline"] == "new"
+
+
+def test_a_version_1_manifest_is_still_read(tmp_path):
+    store = CheckpointStore(tmp_path)
+    store.save(10, {"x": 1})
+    m = json.loads((tmp_path / "manifest.json").read_text())
+    m["version"] = 1
+    for c in m["checkpoints"]:
+        for k in ("uploaded", "local"):
+            del c[k]
+    (tmp_path / "manifest.json").write_text(json.dumps(m))
+    assert store.load(10) == {"x": 1}
+    m["version"] = 3
+    (tmp_path / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(CheckpointError, match="version 3, this sentinel reads versions 1, 2"):
+        store.checkpoints()

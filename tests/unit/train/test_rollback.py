@@ -4,6 +4,7 @@ import os
 import signal
 import socket
 import stat
+import threading
 import time
 
 import pytest
@@ -321,3 +322,84 @@ def test_a_failed_restore_stops_the_job_and_keeps_the_request_for_the_restart(tm
         assert kind == "rollback_failed" and fields["request_id"] == req.id
     finally:
         j.close()
+
+
+def test_a_target_held_in_memory_is_restored_without_reading_the_disk(tmp_path, monkeypatch):
+    from sentinel.train.asyncsave import AsyncCheckpointer
+
+    store = CheckpointStore(tmp_path / "checkpoints", keep=5)
+    ck = AsyncCheckpointer(store, ram_budget_bytes=1 << 20)
+    for s in (0, 10):
+        ck.save(s, {"w": torch.full((8,), float(s)), "step": s})
+    ck.wait()
+    restored = []
+    handler = RollbackHandler(tmp_path, "job-a", store, SkipPlan(tmp_path), restored.append,
+                              poll_interval_s=1e9, memory=ck)
+    handler.install()
+    try:
+        # The next checkpoint is still being written when the request comes.
+        gate = threading.Event()
+        real_save = store.save
+
+        def slow_save(step, st, *, abort=None):
+            gate.set()
+            abort.wait(10)
+            return real_save(step, st, abort=abort)
+
+        monkeypatch.setattr(store, "save", slow_save)
+        ck.save(20, {"w": torch.full((8,), 20.0), "step": 20})
+        assert gate.wait(10)
+
+        def no_disk(step):
+            raise AssertionError(f"read checkpoint {step} from disk")
+
+        monkeypatch.setattr(store, "read_verified", no_disk)
+        req = RollbackRequest(id="r-mem", job="job-a", to_step=10, skip=[(12, 14)],
+                              requested_by="test", reason="spike", created=time.time())
+        write_request(tmp_path, req, read_token(tmp_path))
+        os.kill(os.getpid(), signal.SIGUSR1)
+        out = handler.at_step_boundary(24)
+        assert out is not None and out.source == "memory" and out.to_step == 10
+        assert [float(s["w"][0]) for s in restored] == [10.0]
+        assert read_result(tmp_path, "r-mem")["source"] == "memory"
+        # The old timeline's step 20 never reached the manifest, and the disk was kept.
+        assert [c.step for c in store.checkpoints(include_abandoned=True)] == [0, 10]
+        assert ck.pending() == [] and ck.held_steps() == [0, 10]
+        monkeypatch.undo()
+        # Not held any more (released): the same handler falls back to the disk.
+        ck.close()
+        req2 = RollbackRequest(id="r-disk", job="job-a", to_step=0, skip=[(14, 16)],
+                               requested_by="test", reason="spike", created=time.time())
+        write_request(tmp_path, req2, read_token(tmp_path))
+        os.kill(os.getpid(), signal.SIGUSR1)
+        out = handler.at_step_boundary(16)
+        assert out is not None and out.source == "disk" and out.to_step == 0
+    finally:
+        handler.uninstall()
+        ck.close()
+
+
+def test_a_sharded_target_is_read_from_this_ranks_shard(tmp_path):
+    from sentinel.train.sharded import save_sharded
+
+    store = CheckpointStore(tmp_path / "checkpoints", keep=5)
+    for s in (0, 10):
+        save_sharded(store, s, {"w": torch.full((8,), float(s)), "step": s})
+    assert [sh.file for sh in store.info(10).shards] == ["step_000000010.rank00000.pt"]
+    restored = []
+    handler = RollbackHandler(tmp_path, "job-a", store, SkipPlan(tmp_path), restored.append,
+                              poll_interval_s=1e9)
+    handler.install()
+    try:
+        req = RollbackRequest(id="r-shard", job="job-a", to_step=0, skip=[(3, 5)],
+                              requested_by="test", reason="spike", created=time.time())
+        write_request(tmp_path, req, read_token(tmp_path))
+        os.kill(os.getpid(), signal.SIGUSR1)
+        out = handler.at_step_boundary(12)
+        assert out is not None and out.to_step == 0 and out.source == "disk"
+        assert [float(s["w"][0]) for s in restored] == [0.0]
+        # Step 10 is abandoned and, unpinned, deleted with its shard.
+        assert sorted(p.name for p in (tmp_path / "checkpoints").glob("step_*")) == [
+            "step_000000000.rank00000.pt"]
+    finally:
+        handler.uninstall()

@@ -1,0 +1,423 @@
+"""Asynchronous checkpoints: snapshot to host memory, write in the background, keep in RAM.
+
+:meth:`AsyncCheckpointer.save` copies every tensor of a training state into a set of
+host buffers (pinned when CUDA is in use, reused from save to save) and returns; a
+writer thread then hands the copy to :meth:`CheckpointStore.save`, which writes it to a
+temporary file, fsyncs, checks it loads, renames, fsyncs the directory and records it
+in the manifest, exactly as a synchronous save does. A crash at any moment therefore
+leaves what a crashed synchronous save leaves: the previous checkpoints and manifest,
+plus a temporary file the next writer removes.
+
+With ``overlap=True`` (CUDA) the device-to-host copy runs on a side stream while the
+loop goes on; the loop must call :meth:`fence` before anything changes the weights or
+optimizer state (before ``optimizer.step()``), which makes the loop's stream wait for
+the copy without blocking the host.
+
+Once its write verified, a snapshot stays in host RAM (within ``ram_budget_bytes``) as a
+rollback target: :meth:`get` returns it, so a rollback to it reads no disk. On a rank
+that does not write (``store.writer`` false) the snapshot is the same training state
+and is held from the moment it is taken; the rollback handler only asks for a step the
+manifest records as live.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from sentinel.train.checkpoint import (
+    CheckpointError,
+    CheckpointInfo,
+    CheckpointStore,
+    SaveCancelled,
+)
+
+log = logging.getLogger(__name__)
+
+# Host RAM for snapshots when none is configured: a quarter of the machine's memory
+# leaves the rest to data loaders and the page cache; a rank of an 8-GPU node should
+# pass its share explicitly.
+DEFAULT_RAM_FRACTION = 0.25
+# Finished writes remembered for drain_saved(): far more than a loop saves between two
+# looks, and a bound if it never looks.
+MAX_DONE = 64
+
+
+def default_ram_budget() -> int:
+    """Return DEFAULT_RAM_FRACTION of this machine's physical memory, in bytes."""
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * DEFAULT_RAM_FRACTION)
+
+
+def _key(t: Any) -> tuple[Any, ...]:
+    """Return what makes two tensors the same data: storage, offset, shape, strides, dtype."""
+    return (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape),
+            t.stride(), t.dtype)
+
+
+def _tensors(tree: Any, out: dict[tuple[Any, ...], Any]) -> None:
+    """Add the tensors of a state (dicts, lists, tuples) to ``out`` in a fixed order.
+
+    The same data met twice (tied weights: ``state_dict()`` gives one parameter under
+    two names, as two tensor objects) is copied once, and stays shared in the copy.
+    """
+    import torch
+
+    if isinstance(tree, torch.Tensor):
+        out.setdefault(_key(tree), tree)
+    elif isinstance(tree, dict):
+        for v in tree.values():
+            _tensors(v, out)
+    elif isinstance(tree, list | tuple):
+        for v in tree:
+            _tensors(v, out)
+
+
+def _rebuild(tree: Any, tensors: dict[tuple[Any, ...], Any]) -> Any:
+    """Return ``tree`` with fresh containers and each tensor replaced by its _key's entry."""
+    import torch
+
+    if isinstance(tree, torch.Tensor):
+        return tensors[_key(tree)]
+    if isinstance(tree, dict):
+        return {k: _rebuild(v, tensors) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_rebuild(v, tensors) for v in tree]
+    if isinstance(tree, tuple):
+        return tuple(_rebuild(v, tensors) for v in tree)
+    return tree  # numbers, strings, None: immutable
+
+
+@dataclass
+class _Buffers:
+    """One set of host tensors a state is copied into."""
+
+    signature: tuple[tuple[tuple[int, ...], Any], ...]
+    tensors: list[Any]
+    nbytes: int
+
+
+@dataclass
+class _Snapshot:
+    step: int
+    tree: Any
+    buffers: _Buffers
+    event: Any = None  # CUDA event recorded after the copy, or None (copied already)
+    abort: threading.Event = field(default_factory=threading.Event)
+    info: CheckpointInfo | None = None  # the manifest entry once written and verified
+    taken: float = 0.0
+
+
+@dataclass
+class SaveStats:
+    """What the last :meth:`AsyncCheckpointer.save` cost the loop."""
+
+    step: int
+    blocked_s: float  # time inside save(): waiting for a buffer plus the copy
+    waited_s: float  # part of it spent waiting for an earlier write to free a buffer
+    nbytes: int
+    allocated: bool  # buffers were allocated (first save, or the state's shapes changed)
+
+
+class AsyncCheckpointer:
+    """Save training states in the background and hold recent ones in host RAM."""
+
+    def __init__(
+        self,
+        store: CheckpointStore,
+        *,
+        ram_budget_bytes: int | None = None,
+        overlap: bool = False,
+    ) -> None:
+        self.store = store
+        self.budget = default_ram_budget() if ram_budget_bytes is None else ram_budget_bytes
+        if self.budget < 0:
+            raise ValueError(f"ram_budget_bytes must be >= 0, got {ram_budget_bytes}")
+        self.overlap = overlap
+        # Writes finished since the loop last asked (drain_saved): the loop's thread
+        # reports them. Bounded: a loop that never asks keeps only the newest.
+        self._done: deque[tuple[CheckpointInfo, float]] = deque(maxlen=MAX_DONE)
+        self.last: SaveStats | None = None
+        self._cv = threading.Condition()
+        self._queue: deque[_Snapshot] = deque()  # waiting for the writer, oldest first
+        self._writing: _Snapshot | None = None
+        self._held: OrderedDict[int, _Snapshot] = OrderedDict()  # step -> verified snapshot
+        self._free: list[_Buffers] = []
+        self._errors: list[CheckpointError] = []
+        self._fence_event: Any = None
+        self._closed = False
+        self._stream: Any = None
+        self._thread: threading.Thread | None = None
+        if store.writer:
+            self._thread = threading.Thread(target=self._write_loop, name="checkpoint-writer",
+                                            daemon=True)
+            self._thread.start()
+
+    # -- memory -------------------------------------------------------------------------
+    def _allocated(self) -> int:
+        sets = [s.buffers for s in self._queue] + [s.buffers for s in self._held.values()]
+        if self._writing is not None:
+            sets.append(self._writing.buffers)
+        return sum(b.nbytes for b in sets + self._free)
+
+    def _take_buffers(self, signature: tuple[Any, ...], nbytes: int) -> tuple[_Buffers, bool]:
+        """Return a buffer set for a state of ``signature``; wait for a write if need be.
+
+        Called with ``self._cv`` held. A free set of the same shapes is reused; a new set
+        is allocated while the budget allows (one set always is, or nothing could be
+        saved); otherwise the oldest held snapshot gives up its set; otherwise this waits
+        for the oldest write to finish.
+        """
+        while True:
+            self._raise_errors()
+            for i, b in enumerate(self._free):
+                if b.signature == signature:
+                    return self._free.pop(i), False
+            # Sets of other shapes are of no further use (the state's layout changed).
+            self._free.clear()
+            if self._allocated() + nbytes <= self.budget or self._allocated() == 0:
+                return self._allocate(signature, nbytes), True
+            # Give up the oldest held snapshot, but keep the newest verified one in RAM
+            # while a write is under way: it is the rollback target until that write ends.
+            busy = len(self._queue) + (self._writing is not None)
+            if self._held and (len(self._held) > 1 or not busy):
+                _, snap = self._held.popitem(last=False)
+                self._free.append(snap.buffers)
+                continue
+            if not busy:
+                return self._allocate(signature, nbytes), True
+            self._cv.wait()
+
+    def _allocate(self, signature: tuple[Any, ...], nbytes: int) -> _Buffers:
+        import torch
+
+        pin = torch.cuda.is_available()
+        tensors = [torch.empty(shape, dtype=dtype, pin_memory=pin) for shape, dtype in signature]
+        return _Buffers(signature, tensors, nbytes)
+
+    # -- saving -------------------------------------------------------------------------
+    def save(self, step: int, state: dict[str, Any]) -> SaveStats:
+        """Snapshot ``state`` for ``step`` and queue its write; return what it cost the loop.
+
+        Raises CheckpointError if an earlier background write failed (the message says
+        why; the checkpoints before it are intact).
+        """
+        import torch
+
+        t0 = time.perf_counter()
+        found: dict[tuple[Any, ...], Any] = {}
+        _tensors(state, found)
+        srcs = list(found.values())
+        signature = tuple((tuple(t.shape), t.dtype) for t in srcs)
+        nbytes = sum(t.numel() * t.element_size() for t in srcs)
+        with self._cv:
+            if self._closed:
+                raise CheckpointError("AsyncCheckpointer is closed")
+            bufs, allocated = self._take_buffers(signature, nbytes)
+        waited = time.perf_counter() - t0
+        event = None
+        on_gpu = [i for i, t in enumerate(srcs) if t.is_cuda]
+        if on_gpu:
+            if self._stream is None:
+                self._stream = torch.cuda.Stream()  # type: ignore[no-untyped-call]
+            # The copy must see everything the loop queued so far.
+            self._stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(self._stream):
+                for i in on_gpu:
+                    bufs.tensors[i].copy_(srcs[i], non_blocking=True)
+                    # A temporary the caller drops must not be reused by the allocator
+                    # before this stream has read it.
+                    srcs[i].record_stream(self._stream)
+                event = torch.cuda.Event()  # type: ignore[no-untyped-call]
+                event.record(self._stream)
+        for i, t in enumerate(srcs):
+            if not t.is_cuda:
+                bufs.tensors[i].copy_(t)
+        if event is not None:
+            if self.overlap:
+                self._fence_event = event
+            else:
+                event.synchronize()
+        tree = _rebuild(state, {_key(s): b for s, b in zip(srcs, bufs.tensors, strict=True)})
+        snap = _Snapshot(step, tree, bufs, event, taken=time.time())
+        with self._cv:
+            self._drop_step(step)
+            if self.store.writer:
+                self._queue.append(snap)
+            else:
+                self._hold(snap)
+            self._cv.notify_all()
+        self.last = SaveStats(step, time.perf_counter() - t0, waited, nbytes, allocated)
+        return self.last
+
+    def fence(self) -> None:
+        """Make the loop's CUDA stream wait for the last snapshot's copy (no host wait).
+
+        Call before the optimizer changes the weights when ``overlap=True``.
+        """
+        if self._fence_event is not None:
+            import torch
+
+            torch.cuda.current_stream().wait_event(self._fence_event)
+            self._fence_event = None
+
+    def _write_loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._queue and not self._closed:
+                    self._cv.wait()
+                if not self._queue:
+                    return
+                snap = self._writing = self._queue.popleft()
+            t0 = time.perf_counter()
+            info: CheckpointInfo | None = None
+            try:
+                if snap.event is not None:
+                    snap.event.synchronize()
+                if not snap.abort.is_set():
+                    info = self.store.save(snap.step, snap.tree, abort=snap.abort)
+            except SaveCancelled:
+                log.info("checkpoint step %d: background save cancelled", snap.step)
+            except CheckpointError as e:
+                log.error("background checkpoint save failed: %s", e)
+                with self._cv:
+                    self._errors.append(e)
+            except Exception as e:  # noqa: BLE001 - the loop must learn of any failure
+                log.exception("background checkpoint save of step %d failed", snap.step)
+                with self._cv:
+                    self._errors.append(CheckpointError(
+                        f"checkpoint step {snap.step}: background save failed "
+                        f"({type(e).__name__}: {e})"))
+            with self._cv:
+                self._writing = None
+                if info is not None and not snap.abort.is_set():
+                    snap.info = info
+                    self._hold(snap)
+                else:
+                    self._free.append(snap.buffers)
+                self._cv.notify_all()
+                if info is not None:
+                    self._done.append((info, time.perf_counter() - t0))
+
+    def _hold(self, snap: _Snapshot) -> None:
+        """Keep ``snap`` as a rollback target; called with ``self._cv`` held."""
+        self._drop_step(snap.step)
+        self._held[snap.step] = snap
+        # Beyond the budget the oldest go, but the newest always stays.
+        while len(self._held) > 1 and self._allocated() > self.budget:
+            _, old = self._held.popitem(last=False)
+            self._free.append(old.buffers)
+        if self._allocated() > self.budget:
+            self._free.clear()
+
+    def _drop_step(self, step: int) -> None:
+        old = self._held.pop(step, None)
+        if old is not None:
+            self._free.append(old.buffers)
+
+    def _raise_errors(self) -> None:
+        if self._errors:
+            errors, self._errors = self._errors, []
+            raise errors[0]
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Wait until every queued write is done; raise the first background error."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cv:
+            while self._queue or self._writing is not None:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise CheckpointError(f"checkpoint writes still running after {timeout} s")
+                self._cv.wait(left)
+            self._raise_errors()
+
+    def drain_saved(self) -> list[tuple[CheckpointInfo, float]]:
+        """Return (entry, seconds the background write took) of writes done since last asked."""
+        with self._cv:
+            done = list(self._done)
+            self._done.clear()
+        return done
+
+    def pending(self) -> list[int]:
+        """Return the steps queued or being written, oldest first."""
+        with self._cv:
+            steps = [self._writing.step] if self._writing is not None else []
+            return steps + [s.step for s in self._queue]
+
+    # -- rollback -----------------------------------------------------------------------
+    def held_steps(self) -> list[int]:
+        """Return the steps held in host RAM as rollback targets, oldest first."""
+        with self._cv:
+            return sorted(self._held)
+
+    def held_bytes(self) -> int:
+        """Return the host memory this checkpointer holds (buffers of every kind)."""
+        with self._cv:
+            return self._allocated()
+
+    def get(self, step: int, entry: CheckpointInfo | None, map_location: Any = "cpu"
+            ) -> dict[str, Any] | None:
+        """Return a fresh copy of the held state of ``step`` on ``map_location``, or None.
+
+        On the writing rank the snapshot must be the one the manifest records (same file
+        and sha256); a step saved again since, or never verified, gives None.
+        """
+        import torch
+
+        with self._cv:
+            snap = self._held.get(step)
+            if snap is None or entry is None or entry.abandoned is not None:
+                return None
+            if self.store.writer and (snap.info is None or snap.info.file != entry.file
+                                      or snap.info.sha256 != entry.sha256):
+                return None
+            if snap.event is not None:
+                snap.event.synchronize()  # a rank that does not write holds it at once
+            # Held while copying: a save in another thread cannot take this set meanwhile
+            # (saves happen on the loop's thread, which is here).
+            copies = {_key(t): t.to(map_location, copy=True, non_blocking=True)
+                      for t in snap.buffers.tensors}
+            tree = _rebuild(snap.tree, copies)
+        if any(t.is_cuda for t in copies.values()):
+            torch.cuda.synchronize()
+        return tree  # type: ignore[no-any-return]
+
+    def cancel_after(self, step: int) -> list[int]:
+        """Call off writes of steps after ``step`` and drop those held; return them.
+
+        Waits until a cancelled write has stopped, so none of them reaches the manifest
+        afterwards (a rollback abandons those steps next).
+        """
+        with self._cv:
+            gone = [s.step for s in self._queue if s.step > step]
+            for s in [s for s in self._queue if s.step > step]:
+                self._queue.remove(s)
+                self._free.append(s.buffers)
+            writing = self._writing
+            if writing is not None and writing.step > step:
+                writing.abort.set()
+                gone.append(writing.step)
+                while self._writing is writing:
+                    self._cv.wait()
+            for held in [k for k in self._held if k > step]:
+                self._drop_step(held)
+                gone.append(held)
+            self._cv.notify_all()
+        return sorted(set(gone))
+
+    def close(self, timeout: float | None = None) -> None:
+        """Finish the queued writes, stop the writer and release the buffers."""
+        try:
+            self.wait(timeout)
+        finally:
+            with self._cv:
+                self._closed = True
+                self._held.clear()
+                self._free.clear()
+                self._cv.notify_all()
+            if self._thread is not None:
+                self._thread.join(timeout)
