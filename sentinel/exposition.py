@@ -62,6 +62,10 @@ class MetricFamily:
         """Append one sample as is."""
         self.samples.append(Sample(name, labels, value))
 
+    def _labelled(self, values: Sequence[str]) -> dict[str, str]:
+        """Return the label set of these values (ValueError unless one per label name)."""
+        return dict(zip(self._labelnames, values, strict=True))
+
     def __repr__(self) -> str:
         return f"MetricFamily({self.name!r}, {self.type}, {len(self.samples)} samples)"
 
@@ -77,7 +81,7 @@ class GaugeMetricFamily(MetricFamily):
 
     def add_metric(self, labels: Sequence[str], value: float) -> None:
         """Add the series with these label values (in the family's label order)."""
-        self.samples.append(Sample(self.name, dict(zip(self._labelnames, labels)), value))
+        self.samples.append(Sample(self.name, self._labelled(labels), value))
 
 
 class CounterMetricFamily(MetricFamily):
@@ -93,7 +97,7 @@ class CounterMetricFamily(MetricFamily):
 
     def add_metric(self, labels: Sequence[str], value: float) -> None:
         """Add the series with these label values (in the family's label order)."""
-        self.samples.append(Sample(self.name, dict(zip(self._labelnames, labels)), value))
+        self.samples.append(Sample(self.name, self._labelled(labels), value))
 
 
 class HistogramMetricFamily(MetricFamily):
@@ -106,7 +110,7 @@ class HistogramMetricFamily(MetricFamily):
     def add_metric(self, labels: Sequence[str], buckets: Sequence[tuple[str, float]],
                    sum_value: float) -> None:
         """Add one series: its buckets (sorted, ending with ``+Inf``), count and sum."""
-        base = dict(zip(self._labelnames, labels))
+        base = self._labelled(labels)
         for le, count in buckets:
             self.samples.append(Sample(self.name + "_bucket", {**base, "le": le}, count))
         self.samples.append(Sample(self.name + "_count", base, buckets[-1][1]))
@@ -167,8 +171,10 @@ _PAIR_AT = re.compile(r'[ \t]*([a-zA-Z_][a-zA-Z0-9_]*)[ \t]*=[ \t]*"((?:[^"\\]|\
 _ESCAPE = re.compile(r"\\(.)")
 _LABEL_ESCAPES = {"\\": "\\", '"': '"', "n": "\n"}
 # Sample-name suffixes that belong to a family of another name, by that family's type.
+# (A counter's samples may carry _total under a TYPE line without it, as the
+# OpenMetrics-style files prometheus_client reads do.)
 _SUFFIXES = (("_bucket", ("histogram",)), ("_count", ("histogram", "summary")),
-             ("_sum", ("histogram", "summary")))
+             ("_sum", ("histogram", "summary")), ("_total", ("counter",)))
 
 
 def _unescape_label(raw: str, where: str) -> str:
@@ -307,6 +313,9 @@ class _Parser:
                 total = f.name + "_total"
                 if total in self.families:
                     raise ExpositionError(f"counter {f.name} and a family {total} both")
+                if {s.name for s in f.samples} == {f.name, total}:
+                    raise ExpositionError(f"counter {f.name} has samples named both {f.name} "
+                                          f"and {total}")
                 f.name = total
                 f.samples = [Sample(total, s.labels, s.value) for s in f.samples]
             out.append(f)

@@ -15,31 +15,19 @@ import threading
 import time
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-
 from sentinel import __version__
 from sentinel.agent.collectors import COLLECTORS, Collector
 from sentinel.agent.collectors.base import Context
 from sentinel.agent.collectors.training import TrainingCollector
+from sentinel.exposition import CounterMetricFamily, GaugeMetricFamily, MetricFamily, render
 
 log = logging.getLogger(__name__)
 
 # Families the agent itself adds to every scrape; a collector may not export these.
 AGENT_FAMILIES = ("sentinel_agent_info", "sentinel_collector_success",
-                  "sentinel_collector_duration_seconds", "sentinel_collector_timeouts")
+                  "sentinel_collector_duration_seconds", "sentinel_collector_timeouts_total")
 # How long close() waits for an idle worker thread to exit.
 WORKER_JOIN_S = 1.0
-
-
-class _Adapter:
-    """Let prometheus_client's registry pull families from the agent."""
-
-    def __init__(self, agent: Agent) -> None:
-        self.agent = agent
-
-    def collect(self) -> Iterator[Metric]:
-        yield from self.agent.collect_families()
 
 
 class _Scrape:
@@ -80,7 +68,7 @@ class _Collect:
 
     def __init__(self, scrape: _Scrape) -> None:
         self.scrape = scrape
-        self.families: list[Metric] = []
+        self.families: list[MetricFamily] = []
         self.ok = False
         self.seconds = 0.0
         self.done = False
@@ -169,8 +157,6 @@ class Agent:
         self.collectors = collectors
         self.workers = [CollectorWorker(c) for c in collectors]
         self.timeouts = dict.fromkeys((c.name for c in collectors), 0)
-        self._registry = CollectorRegistry(auto_describe=False)
-        self._registry.register(_Adapter(self))
         # One scrape at a time: a second one would find every collector busy with the
         # first's collect. Each waits for the other at most one collector timeout.
         self._scrape_lock = threading.Lock()
@@ -205,7 +191,7 @@ class Agent:
             except Exception:  # noqa: BLE001 - shutting down must finish
                 log.exception("closing collector %s", w.name)
 
-    def collect_families(self) -> list[Metric]:
+    def collect_families(self) -> list[MetricFamily]:
         """Run every collector once, concurrently, each within the collector timeout.
 
         A collector that fails, or has not returned in time, is reported with
@@ -236,7 +222,7 @@ class Agent:
             "sentinel_agent_info", "The agent build.", labels=["version", "hostname"]
         )
         info.add_metric([__version__, self.ctx.hostname], 1.0)
-        out: list[Metric] = [info, success, duration, timeouts]
+        out: list[MetricFamily] = [info, success, duration, timeouts]
         seen: set[str] = set(AGENT_FAMILIES)
         for w, job in started:
             if job is not None and job.done:
@@ -266,7 +252,7 @@ class Agent:
         w.late = True
 
     @staticmethod
-    def _unique(name: str, families: list[Metric], seen: set[str]) -> Iterator[Metric]:
+    def _unique(name: str, families: list[MetricFamily], seen: set[str]) -> Iterator[MetricFamily]:
         """Yield the families whose names no collector has used yet in this scrape."""
         for f in families:
             if f.name in seen:
@@ -278,8 +264,7 @@ class Agent:
     def render(self) -> bytes:
         """Collect everything and return the text exposition (one scrape at a time)."""
         with self._scrape_lock:
-            body: bytes = generate_latest(self._registry)
-            return body
+            return render(self.collect_families())
 
     def health(self) -> tuple[bool, str]:
         """Return (healthy, why): readers alive and no collect stuck too long."""

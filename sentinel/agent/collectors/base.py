@@ -9,10 +9,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
-    from prometheus_client.core import Metric
-
     # Only for annotations: the config finds the collectors through this package.
     from sentinel.agent.config import AgentConfig
+    from sentinel.exposition import MetricFamily
 
 
 @dataclass
@@ -52,7 +51,7 @@ class Collector:
     def start(self) -> None:
         """Start background work (threads, sockets); called once before serving."""
 
-    def collect(self) -> list[Metric]:
+    def collect(self) -> list[MetricFamily]:
         """Return this collector's metric families for one scrape."""
         raise NotImplementedError
 

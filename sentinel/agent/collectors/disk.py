@@ -6,9 +6,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-
 from sentinel.agent.collectors.base import Collector, Context
+from sentinel.exposition import CounterMetricFamily, GaugeMetricFamily, MetricFamily
 
 # /proc/diskstats always counts 512-byte sectors, whatever the device's block size
 # (Documentation/admin-guide/iostats.rst); node_exporter multiplies by the same.
@@ -65,7 +64,7 @@ class DiskCollector(Collector):
         self.exclude = re.compile(ctx.config.disk_exclude)
         self._prev: dict[str, DiskStats] = {}
 
-    def collect(self) -> list[Metric]:
+    def collect(self) -> list[MetricFamily]:
         """Read diskstats once and build the disk families."""
         stats = parse_diskstats(self.path.read_text(), self.exclude)
         labels = ["device"]

@@ -6,9 +6,8 @@ import logging
 import threading
 from collections.abc import Callable
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-
 from sentinel.agent.collectors.base import Collector, Context
+from sentinel.exposition import CounterMetricFamily, GaugeMetricFamily, MetricFamily
 from sentinel.gpu.nvml import (
     DeviceInfo,
     GpuSample,
@@ -104,7 +103,7 @@ class GpuCollector(Collector):
     def _labels(self, d: DeviceInfo) -> list[str]:
         return [str(d.index), d.uuid, d.name, d.pci_bus_id, self.ctx.hostname]
 
-    def collect(self) -> list[Metric]:
+    def collect(self) -> list[MetricFamily]:
         """Sample every GPU and build the GPU families."""
         self._try_init()
         avail = GaugeMetricFamily(
@@ -225,7 +224,7 @@ class _Families:
         if s.remap_failure is not None:
             self.failure.add_metric(lab, float(s.remap_failure))
 
-    def metrics(self) -> list[Metric]:
+    def metrics(self) -> list[MetricFamily]:
         """Return the families in exposition order."""
         return [self.up, *self.gauges.values(), self.energy, self.reasons, self.violation,
                 self.ecc, self.remapped, self.pending, self.failure, self.replay, self.xid]

@@ -6,9 +6,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from prometheus_client.core import GaugeMetricFamily, Metric
-
 from sentinel.agent.collectors.base import Collector, Context
+from sentinel.exposition import GaugeMetricFamily, MetricFamily
 
 
 class HostCollector(Collector):
@@ -40,7 +39,7 @@ class HostCollector(Collector):
         total -= getattr(t, "guest", 0.0) + getattr(t, "guest_nice", 0.0)
         return total - idle, total
 
-    def collect(self) -> list[Metric]:
+    def collect(self) -> list[MetricFamily]:
         """Read CPU, memory, load and filesystems."""
         busy, total = self._cpu_times()
         prev = self._prev_cpu or (0.0, 0.0)

@@ -8,11 +8,11 @@ from collections.abc import Iterator
 
 import pytest
 import requests
-from prometheus_client.core import GaugeMetricFamily, Metric
 
 from sentinel.agent.collectors import Collector
 from sentinel.agent.exporter import Agent
 from sentinel.agent.server import HttpServer
+from sentinel.exposition import GaugeMetricFamily, MetricFamily
 from tests.support.collectors import make_ctx
 from tests.support.metrics import value
 
@@ -30,7 +30,7 @@ class Blocking(Collector):
         self.calls = 0
         self.closed = False
 
-    def collect(self) -> list[Metric]:
+    def collect(self) -> list[MetricFamily]:
         self.calls += 1
         self.release.wait(30)
         g = GaugeMetricFamily("sentinel_stuck_value", "Arrives once released.")
@@ -49,7 +49,7 @@ class Quick(Collector):
         self.name = name  # type: ignore[misc] - instances named per test
         self.sleep = sleep
 
-    def collect(self) -> list[Metric]:
+    def collect(self) -> list[MetricFamily]:
         time.sleep(self.sleep)
         g = GaugeMetricFamily(f"sentinel_{self.name}_value", "A value.")
         g.add_metric([], 1.0)
