@@ -45,18 +45,13 @@ class MetricFamily:
 
     def __init__(self, name: str, documentation: str, typ: str,
                  labels: Sequence[str] | None = None) -> None:
-        if not METRIC_NAME.match(name):
-            raise ValueError(f"invalid metric name {name!r}")
-        if typ not in TYPES:
-            raise ValueError(f"invalid metric type {typ!r} (valid: {', '.join(TYPES)})")
         self.name = name
         self.documentation = documentation
         self.type = typ
         self.samples: list[Sample] = []
         self._labelnames = tuple(labels or ())
-        for ln in self._labelnames:
-            if not LABEL_NAME.match(ln):
-                raise ValueError(f"invalid label name {ln!r} in {name}")
+        if (name, typ, self._labelnames) not in _VALID:
+            _check(name, typ, self._labelnames)
 
     def add_sample(self, name: str, labels: dict[str, str], value: float) -> None:
         """Append one sample as is."""
@@ -70,6 +65,27 @@ class MetricFamily:
         return f"MetricFamily({self.name!r}, {self.type}, {len(self.samples)} samples)"
 
 
+# Names already checked: a collector builds the same families every scrape, and the
+# regular expressions cost more than the rest of building one. Bounded, since a textfile
+# may name anything.
+_VALID: set[tuple[str, str, tuple[str, ...]]] = set()
+_VALID_MAX = 4096
+
+
+def _check(name: str, typ: str, labelnames: tuple[str, ...]) -> None:
+    """Raise ValueError for a bad name, type or label name; remember a good family."""
+    if not METRIC_NAME.match(name):
+        raise ValueError(f"invalid metric name {name!r}")
+    if typ not in TYPES:
+        raise ValueError(f"invalid metric type {typ!r} (valid: {', '.join(TYPES)})")
+    for ln in labelnames:
+        if not LABEL_NAME.match(ln):
+            raise ValueError(f"invalid label name {ln!r} in {name}")
+    if len(_VALID) >= _VALID_MAX:
+        _VALID.clear()
+    _VALID.add((name, typ, labelnames))
+
+
 class GaugeMetricFamily(MetricFamily):
     """A gauge; ``add_metric(label_values, value)`` adds one series."""
 
@@ -81,7 +97,8 @@ class GaugeMetricFamily(MetricFamily):
 
     def add_metric(self, labels: Sequence[str], value: float) -> None:
         """Add the series with these label values (in the family's label order)."""
-        self.samples.append(Sample(self.name, self._labelled(labels), value))
+        self.samples.append(
+            Sample(self.name, dict(zip(self._labelnames, labels, strict=True)), value))
 
 
 class CounterMetricFamily(MetricFamily):
@@ -97,7 +114,8 @@ class CounterMetricFamily(MetricFamily):
 
     def add_metric(self, labels: Sequence[str], value: float) -> None:
         """Add the series with these label values (in the family's label order)."""
-        self.samples.append(Sample(self.name, self._labelled(labels), value))
+        self.samples.append(
+            Sample(self.name, dict(zip(self._labelnames, labels, strict=True)), value))
 
 
 class HistogramMetricFamily(MetricFamily):
@@ -147,22 +165,30 @@ def render(families: Iterable[MetricFamily]) -> bytes:
     """Return the text exposition of ``families``, in their order."""
     out: list[str] = []
     add = out.append
-    # A node's GPU labels recur in every GPU family: format each label set once.
-    labelstrs: dict[tuple[tuple[str, str], ...], str] = {}
+    labelstrs = _LABELSTRS
+    if len(labelstrs) > _LABELSTRS_MAX:
+        labelstrs.clear()
     for f in families:
         doc = f.documentation.replace("\\", r"\\").replace("\n", r"\n")
         add(f"# HELP {f.name} {doc}\n# TYPE {f.name} {f.type}\n")
         for name, labels, value in f.samples:
             if labels:
-                key = tuple(sorted(labels.items()))
+                key = tuple(labels.items())
                 ls = labelstrs.get(key)
                 if ls is None:
                     ls = labelstrs[key] = "{" + ",".join(
-                        f'{k}="{_escape_value(v)}"' for k, v in key) + "}"
+                        f'{k}="{_escape_value(v)}"' for k, v in sorted(key)) + "}"
                 add(f"{name}{ls} {format_value(value)}\n")
             else:
                 add(f"{name} {format_value(value)}\n")
     return "".join(out).encode()
+
+
+# Label sets as written, by their (name, value) pairs in the order the sample has them.
+# A node's series keep their labels from scrape to scrape (its GPU labels recur in every
+# GPU family), so each is formatted once; bounded, and emptied when full.
+_LABELSTRS: dict[tuple[tuple[str, str], ...], str] = {}
+_LABELSTRS_MAX = 4096
 
 
 # -- parsing --------------------------------------------------------------------------

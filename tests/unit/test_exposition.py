@@ -155,3 +155,25 @@ def test_parse_names_the_line_and_what_is_wrong(text, message):
     with pytest.raises(ex.ExpositionError, match=message):
         ex.parse(text)
 
+
+
+def test_the_label_cache_stays_bounded_and_right():
+    """Label sets are formatted once and kept across renders, up to a bound."""
+    def build(m, n, offset):
+        g = m.GaugeMetricFamily("sentinel_x", "X.", labels=["b", "a"])
+        for i in range(n):
+            g.add_metric([str(i + offset), "v"], float(i))
+        return [g]
+
+    for offset in (0, 3000, 6000):
+        ours = ex.render(build(ex, 3000, offset))
+        assert ours == _prom(build(pc, 3000, offset))
+        assert len(ex._LABELSTRS) <= ex._LABELSTRS_MAX + 3000
+
+
+def test_names_are_checked_every_time_not_just_the_first():
+    ex.GaugeMetricFamily("sentinel_ok", "X.", labels=["a"])
+    with pytest.raises(ValueError, match="invalid label name 'a b'"):
+        ex.GaugeMetricFamily("sentinel_ok", "X.", labels=["a b"])
+    with pytest.raises(ValueError, match="invalid metric type 'gague'"):
+        ex.MetricFamily("sentinel_ok", "X.", "gague", ["a"])
