@@ -9,6 +9,8 @@ import sys
 import pytest
 
 from sentinel.cli import COMMANDS, build_parser, command_in
+from sentinel.gpu.nvml_replay import H100_LOAD
+from tests.support.collectors import FIXTURES, PROC
 
 
 @pytest.mark.parametrize(("argv", "command"), [
@@ -39,19 +41,22 @@ def test_the_parser_for_one_command_is_that_of_the_full_parser():
         assert one[name].format_help() == full[name].format_help()
 
 
-def test_the_agent_process_loads_no_other_part_and_no_prometheus_client():
-    """What `sentinel agent` imports (its RSS): its own part and the shared modules."""
-    code = ("import sys\n"
-            "from sentinel.cli import build_parser, command_in\n"
-            "build_parser(command_in(['agent'])).parse_args(['agent'])\n"
-            "import sentinel.agent.exporter, sentinel.agent.server\n"
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('prometheus_client', "
-            "'wsgiref', 'email') or m == 'http.server' or m.split('.')[:2] in ("
-            "['sentinel', p] for p in ('controller', 'burnin', 'rules', 'notify', 'train', "
-            "'preflight', 'dashboards', 'demo', 'deploy'))))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=60, check=True)
-    assert out.stdout.strip() == "[]"
+def test_the_agent_process_loads_no_other_part_and_no_prometheus_client(tmp_path):
+    """What a scrape by `sentinel agent` imports (its RSS): its part and the shared modules."""
+    code = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('prometheus_client', 'psutil', 'wsgiref', 'email') or m == 'http.server' or "
+        "m.split('.')[:2] in (['sentinel', p] for p in ('controller', 'burnin', 'rules', "
+        "'notify', 'train', 'preflight', 'dashboards', 'demo', 'deploy'))), file=sys.stderr))\n"
+        "from sentinel.cli import main\n"
+        f"sys.exit(main(['agent', '--once', '--procfs={PROC}', '--socket={tmp_path}/s', "
+        f"'--textfile-dir={FIXTURES}/agent/textfile', '--gpu-replay={H100_LOAD}']))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=60, check=True)
+    assert "sentinel_host_memory_total_bytes" in r.stdout
+    assert "sentinel_gpu_up{" in r.stdout and "sentinel_burnin_tflops" in r.stdout
+    assert r.stderr.strip().splitlines()[-1] == "[]"
 
 
 def test_an_unknown_command_still_lists_every_command():
