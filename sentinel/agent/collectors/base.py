@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from collections.abc import Callable
@@ -57,3 +58,28 @@ class Collector:
 
     def close(self) -> None:
         """Stop background work and release resources."""
+
+
+# The largest procfs file a collector reads (/proc/stat of a 2048-CPU host is ~300 KB).
+MAX_PROC_FILE_BYTES = 4 << 20
+
+
+def read_file(path: str) -> bytes:
+    """Return the bytes of a /proc file, read with plain system calls.
+
+    Python's ``open()`` builds a buffered reader per call: 40-70 us a file on the 2-core
+    VM against 15 for ``os.open``/``os.read``/``os.close``, and a scrape reads four.
+    ValueError past :data:`MAX_PROC_FILE_BYTES`, OSError as ``open()`` raises it.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        size = 0
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > MAX_PROC_FILE_BYTES:
+                raise ValueError(f"{path}: larger than {MAX_PROC_FILE_BYTES} bytes")
+        return b"".join(chunks)
+    finally:
+        os.close(fd)

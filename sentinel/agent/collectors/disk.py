@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from sentinel.agent.collectors.base import Collector, Context
+from sentinel.agent.collectors.base import Collector, Context, read_file
 from sentinel.exposition import CounterMetricFamily, GaugeMetricFamily, MetricFamily
 
 # /proc/diskstats always counts 512-byte sectors, whatever the device's block size
@@ -66,7 +66,7 @@ class DiskCollector(Collector):
 
     def collect(self) -> list[MetricFamily]:
         """Read diskstats once and build the disk families."""
-        stats = parse_diskstats(self.path.read_text(), self.exclude)
+        stats = parse_diskstats(read_file(str(self.path)).decode(), self.exclude)
         labels = ["device"]
 
         def counter(name: str, help_: str) -> CounterMetricFamily:

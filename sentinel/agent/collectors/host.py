@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
-from sentinel.agent.collectors.base import Collector, Context
+from sentinel.agent.collectors.base import Collector, Context, read_file
 from sentinel.exposition import GaugeMetricFamily, MetricFamily
 
 # /proc/stat counts in USER_HZ.
@@ -20,8 +19,7 @@ def read_cpu_times(procfs: str) -> tuple[float, float]:
     short files (docs/DESIGN.md, Agent).
     """
     path = f"{procfs}/stat"
-    with open(path, "rb") as f:
-        fields = f.readline().split()
+    fields = read_file(path).split(b"\n", 1)[0].split()
     if len(fields) < 5 or fields[0] != b"cpu":
         raise ValueError(f"{path}: the first line is not 'cpu user nice system idle ...'")
     try:
@@ -45,11 +43,10 @@ def read_memory(procfs: str) -> tuple[float, float]:
     """
     path = f"{procfs}/meminfo"
     kb: dict[bytes, int] = {}
-    with open(path, "rb") as f:
-        for line in f:
-            key, _, rest = line.partition(b":")
-            if key in _MEMINFO_KEYS:
-                kb[key] = int(rest.split()[0])
+    for line in read_file(path).splitlines():
+        key, _, rest = line.partition(b":")
+        if key in _MEMINFO_KEYS:
+            kb[key] = int(rest.split()[0])
     if b"MemTotal" not in kb:
         raise ValueError(f"{path}: no MemTotal line")
     total = kb[b"MemTotal"] * 1024
@@ -97,7 +94,7 @@ class HostCollector(Collector):
         load = GaugeMetricFamily(
             "sentinel_host_load_average", "Load average.", labels=["period"]
         )
-        fields = (Path(self.procfs) / "loadavg").read_text().split()
+        fields = read_file(f"{self.procfs}/loadavg").split()
         for period, v in zip(("1m", "5m", "15m"), fields[:3], strict=True):
             load.add_metric([period], float(v))
 

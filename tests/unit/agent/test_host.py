@@ -61,3 +61,17 @@ def test_a_meminfo_without_memtotal_is_named(tmp_path):
     (tmp_path / "meminfo").write_text("MemFree: 1 kB\n")
     with pytest.raises(ValueError, match=f"{tmp_path}/meminfo: no MemTotal line"):
         read_memory(str(tmp_path))
+
+
+def test_read_file_reads_it_all_and_is_bounded(tmp_path, monkeypatch):
+    from sentinel.agent.collectors import base
+
+    data = bytes(range(256)) * 1000  # several os.read calls
+    (tmp_path / "f").write_bytes(data)
+    assert base.read_file(str(tmp_path / "f")) == data
+    assert base.read_file("/proc/loadavg").count(b" ") == 4
+    monkeypatch.setattr(base, "MAX_PROC_FILE_BYTES", 100_000)
+    with pytest.raises(ValueError, match=f"{tmp_path}/f: larger than 100000 bytes"):
+        base.read_file(str(tmp_path / "f"))
+    with pytest.raises(FileNotFoundError):
+        base.read_file(str(tmp_path / "missing"))
