@@ -57,3 +57,9 @@ def test_a_gap_in_the_series_is_not_a_drop():
     joined = before + [(62.0 + i, 400.0) for i in range(6)]
     (drop,) = td.detect(job(joined), params)
     assert drop.evidence["scope"] == "job" and drop.time_start == 60.0
+
+
+def test_a_drop_says_when_it_started_as_a_time_of_day_not_an_epoch():
+    from sentinel.rules.detectors.throughput_drop import _when
+    assert _when(1795970688.0) == "16:44:48 UTC"
+    assert _when(120.0) == "t=120"  # a trace on its own clock keeps its own numbers
