@@ -6,8 +6,9 @@ Each ``--tree`` is a checkout of sentinel (``git archive REF | tar -x -C DIR`` g
 one). Every measure runs in a fresh child process with ``PYTHONPATH`` set to that tree,
 the trees taking turns round by round (ABBA order), so load from other processes on
 the machine falls on both alike. Absolute times differ between machines; the ratios
-between trees measured in the same run are the result. Without a GPU, the collectors
-read the captured H100 dump (``--gpu-replay``, default tests/fixtures/h100/nvml_idle.json).
+between trees measured in the same run are the result. The collectors read the captured
+H100 dump (``--gpu-replay``, default tests/fixtures/h100/nvml_idle.json), or the GPUs
+through NVML with ``--real-nvml`` (``bench/agent_overhead.py --ab-base REF`` does that).
 
 Measures per tree: the median wall time and process CPU of one scrape (collect + render,
 all collectors; the gpu collector alone), and the RSS of a real ``sentinel agent``
@@ -45,7 +46,7 @@ def _child_scrape(n: int, replay: str) -> dict[str, float]:
 
     tmp = tempfile.mkdtemp()
     cfg = AgentConfig(socket=os.path.join(tmp, "a.sock"), collectors=COLLECTORS)
-    ctx = Context(config=cfg, nvml_backend=ReplayBackend.from_file(replay))
+    ctx = Context(config=cfg, nvml_backend=ReplayBackend.from_file(replay) if replay else None)
     res: dict[str, float] = {}
     agent = Agent(ctx)
     agent.start()
@@ -86,7 +87,7 @@ def _child_rss(replay: str) -> dict[str, float]:
         port = s.getsockname()[1]
     proc = subprocess.Popen(
         [sys.executable, "-m", "sentinel", "agent", f"--listen-address=127.0.0.1:{port}",
-         f"--socket={tmp}/a.sock", f"--gpu-replay={replay}"],
+         f"--socket={tmp}/a.sock", *([f"--gpu-replay={replay}"] if replay else [])],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         url = f"http://127.0.0.1:{port}/metrics"
@@ -120,7 +121,7 @@ def _run_child(tree: Path, what: str, args: argparse.Namespace) -> dict[str, flo
     env = dict(os.environ, PYTHONPATH=str(tree))
     out = subprocess.run(
         [sys.executable, str(Path(__file__).resolve()), "--child", what, "--n", str(args.n),
-         "--gpu-replay", str(args.gpu_replay)],
+         "--gpu-replay", "" if args.real_nvml else str(args.gpu_replay)],
         cwd=tree, env=env, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S, check=False)
     if out.returncode != 0:
         raise SystemExit(f"{what} in {tree} failed:\n{out.stderr[-3000:]}")
@@ -135,6 +136,7 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=5, help="rounds (each tree once per round)")
     p.add_argument("--n", type=int, default=300, help="scrapes per median")
     p.add_argument("--gpu-replay", default=str(DEFAULT_REPLAY), help="NVML dump to replay")
+    p.add_argument("--real-nvml", action="store_true", help="read the GPUs, not a replay")
     p.add_argument("--no-rss", action="store_true", help="skip the agent-process RSS")
     p.add_argument("--out", help="write the results as JSON here")
     p.add_argument("--child", choices=["scrape", "rss"], help=argparse.SUPPRESS)
