@@ -35,8 +35,8 @@ class Collector:
     otherwise) is whether it runs when the config does not list collectors, as
     node_exporter's ``registerCollector(name, default, ...)``.
 
-    ``collect`` runs in the collector's own worker thread and may raise or overrun
-    ``agent.collector_timeout_seconds``; the agent then reports
+    ``collect`` runs in a runner thread of the agent's (never two at once for one collector)
+    and may raise or overrun ``agent.collector_timeout_seconds``; the agent then reports
     ``sentinel_collector_success 0`` for this collector and drops its output for that
     scrape. A collector that works but is degraded (NVML absent, a bad textfile) sets
     ``self.success = False`` instead, keeping what it could export.
