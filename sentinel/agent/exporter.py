@@ -238,9 +238,10 @@ class Agent:
                     slot.since = start
                 jobs.append((slot, job))
             scrape = _Scrape([j for _, j in jobs if j is not None])
-            if scrape.queue:
+            if scrape.left:
                 pool.hand(scrape)
-        if scrape.queue:
+            started = scrape.left
+        if started:
             self._wait(scrape, start + timeout, min(INLINE_LIMIT_S, timeout / 4))
         with pool.mutex:
             for job in scrape.queue:  # never started: not running, just not in time
