@@ -170,16 +170,17 @@ def _report(trees: list[tuple[str, Path]], runs: dict[str, list[dict[str, float]
     base = trees[0][0]
     keys = list(runs[base][0])
     summary: dict[str, dict[str, float]] = {}
-    print(f"\n{'measure':14s}" + "".join(f"{n:>12s}" for n, _ in trees)
-          + "".join(f"{n + '/' + base:>18s}" for n, _ in trees[1:]))
+    width = max(18, *(len(n) + len(base) + 3 for n, _ in trees))
+    print(f"\n{'measure':14s}" + "".join(f"{n:>{width}s}" for n, _ in trees)
+          + "".join(f"{n + '/' + base:>{width}s}" for n, _ in trees[1:]))
     for k in keys:
         meds = {n: statistics.median(r[k] for r in runs[n]) for n, _ in trees}
         ratios = {n: statistics.median(a[k] / b[k] for a, b in zip(runs[n], runs[base],
                                                                      strict=True))
                   for n, _ in trees[1:]}
         summary[k] = {**meds, **{f"{n}/{base}": v for n, v in ratios.items()}}
-        print(f"{k:14s}" + "".join(f"{meds[n]:12.1f}" for n, _ in trees)
-              + "".join(f"{ratios[n]:18.3f}" for n, _ in trees[1:]))
+        print(f"{k:14s}" + "".join(f"{meds[n]:{width}.1f}" for n, _ in trees)
+              + "".join(f"{ratios[n]:{width}.3f}" for n, _ in trees[1:]))
     return summary
 
 
