@@ -3,7 +3,9 @@
 Run on the GPU machine:  python bench/agent_overhead.py --out out
 Parts that need a GPU (nvidia-smi comparison, training throughput) are skipped with a
 note when none is present; Reporter.step runs anywhere. Prints a table and writes
-out/agent_overhead.json.
+out/agent_overhead.json. ``--ab-base REF`` also compares this checkout's scrape cost and
+agent RSS with git revision REF's, in the same run (bench/agent_ab.py; real NVML when
+a GPU is there, the H100 replay otherwise).
 """
 
 from __future__ import annotations
@@ -137,6 +139,29 @@ def bench_rss(res: dict) -> None:
         proc.wait(10)
 
 
+def bench_ab(args, res: dict) -> None:
+    """Run bench/agent_ab.py: REF (exported with git archive) against this checkout."""
+    base = Path(tempfile.mkdtemp()) / "base"
+    base.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.ab_base],
+                             capture_output=True, timeout=120, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(base)], input=archive, timeout=120, check=True)
+    out = base.parent / "ab.json"
+    real = not args.gpu_replay and shutil.which("nvidia-smi") is not None
+    argv = [sys.executable, str(ROOT / "bench" / "agent_ab.py"), "--tree", f"base={base}",
+            "--tree", f"head={ROOT}", "--rounds", str(args.ab_rounds), "--out", str(out),
+            *(["--real-nvml"] if real else []),
+            *(["--gpu-replay", args.gpu_replay] if args.gpu_replay else [])]
+    subprocess.run(argv, timeout=3600, check=True)
+    summary = json.loads(out.read_text())["summary"]
+    res["ab_base"] = args.ab_base
+    res["ab_nvml"] = "real" if real else "replay"
+    for k, v in summary.items():
+        res[f"ab_{k}_base"] = v["base"]
+        res[f"ab_{k}_head"] = v["head"]
+        res[f"ab_{k}_head_over_base"] = v["head/base"]
+
+
 def bench_reporter(args, res: dict) -> None:
     from sentinel.protocol import MAX_DATAGRAM_BYTES
     from sentinel.train.reporter import Reporter
@@ -264,6 +289,9 @@ def main() -> int:
     p.add_argument("--gpu-replay", help="use a captured NVML dump instead of the real GPU")
     p.add_argument("--skip-training", action="store_true")
     p.add_argument("--only-training", action="store_true")
+    p.add_argument("--ab-base", metavar="REF",
+                   help="also A/B scrape cost and RSS against git revision REF (e.g. main)")
+    p.add_argument("--ab-rounds", type=int, default=5, help="A/B rounds (ABBA order)")
     args = p.parse_args()
     res: dict = {"machine": platform.node(), "python": platform.python_version(),
                  "cpu": platform.processor() or platform.machine()}
@@ -271,6 +299,8 @@ def main() -> int:
         bench_reporter(args, res)
         bench_collect(args, res)
         bench_rss(res)
+        if args.ab_base:
+            bench_ab(args, res)
     if not args.skip_training:
         bench_training(args, res)
     out = Path(args.out)

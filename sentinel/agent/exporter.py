@@ -1,11 +1,14 @@
 """The agent: run the enabled collectors, render one exposition, report health.
 
-Every collector runs in a worker thread of its own, so a scrape runs them concurrently
-and waits for each at most ``agent.collector_timeout_seconds``. Python cannot kill a
-thread: a collect that hangs (a wedged NVML call, a ``statvfs`` on a dead NFS mount)
-keeps its worker busy, and until it returns the scrapes report that collector as
-failed without starting another collect of it. The agent never has more than one
-worker thread per collector, whatever its collectors do.
+A scrape hands all its collects to one runner thread, which runs them one after
+another, and waits for them at most ``agent.collector_timeout_seconds``. A collect that
+runs longer than :data:`INLINE_LIMIT_S` (healthy ones take milliseconds) leaves the
+collects queued behind it to another runner, so a slow or hung collector delays the
+others by that much at most and slow ones still run concurrently. Python cannot kill
+a thread: a collect that hangs (a wedged NVML call, a ``statvfs`` on a dead NFS mount)
+keeps its runner, and until it returns the scrapes report that collector as failed
+without starting another collect of it. So the agent has at most one thread per
+collector whose collect is running, plus :data:`IDLE_RUNNERS` idle ones.
 """
 
 from __future__ import annotations
@@ -13,153 +16,170 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
-
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from sentinel import __version__
 from sentinel.agent.collectors import COLLECTORS, Collector
 from sentinel.agent.collectors.base import Context
 from sentinel.agent.collectors.training import TrainingCollector
+from sentinel.exposition import CounterMetricFamily, GaugeMetricFamily, MetricFamily, render
 
 log = logging.getLogger(__name__)
 
 # Families the agent itself adds to every scrape; a collector may not export these.
 AGENT_FAMILIES = ("sentinel_agent_info", "sentinel_collector_success",
-                  "sentinel_collector_duration_seconds", "sentinel_collector_timeouts")
-# How long close() waits for an idle worker thread to exit.
+                  "sentinel_collector_duration_seconds", "sentinel_collector_timeouts_total")
+# How long close() waits for an idle runner thread to exit.
 WORKER_JOIN_S = 1.0
-
-
-class _Adapter:
-    """Let prometheus_client's registry pull families from the agent."""
-
-    def __init__(self, agent: Agent) -> None:
-        self.agent = agent
-
-    def collect(self) -> Iterator[Metric]:
-        yield from self.agent.collect_families()
-
-
-class _Scrape:
-    """The collects of one scrape; the scrape sleeps until all are done or time is up.
-
-    Handing work to threads is the whole cost this design adds to a scrape, so the
-    scrape wakes once, not once per collector, and the hand-offs use raw locks, the
-    cheapest wake-up CPython has (Event and Condition allocate a lock per wait).
-    """
-
-    def __init__(self) -> None:
-        self._mutex = threading.Lock()
-        self._left = 1  # the scrape's own share, given up by wait()
-        self._all_done = threading.Lock()
-        self._all_done.acquire()
-
-    def add(self) -> None:
-        """Count one more collect to wait for (before it is handed over)."""
-        with self._mutex:
-            self._left += 1
-
-    def done_one(self) -> None:
-        """Count one collect (or the scrape's own share) as done."""
-        with self._mutex:
-            self._left -= 1
-            last = self._left == 0
-        if last:
-            self._all_done.release()
-
-    def wait(self, timeout: float) -> bool:
-        """Give up the scrape's share and wait up to ``timeout`` s for every collect."""
-        self.done_one()
-        return self._all_done.acquire(timeout=max(0.0, timeout))
+# How long one collect may hold up those queued behind it on the scrape's runner before
+# another runner takes them (a quarter of the collector timeout when that is shorter).
+# A thread per collector cost ~70 us of CPU per collector per scrape on the 2-core VM
+# (waking threads that then pass the GIL back and forth at every read); healthy
+# collects take 0.05-2 ms, so one runner serves them all.
+INLINE_LIMIT_S = 0.1
+# Runner threads kept idle for the next scrape; more exit when their collect ends.
+IDLE_RUNNERS = 1
 
 
 class _Collect:
-    """One collect handed to a worker; the worker fills it in, then sets ``done``."""
+    """One collect of one collector for one scrape; its runner fills it in."""
 
-    def __init__(self, scrape: _Scrape) -> None:
-        self.scrape = scrape
-        self.families: list[Metric] = []
+    __slots__ = ("slot", "families", "ok", "seconds", "done")
+
+    def __init__(self, slot: _Slot) -> None:
+        self.slot = slot
+        self.families: list[MetricFamily] = []
         self.ok = False
         self.seconds = 0.0
         self.done = False
 
 
-class CollectorWorker:
-    """Run one collector's collects in a thread of its own, one at a time."""
+class _Slot:
+    """One collector and its collect in progress, if any (guarded by the pool's mutex)."""
 
     def __init__(self, collector: Collector) -> None:
         self.collector = collector
         self.name = collector.name
-        self._mutex = threading.Lock()
-        self._go = threading.Lock()  # held while idle; released to hand over a collect
-        self._go.acquire()
-        self._job: _Collect | None = None  # the collect requested or running, if any
-        self._since: float | None = None  # when that collect was requested (monotonic)
-        self._closed = False
-        self._thread: threading.Thread | None = None
+        self.job: _Collect | None = None  # requested or running
+        self.since: float | None = None  # when that collect was requested (monotonic)
         # True from a collect that missed its timeout until one returns in time.
         self.late = False
 
-    def submit(self, scrape: _Scrape) -> _Collect | None:
-        """Start a collect for ``scrape``; None while the previous one still runs (or closed)."""
-        with self._mutex:
-            if self._closed or self._job is not None:
-                return None
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, daemon=True,
-                                                name=f"sentinel-collect-{self.name}")
-                self._thread.start()
-            scrape.add()
-            job = self._job = _Collect(scrape)
-            self._since = time.monotonic()
-        self._go.release()
-        return job
-
     def running_for(self) -> float | None:
         """Return how long the current collect has been running, or None when idle."""
-        since = self._since
+        since = self.since
         return None if since is None else time.monotonic() - since
+
+
+class _Scrape:
+    """The collects of one scrape: a queue its runners take from, and one wake-up.
+
+    The scrape sleeps on a raw lock released when the last collect is done: the
+    cheapest wake-up CPython has (Event and Condition allocate a lock per wait).
+    """
+
+    def __init__(self, jobs: list[_Collect]) -> None:
+        self.queue = deque(jobs)  # not started yet
+        self.left = len(jobs)  # not done yet
+        self.runners: list[_Runner] = []
+        self.all_done = threading.Lock()
+        self.all_done.acquire()
+
+
+class _Runner:
+    """A thread that runs the queued collects of the scrape it is handed, in order."""
+
+    def __init__(self, pool: _Pool) -> None:
+        self.pool = pool
+        self.go = threading.Lock()  # held while idle; released to hand over a scrape
+        self.go.acquire()
+        self.scrape: _Scrape | None = None
+        self.current: _Collect | None = None
+        self.current_since = 0.0
+        # Named after the collector it runs (or ran last), so a hung one shows by name.
+        self.thread = threading.Thread(target=self._run, daemon=True, name="sentinel-collect")
 
     def _run(self) -> None:
         while True:
-            self._go.acquire()
-            with self._mutex:
-                job = self._job
-            if job is None:
+            self.go.acquire()
+            scrape = self.scrape
+            if scrape is None:
                 return  # closed while idle
-            t0 = time.perf_counter()
-            try:
-                job.families = list(self.collector.collect())
-                job.ok = self.collector.success
-            except Exception as e:  # noqa: BLE001 - a collector never breaks a scrape
-                log.warning("collector %s failed: %s: %s", self.name, type(e).__name__, e)
-                job.families, job.ok = [], False
-            job.seconds = time.perf_counter() - t0
-            job.done = True
-            with self._mutex:
-                self._job, self._since = None, None
-                closed = self._closed
-            job.scrape.done_one()
-            if closed:
+            while (job := self._next(scrape)) is not None:
+                self._collect(scrape, job)
+            if not self.pool.park(self):
                 return
 
-    def close(self) -> bool:
-        """Stop the thread once idle; return False if a collect is still running."""
-        with self._mutex:
-            was_closed, self._closed = self._closed, True
-            busy = self._job is not None
-            thread = self._thread
-            if thread is not None and not busy and not was_closed:
-                self._go.release()  # wakes the idle worker, which sees no job and exits
-        if thread is not None and not busy:
-            thread.join(WORKER_JOIN_S)
-        return not busy
+    def _next(self, scrape: _Scrape) -> _Collect | None:
+        with self.pool.mutex:
+            if not scrape.queue:
+                return None
+            job = self.current = scrape.queue.popleft()
+            self.current_since = time.monotonic()
+        return job
+
+    def _collect(self, scrape: _Scrape, job: _Collect) -> None:
+        slot = job.slot
+        self.thread.name = f"sentinel-collect-{slot.name}"
+        t0 = time.perf_counter()
+        try:
+            job.families = list(slot.collector.collect())
+            job.ok = slot.collector.success
+        except Exception as e:  # noqa: BLE001 - a collector never breaks a scrape
+            log.warning("collector %s failed: %s: %s", slot.name, type(e).__name__, e)
+            job.families, job.ok = [], False
+        job.seconds = time.perf_counter() - t0
+        with self.pool.mutex:
+            job.done = True
+            slot.job, slot.since = None, None
+            self.current = None
+            scrape.left -= 1
+            last = scrape.left == 0
+        if last:
+            scrape.all_done.release()
+
+
+class _Pool:
+    """The runner threads: at most one per running collect, plus IDLE_RUNNERS idle."""
+
+    def __init__(self) -> None:
+        self.mutex = threading.Lock()
+        self.idle: list[_Runner] = []
+        self.closed = False
+
+    def hand(self, scrape: _Scrape) -> None:
+        """Give ``scrape`` one more runner (call with the mutex held)."""
+        r = self.idle.pop() if self.idle else None
+        if r is None:
+            r = _Runner(self)
+            r.thread.start()
+        r.scrape = scrape
+        scrape.runners.append(r)
+        r.go.release()
+
+    def park(self, r: _Runner) -> bool:
+        """Keep ``r`` for the next scrape; False when it should exit instead."""
+        with self.mutex:
+            r.scrape = None
+            if self.closed or len(self.idle) >= IDLE_RUNNERS:
+                return False
+            self.idle.append(r)
+            return True
+
+    def close(self) -> None:
+        """Stop the idle runners; busy ones exit when their collect returns."""
+        with self.mutex:
+            self.closed = True
+            idle, self.idle = self.idle, []
+        for r in idle:
+            r.go.release()  # wakes it with no scrape: it exits
+        for r in idle:
+            r.thread.join(WORKER_JOIN_S)
 
 
 class Agent:
-    """The enabled collectors, their workers and bookkeeping (success, duration, timeouts)."""
+    """The enabled collectors, their runners and bookkeeping (success, duration, timeouts)."""
 
     def __init__(self, ctx: Context, collectors: list[Collector] | None = None) -> None:
         self.ctx = ctx
@@ -167,10 +187,9 @@ class Agent:
             enabled = set(ctx.config.collectors)
             collectors = [cls(ctx) for cls in COLLECTORS if cls.name in enabled]
         self.collectors = collectors
-        self.workers = [CollectorWorker(c) for c in collectors]
+        self.slots = [_Slot(c) for c in collectors]
+        self._pool = _Pool()
         self.timeouts = dict.fromkeys((c.name for c in collectors), 0)
-        self._registry = CollectorRegistry(auto_describe=False)
-        self._registry.register(_Adapter(self))
         # One scrape at a time: a second one would find every collector busy with the
         # first's collect. Each waits for the other at most one collector timeout.
         self._scrape_lock = threading.Lock()
@@ -194,27 +213,72 @@ class Agent:
             c.start()
 
     def close(self) -> None:
-        """Stop the workers and the collectors; errors are logged, never raised."""
-        for w in self.workers:
-            if not w.close():
+        """Stop the runners and the collectors; errors are logged, never raised."""
+        self._pool.close()
+        for slot in self.slots:
+            if slot.job is not None:
                 # Closing it under a hung collect could hang too (NVML); the process ends.
-                log.warning("collector %s is still collecting; not closing it", w.name)
+                log.warning("collector %s is still collecting; not closing it", slot.name)
                 continue
             try:
-                w.collector.close()
+                slot.collector.close()
             except Exception:  # noqa: BLE001 - shutting down must finish
-                log.exception("closing collector %s", w.name)
+                log.exception("closing collector %s", slot.name)
 
-    def collect_families(self) -> list[Metric]:
-        """Run every collector once, concurrently, each within the collector timeout.
+    def _run(self, timeout: float) -> list[tuple[_Slot, _Collect | None]]:
+        """Run a collect of every idle collector; return each slot's, done or not."""
+        start = time.monotonic()
+        pool = self._pool
+        with pool.mutex:
+            jobs: list[tuple[_Slot, _Collect | None]] = []
+            for slot in self.slots:
+                job = None
+                if slot.job is None and not pool.closed:
+                    job = slot.job = _Collect(slot)
+                    slot.since = start
+                jobs.append((slot, job))
+            scrape = _Scrape([j for _, j in jobs if j is not None])
+            if scrape.left:
+                pool.hand(scrape)
+            started = scrape.left
+        if started:
+            self._wait(scrape, start + timeout, min(INLINE_LIMIT_S, timeout / 4))
+        with pool.mutex:
+            for job in scrape.queue:  # never started: not running, just not in time
+                job.slot.job, job.slot.since = None, None
+            scrape.queue.clear()
+        return jobs
+
+    def _wait(self, scrape: _Scrape, deadline: float, limit: float) -> None:
+        """Wait for the scrape's collects until ``deadline``; add a runner when one is slow.
+
+        While collects are queued, a runner is added each time the newest collect
+        started has run ``limit`` seconds (the queue waits behind a slow one).
+        """
+        pool = self._pool
+        while True:
+            with pool.mutex:
+                newest = max((r.current_since for r in scrape.runners if r.current), default=None)
+                queued = bool(scrape.queue)
+                now = time.monotonic()
+                if queued and newest is not None and now - newest >= limit and all(
+                        r.current for r in scrape.runners):
+                    pool.hand(scrape)
+                    newest = now
+            if now >= deadline:
+                return
+            until = deadline if not queued else min(deadline, (newest or now) + limit)
+            if scrape.all_done.acquire(timeout=max(0.0, until - now)):
+                return
+
+    def collect_families(self) -> list[MetricFamily]:
+        """Run every collector once, within the collector timeout.
 
         A collector that fails, or has not returned in time, is reported with
         ``sentinel_collector_success`` 0 and none of its output for this scrape.
         """
         timeout = self.ctx.config.collector_timeout_seconds
-        scrape = _Scrape()
-        started = [(w, w.submit(scrape)) for w in self.workers]
-        scrape.wait(timeout)
+        started = self._run(timeout)
         success = GaugeMetricFamily(
             "sentinel_collector_success",
             "1 if the collector's last collect worked in time, 0 if it failed, timed out "
@@ -236,7 +300,7 @@ class Agent:
             "sentinel_agent_info", "The agent build.", labels=["version", "hostname"]
         )
         info.add_metric([__version__, self.ctx.hostname], 1.0)
-        out: list[Metric] = [info, success, duration, timeouts]
+        out: list[MetricFamily] = [info, success, duration, timeouts]
         seen: set[str] = set(AGENT_FAMILIES)
         for w, job in started:
             if job is not None and job.done:
@@ -252,12 +316,12 @@ class Agent:
             timeouts.add_metric([w.name], float(self.timeouts[w.name]))
         return out
 
-    def _on_time(self, w: CollectorWorker) -> None:
+    def _on_time(self, w: _Slot) -> None:
         if w.late:
             log.info("collector %s returns in time again", w.name)
             w.late = False
 
-    def _overdue(self, w: CollectorWorker, timeout: float, running: float | None) -> None:
+    def _overdue(self, w: _Slot, timeout: float, running: float | None) -> None:
         self.timeouts[w.name] += 1
         if not w.late:
             log.warning("collector %s has not returned within %.1fs (running for %.1fs): "
@@ -266,7 +330,7 @@ class Agent:
         w.late = True
 
     @staticmethod
-    def _unique(name: str, families: list[Metric], seen: set[str]) -> Iterator[Metric]:
+    def _unique(name: str, families: list[MetricFamily], seen: set[str]) -> Iterator[MetricFamily]:
         """Yield the families whose names no collector has used yet in this scrape."""
         for f in families:
             if f.name in seen:
@@ -278,13 +342,12 @@ class Agent:
     def render(self) -> bytes:
         """Collect everything and return the text exposition (one scrape at a time)."""
         with self._scrape_lock:
-            body: bytes = generate_latest(self._registry)
-            return body
+            return render(self.collect_families())
 
     def health(self) -> tuple[bool, str]:
         """Return (healthy, why): readers alive and no collect stuck too long."""
         stall = self.ctx.config.collect_stall_seconds
-        for w in self.workers:
+        for w in self.slots:
             running = w.running_for()
             if running is not None and running > stall:
                 return False, f"collector {w.name} has been collecting for {running:.0f}s"

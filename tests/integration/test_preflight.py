@@ -208,6 +208,8 @@ def test_prometheus_not_scraping_the_agents_is_a_problem(tmp_path):
         ]
         with run_prometheus(tmp_path / "prom", extra_config={"scrape_configs": scrape}) as prom:
             prom.wait_for('up{job="one-down",instance="127.0.0.1:9"} == 0')
+            # Both of that job's targets: Prometheus spreads first scrapes over the interval.
+            prom.wait_for(f'up{{job="one-down",instance="{agent.hostport}"}} == 1')
             prom.wait_for('sentinel_train_rank_info{job="no-honor",exported_job="train-x"}')
             prom.wait_for('up{job="sentinel-agent"} == 1')
 

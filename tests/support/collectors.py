@@ -6,10 +6,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, generate_latest
-
 from sentinel.agent.collectors.base import Context
 from sentinel.agent.config import AgentConfig
+from sentinel.exposition import render
 from sentinel.gpu.nvml_replay import H100_LOAD
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -32,14 +31,7 @@ def make_ctx(tmp_path: Path, **cfg: Any) -> Context:
 
 def render_collector(c: Any) -> str:
     """Return the exposition of one collect() of collector ``c``."""
-
-    class A:
-        def collect(self) -> Any:
-            return c.collect()
-
-    reg = CollectorRegistry(auto_describe=False)
-    reg.register(A())  # type: ignore[arg-type]
-    return generate_latest(reg).decode()
+    return render(c.collect()).decode()
 
 
 def proc_dir(tmp_path: Path, which: int) -> Path:

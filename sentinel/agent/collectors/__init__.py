@@ -4,7 +4,7 @@ Adding a collector means adding a file with a :class:`~.base.Collector` subclass
 declares its ``name`` and ``default_enabled``) and one line here; the config's
 ``agent.collectors`` names and default, and the ``--collector.NAME`` /
 ``--no-collector.NAME`` flags, follow from this list. ``sentinel --help`` imports it,
-so a collector module imports heavy libraries (psutil, NVML) inside its methods.
+so a collector module imports heavy libraries (NVML) inside its methods.
 """
 
 from __future__ import annotations

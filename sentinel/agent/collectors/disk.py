@@ -6,9 +6,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-
-from sentinel.agent.collectors.base import Collector, Context
+from sentinel.agent.collectors.base import Collector, Context, read_file
+from sentinel.exposition import CounterMetricFamily, GaugeMetricFamily, MetricFamily
 
 # /proc/diskstats always counts 512-byte sectors, whatever the device's block size
 # (Documentation/admin-guide/iostats.rst); node_exporter multiplies by the same.
@@ -65,9 +64,9 @@ class DiskCollector(Collector):
         self.exclude = re.compile(ctx.config.disk_exclude)
         self._prev: dict[str, DiskStats] = {}
 
-    def collect(self) -> list[Metric]:
+    def collect(self) -> list[MetricFamily]:
         """Read diskstats once and build the disk families."""
-        stats = parse_diskstats(self.path.read_text(), self.exclude)
+        stats = parse_diskstats(read_file(str(self.path)).decode(), self.exclude)
         labels = ["device"]
 
         def counter(name: str, help_: str) -> CounterMetricFamily:

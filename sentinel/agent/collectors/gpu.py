@@ -6,9 +6,8 @@ import logging
 import threading
 from collections.abc import Callable
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-
 from sentinel.agent.collectors.base import Collector, Context
+from sentinel.exposition import CounterMetricFamily, GaugeMetricFamily, MetricFamily
 from sentinel.gpu.nvml import (
     DeviceInfo,
     GpuSample,
@@ -104,7 +103,7 @@ class GpuCollector(Collector):
     def _labels(self, d: DeviceInfo) -> list[str]:
         return [str(d.index), d.uuid, d.name, d.pci_bus_id, self.ctx.hostname]
 
-    def collect(self) -> list[Metric]:
+    def collect(self) -> list[MetricFamily]:
         """Sample every GPU and build the GPU families."""
         self._try_init()
         avail = GaugeMetricFamily(
@@ -195,15 +194,21 @@ class _Families:
 
     def add_sample(self, lab: list[str], s: GpuSample) -> None:
         """Add one GPU's sample; a lost GPU keeps only sentinel_gpu_up 0."""
-        self.up.add_metric(lab, 0.0 if (s.errors or s.gpu_lost) else 1.0)
+        # The GPU's label set, built once and shared by its plain series (nothing
+        # changes a sample's labels once added).
+        base = dict(zip(LABELS, lab, strict=True))
+        self.up.add_sample(self.up.name, base, 0.0 if (s.errors or s.gpu_lost) else 1.0)
         if s.gpu_lost:
             return
         for name, _help, attr in _GAUGES:
             v = getattr(s, attr)
             if v is not None:
-                self.gauges[name].add_metric(lab, float(v))
-        if s.energy_j is not None:
-            self.energy.add_metric(lab, s.energy_j)
+                self.gauges[name].add_sample(name, base, float(v))
+        plain = ((self.energy, s.energy_j), (self.replay, s.pcie_replay),
+                 (self.pending, s.remap_pending), (self.failure, s.remap_failure))
+        for fam, value in plain:
+            if value is not None:
+                fam.add_sample(fam.name, base, float(value))
         if s.clock_event_reasons is not None:
             for rname, bit in CLOCK_EVENT_REASONS.items():
                 self.reasons.add_metric([*lab, rname], 1.0 if s.clock_event_reasons & bit else 0.0)
@@ -211,21 +216,12 @@ class _Families:
             self.violation.add_metric([*lab, vname], ns / 1e9)
         for (etype, counter), n in s.ecc_errors.items():
             self.ecc.add_metric([*lab, etype, counter], float(n))
-        self._add_remap(lab, s)
-        if s.pcie_replay is not None:
-            self.replay.add_metric(lab, float(s.pcie_replay))
-
-    def _add_remap(self, lab: list[str], s: GpuSample) -> None:
         if s.remapped_rows_correctable is not None:
             self.remapped.add_metric([*lab, "correctable"], float(s.remapped_rows_correctable))
         if s.remapped_rows_uncorrectable is not None:
             self.remapped.add_metric([*lab, "uncorrectable"], float(s.remapped_rows_uncorrectable))
-        if s.remap_pending is not None:
-            self.pending.add_metric(lab, float(s.remap_pending))
-        if s.remap_failure is not None:
-            self.failure.add_metric(lab, float(s.remap_failure))
 
-    def metrics(self) -> list[Metric]:
+    def metrics(self) -> list[MetricFamily]:
         """Return the families in exposition order."""
         return [self.up, *self.gauges.values(), self.energy, self.reasons, self.violation,
                 self.ecc, self.remapped, self.pending, self.failure, self.replay, self.xid]

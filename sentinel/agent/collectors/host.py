@@ -1,14 +1,62 @@
-"""Host CPU, memory, load and filesystem space (psutil, reading the configured procfs)."""
+"""Host CPU, memory, load and filesystem space, read from the configured procfs."""
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
-from typing import Any
 
-from prometheus_client.core import GaugeMetricFamily, Metric
+from sentinel.agent.collectors.base import Collector, Context, read_file
+from sentinel.exposition import GaugeMetricFamily, MetricFamily
 
-from sentinel.agent.collectors.base import Collector, Context
+# /proc/stat counts in USER_HZ.
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def read_cpu_times(procfs: str) -> tuple[float, float]:
+    """Return (busy, total) CPU seconds from the ``cpu`` line of <procfs>/stat.
+
+    Summed as psutil's ``cpu_times()`` sums them (each field in seconds, in the kernel's
+    order), which the agent used before: importing psutil cost 1.6 MB of RSS for two
+    short files (docs/DESIGN.md, Agent).
+    """
+    path = f"{procfs}/stat"
+    fields = read_file(path).split(b"\n", 1)[0].split()
+    if len(fields) < 5 or fields[0] != b"cpu":
+        raise ValueError(f"{path}: the first line is not 'cpu user nice system idle ...'")
+    try:
+        # user nice system idle iowait irq softirq steal guest guest_nice (kernel >= 2.6.33)
+        t = [float(x) / CLOCK_TICKS for x in fields[1:11]]
+    except ValueError:
+        raise ValueError(f"{path}: a non-numeric field in the cpu line") from None
+    t += [0.0] * (10 - len(t))
+    idle = t[3] + t[4]
+    total = sum(t)
+    # guest time is already inside user/nice on Linux; do not count it twice.
+    total -= t[8] + t[9]
+    return total - idle, total
+
+
+def read_memory(procfs: str) -> tuple[float, float]:
+    """Return (total, available) bytes of RAM from <procfs>/meminfo.
+
+    Available is the kernel's MemAvailable (Linux >= 3.14); before that, free plus
+    buffers and page cache. It is kept within 0..total.
+    """
+    path = f"{procfs}/meminfo"
+    kb: dict[bytes, int] = {}
+    for line in read_file(path).splitlines():
+        key, _, rest = line.partition(b":")
+        if key in _MEMINFO_KEYS:
+            kb[key] = int(rest.split()[0])
+    if b"MemTotal" not in kb:
+        raise ValueError(f"{path}: no MemTotal line")
+    total = kb[b"MemTotal"] * 1024
+    avail = kb.get(b"MemAvailable")
+    if avail is None:
+        avail = kb.get(b"MemFree", 0) + kb.get(b"Buffers", 0) + kb.get(b"Cached", 0)
+    return float(total), float(min(max(avail * 1024, 0), total))
+
+
+_MEMINFO_KEYS = frozenset((b"MemTotal", b"MemAvailable", b"MemFree", b"Buffers", b"Cached"))
 
 
 class HostCollector(Collector):
@@ -22,27 +70,9 @@ class HostCollector(Collector):
         self.paths = list(ctx.config.filesystem_paths)
         self._prev_cpu: tuple[float, float] | None = None
 
-    def _psutil(self) -> Any:
-        """Return psutil reading the configured procfs."""
-        # Imported here so that `sentinel --help`, which lists the collectors, skips it.
-        import psutil  # noqa: PLC0415
-
-        # psutil reads /proc through this module global; the agent is its only user.
-        psutil.PROCFS_PATH = self.procfs
-        return psutil
-
-    def _cpu_times(self) -> tuple[float, float]:
-        """Return (busy, total) CPU seconds from <procfs>/stat."""
-        t = self._psutil().cpu_times()
-        idle = t.idle + getattr(t, "iowait", 0.0)
-        total = sum(t)
-        # guest time is already inside user/nice on Linux; do not count it twice.
-        total -= getattr(t, "guest", 0.0) + getattr(t, "guest_nice", 0.0)
-        return total - idle, total
-
-    def collect(self) -> list[Metric]:
+    def collect(self) -> list[MetricFamily]:
         """Read CPU, memory, load and filesystems."""
-        busy, total = self._cpu_times()
+        busy, total = read_cpu_times(self.procfs)
         prev = self._prev_cpu or (0.0, 0.0)
         self._prev_cpu = (busy, total)
         d_total = total - prev[1]
@@ -51,20 +81,20 @@ class HostCollector(Collector):
         )
         cpu.add_metric([], max(0.0, min(1.0, (busy - prev[0]) / d_total)) if d_total > 0 else 0.0)
 
-        vm = self._psutil().virtual_memory()
+        ram, available = read_memory(self.procfs)
         mem_total = GaugeMetricFamily("sentinel_host_memory_total_bytes", "Total RAM.")
-        mem_total.add_metric([], float(vm.total))
+        mem_total.add_metric([], ram)
         mem_avail = GaugeMetricFamily(
             "sentinel_host_memory_available_bytes", "RAM available without swapping."
         )
-        mem_avail.add_metric([], float(vm.available))
+        mem_avail.add_metric([], available)
         mem_used = GaugeMetricFamily("sentinel_host_memory_used_bytes", "RAM in use.")
-        mem_used.add_metric([], float(vm.total - vm.available))
+        mem_used.add_metric([], ram - available)
 
         load = GaugeMetricFamily(
             "sentinel_host_load_average", "Load average.", labels=["period"]
         )
-        fields = (Path(self.procfs) / "loadavg").read_text().split()
+        fields = read_file(f"{self.procfs}/loadavg").split()
         for period, v in zip(("1m", "5m", "15m"), fields[:3], strict=True):
             load.add_metric([period], float(v))
 

@@ -5,10 +5,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.parser import text_string_to_metric_families
-
 from sentinel.agent.collectors.base import Collector, Context
+from sentinel.exposition import GaugeMetricFamily, MetricFamily, parse
 
 log = logging.getLogger(__name__)
 
@@ -28,28 +26,23 @@ class TextfileCollector(Collector):
         self.dir = Path(ctx.config.textfile_dir) if ctx.config.textfile_dir else None
         self.errors: dict[str, str] = {}
 
-    def _parse(self, path: Path) -> list[Metric]:
+    def _parse(self, path: Path) -> list[MetricFamily]:
         size = path.stat().st_size
         if size > MAX_FILE_BYTES:
             raise ValueError(f"{size} bytes is larger than the {MAX_FILE_BYTES} allowed")
         text = path.read_text(encoding="utf-8")
-        fams = list(text_string_to_metric_families(text))
+        fams = parse(text)
         for f in fams:
             if f.name.startswith(RESERVED_PREFIXES):
                 raise ValueError(f"metric {f.name} is reserved for the agent itself")
-            if not f.samples:
-                continue
-            # The parser accepts values like 'abc' lazily; force every sample through float.
-            for s in f.samples:
-                float(s.value)
         return fams
 
-    def collect(self) -> list[Metric]:
+    def collect(self) -> list[MetricFamily]:
         """Read the directory and return the merged families plus per-file mtimes."""
         if self.dir is None:
             self.success = True
             return []
-        merged: dict[str, Metric] = {}
+        merged: dict[str, MetricFamily] = {}
         mtime = GaugeMetricFamily(
             "sentinel_textfile_mtime_seconds",
             "Modification time of each textfile that was read successfully.",

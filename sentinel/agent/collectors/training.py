@@ -27,18 +27,17 @@ import struct
 import threading
 from pathlib import Path
 
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
-
 from sentinel import protocol
 from sentinel.agent.collectors.base import Collector, Context
 from sentinel.agent.config import DEFAULT_SOCKET_GROUP, parse_mode
 from sentinel.agent.senders import CRED_SPACE, SenderPolicy, credentials, resolve_group
 from sentinel.agent.steps import STEP_DURATION_BUCKETS, UDP, RankState, StepStore
+from sentinel.exposition import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    MetricFamily,
+)
 from sentinel.ratelog import LogLimiter
 
 log = logging.getLogger(__name__)
@@ -267,7 +266,7 @@ class _Families:
             labels=lab,
         )
 
-    def all(self) -> list[Metric]:
+    def all(self) -> list[MetricFamily]:
         """Return the families in exposition order."""
         return [self.job_info, self.rank_info, self.step, self.loss, self.loss_finite,
                 self.gnorm, self.tokens,
@@ -343,7 +342,7 @@ class TrainingCollector(Collector):
         """Return True while every reader thread runs."""
         return all(r.thread.is_alive() for r in self.readers)
 
-    def collect(self) -> list[Metric]:
+    def collect(self) -> list[MetricFamily]:
         """Build the training families from the store."""
         host = self.ctx.hostname
         now = self.ctx.monotonic()

@@ -8,11 +8,11 @@ from collections.abc import Iterator
 
 import pytest
 import requests
-from prometheus_client.core import GaugeMetricFamily, Metric
 
 from sentinel.agent.collectors import Collector
 from sentinel.agent.exporter import Agent
 from sentinel.agent.server import HttpServer
+from sentinel.exposition import GaugeMetricFamily, MetricFamily
 from tests.support.collectors import make_ctx
 from tests.support.metrics import value
 
@@ -30,7 +30,7 @@ class Blocking(Collector):
         self.calls = 0
         self.closed = False
 
-    def collect(self) -> list[Metric]:
+    def collect(self) -> list[MetricFamily]:
         self.calls += 1
         self.release.wait(30)
         g = GaugeMetricFamily("sentinel_stuck_value", "Arrives once released.")
@@ -48,8 +48,10 @@ class Quick(Collector):
         super().__init__(ctx)
         self.name = name  # type: ignore[misc] - instances named per test
         self.sleep = sleep
+        self.ran: list[tuple[int, float]] = []  # (thread, monotonic start) of each collect
 
-    def collect(self) -> list[Metric]:
+    def collect(self) -> list[MetricFamily]:
+        self.ran.append((threading.get_ident(), time.monotonic()))
         time.sleep(self.sleep)
         g = GaugeMetricFamily(f"sentinel_{self.name}_value", "A value.")
         g.add_metric([], 1.0)
@@ -185,3 +187,70 @@ def test_close_does_not_wait_for_or_close_a_hung_collector(tmp_path):
     while collect_threads() and time.monotonic() < deadline:
         time.sleep(0.01)
     assert collect_threads() == []  # it exits once its collect returns
+
+
+def test_fast_collectors_share_one_runner_thread(tmp_path):
+    """The cost this saves: one thread hand-off per scrape, not one per collector."""
+    ctx = make_ctx(tmp_path, collector_timeout_seconds=5.0)
+    quick = [Quick(ctx, f"q{i}") for i in range(5)]
+    agent = Agent(ctx, collectors=quick)
+    try:
+        for _ in range(20):
+            text = agent.render().decode()
+        assert all(value(text, "sentinel_collector_success", collector=f"q{i}") == 1
+                   for i in range(5))
+        assert len(collect_threads()) == 1
+        assert len({ident for q in quick for ident, _ in q.ran}) == 1
+    finally:
+        agent.close()
+    assert collect_threads() == []
+
+
+def test_a_hung_collector_first_in_line_does_not_hold_up_the_others(tmp_path):
+    ctx = make_ctx(tmp_path, collector_timeout_seconds=TIMEOUT_S)
+    stuck = Blocking(ctx)
+    quick = [Quick(ctx, "qa"), Quick(ctx, "qb")]
+    agent = Agent(ctx, collectors=[stuck, *quick])
+    try:
+        t0 = time.monotonic()
+        text = agent.render().decode()
+        took = time.monotonic() - t0
+        assert TIMEOUT_S <= took < TIMEOUT_S + 0.5
+        assert value(text, "sentinel_collector_success", collector="stuck") == 0
+        for q in quick:
+            assert value(text, "sentinel_collector_success", collector=q.name) == 1
+            # Handed to another runner once the hung one had run a quarter of the timeout.
+            assert q.ran[0][1] - t0 < TIMEOUT_S / 4 + 0.2
+        for _ in range(5):
+            text = agent.render().decode()
+            assert value(text, "sentinel_qb_value") == 1
+        # The hung collect keeps its thread; the others share one more.
+        assert sorted(t.name for t in collect_threads()) == ["sentinel-collect-qb",
+                                                             "sentinel-collect-stuck"]
+    finally:
+        stuck.release.set()
+        agent.close()
+
+
+def test_threads_stay_bounded_by_the_collects_running(tmp_path):
+    """Two hung collectors and a slow one, scraped again and again: no thread growth."""
+    ctx = make_ctx(tmp_path, collector_timeout_seconds=0.2)
+    hung = [Blocking(ctx), Blocking(ctx)]
+    hung[1].name = "stuck2"  # type: ignore[misc]
+    agent = Agent(ctx, collectors=[hung[0], Quick(ctx, "slow", sleep=0.1), hung[1], Quick(ctx)])
+    try:
+        for _ in range(15):
+            text = agent.render().decode()
+            assert len(collect_threads()) <= 4  # 2 hung + 1 slow + 1 idle at most
+        assert value(text, "sentinel_collector_success", collector="quick") == 1
+        assert value(text, "sentinel_collector_success", collector="slow") == 1
+        assert [h.calls for h in hung] == [1, 1]
+        assert value(text, "sentinel_collector_timeouts_total", collector="stuck2") == 15
+    finally:
+        for h in hung:
+            h.release.set()
+        agent.close()
+    deadline = time.monotonic() + 5
+    while collect_threads() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert collect_threads() == []

@@ -7,7 +7,6 @@ import sys
 from collections.abc import Iterator
 
 import pytest
-from prometheus_client.core import GaugeMetricFamily, Metric
 
 from sentinel.agent.cli import _context, load_config
 from sentinel.agent.collectors import COLLECTORS, Collector
@@ -15,6 +14,7 @@ from sentinel.agent.config import AgentConfig, default_collectors
 from sentinel.agent.exporter import Agent
 from sentinel.cli import build_parser
 from sentinel.config import ConfigError, load_section
+from sentinel.exposition import GaugeMetricFamily, MetricFamily
 from tests.support.collectors import PROC
 from tests.support.metrics import samples, value
 
@@ -26,7 +26,7 @@ class FanCollector(Collector):
 
     name = "fan"
 
-    def collect(self) -> list[Metric]:
+    def collect(self) -> list[MetricFamily]:
         g = GaugeMetricFamily("sentinel_fan_speed_ratio", "Fan speed (0..1).")
         g.add_metric([], 0.5)
         return [g]
@@ -38,7 +38,7 @@ class QuietCollector(Collector):
     name = "quiet"
     default_enabled = False
 
-    def collect(self) -> list[Metric]:
+    def collect(self) -> list[MetricFamily]:
         g = GaugeMetricFamily("sentinel_quiet_up", "Quiet.")
         g.add_metric([], 1.0)
         return [g]
