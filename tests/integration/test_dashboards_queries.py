@@ -39,6 +39,7 @@ from sentinel.rules.finding import Finding
 from sentinel.rules.sources import StepStream
 from tests.support.agent import run_agent
 from tests.support.controller import ToyAction, live_controller
+from tests.support.diskload import disk_reads
 from tests.support.services import Prometheus, free_port, run_alertmanager, run_prometheus, stop
 from tests.support.victoria import run_victoria_metrics, run_vmagent, run_vmalert
 
@@ -242,7 +243,8 @@ def test_every_dashboard_query_returns_data(tmp_path: Path, backend: str, monkey
         "    labels: {severity: info}\n"
     )
 
-    with run_agent(
+    # The disk panels divide by the rate of reads: the disk must serve some meanwhile.
+    with disk_reads(tmp_path), run_agent(
         tmp_path / "agent",
         ["--gpu-replay", str(replay), "--textfile-dir", str(textfiles)],
         env={"SENTINEL_AGENT_HOSTNAME": HOST},
