@@ -55,6 +55,7 @@ class EpisodeFinder:
         fixed_baseline: float | None = None,
         min_baseline_samples: int = 4,
         worse: Callable[[float, float], bool] = lambda a, b: a < b,
+        close_fraction: float | None = None,
     ) -> None:
         self.is_bad, self.worse = is_bad, worse
         self.baseline_s, self.sustain_s = baseline_s, sustain_s
@@ -65,6 +66,11 @@ class EpisodeFinder:
         # A dip is over after this many good samples in a row: one jittery sample above the
         # threshold in the middle of a real drop must not restart it.
         self.dip_close = max(1, self.k - self.need + 1)
+        # Good samples among the last k that end a sustained episode: as many as made it
+        # sustained (``fraction``), unless ``close_fraction`` says fewer (a majority, so
+        # jitter around the line cannot hold an episode open for ever).
+        self.close_need = (self.need if close_fraction is None
+                           else max(1, math.ceil(close_fraction * self.k)))
         self.recent: deque[bool] = deque(maxlen=self.k)
         self.cur: Episode | None = None  # the open run of bad samples (dip or episode)
         self.good_run = 0
@@ -140,7 +146,7 @@ class EpisodeFinder:
             if self.good_run >= self.dip_close:
                 cur.end = self.first_good
                 self._close()
-        elif len(self.recent) == self.k and self.k - sum(self.recent) >= self.need:
+        elif len(self.recent) == self.k and self.k - sum(self.recent) >= self.close_need:
             cur.end = t
             self._close()
 
@@ -148,6 +154,14 @@ class EpisodeFinder:
         assert self.cur is not None
         ep, self.cur = self.cur, None
         self.on_episode(ep)
+
+    def resume(self, ep: Episode) -> None:
+        """Continue ``ep``, an episode found earlier, with the samples fed from now on.
+
+        Its baseline (``fixed_baseline`` aside) stays the one it was found against, so an
+        episode longer than the window that re-finds it keeps its start and its level.
+        """
+        self.cur = ep
 
     def finish(self) -> None:
         """Hand over the episode still open, if any."""
@@ -166,12 +180,14 @@ def find_episodes(
     fixed_baseline: float | None = None,
     min_baseline_samples: int = 4,
     worse: Callable[[float, float], bool] = lambda a, b: a < b,
+    close_fraction: float | None = None,
 ) -> list[Episode]:
     """Return sustained episodes and short dips, oldest first.
 
     A sample is bad when ``is_bad(value, baseline)``. An episode becomes sustained
     when at least ``fraction`` of the last ``sustain_s`` worth of samples are bad, and
-    ends when that fraction of the recent samples are good again. The baseline is the
+    ends when that fraction (``close_fraction``, if given) of the recent samples are good
+    again. The baseline is the
     median of good samples in the ``baseline_s`` before the recent window (or
     ``fixed_baseline``), frozen while an episode is open.
     """
@@ -182,7 +198,7 @@ def find_episodes(
     finder = EpisodeFinder(
         is_bad=is_bad, baseline_s=baseline_s, sustain_s=sustain_s, fraction=fraction,
         res=resolution(pts, step_s), on_episode=out.append, fixed_baseline=fixed_baseline,
-        min_baseline_samples=min_baseline_samples, worse=worse)
+        min_baseline_samples=min_baseline_samples, worse=worse, close_fraction=close_fraction)
     for t, v in pts:
         finder.feed(t, v)
     finder.finish()
