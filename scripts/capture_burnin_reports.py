@@ -5,7 +5,7 @@ For each of ``pass`` (the shipped floors) and ``fail`` (a 2000 TFLOPS floor no G
 today reaches, so the same healthy GPU is judged LOW_FLOPS) it writes
 ``burnin-<name>.jsonl``: the JSON lines ``sentinel burnin --json`` prints (the same
 ``json_line``/``result_events`` calls) and ``burnin-<name>.report.json``: the whole
-report (``BurninReport.to_dict``). tests/fixtures/slurm/replay_burnin.py replays them.
+report (``BurninReport.to_dict``). sentinel/burnin/replay.py replays them (the copies in sentinel/burnin/replays/).
 """
 
 import json

@@ -5,11 +5,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(prometheus prometheus-alertmanager prometheus-node-exporter systemd slurm-wlm munge
-              victoria-metrics)
+              victoria-metrics e2fsprogs mount)
 # prometheus-node-exporter: the disk collector is checked against it; systemd: systemd-analyze
-# verifies the agent unit (PID 1 need not be systemd); slurm-wlm and munge: the controller's
-# Slurm actions run against a local cluster (tests/support/slurm.py); victoria-metrics: the
-# fleet tests (VictoriaMetrics, vmagent, vmalert as the global store past one Prometheus).
+# verifies the agent unit (PID 1 need not be systemd); slurm-wlm and munge: `sentinel demo`
+# and the controller's Slurm actions run a local cluster (sentinel/localstack/slurm.py);
+# victoria-metrics: the fleet tests (VictoriaMetrics, vmagent, vmalert as the global store
+# past one Prometheus); e2fsprogs (mkfs.ext4) and mount (losetup, mount): the demo's
+# slowed-storage rig (sentinel/demo/storage.py; base images usually have both).
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -31,7 +31,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("status", "sentinel.controller.status"),
     ("preflight", "sentinel.preflight.cli"),
     ("deploy", "sentinel.deploy"),
-    ("demo", "sentinel.demo"),
+    ("demo", "sentinel.demo.cli"),
 ]
 
 EXIT_OK = 0

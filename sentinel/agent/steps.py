@@ -81,7 +81,7 @@ class RankState:
     pid: int
     gpu_uuid: str
     host: str
-    first_seen: float
+    first_seen: float  # or when it reported steps again after finishing (the rate's start)
     rate: TokenRate
     step: int = -1
     loss: float = math.nan
@@ -224,6 +224,10 @@ class StepStore:
                 if report.kind == EVENT_FINISHED:
                     rank.finished_at = now
                 return True
+            if rank.finished_at is not None:
+                # Running again (a requeued job, on this node again): its tokens/s counts
+                # from now, not diluted over the rate window by the time it was stopped.
+                rank.first_seen = now
             rank.finished_at = None  # reporting steps again: running
             job = self.jobs[report.identity.job]
             self._step(rank, report, now)

@@ -161,7 +161,7 @@ def _notifier(file_data: dict[str, Any] | None, env: dict[str, str] | None) -> A
     from sentinel.notify.slack import Notifier
 
     ncfg = load_notify_config(file_data, env=env)
-    if not (ncfg.token() or ncfg.webhook_url()):
+    if not (ncfg.token() or ncfg.webhook_url() or ncfg.record_dir):
         log.info("notify: no Slack token or webhook configured: incidents are journaled only")
         return None
     return Notifier.from_config(ncfg)

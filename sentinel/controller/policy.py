@@ -114,12 +114,24 @@ def incident_group(f: Finding) -> str:
     A node's hardware findings (an XID, then the GPU lost, then a throttle) are one
     incident per node: one swap fixes them all. A job's loss spikes are one incident per
     job while it is open, so a spike that comes back after a rollback climbs the same
-    ladder (the wider skip) instead of starting over. Anything else: the finding's key.
+    ladder (the wider skip) instead of starting over. A job's throughput drop and the
+    diagnosis that names its cause are one incident per job, or for the cluster when the
+    drop names no job (the diagnosis explains the drop; one thread tells both), unless
+    the cause is a node's hardware (above). Disk
+    latency is one incident for the cluster's storage: a slow shared filesystem shows on
+    every node at once, and a thousand nodes must not open a thousand threads. Anything
+    else: the finding's key.
     """
     if f.node and f.suggested_action in HARDWARE_ACTIONS:
         return f"node/{f.node}"
     if f.kind == "loss_spike" and f.job:
         return f"loss/{f.job}"
+    if f.kind in ("throughput_drop", "diagnosis"):
+        # Prometheus-sourced drops name no job (the rule asks about the cluster): one
+        # incident for the cluster's throughput then.
+        return f"throughput/{f.job or 'cluster'}"
+    if f.kind == "disk_latency":
+        return "storage"
     return f"finding/{f.key}"
 
 

@@ -8,13 +8,18 @@ the same ``value`` codes) where the dump recorded an error, so the wrapper's err
 handling is exercised exactly as on a real GPU. A dump may also carry
 ``"xid_events": [{"uuid": "GPU-...", "xid": 79}, ...]``, delivered once through the
 event-set calls, and per device ``"links": {"<peer index>": {"p2p_nvlink": 0,
-"common_ancestor": 50}}`` for the link-topology calls (absent: NotSupported).
+"common_ancestor": 50}}`` for the link-topology calls (absent: NotSupported). A backend
+loaded with :meth:`ReplayBackend.from_file` follows its file: events appended to
+``xid_events`` while it runs are delivered too (write the new file to a temporary name
+and rename it over the old one). That is how ``sentinel demo`` and the tests inject an
+XID into a running agent's replayed GPU.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -71,6 +76,8 @@ def error(name_or_code: str | int) -> NVMLError:
 
 
 REPLAY_WAIT_MS = 50
+# How often a followed dump file is looked at for new XID events (a stat per look).
+FOLLOW_INTERVAL_S = 0.25
 
 # The dump of one H100 under load (captured as tests/fixtures/README.md describes), shipped
 # in the package: `sentinel demo` replays it where there is no NVML, and the tests use
@@ -84,6 +91,15 @@ _ECC_TYPES = {0: "corrected", 1: "uncorrected"}
 _ECC_COUNTERS = {0: "volatile", 1: "aggregate"}
 _CLOCKS = {1: "clock_sm", 2: "clock_mem"}
 _MAX_CLOCKS = {1: "max_clock_sm", 2: "max_clock_mem"}
+
+
+def _file_sig(path: Path) -> tuple[int, int, int] | None:
+    """Return what tells a replaced file from the old one (inode, size, mtime), or None."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 class _Handle:
@@ -103,12 +119,18 @@ class ReplayBackend:
 
     NVMLError = NVMLError
 
-    def __init__(self, dump: dict[str, Any], *, init_error: str | None = None) -> None:
+    def __init__(self, dump: dict[str, Any], *, init_error: str | None = None,
+                 follow: Path | None = None) -> None:
         self.dump = dump
         self.init_error = init_error
         self._events: list[dict[str, Any]] = list(dump.get("xid_events") or [])
         self._events_lock = threading.Lock()
         self.calls = 0
+        # The file whose new xid_events are delivered too; what of it was seen already.
+        self._follow = follow
+        self._follow_seen = len(self._events)
+        self._follow_sig = _file_sig(follow) if follow is not None else None
+        self._follow_next = 0.0
 
     @classmethod
     def from_file(cls, path: str | Path) -> ReplayBackend:
@@ -125,7 +147,7 @@ class ReplayBackend:
                 f"GPU replay file {p}: expected an object with a 'devices' list, as written "
                 "by scripts/capture_gpu_fixtures.py"
             )
-        return cls(data)
+        return cls(data, follow=p)
 
     def copy(self) -> ReplayBackend:
         """Return an independent backend over a deep copy of the dump (tests mutate it)."""
@@ -305,8 +327,29 @@ class ReplayBackend:
         """Accept the registration if the device is present."""
         self._dev(h)
 
+    def _follow_file(self) -> None:
+        """Queue the XID events appended to the followed file since it was last read."""
+        now = time.monotonic()
+        if self._follow is None or now < self._follow_next:
+            return
+        self._follow_next = now + FOLLOW_INTERVAL_S
+        sig = _file_sig(self._follow)
+        if sig is None or sig == self._follow_sig:
+            return
+        try:
+            events = json.loads(self._follow.read_text(encoding="utf-8")).get("xid_events")
+        except (OSError, ValueError, AttributeError):
+            return  # mid-write or gone: looked at again next time
+        self._follow_sig = sig
+        if not isinstance(events, list):
+            return
+        with self._events_lock:
+            self._events.extend(e for e in events[self._follow_seen:] if isinstance(e, dict))
+            self._follow_seen = max(self._follow_seen, len(events))
+
     def nvmlEventSetWait_v2(self, es: object, timeout_ms: int) -> Any:  # noqa: N802
         """Deliver the next recorded XID event, else sleep the timeout and raise Timeout."""
+        self._follow_file()
         with self._events_lock:
             ev = self._events.pop(0) if self._events else None
         if ev is None:

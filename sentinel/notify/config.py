@@ -52,6 +52,12 @@ class NotifyConfig:
         default="https://slack.com/api/",
         metadata={"help": "Slack Web API base URL (tests point it at a local server)"},
     )
+    record_dir: str = field(
+        default="",
+        metadata={"help": "without Slack credentials: write every message Slack would get "
+                  "(and its plots) to files in this directory instead ('' = off; "
+                  "`sentinel demo` sets it)"},
+    )
     queue_dir: str = field(
         default="/var/lib/sentinel/notify",
         metadata={"help": "directory of the on-disk outbox (survives restarts)"},

@@ -341,6 +341,16 @@ class Outbox:
             ).fetchall()
         return [Row(*r) for r in rows]
 
+    def messages(self, limit: int = 1000) -> list[Row]:
+        """Return the newest ``limit`` messages in any state (sent ones too), oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, key, incident, kind, title, body, created, state, attempts, "
+                "next_attempt FROM outbox ORDER BY id DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [Row(*r) for r in reversed(rows)]
+
     def state_of(self, key: str) -> str | None:
         """Return the state of the message with this idempotency key."""
         with self._lock:

@@ -341,10 +341,15 @@ def transport_from_config(cfg: NotifyConfig) -> Transport:
     url = cfg.webhook_url()
     if url:
         return WebhookTransport(url, cfg.timeout_s, cfg.retry_max)
+    if cfg.record_dir:
+        from sentinel.notify.record import RecordTransport
+
+        return RecordTransport(cfg.record_dir)
     raise ConfigError(
         "notify: no Slack credentials; valid: notify.slack_token_file (or "
         "SENTINEL_NOTIFY_SLACK_TOKEN_FILE / SENTINEL_NOTIFY_SLACK_TOKEN) with notify.channel, "
-        "or notify.slack_webhook_url_file (or SENTINEL_NOTIFY_SLACK_WEBHOOK_URL_FILE)"
+        "or notify.slack_webhook_url_file (or SENTINEL_NOTIFY_SLACK_WEBHOOK_URL_FILE), or "
+        "notify.record_dir to write the messages to files instead"
     )
 
 

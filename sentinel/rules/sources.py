@@ -123,6 +123,9 @@ class StepStream:
         # poll returns again. Bounded by the agent's ranks per job.
         self._at_since: set[tuple[int, Any, Any]] = set()
         self._newest_time: float | None = None
+        # When the current timeline began (its first record, after the newest go-back):
+        # the agent's ring keeps abandoned timelines, whose records are older than this.
+        self._floor: float | None = None
         self._last_probe: float | None = None
         # Several rules may read the same stream from the engine's fetch threads.
         self._lock = threading.Lock()
@@ -186,7 +189,7 @@ class StepStream:
     def poll(self) -> int:
         """Fetch steps not seen yet (including a rolled-back job's repeats); return how many."""
         with self._lock:
-            points = [self._point(rec) for rec in self._get(self._since)]
+            points = self._current(self._point(rec) for rec in self._get(self._since))
             new = [p for p in points if (p.step, p.rank, p.time) not in self._at_since]
             # A step seen before, reported again with another time: the job went back.
             repeated = any((p.step, p.rank) == (k[0], k[1])
@@ -202,8 +205,10 @@ class StepStream:
                 if after:
                     if min(p.step for p in after) < self._since:
                         # The job went back: the rerun's steps (the agent orders them by
-                        # step, rank) restart the bookkeeping.
+                        # step, rank) restart the bookkeeping, and what came before them
+                        # is an abandoned timeline from now on.
                         self._since, self._at_since = -1, set()
+                        self._floor = min(p.time for p in after if p.time is not None)
                     else:
                         # No rollback: records that arrived between the two reads.
                         after = [p for p in after
@@ -212,6 +217,18 @@ class StepStream:
                     return len(after)
             self._append(new)
             return len(new)
+
+    def _current(self, points: Any) -> list[StepPoint]:
+        """Drop records of abandoned timelines (older than the current one's start).
+
+        After a rollback or a restart the agent still holds the old timeline's records
+        of later steps; a poll from a step of the new timeline returns them too. One
+        stream reads one agent, whose records carry that node's clock, so their times
+        order them.
+        """
+        if self._floor is None:
+            return list(points)
+        return [p for p in points if p.time is None or p.time >= self._floor]
 
     def window(self, rule: Rule, now: float) -> Window:
         """Poll and return the cached steps as a window."""

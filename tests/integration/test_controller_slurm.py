@@ -2,7 +2,7 @@
 
 node1-4 are the explicit-node reservation ``train`` running the requeueable job
 ``gpt-7b``; node5 is the staged spare. The burn-in command is a REPLAY of a burn-in
-recorded on an H200 (tests/support/burnin_replay.py: the test nodes have no GPU), run
+recorded on an H200 (sentinel.burnin.replay: the test nodes have no GPU), run
 through ``srun`` inside the maintenance reservation as a real burn-in would be.
 """
 

@@ -35,7 +35,7 @@ import yaml
 from sentinel.controller.executor import CRASH_ENV
 from sentinel.controller.journal import Journal
 from sentinel.rules.finding import Finding
-from tests.support.slurm import SlurmCluster, run_slurm
+from tests.support.slurm import SlurmCluster, client, run_slurm
 from tests.support.slurm_driver import ROOT, config, writes
 
 pytestmark = [pytest.mark.slurm, pytest.mark.integration]
@@ -179,7 +179,7 @@ def reset_lane(c: SlurmCluster, lane: Lane) -> None:
 
 def facts(c: SlurmCluster, case: Path, lane: Lane, job: str, target: str) -> dict[str, Any]:
     """Read back the Slurm state and the journal after a case."""
-    slurm = c.client()
+    slurm = client(c)
     j = slurm.job(job) if job else None
     node = slurm.node(target)
     journal = Journal(case / "controller.db")

@@ -1,6 +1,6 @@
 """The spare pool reads burn-ins the agents exported, through a real Prometheus.
 
-A burn-in result recorded on an H200 (tests/fixtures/burnin), renamed to the spare's
+A burn-in result recorded on an H200 (sentinel/burnin/replays), renamed to the spare's
 host, written by burn-in's own textfile writer, exported by a real ``sentinel agent``
 (textfile collector) and scraped by a real Prometheus: the spare counts as burned in
 when every GPU passed recently enough, and not otherwise.

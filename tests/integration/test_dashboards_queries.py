@@ -3,7 +3,7 @@
 A real agent serves GPU series replayed from the captured H100 dump (plus one XID event),
 burn-in results from a textfile and the steps a real Reporter process sends; a real
 controller follows the job's step stream from that agent (goodput), rolls back a loss
-spike with the test's toy action and opens an incident for a throughput finding every few
+spike with the test's toy action and opens an incident for a stalled-job finding every few
 cycles (ControllerFindings); a real Prometheus scrapes both every second and evaluates
 one always-firing alert for the job (so the ALERTS annotation has something to show).
 The dashboards' template variables are resolved the way Grafana does (label_values
@@ -92,8 +92,10 @@ class ControllerFindings:
                             rule="loss-spike", job=JOB, step_start=5, step_end=6, episode="5",
                             time_start=t - 20, evidence={"classification": "plateau"})]
         if self.cycles % 4 == 0:  # decisions and new incidents keep the annotations busy
-            return [Finding(kind="throughput_drop", severity="warning", summary="slow",
-                            suggested_action="notify", job=JOB, rule="throughput",
+            # Each a new incident: a job's throughput findings while one is open would all
+            # join its throughput incident (policy.incident_group).
+            return [Finding(kind="job_stalled", severity="warning", summary="no step",
+                            suggested_action="notify", job=JOB, rule="job-stalled",
                             time_start=t - 30, episode=str(self.cycles))]
         return []
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from sentinel.burnin.replay import RECORDINGS
 from sentinel.burnin.report import write_textfile
 from sentinel.controller.actions.burnin import read_report
 from sentinel.preflight.checks import prometheus, reporter, requeue
@@ -160,18 +161,17 @@ def test_burnin_of_slurm_nodes_runs_on_each_and_names_the_one_that_failed(slurm,
     """`preflight.burnin_nodes`: the burn-in command through srun on each node, at once.
 
     The nodes have no GPU, so the command is the REPLAY of the recorded H200 burn-ins
-    (tests/support/burnin_replay.py): node1 replays the passing run, node2 the failing.
+    (sentinel.burnin.replay): node1 replays the passing run, node2 the failing.
     """
-    fix = Path(__file__).resolve().parents[1] / "fixtures" / "burnin"
+    fix = RECORDINGS
     for node, verdict in (("node1", "pass"), ("node2", "fail")):
         for suffix in (".report.json", ".jsonl"):
             (tmp_path / f"{node}{suffix}").write_text(
                 (fix / f"h200-{verdict}{suffix}").read_text())
-    replay = Path(__file__).resolve().parents[1] / "support" / "burnin_replay.py"
     cfg = write_config(tmp_path, {"controller": {"scheduler": "slurm"}, "preflight": {
         "burnin_nodes": "node[1-2]", "burnin_timeout_seconds": 60,
         "burnin_command": ["srun", "-w", "{node}", "-N1", "--time={minutes}", sys.executable,
-                           str(replay), f"{tmp_path}/{{node}}.report.json"]}})
+                           "-m", "sentinel.burnin.replay", f"{tmp_path}/{{node}}.report.json"]}})
     rc, rep = preflight(cfg, "--only", "burnin")
     b = by_name(rep)["burnin"]
     assert (rc, b["status"]) == (1, "problem")

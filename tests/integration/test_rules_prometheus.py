@@ -72,3 +72,87 @@ def test_engine_over_prometheus_finds_the_cause(tmp_path, make, cause, node):
             assert "node05" in names and len(names) <= 3, names
         # A second cycle reports nothing new: the findings are deduplicated.
         assert detector.cycle(now=end) == []
+
+
+def test_first_xid_of_a_gpu_is_found_through_prometheus(tmp_path):
+    """A GPU's first XID creates its counter at 1: increase() alone never sees it."""
+    import json
+
+    from sentinel.gpu.nvml_replay import H100_LOAD
+    from tests.support.agent import run_agent
+
+    dump = json.loads(H100_LOAD.read_text())
+    replay = tmp_path / "replay.json"
+    replay.write_text(json.dumps(dump))
+    rules = [r for r in load_rules() if r.name == "gpu-errors"]
+    env = {"SENTINEL_AGENT_HOSTNAME": "node3"}
+    with run_agent(tmp_path / "agent", ["--gpu-replay", str(replay)], env=env) as agent, \
+            run_prometheus(tmp_path / "prom", [agent.hostport]) as prom:
+        prom.wait_for('sentinel_gpu_up{hostname="node3"}')
+        detector = OnlineDetector(rules, PrometheusSource(prom.url))
+        assert detector.cycle() == []
+        dump["xid_events"] = [{"uuid": dump["devices"][0]["uuid"], "xid": 79}]
+        (tmp_path / "replay.tmp").write_text(json.dumps(dump))
+        (tmp_path / "replay.tmp").replace(replay)  # the XID happens now
+        prom.wait_for('sentinel_gpu_xid_errors_total{hostname="node3",xid="79"}')
+        # increase() over the window is 0: the counter's only samples are 1.
+        assert prom.query('increase(sentinel_gpu_xid_errors_total[10m]) > 0') == []
+        deadline = time.monotonic() + 10
+        found = []
+        while not found and time.monotonic() < deadline:
+            found = [f for f in detector.cycle() if f.kind == "gpu_xid"]
+            time.sleep(0.5)
+        assert detector.errors == {}
+        [f] = found
+        assert (f.node, f.gpu, f.suggested_action) == ("node3", "0", "spare_swap")
+        assert f.summary == "XID 79 (hardware) on node3 GPU 0: 1 new"
+
+
+def test_disk_latency_finding_names_the_node_not_the_scrape_address(tmp_path):
+    """The default disk rule joins the agent's hostname: findings say node7, as Slurm does."""
+    import dataclasses
+    import threading
+
+    from tests.support.agent import run_agent
+
+    proc = tmp_path / "proc"
+    proc.mkdir()
+    reads, read_ms = [1000], [100]  # 0.1 ms a read, then 50 ms
+    slow = threading.Event()
+    stop = threading.Event()
+
+    def write() -> None:
+        line = "259       0 nvme0n1 {r} 0 {s} {ms} 10 0 80 5 0 7 12 0 0 0 0 0 0\n"
+        while not stop.is_set():
+            reads[0] += 100
+            read_ms[0] += 5000 if slow.is_set() else 10
+            tmp = proc / "diskstats.tmp"
+            tmp.write_text(line.format(r=reads[0], s=reads[0] * 8, ms=read_ms[0]))
+            tmp.replace(proc / "diskstats")
+            stop.wait(0.25)
+
+    write_thread = threading.Thread(target=write, daemon=True)
+    write_thread.start()
+    [rule] = [dataclasses.replace(r, window_s=120.0, step_s=1.0) for r in load_rules()
+              if r.name == "disk-latency"]
+    rule.params.sustain_s, rule.params.baseline_s = 3.0, 10.0
+    args = ["--procfs", str(proc), "--no-collector.host", "--no-collector.gpu"]
+    try:
+        with run_agent(tmp_path / "agent", args, env={"SENTINEL_AGENT_HOSTNAME": "node7"}) \
+                as agent, run_prometheus(tmp_path / "prom", [agent.hostport]) as prom:
+            prom.wait_for('sentinel_disk_read_latency_seconds{device="nvme0n1"}')
+            time.sleep(15)  # the baseline: 0.1 ms a read
+            slow.set()
+            detector = OnlineDetector([rule], PrometheusSource(prom.url))
+            deadline = time.monotonic() + 20
+            found = []
+            while not found and time.monotonic() < deadline:
+                found = [f for f in detector.cycle() if f.kind == "disk_latency"]
+                time.sleep(1.0)
+    finally:
+        stop.set()
+        write_thread.join(5)
+    assert detector.errors == {}
+    [f] = found
+    assert (f.node, f.evidence["device"]) == ("node7", "nvme0n1")
+    assert f.summary.startswith("read latency on node7 nvme0n1 at 50 ms")

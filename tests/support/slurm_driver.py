@@ -24,8 +24,6 @@ from sentinel.rules.finding import Finding
 from tests.support.controller import ScriptedDetector
 
 ROOT = Path(__file__).resolve().parents[2]
-REPLAY = ROOT / "tests" / "support" / "burnin_replay.py"
-BURNIN_FIXTURES = ROOT / "tests" / "fixtures" / "burnin"
 
 
 class RecordingRunner:
@@ -57,9 +55,8 @@ def writes(path: Path) -> list[list[str]]:
 
 def burnin_command(verdict: str) -> list[str]:
     """Return controller.burnin_command running the REPLAY of a recorded H200 burn-in."""
-    report = BURNIN_FIXTURES / f"h200-{verdict}.report.json"
     return ["srun", "--reservation={reservation}", "-w", "{node}", "-N1", "--exclusive",
-            "--time={minutes}", sys.executable, str(REPLAY), str(report)]
+            "--time={minutes}", sys.executable, "-m", "sentinel.burnin.replay", verdict]
 
 
 def config(tmp: Path, *, verdict: str = "pass", policy: dict[str, Any] | None = None,

@@ -84,6 +84,20 @@ def test_grafana_readme_paths_exist():
     assert sorted(p for p in paths if not (ROOT / p).exists()) == []
 
 
+def test_fleet_readme_paths_and_files_exist():
+    text = (DEPLOY / "fleet" / "README.md").read_text()
+    paths = named_paths(text)
+    assert "tests/integration/test_fleet.py" in paths
+    assert sorted(p for p in paths if not (ROOT / p).exists()) == []
+    # Its own table names files relative to deploy/fleet/; each one exists.
+    listed = {f for f in re.findall(r"`([\w./*-]+)`", text)
+              if "/" in f or f.endswith((".yml", ".json"))}
+    for name in listed:
+        if name.startswith("/") or name.split("/")[0] in ("alerts", "tests", "docs", "deploy"):
+            continue
+        assert list((DEPLOY / "fleet").glob(name)), f"deploy/fleet/README.md names {name}"
+
+
 # -- systemd: the file_sd service and its timer ------------------------------------------
 
 def test_file_sd_units_verify_and_are_hardened(tmp_path):

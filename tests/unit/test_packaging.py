@@ -38,8 +38,20 @@ def wheel(tmp_path_factory) -> Path:
 def test_wheel_holds_the_demo_replay_and_the_shipped_tables(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     for path in ("sentinel/gpu/replays/h100_load.json", "sentinel/burnin/baselines.json",
-                 "sentinel/rules/default_rules.yml", "sentinel/py.typed"):
+                 "sentinel/rules/default_rules.yml", "sentinel/py.typed",
+                 # what `sentinel demo` runs: no file of the checkout outside the package
+                 "sentinel/rules/prometheus.rules.yml", "sentinel/examples/gpt.py",
+                 "sentinel/burnin/replays/h200-pass.report.json",
+                 "sentinel/burnin/replays/h200-pass.jsonl",
+                 "sentinel/burnin/replays/h200-fail.report.json",
+                 "sentinel/burnin/replays/h200-fail.jsonl", "sentinel/demo/cli.py",
+                 "sentinel/localstack/slurm.py"):
         assert path in names, f"{path} is not in {wheel.name}"
+    # The recording and alert rules are the checkout's alerts/sentinel.rules.yml (the
+    # package holds a link to it; the wheel a copy).
+    z = zipfile.ZipFile(wheel)
+    assert z.read("sentinel/rules/prometheus.rules.yml") == (
+        ROOT / "alerts" / "sentinel.rules.yml").read_bytes()
 
 
 @pytest.mark.slow
@@ -54,6 +66,12 @@ def test_demo_replay_loads_from_the_installed_wheel_alone(wheel, tmp_path):
         assert sentinel.__file__.startswith(site), sentinel.__file__
         assert str(sentinel.demo.REPLAY).startswith(site), sentinel.demo.REPLAY
         nv = Nvml(ReplayBackend.from_file(sentinel.demo.REPLAY))
+        from sentinel.burnin.replay import recorded
+        from sentinel.demo.stack import RECORDING_RULES
+        from sentinel.demo.story import demo_rules
+        assert RECORDING_RULES.is_file() and str(RECORDING_RULES).startswith(site)
+        assert "job_hostname:sentinel_train_tokens_per_second:sum" in RECORDING_RULES.read_text()
+        assert '"verdict"' in recorded("pass") and demo_rules()["rules"]
         nv.init()
         s = nv.sample(0)
         print(nv.devices()[0].name, s.power_w, s.errors)

@@ -15,6 +15,9 @@ from dataclasses import dataclass
 
 from sentinel.rules.detectors._rolling import median
 
+# A gap of more than this many sample steps without a sample breaks a run of samples.
+MAX_GAP_STEPS = 3
+
 
 @dataclass
 class Episode:
@@ -61,6 +64,7 @@ class EpisodeFinder:
         self.baseline_s, self.sustain_s = baseline_s, sustain_s
         self.fixed_baseline, self.min_baseline_samples = fixed_baseline, min_baseline_samples
         self.on_episode = on_episode
+        self.res = res
         self.k = max(2, round(sustain_s / res))
         self.need = math.ceil(fraction * self.k)
         # A dip is over after this many good samples in a row: one jittery sample above the
@@ -75,6 +79,7 @@ class EpisodeFinder:
         self.cur: Episode | None = None  # the open run of bad samples (dip or episode)
         self.good_run = 0
         self.first_good = 0.0
+        self.last_t: float | None = None
         # Good samples not yet in the baseline window, the window itself (by time and
         # sorted by value), for the median of good samples in [t - sustain - baseline,
         # t - sustain) without rescanning them at every sample.
@@ -105,6 +110,9 @@ class EpisodeFinder:
         """Take the next sample (a non-finite value is skipped)."""
         if not math.isfinite(v):
             return
+        if self.last_t is not None and t - self.last_t > MAX_GAP_STEPS * self.res:
+            self._gap(self.last_t)
+        self.last_t = t
         if self.fixed_baseline is not None:
             base: float | None = self.fixed_baseline
         elif self.cur is not None:
@@ -121,6 +129,17 @@ class EpisodeFinder:
             self._bad(t, v, base)
         else:
             self._ok(t, v)
+
+    def _gap(self, last: float) -> None:
+        """No samples for a while: the series stopped (a job requeued and down, scrapes
+        failing). Samples on either side are not one run of bad samples: a dip open
+        before the gap ends there, and the sustain window starts over.
+        """
+        self.recent.clear()
+        self.good_run = 0
+        if self.cur is not None and self.cur.flagged is None:
+            self.cur.end = last + self.res
+            self._close()
 
     def _bad(self, t: float, v: float, base: float) -> None:
         self.good_run = 0

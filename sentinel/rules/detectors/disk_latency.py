@@ -47,8 +47,11 @@ def detect(window: Window, params: Params) -> list[Finding]:
     for s in window.role("disk_read_latency"):
         node = node_of(s) or "?"
         device = s.labels.get("device", "")
+        # The agent exports 0 for an interval without reads: no latency was measured
+        # then, and an idle disk's zeros must not make the baseline (or the ratio) 0.
+        measured = [(t, v) for t, v in s.points if v > 0]
         for e in find_episodes(
-            s.points,
+            measured,
             is_bad=lambda v, b: v > max(p.factor * b, p.min_latency_s),
             baseline_s=p.baseline_s, sustain_s=p.sustain_s, fraction=p.fraction,
             step_s=window.step_s, worse=lambda a, b: a > b,

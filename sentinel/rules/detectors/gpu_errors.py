@@ -54,6 +54,14 @@ def _new(s: Series) -> float:
     return max(vals) if vals else 0.0
 
 
+def _first_seen(s: Series) -> float | None:
+    """Return when the series first shows new events (where time to detect starts).
+
+    A finding without a start would count from its incident's opening.
+    """
+    return next((t for t, v in s.finite() if v > 0), None)
+
+
 def detect(window: Window, params: Params) -> list[Finding]:
     """Return one finding per GPU and error kind seen in the window."""
     out: list[Finding] = []
@@ -74,6 +82,7 @@ def detect(window: Window, params: Params) -> list[Finding]:
             summary=f"XID {xid} ({cls}) on {node} GPU {gpu}: {n:.0f} new",
             job=window.job or None, node=node, gpu=gpu, confidence=0.95,
             evidence={"xid": xid, "class": cls, "count": n}, episode=str(xid),
+            time_start=_first_seen(s),
         ))
     checks = (
         ("ecc_uncorrected_new", "gpu_ecc_uncorrected", "uncorrected ECC errors: {n:.0f} new"),

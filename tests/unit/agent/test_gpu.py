@@ -246,6 +246,40 @@ def test_xid_events_count_every_repeat(tmp_path):
                  gpu="1") == 1
 
 
+def test_xid_appended_to_the_replay_file_reaches_a_running_collector(tmp_path):
+    """How the demo injects a fault: the dump file gains an XID while the agent runs."""
+    dump = two_gpus()
+    path = tmp_path / "replay.json"
+    path.write_text(json.dumps(dump))
+    ctx = make_ctx(tmp_path, collectors=["gpu"])
+    ctx.nvml_backend = ReplayBackend.from_file(path)
+    c = GpuCollector(ctx)
+    c.start()
+
+    def xids(text: str) -> float:
+        try:
+            return value(text, "sentinel_gpu_xid_errors_total", xid="79", UUID=UUID, gpu="0")
+        except AssertionError:
+            return 0.0
+
+    try:
+        time.sleep(0.6)  # the file was looked at twice: nothing new
+        assert "sentinel_gpu_xid_errors_total{" not in render_collector(c)
+        for n in (1, 2):
+            dump["xid_events"] = [{"uuid": UUID, "xid": 79}] * n
+            tmp = tmp_path / "replay.json.tmp"
+            tmp.write_text(json.dumps(dump))
+            tmp.replace(path)  # a new file by rename, as a writer should
+            deadline = time.monotonic() + 5
+            while xids(render_collector(c)) < n and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert xids(render_collector(c)) == n
+        time.sleep(0.6)
+        assert xids(render_collector(c)) == 2  # each appended event delivered once
+    finally:
+        c.close()
+
+
 def test_replay_file_errors_are_clear(tmp_path):
     bad = tmp_path / "x.json"
     bad.write_text("{}")

@@ -61,6 +61,26 @@ def test_young_rank_rate_is_not_diluted_by_the_full_window():
     assert s.tokens_per_second(s.jobs["j"].ranks[0], clk.t) == pytest.approx(500.0)
 
 
+def test_a_rank_running_again_after_finishing_is_not_diluted_by_its_stop():
+    """A requeued job on the same node: its tokens/s counts from its new start."""
+    from sentinel.protocol import EVENT_FINISHED, EventReport
+
+    clk = Clock()
+    s = StepStore(rate_window=10.0, monotonic=clk)
+    for i in range(20):
+        s.add(rep(step=i, tokens=1000, t=float(i)))
+        clk.t += 1.0
+    s.add(EventReport(Identity("j", 0, 42, "GPU-x", "h"), EVENT_FINISHED, clk.t, {}))
+    clk.t += 25.0  # requeued: down for 25 s
+    s.add(rep(step=10, tokens=1000, t=clk.t))
+    clk.t += 1.0
+    s.add(rep(step=11, tokens=1000, t=clk.t))
+    clk.t += 1.0
+    st_ = s.jobs["j"].ranks[0]
+    assert st_.finished_at is None
+    assert s.tokens_per_second(st_, clk.t) == pytest.approx(1000.0)
+
+
 def test_rate_is_right_at_any_report_rate_in_fixed_memory():
     clk = Clock()
     s = StepStore(rate_window=30.0, monotonic=clk)

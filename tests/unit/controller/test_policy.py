@@ -171,9 +171,23 @@ def test_notify_findings_and_resolved_ones_do_nothing():
 def test_incident_groups():
     assert incident_group(xid("node3")) == "node/node3"
     assert incident_group(spike(start=100)) == incident_group(spike(start=900)) == "loss/gpt"
-    f = Finding(kind="throughput_drop", severity="warning", summary="x",
-                suggested_action="notify", job="gpt")
-    assert incident_group(f) == f"finding/{f.key}"
+    drop = Finding(kind="throughput_drop", severity="warning", summary="x",
+                   suggested_action="notify", job="gpt")
+    storage = Finding(kind="diagnosis", severity="warning", summary="storage stall",
+                      suggested_action="notify", job="gpt", evidence={"cause": "storage_stall"})
+    assert incident_group(drop) == incident_group(storage) == "throughput/gpt"
+    cluster = [dataclasses.replace(f, job=None) for f in (drop, storage)]
+    assert {incident_group(f) for f in cluster} == {"throughput/cluster"}
+    gpu = Finding(kind="diagnosis", severity="warning", summary="failing GPU 3 on node3",
+                  suggested_action="spare_swap", job="gpt", node="node3")
+    assert incident_group(gpu) == "node/node3"
+    disks = [Finding(kind="disk_latency", severity="warning", summary="slow reads",
+                     suggested_action="notify", node=n, evidence={"device": "nvme0n1"})
+             for n in ("node1", "node2")]
+    assert {incident_group(d) for d in disks} == {"storage"}
+    other = Finding(kind="job_stalled", severity="critical", summary="no step", job="gpt",
+                    suggested_action="notify")
+    assert incident_group(other) == f"finding/{other.key}"
 
 
 # -- properties ---------------------------------------------------------------------

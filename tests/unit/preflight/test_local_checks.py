@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from sentinel.burnin.replay import RECORDINGS
 from sentinel.cli import main
 from sentinel.preflight.checks import burnin, checkpoint, storage
 from sentinel.preflight.checks.base import Context
@@ -26,8 +27,8 @@ from tests.support.strictjson import strict_loads
 from tests.support.tmpfs import tiny_tmpfs
 
 ROOT = Path(__file__).resolve().parents[3]
-REPLAY = [sys.executable, str(ROOT / "tests" / "support" / "burnin_replay.py")]
-FIX = ROOT / "tests" / "fixtures" / "burnin"
+REPLAY = [sys.executable, "-m", "sentinel.burnin.replay"]
+FIX = RECORDINGS
 
 
 def ctx_for(**overrides) -> Context:

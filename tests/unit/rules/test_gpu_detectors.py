@@ -70,6 +70,24 @@ def test_xid_classes_and_other_errors():
     assert by_kind[("gpu_lost", "5")].node == "g"
 
 
+def test_an_xid_finding_starts_when_its_series_first_shows_it():
+    # Values are increases over the rule's window: 0 until the XID, then 1.
+    series = Series({"hostname": "h", "gpu": "1", "xid": "79"}, pts([0, 0, 0, 1, 1]))
+    (f,) = gpu_errors.detect(Window(series={"xid_new": [series]}), gpu_errors.Params())
+    assert f.time_start == series.points[3][0]
+
+
+def test_disk_latency_ignores_intervals_without_reads():
+    """0 means no read in the interval: an often idle disk's baseline is its reads' latency."""
+    idle_then_busy = [0.0, 0.0003] * 40 + [0.08] * 20 + [0.0003] * 20
+    w = Window(series={"disk_read_latency": [
+        Series({"hostname": "node2", "device": "loop2"}, pts(idle_then_busy, dt=1.0))]},
+        step_s=1.0)
+    (f,) = disk_latency.detect(w, disk_latency.Params(sustain_s=5.0, baseline_s=40.0))
+    assert f.node == "node2" and f.evidence["baseline_s"] == pytest.approx(0.0003)
+    assert f.summary == "read latency on node2 loop2 at 80 ms, 267x its baseline 0.3 ms"
+
+
 def test_disk_latency_against_own_baseline():
     base = [0.002] * 80 + [0.08] * 20 + [0.002] * 20
     other = [0.03] * 120  # a slow disk that is always slow is its own normal

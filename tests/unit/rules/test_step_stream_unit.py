@@ -87,3 +87,42 @@ def test_a_body_that_is_not_a_step_page_is_a_source_error(httpserver, body):
     httpserver.expect_request("/api/v1/steps").respond_with_json(body)
     with pytest.raises(SourceError, match="not a step page"):
         StepStream(httpserver.url_for(""), "j").poll()
+
+
+def test_an_abandoned_timeline_is_never_read_again(httpserver):
+    """Rollback, then a requeue: the old timeline's later steps stay in the agent's ring.
+
+    After the rollback (steps 10..15 again) the job is requeued and reports nothing for a
+    while: polls then find only the first timeline's records of steps 15..20, which the
+    stream must not take for news (the loss-spike detector would see that timeline's
+    spike again after the rerun's steps). Then the requeued run reports from step 10.
+    """
+    from werkzeug import Response
+
+    ring: list[dict] = [_rec(s, 0, 100.0 + s) for s in range(21)]
+
+    def agent(request):
+        since = int(request.args.get("since", "0"))
+        steps = sorted((r for r in ring if r["step"] >= since),
+                       key=lambda r: (r["step"], r["rank"], r["time"]))
+        import json
+
+        return Response(json.dumps({"job": "j", "steps": steps}), mimetype="application/json")
+
+    httpserver.expect_request("/api/v1/steps").respond_with_handler(agent)
+    clock = [0.0]
+    stream = StepStream(httpserver.url_for(""), "j", monotonic=lambda: clock[0])
+    assert stream.poll() == 21
+    ring += [_rec(s, 0, 200.0 + s) for s in range(10, 16)]  # rolled back to 10
+    assert stream.poll() == 6
+    for _ in range(4):  # requeued: silent; the probe interval passes between polls
+        clock[0] += 120.0
+        assert stream.poll() == 0
+    ring += [_rec(s, 0, 300.0 + s) for s in range(10, 31)]  # the requeued run
+    clock[0] += 120.0
+    assert stream.poll() == 21
+    clock[0] += 120.0
+    assert stream.poll() == 0
+    got = [(p.step, int(p.time) // 100) for p in stream.steps]
+    assert got == ([(s, 1) for s in range(21)] + [(s, 2) for s in range(10, 16)]
+                   + [(s, 3) for s in range(10, 31)])

@@ -34,3 +34,26 @@ def test_straggler_alone_is_not_called_worsening_or_storage():
     diag = [f for f in found if f.kind == "diagnosis"]
     assert {d.evidence["cause"] for d in diag} == {"straggler"}
     assert all(d.suggested_action == "spare_swap" for d in diag)
+
+
+def test_a_gap_in_the_series_is_not_a_drop():
+    """A requeued job reports nothing for 30 s; low samples either side are two dips."""
+    from sentinel.rules.detectors import throughput_drop as td
+    from sentinel.rules.window import Series, Window
+
+    def job(points):
+        return Window(series={"tokens_per_sec_cluster": [Series({}, points)],
+                              "tokens_per_sec": []}, step_s=1.0)
+
+    t = [float(i) for i in range(60)]
+    before = [(x, 2000.0) for x in t] + [(60.0, 700.0), (61.0, 300.0)]
+    # The restart's ramp: three low samples (the rate window filling up again).
+    after = [(92.0, 400.0), (93.0, 900.0), (94.0, 1500.0)] + [
+        (95.0 + i, 2000.0) for i in range(20)]
+    params = td.Params(sustain_s=6.0, baseline_s=40.0)
+    found = td.detect(job(before + after), params)
+    assert found == []
+    # The same low samples without the gap in between are a sustained drop.
+    joined = before + [(62.0 + i, 400.0) for i in range(6)]
+    (drop,) = td.detect(job(joined), params)
+    assert drop.evidence["scope"] == "job" and drop.time_start == 60.0
