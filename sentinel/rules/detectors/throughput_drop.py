@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from sentinel.rules.detectors._continuity import continue_episodes, earlier
 from sentinel.rules.detectors._episodes import (
     Episode,
     EpisodeFinder,
@@ -33,6 +34,10 @@ from sentinel.rules.spec import MAX_STREAM_FINDINGS, DetectorSpec
 from sentinel.rules.window import Series, StepPoint, Window, node_of
 
 NAME = "throughput_drop"
+# Share of the sustain window's samples back above the line that ends a drop: a
+# majority, not the 80% that made it sustained, so a run back to normal with +-15%
+# jitter (a quarter of its samples under a 10% line) is not held open for ever.
+CLOSE_FRACTION = 0.5
 
 
 @dataclass
@@ -146,6 +151,56 @@ def _dip(e: Episode, res: float) -> dict[str, Any]:
             "sustained": e.flagged is not None}
 
 
+def _finder_at(p: Params, res: float) -> Callable[[float, Callable[[Episode], None]],
+                                                  EpisodeFinder]:
+    """Return a maker of finders judging samples against a fixed baseline."""
+    drop_line = 1.0 - p.drop_ratio
+
+    def make(base: float, on: Callable[[Episode], None]) -> EpisodeFinder:
+        return EpisodeFinder(is_bad=lambda v, b: v < drop_line * b, baseline_s=p.baseline_s,
+                             sustain_s=p.sustain_s, fraction=p.fraction, res=res,
+                             on_episode=on, fixed_baseline=base,
+                             close_fraction=CLOSE_FRACTION)
+    return make
+
+
+def _job_episodes(cluster: list[tuple[float, float]], res: float, p: Params,
+                  previous: list[Finding]) -> list[Episode]:
+    """Return the job's episodes in the window, those of earlier cycles continued."""
+    drop_line = 1.0 - p.drop_ratio
+    fresh = find_episodes(
+        cluster, is_bad=lambda v, b: v < drop_line * b, baseline_s=p.baseline_s,
+        sustain_s=p.sustain_s, fraction=p.fraction, step_s=res,
+        close_fraction=CLOSE_FRACTION,
+    )
+    before = earlier(
+        previous, lambda f: f.kind == NAME and f.evidence.get("scope") == "job",
+        baseline=lambda f: _num(f.evidence.get("baseline_tokens_per_sec")),
+        worst=lambda f: _num(f.evidence.get("worst_tokens_per_sec")))
+    return continue_episodes(cluster, fresh, before, _finder_at(p, res))
+
+
+def _node_episodes(ratio: list[tuple[float, float]], node: str, res: float, p: Params,
+                   previous: list[Finding]) -> list[Episode]:
+    """Return one node's episodes against the cluster median, earlier ones continued."""
+    drop_line = 1.0 - p.drop_ratio
+    fresh = find_episodes(
+        ratio, is_bad=lambda v, b: v < drop_line * b, baseline_s=p.baseline_s,
+        sustain_s=p.sustain_s, fraction=p.fraction, step_s=res, fixed_baseline=1.0,
+        close_fraction=CLOSE_FRACTION,
+    )
+    before = earlier(
+        previous, lambda f: (f.kind == NAME and f.evidence.get("scope") == "node"
+                             and f.node == node),
+        baseline=lambda f: 1.0,
+        worst=lambda f: _num(f.evidence.get("ratio_to_cluster_median")))
+    return continue_episodes(ratio, fresh, before, _finder_at(p, res))
+
+
+def _num(v: Any) -> float | None:
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+
 def detect(window: Window, params: Params) -> list[Finding]:
     """Return job-level drops and per-node (straggler) drops in the window."""
     p = params
@@ -166,12 +221,8 @@ def detect(window: Window, params: Params) -> list[Finding]:
     findings: list[Finding] = []
     if not cluster:
         return findings
-    drop_line = 1.0 - p.drop_ratio
 
-    eps = find_episodes(
-        cluster, is_bad=lambda v, b: v < drop_line * b, baseline_s=p.baseline_s,
-        sustain_s=p.sustain_s, fraction=p.fraction, step_s=res,
-    )
+    eps = _job_episodes(cluster, res, p, window.previous)
     dips = [_dip(e, res) for e in eps]
     findings += [_job_finding(e, dips, sorted(nodes), window.job)
                  for e in eps if e.flagged is not None]
@@ -183,10 +234,7 @@ def detect(window: Window, params: Params) -> list[Finding]:
         for node, vals in sorted(per_node.items()):
             ratio = [(b * res, v / cl_map[b]) for b, v in sorted(vals.items())
                      if cl_map.get(b)]
-            for e in find_episodes(
-                ratio, is_bad=lambda v, b: v < drop_line * b, baseline_s=p.baseline_s,
-                sustain_s=p.sustain_s, fraction=p.fraction, step_s=res, fixed_baseline=1.0,
-            ):
+            for e in _node_episodes(ratio, node, res, p, window.previous):
                 if e.flagged is not None:
                     findings.append(_node_finding(e, node, window.job))
     return findings
@@ -234,7 +282,8 @@ class Stream:
         drop_line = 1.0 - p.drop_ratio
         return EpisodeFinder(is_bad=lambda v, b: v < drop_line * b, baseline_s=p.baseline_s,
                              sustain_s=p.sustain_s, fraction=p.fraction, res=self.res,
-                             on_episode=on, fixed_baseline=fixed)
+                             on_episode=on, fixed_baseline=fixed,
+                             close_fraction=CLOSE_FRACTION)
 
     def feed(self, pt: StepPoint) -> None:
         """Take the next step record (those without time or tokens/sec are skipped)."""
