@@ -94,6 +94,21 @@ def job_wide_worsening(seed: int = 0) -> Scenario:
     return sc
 
 
+def growing_slowdown(seed: int = 0) -> Scenario:
+    """Dataloader whose per-step cost grows: from minute 10 each step a little slower, half
+    the speed 10 minutes later; hardware fine. The drop "starts" where 10% is lost."""
+    rng = np.random.default_rng(seed)
+    tps, lat = _base(rng), _latency(rng)
+    s, grow = T0 + 600.0, 1 / 600.0  # step time x(1 + grow * seconds since s)
+    t = _times()
+    slow = np.where(t >= s, 1 / (1 + grow * np.clip(t - s, 0, None)), 1.0)
+    for node in NODES:
+        tps[node] *= slow
+    ten = s + (1 / 0.9 - 1) / grow
+    return Scenario("growing_slowdown", _pack(tps, lat), ten, "job_wide_slowdown",
+                    worsening=True)
+
+
 def throttled_gpu(seed: int = 0) -> Scenario:
     """One GPU of node03 hits HW slowdown + power cap (combined bits); the job slows 25%."""
     rng = np.random.default_rng(seed)
@@ -134,8 +149,8 @@ def jitter(seed: int = 0) -> Scenario:
     return Scenario("jitter", _pack(_base(rng, jitter=0.05), _latency(rng)), None, None)
 
 
-SCENARIOS = (storage_stall, job_wide_worsening, throttled_gpu, straggler, checkpoint_pauses,
-             jitter)
+SCENARIOS = (storage_stall, job_wide_worsening, growing_slowdown, throttled_gpu, straggler,
+             checkpoint_pauses, jitter)
 
 
 def first_sustained_drop(values: list[float], start: float) -> float:

@@ -11,7 +11,7 @@ import math
 from bisect import bisect_left, insort
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sentinel.rules.detectors._rolling import median
 
@@ -29,6 +29,29 @@ class Episode:
     baseline: float
     worst: float
     last_bad: float
+    # Running sums of (t - start, value) over the samples fed while it was open, for the
+    # least-squares trend of the values through it (a drop that keeps deepening).
+    sums: list[float] = field(default_factory=lambda: [0.0] * 6, compare=False, repr=False)
+
+    def add(self, t: float, v: float) -> None:
+        """Count a sample fed while the episode is open into its trend."""
+        x, s = t - self.start, self.sums
+        s[0] += 1
+        s[1] += x
+        s[2] += v
+        s[3] += x * x
+        s[4] += x * v
+        s[5] += v * v
+
+    def trend(self) -> tuple[float, float, int] | None:
+        """Return (slope per second, correlation, samples) of its values, if defined."""
+        n, sx, sv, sxx, sxv, svv = self.sums
+        vx, vv = n * sxx - sx * sx, n * svv - sv * sv
+        if n < 3 or vx <= 0:
+            return None
+        slope = (n * sxv - sx * sv) / vx
+        r = (n * sxv - sx * sv) / math.sqrt(vx * vv) if vv > 0 else 0.0
+        return slope, r, int(n)
 
 
 def resolution(points: list[tuple[float, float]], hint: float | None = None) -> float:
@@ -129,6 +152,8 @@ class EpisodeFinder:
             self._bad(t, v, base)
         else:
             self._ok(t, v)
+        if self.cur is not None:
+            self.cur.add(t, v)
 
     def _gap(self, last: float) -> None:
         """No samples for a while: the series stopped (a job requeued and down, scrapes

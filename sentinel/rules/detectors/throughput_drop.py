@@ -116,6 +116,12 @@ def _job_finding(e: Episode, dips: list[dict[str, Any]], nodes: list[str], job: 
         "worst_tokens_per_sec": e.worst, "depth": depth, "flagged_at": e.flagged,
         "detection_delay_s": _delay(e), "dips": dips, "nodes": nodes,
     }
+    tr = e.trend()
+    if tr is not None and e.baseline:
+        slope, r, n = tr
+        span = (e.end if e.end is not None else e.last_bad) - e.start
+        # How much of the baseline the drop lost from its start to its end, by the fit.
+        evidence["trend"] = {"change": slope * span / e.baseline, "r": r, "samples": n}
     return Finding(
         kind="throughput_drop", severity="warning",
         summary=(f"job throughput {depth:.0%} below its own baseline "
