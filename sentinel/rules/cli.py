@@ -77,8 +77,12 @@ def _offline(args: argparse.Namespace, rules: list[Any]) -> int:
 
     job = args.job or Path(args.file).stem
     # A file has no series: only rules that can read steps run, then the findings rules.
+    # A series rule whose detector another rule runs on the steps (throughput and
+    # throughput-steps) is that rule's Prometheus form: the steps one answers for both.
+    on_steps = {r.detector for r in rules if not r.series and r.source() == "steps"}
     streams = [(rule, rule.spec.stream(rule.params, job)) for rule in rules
-               if rule.source(online=False) == "steps"]
+               if rule.source(online=False) == "steps"
+               and not (rule.series and rule.detector in on_steps)]
     checks = DetectorInput()
     records = 0
     notes = 0

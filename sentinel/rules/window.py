@@ -32,6 +32,9 @@ class StepPoint:
     # Global batch index the step trained on, when the job reports it: equal to the
     # step until the first skipped batch, so a spike's steps map to the batches to skip.
     batch: int | None = None
+    # Tokens the step trained on (the agent's step records): with the previous step's
+    # time of the same rank it gives the step's own tokens/sec.
+    tokens: float | None = None
 
 
 @dataclass

@@ -82,8 +82,11 @@ class EpisodeFinder:
         min_baseline_samples: int = 4,
         worse: Callable[[float, float], bool] = lambda a, b: a < b,
         close_fraction: float | None = None,
+        max_gap_s: float | None = None,
     ) -> None:
         self.is_bad, self.worse = is_bad, worse
+        # Longer than this without a sample breaks a run of samples (see _gap).
+        self.max_gap_s = max_gap_s if max_gap_s else MAX_GAP_STEPS * res
         self.baseline_s, self.sustain_s = baseline_s, sustain_s
         self.fixed_baseline, self.min_baseline_samples = fixed_baseline, min_baseline_samples
         self.on_episode = on_episode
@@ -133,7 +136,7 @@ class EpisodeFinder:
         """Take the next sample (a non-finite value is skipped)."""
         if not math.isfinite(v):
             return
-        if self.last_t is not None and t - self.last_t > MAX_GAP_STEPS * self.res:
+        if self.last_t is not None and t - self.last_t > self.max_gap_s:
             self._gap(self.last_t)
         self.last_t = t
         if self.fixed_baseline is not None:

@@ -12,6 +12,7 @@ whether they grow with the step count.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import heapq
 import math
@@ -65,6 +66,18 @@ class Params:
         default=300.0,
         metadata={"help": "seconds of normal samples before the recent window that make the "
                   "run's own baseline", "min": 10.0},
+    )
+    res_s: float = field(
+        default=0.0,
+        metadata={"help": "step records only: seconds per sample (records are averaged per "
+                  "node in buckets this long); 0 takes the median gap of the first records' "
+                  "times", "min": 0.0},
+    )
+    max_gap_s: float = field(
+        default=0.0,
+        metadata={"help": "longer than this without a sample, the series stopped (a job "
+                  "down, not slow); 0 means 3 samples. Step records come one per step, so "
+                  "a slowed job's samples are sparser than its buckets", "min": 0.0},
     )
     peer_check: bool = field(
         default=True, metadata={"help": "also compare each node with the cluster median"},
@@ -282,6 +295,8 @@ class Stream:
         self.extra_nodes = 0  # records of nodes past MAX_NODES
         self.dips_seen = 0
         self.notes: list[str] = []
+        # (node, rank) -> (step, time) of its newest record, for step records' own rates.
+        self._prev: dict[tuple[str | None, int | None], tuple[int, float]] = {}
 
     def _finder(self, on: Callable[[Episode], None], fixed: float | None) -> EpisodeFinder:
         p = self.p
@@ -289,12 +304,30 @@ class Stream:
         return EpisodeFinder(is_bad=lambda v, b: v < drop_line * b, baseline_s=p.baseline_s,
                              sustain_s=p.sustain_s, fraction=p.fraction, res=self.res,
                              on_episode=on, fixed_baseline=fixed,
-                             close_fraction=CLOSE_FRACTION)
+                             close_fraction=CLOSE_FRACTION, max_gap_s=p.max_gap_s or None)
+
+    def _rate(self, pt: StepPoint) -> float | None:
+        """Return the record's tokens/sec: given, or its tokens over the time since the
+        same rank's previous step (only when that was the step just before).
+        """
+        if pt.tokens_per_sec is not None or pt.tokens is None or pt.time is None:
+            return pt.tokens_per_sec
+        who = (pt.node, pt.rank)
+        prev = self._prev.get(who)
+        if prev is None and len(self._prev) >= self.MAX_NODES * 8:
+            return None  # bounded: ranks past the limit give no rate
+        self._prev[who] = (pt.step, pt.time)
+        if prev is None or pt.step != prev[0] + 1 or pt.time <= prev[1]:
+            return None
+        return pt.tokens / (pt.time - prev[1])
 
     def feed(self, pt: StepPoint) -> None:
         """Take the next step record (those without time or tokens/sec are skipped)."""
-        if pt.tokens_per_sec is None or pt.time is None:
+        rate = self._rate(pt)
+        if rate is None or pt.time is None:
             return
+        pt = dataclasses.replace(pt, tokens_per_sec=rate)
+        assert pt.tokens_per_sec is not None and pt.time is not None
         node = pt.node or "?"
         if node not in self.nodes:
             if len(self.nodes) >= self.MAX_NODES:
@@ -310,7 +343,7 @@ class Stream:
 
     def _start(self) -> None:
         """Fix the resolution from the records so far and replay them."""
-        self.res = resolution(sorted((t, v) for t, _n, v in self._first))
+        self.res = self.p.res_s or resolution(sorted((t, v) for t, _n, v in self._first))
         self._job = self._finder(self._job_episode, None)
         first, self._first = self._first, []
         for t, node, v in first:
