@@ -198,6 +198,9 @@ class Bench:
 
     def section(self, name: str, need_s: float, fn: Callable[[], dict[str, Any]]) -> None:
         """Run one section unless the budget is spent; keep going if it fails."""
+        if self.args.only and name != "env" and name not in self.args.only.split(","):
+            self.res["skipped"][name] = "not selected (--only)"
+            return
         if self.elapsed() + need_s > self.args.budget_s:
             self.res["skipped"][name] = (f"budget: {self.elapsed():.0f} s spent, ~{need_s:.0f} s "
                                          f"needed, --budget-s {self.args.budget_s:.0f}")
@@ -433,8 +436,9 @@ class Bench:
                     by_name.setdefault(v.name, []).append(v.stats.tflops_mean)
             out["bf16_tflops"] = {k: min(x) for k, x in by_name.items()}
         ic = self.res["sections"].get("interconnect", {})
-        if ic.get("copy_gbps_median") and unloaded is not None:
-            name = unloaded.verdicts[0].name
+        names = [unloaded.verdicts[0].name] if unloaded is not None else env.get("names", [])
+        if ic.get("copy_gbps_median") and names:
+            name = names[0]
             out["interconnect"][name] = {ic["topology"]: {
                 "copy_gbps": min(ic["copy_gbps_median"].values()),
                 "allreduce_busbw_gbps": ({str(ic["allreduce_gpus"]): ic["allreduce_busbw_median"]}
@@ -498,6 +502,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=os.environ.get("OUT", "out"))
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--only", default="", metavar="SECTIONS",
+                    help="run only these sections (comma-separated, e.g. interconnect)")
     ap.add_argument("--budget-s", type=float, default=350.0,
                     help="skip sections that would end past this many seconds")
     ap.add_argument("--leave-gib", type=float, default=4.0)

@@ -11,7 +11,12 @@ import argparse
 import sys
 from typing import Any
 
-from sentinel.burnin.config import BurninConfig, BurninConfigError, parse_gpu_list
+from sentinel.burnin.config import (
+    DEFAULT_DURATION_S,
+    BurninConfig,
+    BurninConfigError,
+    parse_gpu_list,
+)
 from sentinel.burnin.report import EXIT_CANNOT_RUN
 
 
@@ -29,7 +34,8 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--config", help="YAML config file (section burnin:)")
     p.add_argument("--gpus", help="CUDA device indices to test, e.g. 0,3 (default: all)")
-    p.add_argument("--duration", type=float, help="measured seconds (default 20)")
+    p.add_argument("--duration", type=float,
+                   help=f"measured seconds (default {DEFAULT_DURATION_S:g})")
     p.add_argument("--warmup", type=float, help="longest uncounted warm-up after the memory "
                    "test (default 5; with --warmup-mode fixed: exactly this long)")
     p.add_argument("--warmup-mode", choices=["steady", "fixed"],

@@ -133,8 +133,9 @@ def _episode_md(e: Episode, outcome: Outcome) -> list[str]:
         t = inc["time_to"]
         out.append(f"Incident `{inc['id']}` ({inc['kind']}, {inc['state']}): {inc['summary']}. "
                    f"The controller's own reckoning from the finding's start: detected in "
-                   f"{duration(t['detect'])}, decided in {duration(t['decide'])}, recovered in "
-                   f"{duration(t['recover'])}.")
+                   f"{duration(t['detect'])}, decided in {duration(t['decide'])}, "
+                   + (f"recovered in {duration(t['recover'])}." if t["recover"] is not None
+                      else "nothing to recover (no action taken)."))
         out.append("")
         for a in inc["actions"]:
             steps = ", ".join(f"{s['name']} {s['state']}" for s in a["steps"])

@@ -510,7 +510,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         device = torch.device(args.device)
     if device.type == "cuda":
-        torch.cuda.set_device(where.local_rank)
+        if device.index is None:  # each rank its own GPU, named in its logs
+            device = torch.device("cuda", where.local_rank)
+        torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = True
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import heapq
 import math
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -116,6 +117,13 @@ def _state(ep: Episode) -> str:
     return "resolved" if ep.end is not None else "firing"
 
 
+def _when(t: float) -> str:
+    """Say when an episode started: a UTC time of day for wall-clock times, else t=N."""
+    if t > 1e9:  # a Unix time (a trace's own clock, e.g. seconds from 0, stays as it is)
+        return time.strftime("%H:%M:%S UTC", time.gmtime(t))
+    return f"t={t:.0f}"
+
+
 def _delay(e: Episode) -> float:
     assert e.flagged is not None  # only sustained episodes are findings
     return e.flagged - e.start
@@ -138,7 +146,7 @@ def _job_finding(e: Episode, dips: list[dict[str, Any]], nodes: list[str], job: 
     return Finding(
         kind="throughput_drop", severity="warning",
         summary=(f"job throughput {depth:.0%} below its own baseline "
-                 f"{e.baseline:.4g} tokens/s since t={e.start:.0f}"),
+                 f"{e.baseline:.4g} tokens/s since {_when(e.start)}"),
         suggested_action="notify", detector=NAME, job=job or None,
         time_start=e.start, time_end=e.end if e.end is not None else e.last_bad,
         confidence=min(1.0, 0.5 + depth), evidence=evidence, state=_state(e),
@@ -151,7 +159,7 @@ def _node_finding(e: Episode, node: str, job: str) -> Finding:
     return Finding(
         kind="throughput_drop", severity="warning",
         summary=(f"node {node} runs {depth:.0%} below the cluster median "
-                 f"since t={e.start:.0f}"),
+                 f"since {_when(e.start)}"),
         suggested_action="notify", detector=NAME, job=job or None,
         node=node, time_start=e.start,
         time_end=e.end if e.end is not None else e.last_bad,

@@ -84,6 +84,6 @@ def test_shipped_link_floors_have_sources():
     from sentinel.burnin.baselines import SHIPPED
 
     data = json.loads(SHIPPED.read_text())["interconnect"]
-    assert data["NVIDIA H200"]["nvlink"]["source"].startswith("to be measured")
+    assert data["NVIDIA H200"]["nvlink"]["source"].startswith("measured 2026-11-29 on 2x")
     assert all(k["source"] for m in data.values() for k in m.values())
     assert "NVIDIA H200" in load_link_floors()

@@ -77,3 +77,9 @@ def test_a_flat_job_wide_drop_is_not_called_worsening():
         diag = [f for f in found if f.kind == "diagnosis"]
         assert diag and all(d.evidence["worsening"] is False for d in diag), [
             d.evidence for d in diag]
+
+
+def test_a_drop_says_when_it_started_as_a_time_of_day_not_an_epoch():
+    from sentinel.rules.detectors.throughput_drop import _when
+    assert _when(1795970688.0) == "16:44:48 UTC"
+    assert _when(120.0) == "t=120"  # a trace on its own clock keeps its own numbers
