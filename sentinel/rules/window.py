@@ -35,6 +35,11 @@ class StepPoint:
     # Tokens the step trained on (the agent's step records): with the previous step's
     # time of the same rank it gives the step's own tokens/sec.
     tokens: float | None = None
+    # Which run of several in one file (``run``/``job`` in ``sentinel detect``'s input).
+    run: str | None = None
+    # False for a record without a loss (a throughput-only trace): ``loss`` is NaN
+    # then, and the loss detector skips the record instead of calling it non-finite.
+    loss_given: bool = True
 
 
 @dataclass

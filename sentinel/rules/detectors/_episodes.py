@@ -32,6 +32,8 @@ class Episode:
     # Running sums of (t - start, value) over the samples fed while it was open, for the
     # least-squares trend of the values through it (a drop that keeps deepening).
     sums: list[float] = field(default_factory=lambda: [0.0] * 6, compare=False, repr=False)
+    # The newest step seen when it was flagged, where the caller knows steps.
+    flagged_step: int | None = field(default=None, compare=False)
 
     def add(self, t: float, v: float) -> None:
         """Count a sample fed while the episode is open into its trend."""

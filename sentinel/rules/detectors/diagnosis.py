@@ -149,12 +149,17 @@ def _diagnose(drop: Finding, others: list[Finding], p: Params) -> Finding:
         text = (f"straggler: node {drop.node} slower than its peers with no hardware or "
                 f"storage signal")
     evidence["cause"] = cause
+    # Named once the drop and what names the cause were both found.
+    used = [drop, *(disk or hw)]
+    seen = [f.detected_at for f in used if f.detected_at is not None]
     return Finding(
         kind="diagnosis", severity="warning", summary=text, suggested_action=action,
         detector=NAME, job=drop.job, node=node, gpu=gpu, step_start=drop.step_start,
         step_end=drop.step_end, time_start=drop.time_start, time_end=drop.time_end,
         confidence=conf * drop.confidence, evidence=evidence, state=drop.state,
         episode=f"{cause}@{drop.episode}",
+        detected_at=max(seen) if len(seen) == len(used) else None,
+        detected_step=drop.detected_step,
     )
 
 

@@ -167,6 +167,7 @@ class _Event:
     time_start: float | None = None
     time_end: float | None = None
     recent: deque[float] = field(default_factory=deque)
+    detected_time: float | None = None  # the time of the step it was found on
 
 
 def _log(v: float) -> float:
@@ -386,7 +387,7 @@ class _Tracker:
         ev = _Event(
             start=first, detected_at=pt.step, trigger=trigger, b0=b0, s0=s0,
             peak_r=r, peak_step=pt.step, last_anom=pt.step, grad_precursor=precursor,
-            time_start=pt.time, time_end=pt.time,
+            time_start=pt.time, time_end=pt.time, detected_time=pt.time,
             recent=deque(maxlen=max(p.history, p.trend_window)),
         )
         if trigger == "nonfinite":
@@ -518,14 +519,14 @@ def _finding(ev: _Event, job: str) -> Finding:
         confidence=conf,
         evidence=evidence,
         state="resolved" if ev.cls.startswith("recoverable") else "firing",
-        episode=str(ev.start),
+        episode=str(ev.start), detected_at=ev.detected_time, detected_step=ev.detected_at,
     )
 
 
 def detect(window: Window, params: Params) -> list[Finding]:
     """Return one finding per loss-spike event in the window's steps."""
     tr = _Tracker(params)
-    for pt in _merge_ranks(window.steps):
+    for pt in _merge_ranks([p for p in window.steps if p.loss_given]):
         tr.feed(pt)
     return [_finding(ev, window.job) for ev in tr.events]
 
@@ -540,7 +541,9 @@ class Stream:
         self.notes: list[str] = []
 
     def feed(self, pt: StepPoint) -> None:
-        """Take the next step record."""
+        """Take the next step record (one without a loss is skipped)."""
+        if not pt.loss_given:
+            return
         merged = self.merge.add(pt)
         if merged is not None:
             self.tracker.feed(merged)

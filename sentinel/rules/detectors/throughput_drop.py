@@ -150,7 +150,7 @@ def _job_finding(e: Episode, dips: list[dict[str, Any]], nodes: list[str], job: 
         suggested_action="notify", detector=NAME, job=job or None,
         time_start=e.start, time_end=e.end if e.end is not None else e.last_bad,
         confidence=min(1.0, 0.5 + depth), evidence=evidence, state=_state(e),
-        episode=f"{e.start:.0f}",
+        episode=f"{e.start:.0f}", detected_at=e.flagged, detected_step=e.flagged_step,
     )
 
 
@@ -168,6 +168,7 @@ def _node_finding(e: Episode, node: str, job: str) -> Finding:
                   "depth": depth, "flagged_at": e.flagged,
                   "detection_delay_s": _delay(e)},
         state=_state(e), episode=f"{e.start:.0f}",
+        detected_at=e.flagged, detected_step=e.flagged_step,
     )
 
 
@@ -267,6 +268,13 @@ def detect(window: Window, params: Params) -> list[Finding]:
     return findings
 
 
+def _mark(finder: EpisodeFinder, step: int | None) -> None:
+    """Note the step at which the finder's open episode was just flagged."""
+    cur = finder.cur
+    if cur is not None and cur.flagged is not None and cur.flagged_step is None:
+        cur.flagged_step = step
+
+
 class Stream:
     """The detector over step records in time order (``sentinel detect FILE``).
 
@@ -287,7 +295,9 @@ class Stream:
     def __init__(self, params: Params, job: str) -> None:
         self.p, self.job = params, job
         self.res = 0.0
-        self._first: list[tuple[float, str, float]] = []  # until the resolution is known
+        # (time, node, tokens/s, step) until the resolution is known
+        self._first: list[tuple[float, str, float, int]] = []
+        self._steps: dict[int, int] = {}  # open bucket -> the newest step in it
         self._open: dict[int, dict[str, list[float]]] = {}  # bucket -> node -> [sum, n]
         self._order: list[int] = []  # heap of the open buckets
         self._closed_to: int | None = None  # buckets up to this one are closed
@@ -343,21 +353,21 @@ class Stream:
                 return
             self.nodes.add(node)
         if self._job is None:
-            self._first.append((pt.time, node, pt.tokens_per_sec))
+            self._first.append((pt.time, node, pt.tokens_per_sec, pt.step))
             if len(self._first) >= self.RES_SAMPLE:
                 self._start()
             return
-        self._add(pt.time, node, pt.tokens_per_sec)
+        self._add(pt.time, node, pt.tokens_per_sec, pt.step)
 
     def _start(self) -> None:
         """Fix the resolution from the records so far and replay them."""
-        self.res = self.p.res_s or resolution(sorted((t, v) for t, _n, v in self._first))
+        self.res = self.p.res_s or resolution(sorted((t, v) for t, _n, v, _s in self._first))
         self._job = self._finder(self._job_episode, None)
         first, self._first = self._first, []
-        for t, node, v in first:
-            self._add(t, node, v)
+        for t, node, v, step in first:
+            self._add(t, node, v, step)
 
-    def _add(self, t: float, node: str, v: float) -> None:
+    def _add(self, t: float, node: str, v: float, step: int) -> None:
         b = round(t / self.res)
         if self._closed_to is not None and b <= self._closed_to:
             self.late += 1
@@ -369,6 +379,7 @@ class Stream:
             acc = self._open[b].setdefault(node, [0.0, 0])
             acc[0] += v
             acc[1] += 1
+            self._steps[b] = max(step, self._steps.get(b, step))
         if t > self._latest:
             self._latest = t
             self._close_until(round((t - self.HOLD_S) / self.res) - 1)
@@ -382,9 +393,11 @@ class Stream:
     def _close_bucket(self, b: int) -> None:
         assert self._job is not None
         per_node = {n: acc[0] / acc[1] for n, acc in self._open.pop(b).items()}
+        step = self._steps.pop(b, None)
         t = b * self.res
         cluster = median(per_node.values())
         self._job.feed(t, cluster)
+        _mark(self._job, step)
         if not self.p.peer_check or not cluster:
             return
         for node, v in sorted(per_node.items()):
@@ -393,6 +406,7 @@ class Stream:
                 f = self._node_finders[node] = self._finder(
                     functools.partial(self._node_episode, node), 1.0)
             f.feed(t, v / cluster)
+            _mark(f, step)
 
     def _job_episode(self, e: Episode) -> None:
         self.dips_seen += 1
