@@ -277,6 +277,14 @@ def _throttling_row() -> list[PanelBuilder]:
             [target(f"sentinel_gpu_up{{{NODE_GPU_MATCHER}}}", GPU_LEGEND)],
             mappings=UP_MAPPINGS,
         ),
+        timeseries_panel(
+            "Compute processes per GPU",
+            "Processes NVML lists on each GPU. More than the job's ranks on a GPU means "
+            "another process competes for it (throughput drops on that node).",
+            [target(f"sentinel_gpu_compute_processes{{{NODE_GPU_MATCHER}}}", GPU_LEGEND)],
+            min_val=0,
+            many_series=True,
+        ),
     ]
 
 
