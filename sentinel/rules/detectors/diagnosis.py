@@ -2,6 +2,8 @@
 
 - drop + disk-read latency rise on the same nodes (or, for a job-wide drop, on any of
   the job's nodes) at the same time: **storage stall** (data, not the GPUs);
+- drop + another process on a GPU of the node (for a job-wide drop: any node):
+  **GPU contention**;
 - drop + throttling or failing GPU on the node (for a job-wide drop: on any node,
   since synchronous training runs at the slowest GPU's pace): **throttling GPU**;
 - job-wide drop with normal hardware: **job-wide software slowdown** (dataloader),
@@ -110,6 +112,7 @@ def _diagnose(drop: Finding, others: list[Finding], p: Params) -> Finding:
     # A job-wide drop keeps every coinciding finding: online, the per-node query returns
     # only the slow nodes, so the job's node list is not known here.
     disk = [f for f in near if f.kind == "disk_latency"]
+    shared = [f for f in near if f.kind == "gpu_contention"]
     hw = [f for f in near if f.kind in HARDWARE_KINDS]
     where = f"node {drop.node}" if scope == "node" else "the whole job"
     evidence: dict[str, Any] = {"drop": drop.key, "scope": scope}
@@ -121,6 +124,14 @@ def _diagnose(drop: Finding, others: list[Finding], p: Params) -> Finding:
         evidence["disk_latency_nodes"] = nodes
         text = (f"storage stall: throughput drop on {where} coincides with disk read latency "
                 f"rise on {', '.join(nodes)}; data, not the GPUs")
+    elif shared:
+        # Before hardware: a GPU slowed by a second process is not a broken GPU.
+        cause, action, conf = "gpu_contention", "notify", 0.85
+        first = shared[0]
+        node, gpu = first.node, first.gpu
+        evidence["contention"] = [f.summary for f in shared]
+        text = (f"GPU contention: another process on GPU {gpu} of {node} slows {where}; "
+                "stop it or move it off the job's GPUs")
     elif hw:
         cause, action, conf = "throttling_gpu", "spare_swap", 0.9
         worst = hw[0]
@@ -150,7 +161,7 @@ def _diagnose(drop: Finding, others: list[Finding], p: Params) -> Finding:
                 f"storage signal")
     evidence["cause"] = cause
     # Named once the drop and what names the cause were both found.
-    used = [drop, *(disk or hw)]
+    used = [drop, *(disk or shared or hw)]
     seen = [f.detected_at for f in used if f.detected_at is not None]
     return Finding(
         kind="diagnosis", severity="warning", summary=text, suggested_action=action,
@@ -172,5 +183,6 @@ def detect(window: Window, params: Params) -> list[Finding]:
 
 SPEC = DetectorSpec(
     name=NAME, params=Params, detect=detect, inputs=("findings",), required=(),
-    description="storage stall / job-wide slowdown (worsening?) / throttling GPU / straggler",
+    description="storage stall / GPU contention / throttling GPU / job-wide slowdown "
+                "(worsening?) / straggler",
 )
