@@ -264,14 +264,27 @@ def synthetic(per_family: int = 12, n: int = 3000, seed: int = 0) -> list[Curve]
     ]
 
 
-def load_real(directory: Path = REAL_DIR) -> list[Curve]:
-    """Load recorded curves and their labels (see the module docstring for the format)."""
+def load_real(directory: Path = REAL_DIR, split: str | None = None) -> list[Curve]:
+    """Load recorded curves and their labels (see the module docstring for the format).
+
+    ``split`` (``tune`` or ``held_out``) keeps only the curves whose labels say so (the
+    GPU corpus of bench/detectors/record_gpu.py); a curve without a split is then an
+    error, not silently counted in either part. ``*.node.jsonl`` (node signals) are not
+    curves.
+    """
     curves: list[Curve] = []
     for path in sorted(directory.glob("*.jsonl")):
+        if path.name.endswith(".node.jsonl"):
+            continue
         label_path = path.with_suffix(".labels.json")
         if not label_path.exists():
             raise ValueError(f"{path}: no labels file {label_path.name}")
         labels = json.loads(label_path.read_text())
+        if split is not None:
+            if labels.get("split") not in ("tune", "held_out"):
+                raise ValueError(f"{label_path}: no split (valid: tune, held_out)")
+            if labels["split"] != split:
+                continue
         events = [Event(int(e["start"]), int(e["end"]), str(e.get("kind", "spike")))
                   for e in labels.get("events", [])]
         if labels.get("healthy", not events) and events:
