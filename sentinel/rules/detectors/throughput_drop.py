@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sentinel.rules.detectors._continuity import continue_episodes, earlier
+from sentinel.rules.detectors._continuity import Earlier, continue_episodes, earlier
 from sentinel.rules.detectors._episodes import (
     Episode,
     EpisodeFinder,
@@ -225,6 +225,27 @@ def _node_episodes(ratio: list[tuple[float, float]], node: str, res: float, p: P
     return continue_episodes(ratio, fresh, before, _finder_at(p, res))
 
 
+def _node_scope(node: str | None, f: Finding) -> bool:
+    return f.kind == NAME and f.node == node and f.evidence.get("scope") == "node"
+
+
+def _open_before(previous: list[Finding]) -> dict[str | None, Earlier]:
+    """Return the newest still-open drop of earlier cycles, per node (None: the job)."""
+    out: dict[str | None, Earlier] = {}
+    job = earlier(previous, lambda f: f.kind == NAME and f.evidence.get("scope") == "job",
+                  baseline=lambda f: _num(f.evidence.get("baseline_tokens_per_sec")),
+                  worst=lambda f: _num(f.evidence.get("worst_tokens_per_sec")))
+    if job and job[-1].end is None:
+        out[None] = job[-1]
+    nodes = {f.node for f in previous if f.kind == NAME and f.evidence.get("scope") == "node"}
+    for node in nodes:
+        eps = earlier(previous, functools.partial(_node_scope, node), baseline=lambda f: 1.0,
+                      worst=lambda f: _num(f.evidence.get("ratio_to_cluster_median")))
+        if eps and eps[-1].end is None and node is not None:
+            out[node] = eps[-1]
+    return out
+
+
 def _num(v: Any) -> float | None:
     return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
 
@@ -236,7 +257,7 @@ def detect(window: Window, params: Params) -> list[Finding]:
     cl_series = window.role("tokens_per_sec_cluster")
     if not nodes and not cl_series:
         # From step records (sentinel detect FILE): the streamed detector, in time order.
-        stream = Stream(p, window.job)
+        stream = Stream(p, window.job, window.previous)
         for sp in sorted((sp for sp in window.steps if sp.time is not None),
                          key=lambda sp: sp.time or 0.0):
             stream.feed(sp)
@@ -292,8 +313,14 @@ class Stream:
     MAX_NODES = 4096
     MAX_DIPS = 1000
 
-    def __init__(self, params: Params, job: str) -> None:
+    def __init__(self, params: Params, job: str, previous: list[Finding] | None = None
+                 ) -> None:
         self.p, self.job = params, job
+        # The drops earlier cycles reported still open, by node (None: the job): each
+        # finder takes its own up again when the samples reach its start (continuity).
+        self._cont: dict[str | None, Earlier] = {}
+        for key, found in _open_before(previous or []).items():
+            self._cont[key] = found
         self.res = 0.0
         # (time, node, tokens/s, step) until the resolution is known
         self._first: list[tuple[float, str, float, int]] = []
@@ -396,6 +423,7 @@ class Stream:
         step = self._steps.pop(b, None)
         t = b * self.res
         cluster = median(per_node.values())
+        self._resume(self._job, None, t)
         self._job.feed(t, cluster)
         _mark(self._job, step)
         if not self.p.peer_check or not cluster:
@@ -405,8 +433,18 @@ class Stream:
             if f is None:
                 f = self._node_finders[node] = self._finder(
                     functools.partial(self._node_episode, node), 1.0)
+            self._resume(f, node, t)
             f.feed(t, v / cluster)
             _mark(f, step)
+
+    def _resume(self, finder: EpisodeFinder, key: str | None, t: float) -> None:
+        """Continue the drop earlier cycles reported open, once the samples reach it."""
+        e = self._cont.get(key)
+        if e is None or t < e.start:
+            return
+        del self._cont[key]
+        finder.resume(Episode(start=e.start, end=None, flagged=e.flagged, baseline=e.baseline,
+                              worst=e.worst, last_bad=e.last_bad))
 
     def _job_episode(self, e: Episode) -> None:
         self.dips_seen += 1

@@ -71,3 +71,32 @@ def test_a_slow_node_is_a_straggler_on_the_steps():
              if f.evidence["scope"] == "node"]
     assert [f.node for f in found] == ["n2"], [f.summary for f in found]
     assert found[0].evidence["flagged_at"] - cut <= 10.0
+
+
+def test_a_drop_longer_than_the_step_cache_keeps_one_key_through_cycles():
+    """The agent's stream keeps the newest records only (here 3 minutes of them): a
+    10-minute drop, evaluated every 15 s by the engine, stays one finding, one key."""
+    from collections import deque
+
+    from sentinel.rules.engine import Engine
+
+    onset, end = T0 + 300.0, T0 + 900.0
+    pts = steps(1200.0, [(onset, end, 1 / 0.6)], seed=2, nodes=3, ranks=1)
+    rules = [r for r in load_rules() if r.name == "throughput-steps"]
+    eng = Engine(rules, fetch_threads=1)
+    cache: deque[StepPoint] = deque(maxlen=3 * 4 * 180)  # ~180 s of 3 nodes x 4 steps/s
+    fed = 0
+    changes = []
+    now = T0 + 200.0
+    while now <= T0 + 1200.0:
+        while fed < len(pts) and (pts[fed].time or 0.0) <= now:
+            cache.append(pts[fed])
+            fed += 1
+        changes += eng.evaluate(lambda rule, n: Window(job="j", steps=list(cache), now=n),
+                                now=now)
+        now += 15.0
+    got = [(f.key, f.state) for f in changes if f.kind == "throughput_drop"]
+    assert [s for _, s in got] == ["firing", "resolved"], got
+    assert got[0][0] == got[1][0]
+    gone = [f for f in changes if f.kind == "throughput_drop" and f.state == "resolved"][0]
+    assert abs(gone.time_start - onset) <= 2.0 and abs(gone.time_end - end) <= 15.0
