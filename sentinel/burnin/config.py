@@ -16,14 +16,15 @@ DTYPES = ("bf16", "fp8")
 # gpu-fryer's default matrix: 8192 x 8192 is large enough for cuBLAS to reach full
 # tensor-core speed on H100/A100 and small enough (3 x 128 MiB in bf16) to fit any GPU.
 DEFAULT_SIZE = 8192
-# 16 s measured: with the steady-state warm-up and the memory test overlapped with it,
-# the default verdict fits in 30 s (issue 16). 20 s measured gave 33-34 s on an H200
-# (the warm-up ends steady at 11-12 s, after the overlapped memory test), so 4 s went.
-# Measured H200 runs hold their speed within +-0.5% from the first measured second
+# 13 s measured: with the steady-state warm-up and the memory test overlapped with it,
+# the default verdict fits in 30 s (issue 16). On an H200 the rest of a run is ~14.5 s
+# (set-up ~2 s, the memory test beside the first matmuls ~7.5 s, then ~3 s to a steady
+# speed, the verdict): 20 s measured gave 33-34 s, 16 s gave 30.5-31 s. Measured H200
+# runs hold their speed within +-0.5% from the first measured second
 # (docs/BENCHMARKS.md), and a competitor or a wrong result shows within a second or two,
 # so the seconds given up were not what caught a slow or wrong GPU; the GPU is still
-# under matmul load for ~27 s, past the ~15-20 s its temperature climbs under a burn.
-DEFAULT_DURATION_S = 16.0
+# under matmul load for ~25 s, past the ~15-20 s its temperature climbs under a burn.
+DEFAULT_DURATION_S = 13.0
 # gpu-fryer drops the first 5 s: clocks and cuBLAS heuristics settle in that time. In the
 # steady mode it is the longest wait for a steady speed after the memory test.
 DEFAULT_WARMUP_S = 5.0

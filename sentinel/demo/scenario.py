@@ -181,12 +181,27 @@ class Scenario:
         deadline = time.monotonic() + FIRST_STEP_TIMEOUT_S
         while self.job.step < 0:
             self.poll()
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the job did not train within {FIRST_STEP_TIMEOUT_S:.0f} s"
-                                   f": {self._job_state[0]} (its output: {self.stack.run_dir})")
+            state = self._job_state[0]
+            ended = state in ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
+                              "BOOT_FAIL", "DEADLINE", "COMPLETED")
+            if ended or time.monotonic() > deadline:
+                why = "ended" if ended else f"did not train within {FIRST_STEP_TIMEOUT_S:.0f} s"
+                raise RuntimeError(f"the job {why} before its first step: {state} (its output: "
+                                   f"{self.stack.run_dir}){self._job_output_tail()}")
             time.sleep(POLL_S)
         self.view.say("job", f"training on {', '.join(self._job_state[1])}: step "
                       f"{self.job.step}, loss {self.job.loss:.2f}")
+
+    def _job_output_tail(self, lines: int = 30) -> str:
+        """Return the end of the job's Slurm output, to say why it did not train."""
+        s = self.stack
+        path = s.run_dir / f"slurm-{s.slurm_job}.out" if s.slurm_job else None
+        try:
+            text = path.read_text(errors="replace") if path else ""
+        except OSError as e:
+            return f"; its output could not be read: {e}"
+        tail = text.splitlines()[-lines:]
+        return ("; the end of " + str(path) + ":\n" + "\n".join(tail)) if tail else ""
 
     # -- polling -----------------------------------------------------------------------
 

@@ -349,6 +349,8 @@ class Stack:
 # sentinel demo: the GPT example, one rank per node; each rank reports to its node's agent
 # and reads its node's copy of the data. A requeued run takes the next rendezvous port.
 ports=({ports})
+# The ranks run the sentinel this demo runs (a checkout on PYTHONPATH, or the installed one).
+export PYTHONPATH={_package_root()}${{PYTHONPATH:+:$PYTHONPATH}}
 export MASTER_ADDR=127.0.0.1
 export MASTER_PORT=${{ports[$(( ${{SLURM_RESTART_COUNT:-0}} % 4 ))]}}
 echo "start $(date +%s.%N) restarts=${{SLURM_RESTART_COUNT:-0}} nodes=$SLURM_JOB_NODELIST"
@@ -391,6 +393,11 @@ exec srun --kill-on-bad-exit=1 --ntasks-per-node=1 bash -c '{rank}'
     def close(self) -> None:
         """Stop everything that was started, newest first."""
         self._exit.close()
+
+
+def _package_root() -> str:
+    """Return the folder that holds the ``sentinel`` package this process imported."""
+    return str(Path(__file__).resolve().parents[2])
 
 
 def wait_for(what: str, cond: Any, timeout: float, interval: float = 0.5) -> Any:

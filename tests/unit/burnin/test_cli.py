@@ -93,7 +93,7 @@ def test_v2_flags_reach_the_config(monkeypatch):
     monkeypatch.delenv("SENTINEL_BURNIN_DURATION")
     cfg = cli._load(ap.parse_args(["burnin"]))
     assert (cfg.interconnect, cfg.warmup_mode, cfg.duration, cfg.tolerance) == (
-        True, "steady", 16.0, 0.10)
+        True, "steady", 13.0, 0.10)
 
 
 def test_bad_warmup_mode_from_the_environment_exits_2(capsys, monkeypatch):

@@ -75,3 +75,19 @@ def test_job_script_gives_each_rank_its_nodes_agent_and_data(tmp_path):
     assert "MASTER_PORT=${ports[$(( ${SLURM_RESTART_COUNT:-0} % 4 ))]}" in script
     assert f"--inject-bad-batch {story.bad_batches_arg()}" in script
     assert "exec srun --kill-on-bad-exit=1 --ntasks-per-node=1" in script
+
+
+def test_job_script_runs_the_ranks_on_this_sentinel_from_any_folder(tmp_path):
+    """A rank starts in the run directory: it must import the sentinel the demo runs."""
+    import subprocess
+
+    import sentinel
+
+    s = _stack(tmp_path, True, slack=False)
+    script = s.job_script()
+    [line] = [ln for ln in script.splitlines() if ln.startswith("export PYTHONPATH=")]
+    r = subprocess.run(["bash", "-c", f"{line}; cd {tmp_path} && env -u PYTHONHOME python3 -c "
+                        "'import sentinel; print(sentinel.__file__)'"],
+                       capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == sentinel.__file__
