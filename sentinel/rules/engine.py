@@ -103,9 +103,11 @@ class Engine:
             self.errors.pop(rule.label, None)
             window.previous = previous.get(rule.label, [])
             found = run_rule(rule, window)
+            # Online, a finding is first emitted now, having seen the window's newest
+            # step (a detector's own replay-time step is for offline replays).
             newest = max((p.step for p in window.steps), default=None)
             for f in found:
-                if f.detected_step is None:
+                if newest is not None:
                     f.detected_step = newest
             current += found
             origins += [rule.label] * len(found)
