@@ -68,6 +68,8 @@ EXTRA_REPORTER_DROPPED = "sentinel_reporter_dropped"
 # batch=i)``); steps and batch indices part ways after the first skipped batch, and the
 # agent's step stream keeps it so a loss spike's steps map to the batches to skip.
 EXTRA_BATCH = "batch"
+# Extra key of the seconds the step waited for its input (Reporter.step(data_s=...)).
+EXTRA_DATA_S = "data_s"
 # Event a rank sends when it ends on purpose (Reporter.finish): the agent stops exporting
 # its live series (age, tokens/sec), so a finished job raises no "stopped reporting" or
 # "throughput drop" alert, and forgets the job soon after every rank has finished.

@@ -33,8 +33,9 @@ from sentinel.rules.jsonl import read_steps
 HERE = Path(__file__).resolve().parent
 REAL_DIR = HERE / "curves" / "real"
 
-EVENT_FAMILIES = ("sharp_spike", "slow_spike", "divergence", "plateau_shift", "nan")
-HEALTHY_FAMILIES = ("clean", "noisy", "unshuffled", "lr_warmup_decay", "resumed")
+EVENT_FAMILIES = ("sharp_spike", "slow_spike", "divergence", "plateau_shift", "nan",
+                  "subtle_spike", "early_spike")
+HEALTHY_FAMILIES = ("clean", "noisy", "unshuffled", "lr_warmup_decay", "resumed", "high_lr")
 
 
 @dataclass
@@ -125,11 +126,23 @@ def make_curve(family: str, idx: int, n: int, seed: int) -> Curve:
         "lr_warmup_decay": rng.uniform(0.01, 0.03),
         "resumed": rng.uniform(0.01, 0.03),
     }.get(family, rng.uniform(0.008, 0.04))
+    if family == "subtle_spike":
+        # Noise that puts a 1.2-1.4x step at z about 3.5-5 by the detector's scale (about
+        # 1.25 sigma: the larger of two estimates): too small for the loss alone.
+        sigma = rng.uniform(math.log(1.3) / 6.25, math.log(1.3) / 4.4)
     noise = rng.normal(0, sigma, n)
     x = base + noise
     if family == "unshuffled" or (family in EVENT_FAMILIES and rng.random() < 0.3):
         x += _bumps(rng, n)
     g = _grad_base(rng, n)
+    if family == "high_lr":
+        # A healthy high-learning-rate run: grad-norm bursts (2-5x) every 50-250 steps,
+        # the loss up to +8% on the same step, and back at once.
+        s = int(rng.integers(30, 250))
+        while s < n:
+            g[s] *= rng.uniform(2.0, 5.0)
+            x[s] += rng.uniform(0.0, 0.08)
+            s += int(rng.integers(50, 250))
     events: list[Event] = []
     min_mag = max(0.26, 8 * sigma)  # a spike is well outside the noise: >= +30% and 8 sigma
     nanmask = np.zeros(n, dtype=bool)
@@ -168,6 +181,22 @@ def make_curve(family: str, idx: int, n: int, seed: int) -> Curve:
         x[s:] += m * (0.8 + 0.2 * np.exp(-t / 100))
         g[s : s + 2] *= rng.uniform(2, 6)
         events.append(Event(s, n - 1, "plateau"))
+    elif family == "subtle_spike":
+        # As on the real H100 curves: one step's loss 1.2-1.4x (z about 3.5-5 against
+        # the noise) while the grad norm jumps 1.8-2.7x on the same step.
+        # The ratios are the measured ones: against the trend (loss) and the median of
+        # the steps before (grad norm).
+        for s in _positions(rng, n, int(rng.integers(1, 4)), n // 5, 300):
+            x[s] = base[s] + rng.uniform(math.log(1.2), math.log(1.4))
+            g[s] = float(np.median(g[s - 32 : s])) * rng.uniform(1.8, 2.7)
+            events.append(Event(s, s, "spike"))
+    elif family == "early_spike":
+        # A bad batch in the first 20 steps, before a rolling baseline exists.
+        s = int(rng.integers(4, 20))
+        d = int(rng.integers(1, 3))
+        x[s : s + d] += rng.uniform(0.45, 1.1)
+        g[s : s + d] *= rng.uniform(3, 10)
+        events.append(Event(s, s + d - 1, "spike"))
     elif family == "nan":
         for s in _positions(rng, n, int(rng.integers(1, 3)), n // 5, 400):
             if rng.random() < 0.3:
@@ -235,14 +264,27 @@ def synthetic(per_family: int = 12, n: int = 3000, seed: int = 0) -> list[Curve]
     ]
 
 
-def load_real(directory: Path = REAL_DIR) -> list[Curve]:
-    """Load recorded curves and their labels (see the module docstring for the format)."""
+def load_real(directory: Path = REAL_DIR, split: str | None = None) -> list[Curve]:
+    """Load recorded curves and their labels (see the module docstring for the format).
+
+    ``split`` (``tune`` or ``held_out``) keeps only the curves whose labels say so (the
+    GPU corpus of bench/detectors/record_gpu.py); a curve without a split is then an
+    error, not silently counted in either part. ``*.node.jsonl`` (node signals) are not
+    curves.
+    """
     curves: list[Curve] = []
     for path in sorted(directory.glob("*.jsonl")):
+        if path.name.endswith(".node.jsonl"):
+            continue
         label_path = path.with_suffix(".labels.json")
         if not label_path.exists():
             raise ValueError(f"{path}: no labels file {label_path.name}")
         labels = json.loads(label_path.read_text())
+        if split is not None:
+            if labels.get("split") not in ("tune", "held_out"):
+                raise ValueError(f"{label_path}: no split (valid: tune, held_out)")
+            if labels["split"] != split:
+                continue
         events = [Event(int(e["start"]), int(e["end"]), str(e.get("kind", "spike")))
                   for e in labels.get("events", [])]
         if labels.get("healthy", not events) and events:

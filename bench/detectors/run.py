@@ -30,10 +30,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="out")
     ap.add_argument("--no-real", action="store_true", help="skip curves/real/")
+    ap.add_argument("--real-dir", type=Path, default=None,
+                    help="recorded curves to use instead of curves/real/ (record_gpu.py's "
+                         "traces/)")
+    ap.add_argument("--split", choices=["tune", "held_out"], default=None,
+                    help="only the curves of this part of a split corpus (report on "
+                         "held_out; tune on tune)")
     ap.add_argument("--write-docs", action="store_true")
     args = ap.parse_args(argv)
     curves = synthetic(args.per_family, args.steps, args.seed)
-    real = [] if args.no_real else load_real()
+    real = [] if args.no_real else (
+        load_real(args.real_dir, args.split) if args.real_dir else load_real(split=args.split))
     result = run_benchmark(curves + real)
     table = markdown(result)
     print(table)
@@ -44,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"per_family": args.per_family, "steps": args.steps, "seed": args.seed,
-            "real_curves": len(real), "machine": platform.platform(),
+            "real_curves": len(real), "real_dir": str(args.real_dir or "curves/real"),
+            "split": args.split, "machine": platform.platform(),
             "python": sys.version.split()[0]}
     (out / "detectors.json").write_text(json.dumps({"meta": meta, **result}, indent=1))
     if args.write_docs:

@@ -94,6 +94,38 @@ def job_wide_worsening(seed: int = 0) -> Scenario:
     return sc
 
 
+def gpu_contention(seed: int = 0) -> Scenario:
+    """Another process starts on GPU 5 of node02: the job (synchronous) slows 40%."""
+    rng = np.random.default_rng(seed)
+    tps, lat = _base(rng), _latency(rng)
+    s = T0 + 700.0
+    for node in NODES:
+        tps[node][_idx(s):_idx(s + 240)] *= 0.6
+    sc = Scenario("gpu_contention", _pack(tps, lat), s, "gpu_contention", "node02")
+    extra = np.zeros(len(_times()))
+    extra[_idx(s) - 1:_idx(s + 240)] = 1.0  # one process beyond the job's ranks
+    # As the shipped rule asks for it: only the GPU's samples above 0 come back.
+    sc.series["extra_processes"] = [Series(
+        labels={"hostname": "node02", "gpu": "5", "UUID": "GPU-node02-5"},
+        points=[(float(t), 1.0) for t, v in zip(_times(), extra, strict=True) if v > 0])]
+    return sc
+
+
+def growing_slowdown(seed: int = 0) -> Scenario:
+    """Dataloader whose per-step cost grows: from minute 10 each step a little slower, half
+    the speed 10 minutes later; hardware fine. The drop "starts" where 10% is lost."""
+    rng = np.random.default_rng(seed)
+    tps, lat = _base(rng), _latency(rng)
+    s, grow = T0 + 600.0, 1 / 600.0  # step time x(1 + grow * seconds since s)
+    t = _times()
+    slow = np.where(t >= s, 1 / (1 + grow * np.clip(t - s, 0, None)), 1.0)
+    for node in NODES:
+        tps[node] *= slow
+    ten = s + (1 / 0.9 - 1) / grow
+    return Scenario("growing_slowdown", _pack(tps, lat), ten, "job_wide_slowdown",
+                    worsening=True)
+
+
 def throttled_gpu(seed: int = 0) -> Scenario:
     """One GPU of node03 hits HW slowdown + power cap (combined bits); the job slows 25%."""
     rng = np.random.default_rng(seed)
@@ -134,8 +166,8 @@ def jitter(seed: int = 0) -> Scenario:
     return Scenario("jitter", _pack(_base(rng, jitter=0.05), _latency(rng)), None, None)
 
 
-SCENARIOS = (storage_stall, job_wide_worsening, throttled_gpu, straggler, checkpoint_pauses,
-             jitter)
+SCENARIOS = (storage_stall, job_wide_worsening, growing_slowdown, gpu_contention, throttled_gpu,
+             straggler, checkpoint_pauses, jitter)
 
 
 def first_sustained_drop(values: list[float], start: float) -> float:

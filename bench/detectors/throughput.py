@@ -15,7 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from bench.detectors.scenarios import RES, SCENARIOS, Scenario
-from sentinel.rules.detectors import diagnosis, disk_latency, gpu_throttle, throughput_drop
+from sentinel.rules.detectors import (
+    diagnosis,
+    disk_latency,
+    gpu_contention,
+    gpu_throttle,
+    throughput_drop,
+)
 from sentinel.rules.finding import Finding
 from sentinel.rules.window import Series, Window
 
@@ -31,6 +37,21 @@ def evaluate(sc: Scenario) -> list[Finding]:
                      for ss in lst] for role, lst in sc.series.items()}
     found += gpu_throttle.detect(Window(job="bench", series=recent, step_s=RES, range_s=600.0),
                                  gpu_throttle.Params())
+    # The contention rule looks at the last 5 minutes as of each minute of the replay
+    # (its finding is about a process running now, so one look at the end would miss
+    # one that stopped): findings of the same GPU merge into one.
+    for t_end in range(int(min(t for ss in sc.series["tokens_per_sec"] for t, _ in ss.points))
+                       + 300, int(end) + 1, 60):
+        part = {"extra_processes": [Series(ss.labels, [(t, v) for t, v in ss.points
+                                                       if t_end - 300 < t <= t_end])
+                                    for ss in sc.series.get("extra_processes", [])]}
+        for f in gpu_contention.detect(Window(job="bench", series=part, step_s=RES,
+                                              now=float(t_end)), gpu_contention.Params()):
+            same = [g for g in found if g.kind == f.kind and g.gpu == f.gpu]
+            if same:
+                same[0].time_end = f.time_end
+            else:
+                found.append(f)
     found += diagnosis.detect(Window(findings=list(found)), diagnosis.Params())
     return found
 

@@ -31,6 +31,7 @@ from sentinel.protocol import (
     DROP_REASONS,
     EVENT_FINISHED,
     EXTRA_BATCH,
+    EXTRA_DATA_S,
     EXTRA_REPORTER_DROPPED,
     EventReport,
     StepReport,
@@ -95,6 +96,10 @@ class RankState:
         default_factory=lambda: [0] * (len(STEP_DURATION_BUCKETS) + 1)
     )
     duration_sum: float = 0.0
+    # Seconds the rank's steps waited for their input (Reporter.step(data_s=)), and how
+    # many steps said so.
+    data_wait_sum: float = 0.0
+    data_wait_steps: int = 0
     events: dict[str, int] = field(default_factory=dict)
     # Reports the job's Reporter says it dropped on its side: a per-process count, kept
     # monotonic across process restarts as base (earlier processes) + last (this one).
@@ -258,6 +263,11 @@ class StepStore:
         if report.samples is not None:
             rank.samples_total += report.samples
         rank.rate.add(now, report.tokens)
+        wait = report.extra.get(EXTRA_DATA_S)
+        # The protocol refuses non-finite extras; a negative wait is a clock's mistake.
+        if wait is not None and wait >= 0:
+            rank.data_wait_sum += wait
+            rank.data_wait_steps += 1
         told = report.extra.get(EXTRA_REPORTER_DROPPED)
         # The protocol refuses non-finite extras; the range check keeps int() exact.
         if told is not None and 0 <= told <= MAX_REPORTER_DROPPED:

@@ -277,6 +277,14 @@ def _throttling_row() -> list[PanelBuilder]:
             [target(f"sentinel_gpu_up{{{NODE_GPU_MATCHER}}}", GPU_LEGEND)],
             mappings=UP_MAPPINGS,
         ),
+        timeseries_panel(
+            "Compute processes per GPU",
+            "Processes NVML lists on each GPU. More than the job's ranks on a GPU means "
+            "another process competes for it (throughput drops on that node).",
+            [target(f"sentinel_gpu_compute_processes{{{NODE_GPU_MATCHER}}}", GPU_LEGEND)],
+            min_val=0,
+            many_series=True,
+        ),
     ]
 
 
@@ -447,6 +455,35 @@ def _disk_row() -> list[PanelBuilder]:
                 (None, "green"),
                 (DISK_READ_LATENCY_WARN_S, "yellow"),
                 (DISK_READ_LATENCY_CRIT_S, "red"),
+            ],
+        ),
+        timeseries_panel(
+            "Disk stalls (worst second)",
+            "From the agent's one-second diskstats sampler: the worst second of read "
+            "latency and of busy time in each 15 s, and the most I/Os in flight, so a "
+            "stall of a few seconds shows at its full height.",
+            [
+                target(on_node("sentinel_disk_read_latency_max_seconds", NODE_MATCHER),
+                       "{{device}} worst second"),
+                target(on_node("sentinel_disk_read_latency_recent_seconds", NODE_MATCHER),
+                       "{{device}} latest second"),
+            ],
+            unit="s",
+            steps=[
+                (None, "green"),
+                (DISK_READ_LATENCY_WARN_S, "yellow"),
+                (DISK_READ_LATENCY_CRIT_S, "red"),
+            ],
+        ),
+        timeseries_panel(
+            "Disk queue (worst second)",
+            "Most I/Os in flight at a one-second sample, and the highest share of a second "
+            "spent doing I/O, in each 15 s.",
+            [
+                target(on_node("sentinel_disk_in_flight_ios_max", NODE_MATCHER),
+                       "{{device}} in flight"),
+                target(on_node("sentinel_disk_busy_ratio_max", NODE_MATCHER),
+                       "{{device}} busy"),
             ],
         ),
         timeseries_panel(

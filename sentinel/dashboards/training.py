@@ -285,6 +285,23 @@ def _step_time_row() -> list[PanelBuilder]:
             many_series=True,
         ),
         timeseries_panel(
+            "Input wait per step (node mean)",
+            "Seconds each step waited for its input (the job's Reporter.step(data_s=)); a "
+            "rise together with a throughput drop is an input-pipeline or storage stall.",
+            [
+                target(
+                    "sum by (hostname) "
+                    f"(rate(sentinel_train_data_wait_seconds_total{{{JOB_NODE_MATCHER}}}"
+                    f"[{RATE_INTERVAL}])) / sum by (hostname) "
+                    f"(rate(sentinel_train_data_wait_steps_total{{{JOB_NODE_MATCHER}}}"
+                    f"[{RATE_INTERVAL}]))",
+                    "{{hostname}}",
+                ),
+            ],
+            unit="s",
+            many_series=True,
+        ),
+        timeseries_panel(
             "Seconds since last step report",
             "Per node, the oldest rank's report age. Lines: warn and hang thresholds.",
             [

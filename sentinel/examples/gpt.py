@@ -487,6 +487,7 @@ class Trainer:
         args, cfg, world = self.args, self.cfg, self.where.world
         t_step = time.perf_counter()
         b = next(self.batches)
+        data_s = time.perf_counter() - t_step  # the wait for input: names a data stall
         x = b.data
         if b.index in args.inject_bad_batch:
             x = bad_batch(x, args.seed, b.index)
@@ -510,9 +511,9 @@ class Trainer:
         tps = tokens_per_step / dt
         self.reporter.step(self.step, loss=loss_v, tokens=tokens_per_step // world,
                            grad_norm=grad_norm, samples=cfg.batch_size // world, batch=b.index,
-                           lr=float(self.sched.get_last_lr()[0]))
+                           data_s=data_s, lr=float(self.sched.get_last_lr()[0]))
         self.note("step", step=self.step, batch=b.index, loss=loss_v, grad_norm=grad_norm,
-                  tokens_per_sec=tps, step_s=dt)
+                  tokens_per_sec=tps, step_s=dt, data_s=data_s)
         if jsonl is not None:
             # NaN/Inf spelled as strings (sentinel.jsonnum): the detector-input format.
             jsonl.write(jsonnum.dumps({"step": self.step, "loss": loss_v, "grad_norm": grad_norm,

@@ -105,6 +105,8 @@ class GpuSample:
     remap_pending: bool | None = None
     remap_failure: bool | None = None
     pcie_replay: int | None = None
+    # Compute processes NVML sees on the GPU (a job's ranks, and any other: contention).
+    compute_processes: int | None = None
     errors: list[str] = field(default_factory=list)
     gpu_lost: bool = False
 
@@ -196,6 +198,8 @@ FIELDS: tuple[NvmlField, ...] = (
                 _keyed("ecc_errors", (tname, cname), int))
       for tname, et in ECC_TYPES.items() for cname, ct in ECC_COUNTERS.items()),
     NvmlField("remapped_rows", _fn("nvmlDeviceGetRemappedRows"), (), _remapped_rows),
+    NvmlField("compute_processes", _fn("nvmlDeviceGetComputeRunningProcesses"), (),
+              lambda v: {"compute_processes": len(v)}),
     NvmlField("slowdown_temperature", _fn("nvmlDeviceGetTemperatureThreshold"),
               (_THRESHOLD_SLOWDOWN,), lambda v: {"slowdown_temperature_c": float(v)}, SLOW),
     NvmlField("shutdown_temperature", _fn("nvmlDeviceGetTemperatureThreshold"),

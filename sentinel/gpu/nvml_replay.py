@@ -293,6 +293,11 @@ class ReplayBackend:
         v = self._get(h, "remapped_rows")
         return (int(v[0]), int(v[1]), int(v[2]), int(v[3]))
 
+    def nvmlDeviceGetComputeRunningProcesses(self, h: _Handle) -> list[Any]:  # noqa: N802
+        """Return the compute processes: the dump's ``compute_processes`` ({pid, used_memory})."""
+        return [SimpleNamespace(pid=int(p["pid"]), usedGpuMemory=p.get("used_memory"))
+                for p in self._get(h, "compute_processes")]
+
     def nvmlDeviceGetPcieReplayCounter(self, h: _Handle) -> int:  # noqa: N802
         """Return the PCIe replay counter."""
         return int(self._get(h, "pcie_replay_counter"))

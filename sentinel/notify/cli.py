@@ -132,7 +132,9 @@ def load_steps_jsonl(path: str, around: int | None, window: int) -> Any:
     from sentinel.rules.jsonl import InputError, iter_steps
 
     try:
-        points = [p for p in iter_steps(path) if around is None or abs(p.step - around) <= window]
+        # Records without a loss (a throughput-only trace) have nothing to plot here.
+        points = [p for p in iter_steps(path) if p.loss_given
+                  and (around is None or abs(p.step - around) <= window)]
     except InputError as e:
         raise ConfigError(f"--steps-jsonl {e}") from None
     if not points:

@@ -94,30 +94,49 @@ class Engine:
                 windows = list(pool.map(get, first))
         else:
             windows = [get(r) for r in first]
+        previous = self._by_origin()
         for rule, window in zip(first, windows, strict=True):
             if isinstance(window, Exception):
                 self.errors[rule.label] = str(window)
                 log.warning("rule %s: cannot fetch its data: %s", rule.label, window)
                 continue
             self.errors.pop(rule.label, None)
+            window.previous = previous.get(rule.label, [])
             found = run_rule(rule, window)
+            # Online, a finding is first emitted now, having seen the window's newest
+            # step (a detector's own replay-time step is for offline replays).
+            newest = max((p.step for p in window.steps), default=None)
+            for f in found:
+                if newest is not None:
+                    f.detected_step = newest
             current += found
             origins += [rule.label] * len(found)
             ran.add(rule.label)
         for rule in later:
-            found = run_rule(rule, Window(findings=list(current), now=now))
+            found = run_rule(rule, Window(findings=list(current), now=now,
+                                          previous=previous.get(rule.label, [])))
             current += found
             origins += [rule.label] * len(found)
             ran.add(rule.label)
-        return self.update(current, ran, origins)
+        return self.update(current, ran, origins, now=now)
+
+    def _by_origin(self) -> dict[str, list[Finding]]:
+        """Return the remembered findings of each rule run, by its label."""
+        out: dict[str, list[Finding]] = {}
+        for _sig, f, origin in self._known.values():
+            out.setdefault(origin, []).append(f)
+        return out
 
     def update(self, findings: list[Finding], rules_ran: set[str],
-               origins: list[str] | None = None) -> list[Finding]:
+               origins: list[str] | None = None, now: float | None = None) -> list[Finding]:
         """Compare this cycle's findings with the remembered ones; return the changes.
 
         ``rules_ran`` holds the labels of the rule runs that completed; ``origins`` gives
-        the label of the run behind each finding (default: the finding's rule name).
+        the label of the run behind each finding (default: the finding's rule name). A
+        finding first emitted now gets ``detected_at = now``; later versions of it keep
+        the first emission's ``detected_at`` and ``detected_step``.
         """
+        now = self.clock() if now is None else now
         changes: list[Finding] = []
         seen: set[str] = set()
         for i, f in enumerate(findings):
@@ -127,6 +146,11 @@ class Engine:
             seen.add(k)
             sig = signature(f)
             prev = self._known.get(k)
+            if prev is None:
+                f.detected_at = now
+            else:
+                f.detected_at = prev[1].detected_at
+                f.detected_step = prev[1].detected_step
             if prev is None or prev[0] != sig:
                 changes.append(f)
             self._known[k] = (sig, f, f.rule if origins is None else origins[i])

@@ -41,6 +41,11 @@ class Finding:
     # spike of the same job); empty when one open problem per place is the rule.
     episode: str = ""
     rule: str = ""
+    # When the finding was first emitted: online, the engine's cycle time (and the newest
+    # step it had seen); replayed from a file, the time and step of the record at which a
+    # live run would have emitted it. The difference from time_start is the detection delay.
+    detected_at: float | None = None
+    detected_step: int | None = None
 
     def __post_init__(self) -> None:
         if self.severity not in SEVERITIES:
@@ -75,6 +80,9 @@ class Finding:
             "time_start": self.time_start,
             "time_end": self.time_end,
             "confidence": round(self.confidence, 3),
+            "detected_at": self.detected_at,
+            "detected_step": self.detected_step,
+            "episode": self.episode,
             "key": self.key,
             "evidence": encode(self.evidence),
         }
@@ -101,12 +109,12 @@ class Finding:
             if v is not None and not isinstance(v, str):
                 raise ValueError(f"finding: key {k!r} must be a string or null, got {v!r}")
             kw[k] = v
-        for k in ("step_start", "step_end"):
+        for k in ("step_start", "step_end", "detected_step"):
             v = d.get(k)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
                 raise ValueError(f"finding: key {k!r} must be an integer or null, got {v!r}")
             kw[k] = v
-        for k in ("time_start", "time_end", "confidence"):
+        for k in ("time_start", "time_end", "confidence", "detected_at"):
             v = d.get(k)
             if v is None:
                 continue

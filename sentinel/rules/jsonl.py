@@ -1,7 +1,8 @@
 """Read detector-input JSON lines: one step per line. The one parser of the format.
 
-Keys: ``step``, ``loss``, optional ``grad_norm``, ``tokens_per_sec``, ``time``,
-``node``, ``rank``; NaN and infinities spelled as :mod:`sentinel.jsonnum` writes them.
+Keys: ``step``, optional ``loss``, ``grad_norm``, ``tokens_per_sec``, ``tokens``,
+``time``, ``node``, ``rank``, ``run`` (or ``job``); NaN and infinities spelled as
+:mod:`sentinel.jsonnum` writes them. The format: docs/DETECT-INPUT.md.
 ``sentinel detect FILE`` and ``sentinel notify send --steps-jsonl`` both read through
 it, so a bad line gets the same message (file, line, why, what is valid) from each.
 """
@@ -41,6 +42,14 @@ ORDER_WINDOW = 8
 MAX_BACKWARDS = 2
 
 
+# Every key a record may carry; others are reported (``unknown``), never silently dropped.
+KNOWN_KEYS = ("step", "loss", "grad_norm", "tokens_per_sec", "tokens", "time", "node",
+              "rank", "run", "job")
+# Unknown key names remembered per file: enough to name every typo, bounded.
+MAX_UNKNOWN_KEYS = 100
+MAX_RUN_CHARS = 200
+
+
 class InputError(ValueError):
     """A line of the input is not valid; the message names the line and why."""
 
@@ -71,8 +80,11 @@ def _float(text: str) -> float:
     return x
 
 
-def parse_line(where: str, line: str) -> StepPoint:
-    """Parse one JSON line into a StepPoint or raise InputError naming ``where``."""
+def parse_line(where: str, line: str, unknown: dict[str, str] | None = None) -> StepPoint:
+    """Parse one JSON line into a StepPoint or raise InputError naming ``where``.
+
+    Keys not in KNOWN_KEYS go into ``unknown`` (key -> first line with it), if given.
+    """
     try:
         obj = json.loads(line, parse_float=_float)
     except json.JSONDecodeError as e:
@@ -86,12 +98,20 @@ def parse_line(where: str, line: str) -> StepPoint:
     if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= MAX_INDEX:
         raise InputError(
             f"{where}: 'step' is {_short(step)} (valid: an integer >= 0, at most 2^53)")
-    if "loss" not in obj:
-        raise InputError(f"{where}: 'loss' is missing (valid: {_NUM_VALID})")
-    loss = _number(where, "loss", obj["loss"], optional=False)
+    if unknown is not None:
+        for k in obj:
+            if k not in KNOWN_KEYS and k not in unknown and len(unknown) < MAX_UNKNOWN_KEYS:
+                unknown[k] = where
+    given = obj.get("loss") is not None
+    loss = _number(where, "loss", obj["loss"], optional=False) if given else math.nan
     assert loss is not None
     gn = _number(where, "grad_norm", obj.get("grad_norm"), optional=True)
     tps = _number(where, "tokens_per_sec", obj.get("tokens_per_sec"), optional=True, nonneg=True)
+    tokens = _number(where, "tokens", obj.get("tokens"), optional=True, nonneg=True)
+    if tokens is not None and not math.isfinite(tokens):
+        raise InputError(f"{where}: 'tokens' is {obj.get('tokens')!r} (valid: a finite "
+                         "number >= 0)")
+    run = _run(where, obj)
     t = _number(where, "time", obj.get("time"), optional=True)
     if t is not None and not math.isfinite(t):
         raise InputError(f"{where}: 'time' is {obj.get('time')!r} (valid: finite unix seconds)")
@@ -103,7 +123,20 @@ def parse_line(where: str, line: str) -> StepPoint:
                              or abs(rank) > MAX_INDEX):
         raise InputError(f"{where}: 'rank' is {_short(rank)} (valid: an integer)")
     return StepPoint(step=step, loss=loss, grad_norm=gn, tokens_per_sec=tps, time=t,
-                     node=node, rank=rank)
+                     node=node, rank=rank, tokens=tokens, run=run, loss_given=given)
+
+
+def _run(where: str, obj: dict[str, Any]) -> str | None:
+    """Return the record's run name (``run``, else ``job``), checked."""
+    if "run" in obj and "job" in obj and obj["run"] != obj["job"]:
+        raise InputError(f"{where}: 'run' is {_short(obj['run'])} and 'job' is "
+                         f"{_short(obj['job'])} (valid: one of them, or both the same)")
+    run = obj.get("run", obj.get("job"))
+    if run is not None and (not isinstance(run, str) or not run
+                            or len(run) > MAX_RUN_CHARS):
+        raise InputError(f"{where}: 'run' is {_short(run)} (valid: a non-empty string of at "
+                         f"most {MAX_RUN_CHARS} characters naming the run)")
+    return run
 
 
 def _open_regular(p: Path) -> Any:
@@ -127,11 +160,13 @@ def _open_regular(p: Path) -> Any:
     return os.fdopen(fd, "rb")
 
 
-def iter_records(path: str | Path) -> Iterator[tuple[str, StepPoint]]:
+def iter_records(path: str | Path, unknown: dict[str, str] | None = None
+                 ) -> Iterator[tuple[str, StepPoint]]:
     """Yield ``("FILE:LINE", step)`` for each record, one line at a time.
 
     A bad line raises InputError naming it. Lines are read one by one, so a caller that
     keeps only some steps (a plot around one step of a run of millions) holds only those.
+    Unknown keys go into ``unknown`` (see parse_line).
     """
     p = Path(path)
     fh = _open_regular(p)
@@ -147,7 +182,7 @@ def iter_records(path: str | Path) -> Iterator[tuple[str, StepPoint]]:
                 except UnicodeDecodeError:
                     raise InputError(f"{where}: not UTF-8 text (valid: JSON lines)") from None
                 if line.strip():
-                    yield where, parse_line(where, line)
+                    yield where, parse_line(where, line, unknown)
     except OSError as e:
         raise InputError(f"{p}: cannot read it ({e.strerror or e})") from None
 
@@ -190,7 +225,7 @@ class DetectorInput:
 
     def feed(self, where: str, pt: StepPoint) -> str | None:
         """Check the next record; return a note if its step goes back (a resume)."""
-        if math.isfinite(pt.loss) and pt.loss <= 0:
+        if pt.loss_given and math.isfinite(pt.loss) and pt.loss <= 0:
             raise InputError(f"{where}: 'loss' is {pt.loss!r} (valid for sentinel detect: a "
                              "loss > 0, or NaN/Infinity: spikes are judged on log-loss; a "
                              "loss that can be zero or negative must be shifted first)")

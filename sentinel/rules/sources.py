@@ -31,6 +31,13 @@ class SourceError(RuntimeError):
     """A source could not answer; the message says which query and why."""
 
 
+def _tokens(v: Any) -> float | None:
+    """Return a step record's token count, or None when it has none (or not a number)."""
+    if isinstance(v, bool) or not isinstance(v, int | float) or not v >= 0:
+        return None
+    return float(v)
+
+
 def _batch(v: Any) -> int | None:
     """Return a step record's batch index: an integer >= 0, or None (not reported)."""
     if v is None:
@@ -171,6 +178,7 @@ class StepStream:
                 grad_norm=None if gn is None else decode_number(gn),
                 time=float(rec["time"]) if rec.get("time") is not None else None,
                 node=rec.get("host"), rank=rec.get("rank"), batch=_batch(rec.get("batch")),
+                tokens=_tokens(rec.get("tokens")),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise SourceError(f"agent {self.url}?job={self.job}: bad step record {rec!r} "

@@ -5,7 +5,9 @@ window holds everything it may look at, already fetched: step-exact records of a
 job (from the agent's step stream or a JSON-lines file) and time series from
 Prometheus, keyed by a role name the rule maps to PromQL (``tokens_per_sec``,
 ``disk_read_latency``...). ``findings`` carries what other detectors found in the
-same cycle, for the diagnosis detector.
+same cycle, for the diagnosis detector; ``previous`` what this rule run reported in
+earlier cycles, so a detector whose window no longer holds the start of a long
+episode (or its baseline) continues it under the same key instead of inventing a new one.
 """
 
 from __future__ import annotations
@@ -30,6 +32,14 @@ class StepPoint:
     # Global batch index the step trained on, when the job reports it: equal to the
     # step until the first skipped batch, so a spike's steps map to the batches to skip.
     batch: int | None = None
+    # Tokens the step trained on (the agent's step records): with the previous step's
+    # time of the same rank it gives the step's own tokens/sec.
+    tokens: float | None = None
+    # Which run of several in one file (``run``/``job`` in ``sentinel detect``'s input).
+    run: str | None = None
+    # False for a record without a loss (a throughput-only trace): ``loss`` is NaN
+    # then, and the loss detector skips the record instead of calling it non-finite.
+    loss_given: bool = True
 
 
 @dataclass
@@ -66,6 +76,9 @@ class Window:
     step_s: float | None = None
     # Length of the queried range in seconds, when the series came from a range query.
     range_s: float | None = None
+    # What this rule run reported in earlier cycles (firing, and resolved ones the engine
+    # still remembers); empty offline and on the first cycle.
+    previous: list[Finding] = field(default_factory=list)
 
     def role(self, name: str) -> list[Series]:
         """Return the series for a role, or an empty list."""

@@ -168,9 +168,13 @@ class Reporter:
         tokens: int,
         grad_norm: float | None = None,
         samples: int | None = None,
+        data_s: float | None = None,
         **extra: float,
     ) -> None:
         """Report one finished step. Never blocks, never raises.
+
+        ``data_s`` is how long the step waited for its input (the dataloader's next
+        batch): the agent exports it per rank, and a rise names an input-pipeline stall.
 
         ``extra`` values that are not numbers (``lr=sched.get_last_lr()`` is a list) are
         left out, and at most ``protocol.MAX_EXTRA_KEYS`` are sent: the agent drops a
@@ -182,6 +186,8 @@ class Reporter:
             self.dropped += 1  # agent away and not due for a retry: skip the encoding
             return
         try:
+            if data_s is not None:
+                extra = {**extra, protocol.EXTRA_DATA_S: data_s}
             if extra:
                 extra = _numbers(extra)
             told = None

@@ -67,7 +67,7 @@ REPORTER = textwrap.dedent(
     while True:
         for r in reps:
             r.step(step, loss=2.5 - step * 1e-3 + r.rank * 0.01, tokens=4096,
-                   grad_norm=1.0 + r.rank * 0.1, samples=2)
+                   grad_norm=1.0 + r.rank * 0.1, samples=2, data_s=0.002)
             if step % 10 == 0:
                 r.event("checkpoint_saved", step=step)
         step += 1
@@ -231,6 +231,8 @@ def test_every_dashboard_query_returns_data(tmp_path: Path, backend: str, monkey
     dump = json.loads(FIXTURE.read_text())
     dev = dump["devices"][0]
     dump["xid_events"] = [{"uuid": dev["uuid"], "xid": 79}]
+    # The H100 capture predates NVML's process list: the job's rank, as it ran there.
+    dev["compute_processes"] = [{"pid": 4242, "used_memory": 1 << 30}]
     replay = tmp_path / "nvml_replay.json"
     replay.write_text(json.dumps(dump))
     textfiles = tmp_path / "textfiles"

@@ -156,3 +156,45 @@ def test_disk_latency_finding_names_the_node_not_the_scrape_address(tmp_path):
     [f] = found
     assert (f.node, f.evidence["device"]) == ("node7", "nvme0n1")
     assert f.summary.startswith("read latency on node7 nvme0n1 at 50 ms")
+
+
+def test_long_drop_through_prometheus_keeps_one_finding(tmp_path):
+    """A 30-minute job-wide drop (three windows long), read every 30 s from a real
+    Prometheus through the shipped rules: one throughput finding and one diagnosis, each
+    with one key from firing to resolved (not a new key per cycle)."""
+    import numpy as np
+
+    promtool = need_binary("promtool", "prometheus")
+    rng = np.random.default_rng(1)
+    end = time.time() - 120
+    start = end - 60 * 60.0
+    ts = np.arange(start, end, 5.0)
+    drop0, drop1 = start + 20 * 60.0, start + 50 * 60.0
+    level = np.where((ts >= drop0) & (ts < drop1), 0.6, 1.0)
+    tps = [({"job": "gpt", "rank": "0", "hostname": f"node{i:02d}"},
+            list(zip(ts.tolist(), (50_000.0 * level * (1 + rng.normal(0, 0.03, len(ts)))
+                                   ).tolist(), strict=True)))
+           for i in range(4)]
+    om = tmp_path / "data.om"
+    om.write_text("".join(lines([("sentinel_train_tokens_per_second", "gauge", tps)])))
+    backfill(om, tmp_path / "tsdb", promtool)
+    backfill_rules(tmp_path / "tsdb", start, end, 5.0, promtool=promtool,
+                   prometheus=need_binary("prometheus", "prometheus"))
+    rules = [r for r in load_rules() if r.name in ("throughput", "diagnosis")]
+    with run_prometheus(tmp_path / "prom", tsdb_path=tmp_path / "tsdb") as prom:
+        detector = OnlineDetector(rules, PrometheusSource(prom.url), fetch_threads=1)
+        changes = []
+        now = drop0 - 60.0
+        while now <= end:
+            changes += detector.cycle(now=now)
+            now += 30.0
+        assert detector.errors == {}
+    for kind in ("throughput_drop", "diagnosis"):
+        got = [(f.key, f.state) for f in changes if f.kind == kind]
+        assert [s for _, s in got] == ["firing", "resolved"], got
+        assert got[0][0] == got[1][0]
+    fired = next(f for f in changes if f.kind == "throughput_drop")
+    assert abs(fired.time_start - drop0) <= 30.0
+    assert fired.detected_at is not None and fired.detected_at - drop0 <= 90.0
+    gone = [f for f in changes if f.kind == "throughput_drop" and f.state == "resolved"][0]
+    assert gone.time_end is not None and abs(gone.time_end - drop1) <= 90.0

@@ -135,3 +135,67 @@ def test_a_job_rolled_back_to_earlier_steps_is_followed(tmp_path):
         _report(rep, 95, [2.5] * 10)
         _poll_until(stream, 115)
         assert [p.step for p in stream.steps][100:] == list(range(90, 105))
+
+
+class _Clock:
+    """The Reporter's clock, set by the test: steps stamped with simulated times."""
+
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def time(self) -> float:
+        return self.t
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+
+def test_a_throughput_drop_is_found_on_the_step_stream_within_10_s(tmp_path, monkeypatch):
+    """Four ranks report through a real agent: 0.25 s steps, then 0.42 s from t0+200 s
+    (40% fewer tokens/s) for a minute. The shipped throughput-steps rule, run by the
+    online detector on the agent's stream, flags it within 10 s of its onset."""
+    from sentinel.rules.online import OnlineDetector
+    from sentinel.rules.rulefile import load_rules
+    from sentinel.train import reporter as reporter_mod
+
+    clock = _Clock(time.time() - 400.0)
+    monkeypatch.setattr(reporter_mod, "time", clock)
+    t0 = clock.t
+    onset, end = t0 + 200.0, t0 + 260.0
+    rng = np.random.default_rng(5)
+    with run_agent(tmp_path) as agent:
+        reps = [Reporter(job="gpt", rank=r, socket_path=agent.socket_path) for r in range(4)]
+        t, step = t0, 0
+        while t < t0 + 300.0:
+            t += (0.25 / 0.6 if onset <= t < end else 0.25) * (1 + rng.uniform(-0.1, 0.1))
+            step += 1
+            for rep in reps:
+                clock.t = t + float(rng.uniform(0, 0.01))
+                for _attempt in range(100):
+                    before = rep.dropped
+                    rep.step(step, loss=2.0, tokens=4096, grad_norm=1.0)
+                    if rep.dropped == before:
+                        break
+                    time.sleep(0.01)
+            time.sleep(0.0005)
+        rules = [r for r in load_rules() if r.name in ("throughput-steps", "diagnosis")]
+        stream = StepStream(agent.url, "gpt")
+        deadline = time.monotonic() + 20
+        while len(stream.steps) < 4 * step and time.monotonic() < deadline:
+            try:
+                stream.poll()
+            except SourceError:  # 404 until the agent has read the job's first datagram
+                pass
+            time.sleep(0.05)
+        assert len(stream.steps) == 4 * step
+        detector = OnlineDetector(rules, streams={"gpt": stream}, fetch_threads=1)
+        out = detector.cycle(now=clock.t)
+        assert detector.errors == {}
+    drops = [f for f in out if f.kind == "throughput_drop"]
+    assert len(drops) == 1, [f.summary for f in out]
+    (f,) = drops
+    assert abs(f.time_start - onset) <= 2.0 and f.evidence["flagged_at"] - onset <= 10.0
+    assert f.state == "resolved" and abs(f.time_end - end) <= 10.0
+    assert f.detected_step == step
+    diag = [d for d in out if d.kind == "diagnosis"]
+    assert [d.evidence["cause"] for d in diag] == ["job_wide_slowdown"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from sentinel.agent.collectors.base import Collector
 from sentinel.agent.collectors.disk import DiskCollector
+from sentinel.agent.collectors.disk_stall import DiskStallCollector
 from sentinel.agent.collectors.gpu import GpuCollector
 from sentinel.agent.collectors.host import HostCollector
 from sentinel.agent.collectors.textfile import TextfileCollector
@@ -19,6 +20,7 @@ from sentinel.agent.collectors.training import TrainingCollector
 COLLECTORS: list[type[Collector]] = [
     GpuCollector,
     DiskCollector,
+    DiskStallCollector,
     HostCollector,
     TrainingCollector,
     TextfileCollector,

@@ -26,6 +26,7 @@ class DiskStats:
     sectors_written: int
     write_ms: int
     io_ms: int
+    in_flight: int = 0  # I/Os in progress at the reading (not a counter)
 
 
 def parse_diskstats(text: str, exclude: re.Pattern[str] | None = None) -> dict[str, DiskStats]:
@@ -48,7 +49,7 @@ def parse_diskstats(text: str, exclude: re.Pattern[str] | None = None) -> dict[s
             raise ValueError(f"diskstats line {lineno}: non-numeric field: {line!r}") from None
         out[dev] = DiskStats(
             reads=f[0], sectors_read=f[2], read_ms=f[3], writes=f[4], sectors_written=f[6],
-            write_ms=f[7], io_ms=f[9],
+            write_ms=f[7], io_ms=f[9], in_flight=f[8],
         )
     return out
 

@@ -42,6 +42,9 @@ _GAUGES: list[tuple[str, str, str]] = [
     ("sentinel_gpu_memory_total_bytes", "Framebuffer memory total.", "memory_total_bytes"),
     ("sentinel_gpu_power_watts", "Power draw.", "power_w"),
     ("sentinel_gpu_power_limit_watts", "Enforced power limit.", "power_limit_w"),
+    ("sentinel_gpu_compute_processes",
+     "Compute processes on the GPU (NVML running processes): more than the job's ranks "
+     "on it means another process competes for it.", "compute_processes"),
 ]
 
 

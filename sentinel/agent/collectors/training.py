@@ -260,6 +260,16 @@ class _Families:
             "sentinel_train_datagrams_dropped", "Datagrams dropped, by reason.",
             labels=["reason"],
         )
+        self.data_wait = CounterMetricFamily(
+            "sentinel_train_data_wait_seconds",
+            "Seconds the rank's steps waited for their input (Reporter.step(data_s=)).",
+            labels=lab,
+        )
+        self.data_wait_steps = CounterMetricFamily(
+            "sentinel_train_data_wait_steps",
+            "Steps that reported their input wait (the denominator of the mean wait).",
+            labels=lab,
+        )
         self.rep_dropped = CounterMetricFamily(
             "sentinel_train_reporter_dropped",
             "Reports the job's Reporter dropped on its side (agent away, socket queue full).",
@@ -270,8 +280,8 @@ class _Families:
         """Return the families in exposition order."""
         return [self.job_info, self.rank_info, self.step, self.loss, self.loss_finite,
                 self.gnorm, self.tokens,
-                self.samples, self.tps, self.hist, self.age, self.events, self.received,
-                self.dropped, self.rep_dropped]
+                self.samples, self.tps, self.hist, self.data_wait, self.data_wait_steps,
+                self.age, self.events, self.received, self.dropped, self.rep_dropped]
 
     def add_rank(self, lv: list[str], st: RankState, now: float, tps: float | None) -> None:
         """Add one rank's series; ``lv`` is (job, rank, hostname), ``tps`` None if finished."""
@@ -300,6 +310,9 @@ class _Families:
             buckets.append((repr(bound), float(acc)))
         buckets.append(("+Inf", float(acc + st.bucket_counts[-1])))
         self.hist.add_metric(lv, buckets, st.duration_sum)
+        if st.data_wait_steps:  # only jobs that report it
+            self.data_wait.add_metric(lv, st.data_wait_sum)
+            self.data_wait_steps.add_metric(lv, float(st.data_wait_steps))
 
 
 class TrainingCollector(Collector):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from sentinel.rules.detectors import (
     diagnosis,
     disk_latency,
+    gpu_contention,
     gpu_errors,
     gpu_throttle,
     job_stalled,
@@ -20,6 +21,7 @@ DETECTORS: dict[str, DetectorSpec] = {
         loss_spike.SPEC,
         throughput_drop.SPEC,
         gpu_throttle.SPEC,
+        gpu_contention.SPEC,
         gpu_errors.SPEC,
         disk_latency.SPEC,
         job_stalled.SPEC,

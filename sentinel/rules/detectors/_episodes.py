@@ -11,7 +11,7 @@ import math
 from bisect import bisect_left, insort
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sentinel.rules.detectors._rolling import median
 
@@ -29,6 +29,31 @@ class Episode:
     baseline: float
     worst: float
     last_bad: float
+    # Running sums of (t - start, value) over the samples fed while it was open, for the
+    # least-squares trend of the values through it (a drop that keeps deepening).
+    sums: list[float] = field(default_factory=lambda: [0.0] * 6, compare=False, repr=False)
+    # The newest step seen when it was flagged, where the caller knows steps.
+    flagged_step: int | None = field(default=None, compare=False)
+
+    def add(self, t: float, v: float) -> None:
+        """Count a sample fed while the episode is open into its trend."""
+        x, s = t - self.start, self.sums
+        s[0] += 1
+        s[1] += x
+        s[2] += v
+        s[3] += x * x
+        s[4] += x * v
+        s[5] += v * v
+
+    def trend(self) -> tuple[float, float, int] | None:
+        """Return (slope per second, correlation, samples) of its values, if defined."""
+        n, sx, sv, sxx, sxv, svv = self.sums
+        vx, vv = n * sxx - sx * sx, n * svv - sv * sv
+        if n < 3 or vx <= 0:
+            return None
+        slope = (n * sxv - sx * sv) / vx
+        r = (n * sxv - sx * sv) / math.sqrt(vx * vv) if vv > 0 else 0.0
+        return slope, r, int(n)
 
 
 def resolution(points: list[tuple[float, float]], hint: float | None = None) -> float:
@@ -58,8 +83,12 @@ class EpisodeFinder:
         fixed_baseline: float | None = None,
         min_baseline_samples: int = 4,
         worse: Callable[[float, float], bool] = lambda a, b: a < b,
+        close_fraction: float | None = None,
+        max_gap_s: float | None = None,
     ) -> None:
         self.is_bad, self.worse = is_bad, worse
+        # Longer than this without a sample breaks a run of samples (see _gap).
+        self.max_gap_s = max_gap_s if max_gap_s else MAX_GAP_STEPS * res
         self.baseline_s, self.sustain_s = baseline_s, sustain_s
         self.fixed_baseline, self.min_baseline_samples = fixed_baseline, min_baseline_samples
         self.on_episode = on_episode
@@ -69,6 +98,11 @@ class EpisodeFinder:
         # A dip is over after this many good samples in a row: one jittery sample above the
         # threshold in the middle of a real drop must not restart it.
         self.dip_close = max(1, self.k - self.need + 1)
+        # Good samples among the last k that end a sustained episode: as many as made it
+        # sustained (``fraction``), unless ``close_fraction`` says fewer (a majority, so
+        # jitter around the line cannot hold an episode open for ever).
+        self.close_need = (self.need if close_fraction is None
+                           else max(1, math.ceil(close_fraction * self.k)))
         self.recent: deque[bool] = deque(maxlen=self.k)
         self.cur: Episode | None = None  # the open run of bad samples (dip or episode)
         self.good_run = 0
@@ -104,7 +138,7 @@ class EpisodeFinder:
         """Take the next sample (a non-finite value is skipped)."""
         if not math.isfinite(v):
             return
-        if self.last_t is not None and t - self.last_t > MAX_GAP_STEPS * self.res:
+        if self.last_t is not None and t - self.last_t > self.max_gap_s:
             self._gap(self.last_t)
         self.last_t = t
         if self.fixed_baseline is not None:
@@ -123,6 +157,8 @@ class EpisodeFinder:
             self._bad(t, v, base)
         else:
             self._ok(t, v)
+        if self.cur is not None:
+            self.cur.add(t, v)
 
     def _gap(self, last: float) -> None:
         """No samples for a while: the series stopped (a job requeued and down, scrapes
@@ -159,7 +195,7 @@ class EpisodeFinder:
             if self.good_run >= self.dip_close:
                 cur.end = self.first_good
                 self._close()
-        elif len(self.recent) == self.k and self.k - sum(self.recent) >= self.need:
+        elif len(self.recent) == self.k and self.k - sum(self.recent) >= self.close_need:
             cur.end = t
             self._close()
 
@@ -167,6 +203,14 @@ class EpisodeFinder:
         assert self.cur is not None
         ep, self.cur = self.cur, None
         self.on_episode(ep)
+
+    def resume(self, ep: Episode) -> None:
+        """Continue ``ep``, an episode found earlier, with the samples fed from now on.
+
+        Its baseline (``fixed_baseline`` aside) stays the one it was found against, so an
+        episode longer than the window that re-finds it keeps its start and its level.
+        """
+        self.cur = ep
 
     def finish(self) -> None:
         """Hand over the episode still open, if any."""
@@ -185,12 +229,14 @@ def find_episodes(
     fixed_baseline: float | None = None,
     min_baseline_samples: int = 4,
     worse: Callable[[float, float], bool] = lambda a, b: a < b,
+    close_fraction: float | None = None,
 ) -> list[Episode]:
     """Return sustained episodes and short dips, oldest first.
 
     A sample is bad when ``is_bad(value, baseline)``. An episode becomes sustained
     when at least ``fraction`` of the last ``sustain_s`` worth of samples are bad, and
-    ends when that fraction of the recent samples are good again. The baseline is the
+    ends when that fraction (``close_fraction``, if given) of the recent samples are good
+    again. The baseline is the
     median of good samples in the ``baseline_s`` before the recent window (or
     ``fixed_baseline``), frozen while an episode is open.
     """
@@ -201,7 +247,7 @@ def find_episodes(
     finder = EpisodeFinder(
         is_bad=is_bad, baseline_s=baseline_s, sustain_s=sustain_s, fraction=fraction,
         res=resolution(pts, step_s), on_episode=out.append, fixed_baseline=fixed_baseline,
-        min_baseline_samples=min_baseline_samples, worse=worse)
+        min_baseline_samples=min_baseline_samples, worse=worse, close_fraction=close_fraction)
     for t, v in pts:
         finder.feed(t, v)
     finder.finish()

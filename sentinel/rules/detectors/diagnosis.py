@@ -2,10 +2,13 @@
 
 - drop + disk-read latency rise on the same nodes (or, for a job-wide drop, on any of
   the job's nodes) at the same time: **storage stall** (data, not the GPUs);
+- drop + another process on a GPU of the node (for a job-wide drop: any node):
+  **GPU contention**;
 - drop + throttling or failing GPU on the node (for a job-wide drop: on any node,
   since synchronous training runs at the slowest GPU's pace): **throttling GPU**;
 - job-wide drop with normal hardware: **job-wide software slowdown** (dataloader),
-  and *worsening* when the dips grow deeper/longer/more frequent with the step count;
+  and *worsening* when the drop itself keeps deepening (a per-step cost that grows) or
+  the dips grow deeper/longer/more frequent with the step count;
 - one node slow against its peers with no hardware signal: **straggler**.
 """
 
@@ -35,6 +38,22 @@ class Params:
     )
     min_dips_for_trend: int = field(
         default=3, metadata={"help": "dips needed before saying they grow", "min": 2},
+    )
+    deepening_change: float = field(
+        default=0.15,
+        metadata={"help": "share of the baseline a drop must lose from its start to its end "
+                  "(least-squares fit through its samples) to be 'worsening' on its own",
+                  "min": 0.01, "max": 1.0},
+    )
+    deepening_r: float = field(
+        default=0.7,
+        metadata={"help": "how straight that fall must be (|correlation| of throughput with "
+                  "time through the drop): jitter on a flat drop stays far below",
+                  "min": 0.0, "max": 1.0},
+    )
+    deepening_samples: int = field(
+        default=12, metadata={"help": "samples through the drop before its fit counts",
+                              "min": 3},
     )
     trend_agreement: float = field(
         default=0.7,
@@ -72,6 +91,19 @@ def _worsening(dips: list[dict[str, Any]], p: Params) -> dict[str, Any] | None:
     return None
 
 
+def _deepening(trend: Any, p: Params) -> dict[str, Any] | None:
+    """Return the drop's own fall when it keeps deepening (a cost growing per step)."""
+    if not isinstance(trend, dict):
+        return None
+    got = [trend.get(k) for k in ("change", "r", "samples")]
+    if not all(isinstance(x, int | float) and not isinstance(x, bool) for x in got):
+        return None
+    change, r, n = (float(x) for x in got)  # type: ignore[arg-type]  # checked above
+    if n >= p.deepening_samples and change <= -p.deepening_change and r <= -p.deepening_r:
+        return {"deepening": round(change, 3), "r": round(r, 3), "samples": int(n)}
+    return None
+
+
 def _diagnose(drop: Finding, others: list[Finding], p: Params) -> Finding:
     scope = drop.evidence.get("scope", "job")
     near = [f for f in others if _overlaps(drop, f, p.overlap_slack_s)]
@@ -80,6 +112,7 @@ def _diagnose(drop: Finding, others: list[Finding], p: Params) -> Finding:
     # A job-wide drop keeps every coinciding finding: online, the per-node query returns
     # only the slow nodes, so the job's node list is not known here.
     disk = [f for f in near if f.kind == "disk_latency"]
+    shared = [f for f in near if f.kind == "gpu_contention"]
     hw = [f for f in near if f.kind in HARDWARE_KINDS]
     where = f"node {drop.node}" if scope == "node" else "the whole job"
     evidence: dict[str, Any] = {"drop": drop.key, "scope": scope}
@@ -91,6 +124,14 @@ def _diagnose(drop: Finding, others: list[Finding], p: Params) -> Finding:
         evidence["disk_latency_nodes"] = nodes
         text = (f"storage stall: throughput drop on {where} coincides with disk read latency "
                 f"rise on {', '.join(nodes)}; data, not the GPUs")
+    elif shared:
+        # Before hardware: a GPU slowed by a second process is not a broken GPU.
+        cause, action, conf = "gpu_contention", "notify", 0.85
+        first = shared[0]
+        node, gpu = first.node, first.gpu
+        evidence["contention"] = [f.summary for f in shared]
+        text = (f"GPU contention: another process on GPU {gpu} of {node} slows {where}; "
+                "stop it or move it off the job's GPUs")
     elif hw:
         cause, action, conf = "throttling_gpu", "spare_swap", 0.9
         worst = hw[0]
@@ -102,24 +143,34 @@ def _diagnose(drop: Finding, others: list[Finding], p: Params) -> Finding:
                 f"burn-in the GPU")
     elif scope == "job":
         cause, action, conf = "job_wide_slowdown", "notify", 0.7
-        trend = _worsening(list(drop.evidence.get("dips", [])), p)
+        deeper = _deepening(drop.evidence.get("trend"), p)
+        trend = deeper or _worsening(list(drop.evidence.get("dips", [])), p)
         evidence["worsening"] = trend is not None
         if trend:
             evidence["trend"] = trend
+            # A classification change is a change the engine emits: a drop found
+            # before its fall was clear is re-sent once it is.
+            evidence["classification"] = "worsening"
         text = ("job-wide slowdown on every node with normal hardware: software (dataloader, "
                 "host-side input pipeline)"
-                + ("; the drops grow with the step count" if trend else ""))
+                + ("; each step slower than the last" if deeper
+                   else "; the drops grow with the step count" if trend else ""))
     else:
         cause, action, conf = "straggler", "spare_swap", 0.6
         text = (f"straggler: node {drop.node} slower than its peers with no hardware or "
                 f"storage signal")
     evidence["cause"] = cause
+    # Named once the drop and what names the cause were both found.
+    used = [drop, *(disk or shared or hw)]
+    seen = [f.detected_at for f in used if f.detected_at is not None]
     return Finding(
         kind="diagnosis", severity="warning", summary=text, suggested_action=action,
         detector=NAME, job=drop.job, node=node, gpu=gpu, step_start=drop.step_start,
         step_end=drop.step_end, time_start=drop.time_start, time_end=drop.time_end,
         confidence=conf * drop.confidence, evidence=evidence, state=drop.state,
         episode=f"{cause}@{drop.episode}",
+        detected_at=max(seen) if len(seen) == len(used) else None,
+        detected_step=drop.detected_step,
     )
 
 
@@ -132,5 +183,6 @@ def detect(window: Window, params: Params) -> list[Finding]:
 
 SPEC = DetectorSpec(
     name=NAME, params=Params, detect=detect, inputs=("findings",), required=(),
-    description="storage stall / job-wide slowdown (worsening?) / throttling GPU / straggler",
+    description="storage stall / GPU contention / throttling GPU / job-wide slowdown "
+                "(worsening?) / straggler",
 )

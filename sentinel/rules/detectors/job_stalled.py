@@ -77,6 +77,10 @@ class _Gaps:
         if window.now is not None and window.now - self.last[0] > limit:
             t0, s0 = self.last
             out.append(_finding(window, t0, None, s0, window.now - t0, usual, "firing"))
+        for f in out:
+            # Live, the stall is seen once the gap passes the limit, after the last step.
+            assert f.time_start is not None
+            f.detected_at, f.detected_step = f.time_start + limit, f.step_start
         return out
 
 

@@ -26,7 +26,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from sentinel.rules.detectors._rolling import RobustLevel, median
+from sentinel.rules.detectors._rolling import DIFF_MAD_TO_SIGMA, RobustLevel, median
 from sentinel.rules.finding import Finding
 from sentinel.rules.spec import MAX_STREAM_FINDINGS, DetectorSpec
 from sentinel.rules.window import StepPoint, Window
@@ -82,6 +82,34 @@ class Params:
         default=5,
         metadata={"help": "a grad-norm spike this many steps before a loss spike is its start",
                   "min": 0, "max": 1000},
+    )
+    joint_z: float = field(
+        default=2.5,
+        metadata={"help": "noise scales above the baseline that make a spike when the grad "
+                  "norm jumps on the same step (joint evidence): subtle bad batches raise "
+                  "the loss 1.2-1.4x (z ~4) while the grad norm jumps 1.8-2.7x", "min": 1.0},
+    )
+    joint_grad_z: float = field(
+        default=3.5,
+        metadata={"help": "noise scales above its baseline for the grad norm's part of the "
+                  "joint evidence", "min": 1.0},
+    )
+    joint_grad_ratio: float = field(
+        default=1.7,
+        metadata={"help": "the grad norm must also be this many times its baseline for the "
+                  "joint evidence", "min": 1.0},
+    )
+    warmup_steps: int = field(
+        default=3,
+        metadata={"help": "steps of history before a spike can be flagged at all; until "
+                  "min_history, the warm-up rule applies (NaN/Inf always are flagged)",
+                  "min": 2, "max": 10000},
+    )
+    warmup_jump: float = field(
+        default=0.3,
+        metadata={"help": "warm-up rule: rise above the previous step's log-loss (0.3 = "
+                  "+35%) that makes a spike while the baseline is too short (the loss falls "
+                  "fast then, so the median lags above it)", "min": 0.0},
     )
     recover_z: float = field(
         default=3.0, metadata={"help": "back within this many noise scales counts as recovered",
@@ -139,6 +167,7 @@ class _Event:
     time_start: float | None = None
     time_end: float | None = None
     recent: deque[float] = field(default_factory=deque)
+    detected_time: float | None = None  # the time of the step it was found on
 
 
 def _log(v: float) -> float:
@@ -243,7 +272,7 @@ class _Tracker:
             return
         gn = pt.grad_norm
         gn_bad = gn is not None and not math.isfinite(gn)
-        self._grad(pt.step, gn)
+        grad_jump = self._grad(pt.step, gn)
         if self.event is not None:
             self._follow(pt, loss_ok, gn_bad)
             return
@@ -251,12 +280,19 @@ class _Tracker:
             self._open(pt, "nonfinite", b0=self._level_or_nan(), s0=self._scale(), r=math.inf)
             return
         x = _log(pt.loss)
+        if p.warmup_steps <= len(self.loss) < p.min_history and self._warmup(pt, x):
+            return
         if len(self.loss) >= p.min_history:
             m = self.loss.median()
             s = self._scale()
             r = x - m
             if r > max(p.z_threshold * s, p.min_jump):
                 self._open(pt, "spike", b0=m, s0=s, r=r)
+                return
+            if grad_jump and r > max(p.joint_z * s, p.min_jump):
+                # Joint evidence: a loss rise too small alone, with the grad norm jumping
+                # on the same step (healthy grad-norm bursts come without it).
+                self._open(pt, "joint", b0=m, s0=s, r=r)
                 return
             self._remember_median(pt.step, m)
             best = self._lowest[0][1]
@@ -266,6 +302,24 @@ class _Tracker:
                 return
         self.loss.add(x)
         self.accepted.append((pt.step, x))
+
+    def _warmup(self, pt: StepPoint, x: float) -> bool:
+        """Open a spike in the first steps, judged against the previous step; say if so.
+
+        The rolling median of a few steps of a fast-falling loss lags above it, so the
+        step before is the reference, and the jump must clear both ``warmup_jump`` and
+        ``z_threshold`` scales of the step changes so far.
+        """
+        p = self.p
+        prev = self.accepted[-1][1] if self.accepted else None
+        if prev is None:
+            return False
+        s = max(self.loss.diffs.median() / DIFF_MAD_TO_SIGMA, p.min_scale)
+        r = x - prev
+        if r > max(p.warmup_jump, p.z_threshold * s):
+            self._open(pt, "warmup", b0=prev, s0=s, r=r)
+            return True
+        return False
 
     def _scale(self) -> float:
         return max(self.loss.scale(), self.p.min_scale)
@@ -300,18 +354,23 @@ class _Tracker:
                 return step
         return self.medians[0][0]
 
-    def _grad(self, step: int, gn: float | None) -> None:
+    def _grad(self, step: int, gn: float | None) -> bool:
+        """Track the grad norm; return whether it jumps on this step (joint evidence)."""
         p = self.p
         if gn is None or not math.isfinite(gn) or gn <= 0:
-            return
+            return False
         lg = math.log(gn)
         if len(self.grad) >= p.min_history:
             r = lg - self.grad.median()
             s = max(self.grad.scale(), p.min_scale)
+            joint = r > max(p.joint_grad_z * s, math.log(p.joint_grad_ratio))
             if r > max(p.grad_z_threshold * s, math.log(p.grad_min_ratio)):
                 self.last_grad_anom = step
-                return
+                return joint
+            if joint:
+                return True  # kept out of the baseline, but not a precursor on its own
         self.grad.add(lg)
+        return False
 
     def _open(
         self, pt: StepPoint, trigger: str, *, b0: float, s0: float, r: float,
@@ -328,7 +387,7 @@ class _Tracker:
         ev = _Event(
             start=first, detected_at=pt.step, trigger=trigger, b0=b0, s0=s0,
             peak_r=r, peak_step=pt.step, last_anom=pt.step, grad_precursor=precursor,
-            time_start=pt.time, time_end=pt.time,
+            time_start=pt.time, time_end=pt.time, detected_time=pt.time,
             recent=deque(maxlen=max(p.history, p.trend_window)),
         )
         if trigger == "nonfinite":
@@ -460,14 +519,14 @@ def _finding(ev: _Event, job: str) -> Finding:
         confidence=conf,
         evidence=evidence,
         state="resolved" if ev.cls.startswith("recoverable") else "firing",
-        episode=str(ev.start),
+        episode=str(ev.start), detected_at=ev.detected_time, detected_step=ev.detected_at,
     )
 
 
 def detect(window: Window, params: Params) -> list[Finding]:
     """Return one finding per loss-spike event in the window's steps."""
     tr = _Tracker(params)
-    for pt in _merge_ranks(window.steps):
+    for pt in _merge_ranks([p for p in window.steps if p.loss_given]):
         tr.feed(pt)
     return [_finding(ev, window.job) for ev in tr.events]
 
@@ -482,7 +541,9 @@ class Stream:
         self.notes: list[str] = []
 
     def feed(self, pt: StepPoint) -> None:
-        """Take the next step record."""
+        """Take the next step record (one without a loss is skipped)."""
+        if not pt.loss_given:
+            return
         merged = self.merge.add(pt)
         if merged is not None:
             self.tracker.feed(merged)

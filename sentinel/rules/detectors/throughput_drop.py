@@ -12,6 +12,7 @@ whether they grow with the step count.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import heapq
 import math
@@ -21,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from sentinel.rules.detectors._continuity import Earlier, continue_episodes, earlier
 from sentinel.rules.detectors._episodes import (
     Episode,
     EpisodeFinder,
@@ -34,6 +36,10 @@ from sentinel.rules.spec import MAX_STREAM_FINDINGS, DetectorSpec
 from sentinel.rules.window import Series, StepPoint, Window, node_of
 
 NAME = "throughput_drop"
+# Share of the sustain window's samples back above the line that ends a drop: a
+# majority, not the 80% that made it sustained, so a run back to normal with +-15%
+# jitter (a quarter of its samples under a 10% line) is not held open for ever.
+CLOSE_FRACTION = 0.5
 
 
 @dataclass
@@ -61,6 +67,18 @@ class Params:
         default=300.0,
         metadata={"help": "seconds of normal samples before the recent window that make the "
                   "run's own baseline", "min": 10.0},
+    )
+    res_s: float = field(
+        default=0.0,
+        metadata={"help": "step records only: seconds per sample (records are averaged per "
+                  "node in buckets this long); 0 takes the median gap of the first records' "
+                  "times", "min": 0.0},
+    )
+    max_gap_s: float = field(
+        default=0.0,
+        metadata={"help": "longer than this without a sample, the series stopped (a job "
+                  "down, not slow); 0 means 3 samples. Step records come one per step, so "
+                  "a slowed job's samples are sparser than its buckets", "min": 0.0},
     )
     peer_check: bool = field(
         default=True, metadata={"help": "also compare each node with the cluster median"},
@@ -119,6 +137,12 @@ def _job_finding(e: Episode, dips: list[dict[str, Any]], nodes: list[str], job: 
         "worst_tokens_per_sec": e.worst, "depth": depth, "flagged_at": e.flagged,
         "detection_delay_s": _delay(e), "dips": dips, "nodes": nodes,
     }
+    tr = e.trend()
+    if tr is not None and e.baseline:
+        slope, r, n = tr
+        span = (e.end if e.end is not None else e.last_bad) - e.start
+        # How much of the baseline the drop lost from its start to its end, by the fit.
+        evidence["trend"] = {"change": slope * span / e.baseline, "r": r, "samples": n}
     return Finding(
         kind="throughput_drop", severity="warning",
         summary=(f"job throughput {depth:.0%} below its own baseline "
@@ -126,7 +150,7 @@ def _job_finding(e: Episode, dips: list[dict[str, Any]], nodes: list[str], job: 
         suggested_action="notify", detector=NAME, job=job or None,
         time_start=e.start, time_end=e.end if e.end is not None else e.last_bad,
         confidence=min(1.0, 0.5 + depth), evidence=evidence, state=_state(e),
-        episode=f"{e.start:.0f}",
+        episode=f"{e.start:.0f}", detected_at=e.flagged, detected_step=e.flagged_step,
     )
 
 
@@ -144,6 +168,7 @@ def _node_finding(e: Episode, node: str, job: str) -> Finding:
                   "depth": depth, "flagged_at": e.flagged,
                   "detection_delay_s": _delay(e)},
         state=_state(e), episode=f"{e.start:.0f}",
+        detected_at=e.flagged, detected_step=e.flagged_step,
     )
 
 
@@ -154,6 +179,77 @@ def _dip(e: Episode, res: float) -> dict[str, Any]:
             "sustained": e.flagged is not None}
 
 
+def _finder_at(p: Params, res: float) -> Callable[[float, Callable[[Episode], None]],
+                                                  EpisodeFinder]:
+    """Return a maker of finders judging samples against a fixed baseline."""
+    drop_line = 1.0 - p.drop_ratio
+
+    def make(base: float, on: Callable[[Episode], None]) -> EpisodeFinder:
+        return EpisodeFinder(is_bad=lambda v, b: v < drop_line * b, baseline_s=p.baseline_s,
+                             sustain_s=p.sustain_s, fraction=p.fraction, res=res,
+                             on_episode=on, fixed_baseline=base,
+                             close_fraction=CLOSE_FRACTION)
+    return make
+
+
+def _job_episodes(cluster: list[tuple[float, float]], res: float, p: Params,
+                  previous: list[Finding]) -> list[Episode]:
+    """Return the job's episodes in the window, those of earlier cycles continued."""
+    drop_line = 1.0 - p.drop_ratio
+    fresh = find_episodes(
+        cluster, is_bad=lambda v, b: v < drop_line * b, baseline_s=p.baseline_s,
+        sustain_s=p.sustain_s, fraction=p.fraction, step_s=res,
+        close_fraction=CLOSE_FRACTION,
+    )
+    before = earlier(
+        previous, lambda f: f.kind == NAME and f.evidence.get("scope") == "job",
+        baseline=lambda f: _num(f.evidence.get("baseline_tokens_per_sec")),
+        worst=lambda f: _num(f.evidence.get("worst_tokens_per_sec")))
+    return continue_episodes(cluster, fresh, before, _finder_at(p, res))
+
+
+def _node_episodes(ratio: list[tuple[float, float]], node: str, res: float, p: Params,
+                   previous: list[Finding]) -> list[Episode]:
+    """Return one node's episodes against the cluster median, earlier ones continued."""
+    drop_line = 1.0 - p.drop_ratio
+    fresh = find_episodes(
+        ratio, is_bad=lambda v, b: v < drop_line * b, baseline_s=p.baseline_s,
+        sustain_s=p.sustain_s, fraction=p.fraction, step_s=res, fixed_baseline=1.0,
+        close_fraction=CLOSE_FRACTION,
+    )
+    before = earlier(
+        previous, lambda f: (f.kind == NAME and f.evidence.get("scope") == "node"
+                             and f.node == node),
+        baseline=lambda f: 1.0,
+        worst=lambda f: _num(f.evidence.get("ratio_to_cluster_median")))
+    return continue_episodes(ratio, fresh, before, _finder_at(p, res))
+
+
+def _node_scope(node: str | None, f: Finding) -> bool:
+    return f.kind == NAME and f.node == node and f.evidence.get("scope") == "node"
+
+
+def _open_before(previous: list[Finding]) -> dict[str | None, Earlier]:
+    """Return the newest still-open drop of earlier cycles, per node (None: the job)."""
+    out: dict[str | None, Earlier] = {}
+    job = earlier(previous, lambda f: f.kind == NAME and f.evidence.get("scope") == "job",
+                  baseline=lambda f: _num(f.evidence.get("baseline_tokens_per_sec")),
+                  worst=lambda f: _num(f.evidence.get("worst_tokens_per_sec")))
+    if job and job[-1].end is None:
+        out[None] = job[-1]
+    nodes = {f.node for f in previous if f.kind == NAME and f.evidence.get("scope") == "node"}
+    for node in nodes:
+        eps = earlier(previous, functools.partial(_node_scope, node), baseline=lambda f: 1.0,
+                      worst=lambda f: _num(f.evidence.get("ratio_to_cluster_median")))
+        if eps and eps[-1].end is None and node is not None:
+            out[node] = eps[-1]
+    return out
+
+
+def _num(v: Any) -> float | None:
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+
 def detect(window: Window, params: Params) -> list[Finding]:
     """Return job-level drops and per-node (straggler) drops in the window."""
     p = params
@@ -161,7 +257,7 @@ def detect(window: Window, params: Params) -> list[Finding]:
     cl_series = window.role("tokens_per_sec_cluster")
     if not nodes and not cl_series:
         # From step records (sentinel detect FILE): the streamed detector, in time order.
-        stream = Stream(p, window.job)
+        stream = Stream(p, window.job, window.previous)
         for sp in sorted((sp for sp in window.steps if sp.time is not None),
                          key=lambda sp: sp.time or 0.0):
             stream.feed(sp)
@@ -174,12 +270,8 @@ def detect(window: Window, params: Params) -> list[Finding]:
     findings: list[Finding] = []
     if not cluster:
         return findings
-    drop_line = 1.0 - p.drop_ratio
 
-    eps = find_episodes(
-        cluster, is_bad=lambda v, b: v < drop_line * b, baseline_s=p.baseline_s,
-        sustain_s=p.sustain_s, fraction=p.fraction, step_s=res,
-    )
+    eps = _job_episodes(cluster, res, p, window.previous)
     dips = [_dip(e, res) for e in eps]
     findings += [_job_finding(e, dips, sorted(nodes), window.job)
                  for e in eps if e.flagged is not None]
@@ -191,13 +283,17 @@ def detect(window: Window, params: Params) -> list[Finding]:
         for node, vals in sorted(per_node.items()):
             ratio = [(b * res, v / cl_map[b]) for b, v in sorted(vals.items())
                      if cl_map.get(b)]
-            for e in find_episodes(
-                ratio, is_bad=lambda v, b: v < drop_line * b, baseline_s=p.baseline_s,
-                sustain_s=p.sustain_s, fraction=p.fraction, step_s=res, fixed_baseline=1.0,
-            ):
+            for e in _node_episodes(ratio, node, res, p, window.previous):
                 if e.flagged is not None:
                     findings.append(_node_finding(e, node, window.job))
     return findings
+
+
+def _mark(finder: EpisodeFinder, step: int | None) -> None:
+    """Note the step at which the finder's open episode was just flagged."""
+    cur = finder.cur
+    if cur is not None and cur.flagged is not None and cur.flagged_step is None:
+        cur.flagged_step = step
 
 
 class Stream:
@@ -217,10 +313,18 @@ class Stream:
     MAX_NODES = 4096
     MAX_DIPS = 1000
 
-    def __init__(self, params: Params, job: str) -> None:
+    def __init__(self, params: Params, job: str, previous: list[Finding] | None = None
+                 ) -> None:
         self.p, self.job = params, job
+        # The drops earlier cycles reported still open, by node (None: the job): each
+        # finder takes its own up again when the samples reach its start (continuity).
+        self._cont: dict[str | None, Earlier] = {}
+        for key, found in _open_before(previous or []).items():
+            self._cont[key] = found
         self.res = 0.0
-        self._first: list[tuple[float, str, float]] = []  # until the resolution is known
+        # (time, node, tokens/s, step) until the resolution is known
+        self._first: list[tuple[float, str, float, int]] = []
+        self._steps: dict[int, int] = {}  # open bucket -> the newest step in it
         self._open: dict[int, dict[str, list[float]]] = {}  # bucket -> node -> [sum, n]
         self._order: list[int] = []  # heap of the open buckets
         self._closed_to: int | None = None  # buckets up to this one are closed
@@ -236,18 +340,39 @@ class Stream:
         self.extra_nodes = 0  # records of nodes past MAX_NODES
         self.dips_seen = 0
         self.notes: list[str] = []
+        # (node, rank) -> (step, time) of its newest record, for step records' own rates.
+        self._prev: dict[tuple[str | None, int | None], tuple[int, float]] = {}
 
     def _finder(self, on: Callable[[Episode], None], fixed: float | None) -> EpisodeFinder:
         p = self.p
         drop_line = 1.0 - p.drop_ratio
         return EpisodeFinder(is_bad=lambda v, b: v < drop_line * b, baseline_s=p.baseline_s,
                              sustain_s=p.sustain_s, fraction=p.fraction, res=self.res,
-                             on_episode=on, fixed_baseline=fixed)
+                             on_episode=on, fixed_baseline=fixed,
+                             close_fraction=CLOSE_FRACTION, max_gap_s=p.max_gap_s or None)
+
+    def _rate(self, pt: StepPoint) -> float | None:
+        """Return the record's tokens/sec: given, or its tokens over the time since the
+        same rank's previous step (only when that was the step just before).
+        """
+        if pt.tokens_per_sec is not None or pt.tokens is None or pt.time is None:
+            return pt.tokens_per_sec
+        who = (pt.node, pt.rank)
+        prev = self._prev.get(who)
+        if prev is None and len(self._prev) >= self.MAX_NODES * 8:
+            return None  # bounded: ranks past the limit give no rate
+        self._prev[who] = (pt.step, pt.time)
+        if prev is None or pt.step != prev[0] + 1 or pt.time <= prev[1]:
+            return None
+        return pt.tokens / (pt.time - prev[1])
 
     def feed(self, pt: StepPoint) -> None:
         """Take the next step record (those without time or tokens/sec are skipped)."""
-        if pt.tokens_per_sec is None or pt.time is None:
+        rate = self._rate(pt)
+        if rate is None or pt.time is None:
             return
+        pt = dataclasses.replace(pt, tokens_per_sec=rate)
+        assert pt.tokens_per_sec is not None and pt.time is not None
         node = pt.node or "?"
         if node not in self.nodes:
             if len(self.nodes) >= self.MAX_NODES:
@@ -255,21 +380,21 @@ class Stream:
                 return
             self.nodes.add(node)
         if self._job is None:
-            self._first.append((pt.time, node, pt.tokens_per_sec))
+            self._first.append((pt.time, node, pt.tokens_per_sec, pt.step))
             if len(self._first) >= self.RES_SAMPLE:
                 self._start()
             return
-        self._add(pt.time, node, pt.tokens_per_sec)
+        self._add(pt.time, node, pt.tokens_per_sec, pt.step)
 
     def _start(self) -> None:
         """Fix the resolution from the records so far and replay them."""
-        self.res = resolution(sorted((t, v) for t, _n, v in self._first))
+        self.res = self.p.res_s or resolution(sorted((t, v) for t, _n, v, _s in self._first))
         self._job = self._finder(self._job_episode, None)
         first, self._first = self._first, []
-        for t, node, v in first:
-            self._add(t, node, v)
+        for t, node, v, step in first:
+            self._add(t, node, v, step)
 
-    def _add(self, t: float, node: str, v: float) -> None:
+    def _add(self, t: float, node: str, v: float, step: int) -> None:
         b = round(t / self.res)
         if self._closed_to is not None and b <= self._closed_to:
             self.late += 1
@@ -281,6 +406,7 @@ class Stream:
             acc = self._open[b].setdefault(node, [0.0, 0])
             acc[0] += v
             acc[1] += 1
+            self._steps[b] = max(step, self._steps.get(b, step))
         if t > self._latest:
             self._latest = t
             self._close_until(round((t - self.HOLD_S) / self.res) - 1)
@@ -294,9 +420,12 @@ class Stream:
     def _close_bucket(self, b: int) -> None:
         assert self._job is not None
         per_node = {n: acc[0] / acc[1] for n, acc in self._open.pop(b).items()}
+        step = self._steps.pop(b, None)
         t = b * self.res
         cluster = median(per_node.values())
+        self._resume(self._job, None, t)
         self._job.feed(t, cluster)
+        _mark(self._job, step)
         if not self.p.peer_check or not cluster:
             return
         for node, v in sorted(per_node.items()):
@@ -304,7 +433,18 @@ class Stream:
             if f is None:
                 f = self._node_finders[node] = self._finder(
                     functools.partial(self._node_episode, node), 1.0)
+            self._resume(f, node, t)
             f.feed(t, v / cluster)
+            _mark(f, step)
+
+    def _resume(self, finder: EpisodeFinder, key: str | None, t: float) -> None:
+        """Continue the drop earlier cycles reported open, once the samples reach it."""
+        e = self._cont.get(key)
+        if e is None or t < e.start:
+            return
+        del self._cont[key]
+        finder.resume(Episode(start=e.start, end=None, flagged=e.flagged, baseline=e.baseline,
+                              worst=e.worst, last_bad=e.last_bad))
 
     def _job_episode(self, e: Episode) -> None:
         self.dips_seen += 1

@@ -35,7 +35,8 @@ def agent(*args: str, env: dict | None = None, timeout: float = 30) -> subproces
         ("agent:\n  max_jobs: 0\n", {}, [], r"agent\.max_jobs: 0 is below the minimum 1"),
         ("agent:\n  colour: red\n", {}, [], r"agent\.colour: unknown key \(valid keys: .*max_jobs"),
         ("agent:\n  collectors: [gpu, fan]\n", {}, [],
-         r"'fan' is not valid \(valid: gpu, disk, host, training, textfile\)"),
+         r"'fan' is not valid \(valid: gpu, disk, disk_stall, host, training, "
+         r"textfile\)"),
         ("", {"SENTINEL_AGENT_RATE_WINDOW_SECONDS": "soon"}, [],
          r"SENTINEL_AGENT_RATE_WINDOW_SECONDS .*'soon' is not a number"),
         ("agent:\n  job_expiry_seconds: .nan\n", {}, [],
@@ -73,7 +74,8 @@ def test_bad_replay_file_exits_2(tmp_path):
 
 def test_collector_flags_select_collectors(tmp_path):
     r = agent("--once", f"--procfs={PROC}", "--no-collector.gpu", "--no-collector.host",
-              "--no-collector.training", f"--socket={tmp_path / 's'}")
+              "--no-collector.training", "--no-collector.disk_stall",
+              f"--socket={tmp_path / 's'}")
     assert r.returncode == 0, r.stderr
     got = {dict(ls)["collector"] for (n, ls) in samples(r.stdout)
            if n == "sentinel_collector_success"}

@@ -346,3 +346,22 @@ def test_memory_used_is_v2_like_nvidia_smi():
     s = nv.sample(0)
     v2 = dump["devices"][0]["memory_info_v2"]
     assert s.memory_used_bytes == v2["used"] != dump["devices"][0]["memory_info"]["used"]
+
+
+def test_compute_processes_per_gpu_are_counted(tmp_path):
+    """Two processes on GPU 0 (a rank and a competitor), none on GPU 1; an older dump
+    without the list (or a driver that does not say) exports no count."""
+    dump = two_gpus()
+    dump["devices"][0]["compute_processes"] = [{"pid": 4242, "used_memory": 2 << 30},
+                                               {"pid": 5151, "used_memory": 1 << 30}]
+    dump["devices"][1]["compute_processes"] = []
+    text, _ = scrape(tmp_path, ReplayBackend(dump))
+    assert value(text, "sentinel_gpu_compute_processes", gpu="0") == 2
+    assert value(text, "sentinel_gpu_compute_processes", gpu="1") == 0
+    assert value(text, "sentinel_gpu_up", gpu="0") == 1
+    del dump["devices"][1]["compute_processes"]
+    text, _ = scrape(tmp_path / "older", ReplayBackend(dump))
+    assert 'sentinel_gpu_compute_processes{' in text
+    assert value(text, "sentinel_gpu_up", gpu="1") == 1
+    assert not any(n == "sentinel_gpu_compute_processes" and ("gpu", "1") in ls
+                   for n, ls in samples(text))

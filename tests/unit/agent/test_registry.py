@@ -18,7 +18,7 @@ from sentinel.exposition import GaugeMetricFamily, MetricFamily
 from tests.support.collectors import PROC
 from tests.support.metrics import samples, value
 
-BUILTIN = ["gpu", "disk", "host", "training", "textfile"]
+BUILTIN = ["gpu", "disk", "disk_stall", "host", "training", "textfile"]
 
 
 class FanCollector(Collector):
@@ -76,7 +76,8 @@ def test_defaults_and_names_come_from_the_collectors():
     assert default_collectors() == BUILTIN
     assert agent_config().collectors == BUILTIN
     with pytest.raises(ConfigError, match=r"agent\.collectors: 'fan' is not valid "
-                                          r"\(valid: gpu, disk, host, training, textfile\)"):
+                                          r"\(valid: gpu, disk, disk_stall, host, training, "
+                                          r"textfile\)"):
         agent_config({"collectors": ["disk", "fan"]})
 
 
@@ -86,12 +87,12 @@ def test_a_registered_collector_is_accepted_defaulted_flagged_and_scraped(regist
     assert AgentConfig().collectors == [*BUILTIN, "fan"]
     # The config accepts it by name.
     assert agent_config({"collectors": ["quiet", "disk"]}).collectors == ["quiet", "disk"]
-    with pytest.raises(ConfigError, match=r"\(valid: gpu, disk, host, training, textfile, "
-                                          r"fan, quiet\)"):
+    with pytest.raises(ConfigError, match=r"\(valid: gpu, disk, disk_stall, host, training, "
+                                          r"textfile, fan, quiet\)"):
         agent_config({"collectors": ["fans"]})
 
     text, cfg = scrape(tmp_path, "--no-collector.gpu")
-    assert cfg.collectors == ["disk", "host", "training", "textfile", "fan"]
+    assert cfg.collectors == ["disk", "disk_stall", "host", "training", "textfile", "fan"]
     assert value(text, "sentinel_collector_success", collector="fan") == 1
     assert value(text, "sentinel_fan_speed_ratio") == 0.5
     assert "sentinel_quiet_up" not in text
@@ -100,7 +101,7 @@ def test_a_registered_collector_is_accepted_defaulted_flagged_and_scraped(regist
     text, cfg = scrape(tmp_path, "--no-collector.gpu", "--no-collector.fan", "--collector.quiet")
     assert "quiet" in cfg.collectors and "fan" not in cfg.collectors
     got = {dict(ls)["collector"] for (n, ls) in samples(text) if n == "sentinel_collector_success"}
-    assert got == {"disk", "host", "training", "textfile", "quiet"}
+    assert got == {"disk", "disk_stall", "host", "training", "textfile", "quiet"}
     assert value(text, "sentinel_quiet_up") == 1
 
 

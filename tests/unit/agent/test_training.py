@@ -371,3 +371,36 @@ def test_every_drop_reason_is_documented_in_metrics_md():
     row = next(line for line in doc.splitlines()
                if line.startswith("| `sentinel_train_datagrams_dropped_total`"))
     assert [r for r in ALL_DROP_REASONS if f"`{r}`" not in row] == []
+
+
+def test_data_wait_from_the_reporter_is_exported_per_rank(tmp_path):
+    """Reporter.step(data_s=) goes through the real datagram encoding into the counters."""
+    c = TrainingCollector(make_ctx(tmp_path))
+    waits = [0.01, 0.02, 1.5]
+    reporter = Reporter(job="j", rank=0, socket_path=str(tmp_path / "none.sock"))
+    for i, w in enumerate(waits):
+        # What the Reporter would send, decoded as the agent decodes it.
+        data = protocol.encode_step(reporter._step_prefix, i, 2.0, 100, None, None,
+                                    float(i), {protocol.EXTRA_DATA_S: w})
+        report = protocol.decode(data)
+        assert isinstance(report, StepReport)
+        c.store.add(report)
+    c.store.add(rep(job="other", step=0))  # a job without it exports none
+    text = render_collector(c)
+    lab = {"job": "j", "rank": "0", "hostname": "node1"}
+    assert value(text, "sentinel_train_data_wait_seconds_total", **lab) == pytest.approx(1.53)
+    assert value(text, "sentinel_train_data_wait_steps_total", **lab) == 3
+    assert 'sentinel_train_data_wait_seconds_total{job="other"' not in text
+
+
+def test_reporter_step_sends_data_s_as_the_extra(tmp_path):
+    path = str(tmp_path / "r.sock")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    srv.bind(path)
+    try:
+        r = Reporter(job="j", rank=0, socket_path=path)
+        r.step(3, loss=2.0, tokens=10, data_s=0.25)
+        report = protocol.decode(srv.recv(4096))
+        assert isinstance(report, StepReport) and report.extra[protocol.EXTRA_DATA_S] == 0.25
+    finally:
+        srv.close()

@@ -66,3 +66,57 @@ def test_throughput_from_steps_offline_finds_a_straggler(tmp_path):
     assert r.returncode == 1, r.stderr
     diag = [json.loads(x) for x in r.stdout.splitlines() if '"diagnosis"' in x]
     assert [(d["node"], d["evidence"]["cause"]) for d in diag] == [("n1", "straggler")]
+
+
+def _throughput_trace(run=None, *, drop=(300.0, 360.0), key="tokens_per_sec", loss=False):
+    """One record per step (0.5 s apart, 4 nodes) over 8 minutes; 40% slower in ``drop``."""
+    rng = np.random.default_rng(1)
+    recs = []
+    for i in range(960):
+        t = 1000.0 + 0.5 * i
+        slow = 0.6 if drop[0] <= t - 1000.0 < drop[1] else 1.0
+        for n in range(4):
+            r = {"step": i, "time": t + 0.01 * n, "node": f"n{n}",
+                 key: 4000.0 * slow * (1 + float(rng.uniform(-0.05, 0.05)))}
+            if loss:
+                r["loss"] = 2.0
+            if run is not None:
+                r["run"] = run
+            recs.append(r)
+    return recs
+
+
+def test_a_throughput_only_trace_needs_no_loss_and_says_when_it_would_be_found(tmp_path):
+    r = detect(write(tmp_path, _throughput_trace()))
+    assert r.returncode == 1, r.stderr
+    out = [strict_loads(x) for x in r.stdout.splitlines()]
+    (drop,) = [f for f in out if f["kind"] == "throughput_drop"]
+    # Time-based: found seconds after the onset (t=1300), not minutes of samples later.
+    assert drop["rule"] == "throughput-steps" and abs(drop["time_start"] - 1300.0) <= 1.0
+    assert 0 < drop["detected_at"] - 1300.0 <= 10.0
+    assert drop["detected_step"] == round((drop["detected_at"] - 1000.0) / 0.5)
+    assert all(f["detected_at"] is not None for f in out)
+
+
+def test_unknown_keys_are_named_with_the_known_ones_and_refused_under_strict(tmp_path):
+    path = write(tmp_path, _throughput_trace(key="tokens_per_second"))
+    r = detect(path)
+    assert r.returncode == 0, r.stderr  # nothing to detect without the throughput key
+    assert r.stderr.count("unknown key 'tokens_per_second' ignored") == 1, r.stderr
+    assert "(known: step, loss, grad_norm, tokens_per_sec," in r.stderr
+    r = detect(path, "--strict")
+    assert r.returncode == 2
+    assert f"bad input: {path}:1: unknown key 'tokens_per_second' (known: step" in r.stderr
+
+
+def test_runs_in_one_file_are_kept_apart_and_named(tmp_path):
+    a = _throughput_trace("run-a", drop=(300.0, 360.0), loss=True)
+    b = _throughput_trace("run-b", drop=(1000.0, 1000.0), loss=True)  # healthy
+    merged = sorted(a + b, key=lambda r: (r["time"], r["run"]))
+    r = detect(write(tmp_path, merged))
+    assert r.returncode == 1, r.stderr
+    out = [strict_loads(x) for x in r.stdout.splitlines()]
+    assert {(f["kind"], f["job"]) for f in out} == {("throughput_drop", "run-a"),
+                                                    ("diagnosis", "run-a")}
+    # Interleaved runs' steps going back and forth are two runs, not a shuffled file.
+    assert "out of order" not in r.stderr and "resume" not in r.stderr

@@ -113,3 +113,37 @@ def test_job_stalled_from_agent_series():
     (f,) = job_stalled.detect(Window(series={"seconds_since_last_report": [since],
                                              "step_duration": [dur]}), job_stalled.Params())
     assert f.state == "firing" and f.node == "h" and f.job == "j"
+
+
+def test_the_contention_query_counts_processes_beyond_the_ranks(tmp_path):
+    """The shipped gpu-contention PromQL, evaluated by promtool: GPU U0 has its rank and
+    a second process (1 extra), U1 no rank and one process (1 extra), U2 only its rank."""
+    import subprocess
+
+    import yaml
+
+    from sentinel.rules.rulefile import load_rules
+    from tests.support.services import need_binary
+
+    promtool = need_binary("promtool", "prometheus")
+    (rule,) = [r for r in load_rules() if r.name == "gpu-contention"]
+    rules = tmp_path / "r.yml"
+    rules.write_text(yaml.safe_dump({"groups": [{"name": "g", "rules": [
+        {"record": "extra", "expr": rule.series["extra_processes"]}]}]}))
+    procs = 'sentinel_gpu_compute_processes{hostname="n1",gpu="%s",UUID="%s",instance="a"}'
+    rank = 'sentinel_train_rank_info{job="j",rank="%s",pid="1",UUID="%s",hostname="n1"}'
+    test = tmp_path / "t.yml"
+    test.write_text(yaml.safe_dump({"rule_files": [str(rules)], "evaluation_interval": "1m",
+                                    "tests": [{"interval": "1m", "input_series": [
+        {"series": procs % ("0", "U0"), "values": "2x5"},
+        {"series": procs % ("1", "U1"), "values": "1x5"},
+        {"series": procs % ("2", "U2"), "values": "1x5"},
+        {"series": rank % ("0", "U0"), "values": "1x5"},
+        {"series": rank % ("2", "U2"), "values": "1x5"},
+    ], "promql_expr_test": [{"expr": "extra", "eval_time": "2m", "exp_samples": [
+        {"labels": 'extra{hostname="n1",gpu="0",UUID="U0"}', "value": 1},
+        {"labels": 'extra{hostname="n1",gpu="1",UUID="U1"}', "value": 1},
+    ]}]}]}))
+    r = subprocess.run([promtool, "test", "rules", str(test)], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr

@@ -43,7 +43,7 @@ def run(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.Monk
         (b'{"step": "two", "loss": 1.0}',
          ":3: 'step' is 'two' (valid: an integer >= 0, at most 2^53)"),
         (b'{"step": -1, "loss": 1.0}', ":3: 'step' is -1 (valid: an integer >= 0, at most 2^53)"),
-        (b'{"step": 3}', ":3: 'loss' is missing (valid: a number"),
+        (b'{"step": 3, "loss": 1.0, "run": 5}', ":3: 'run' is 5 (valid: a non-empty string"),
         (b'{"step": 3, "loss": true}', ":3: 'loss' is True (valid: a number"),
         (b"[1, 2]", ':3: expected a JSON object like {"step": 1, "loss": 2.5}, got list'),
         (b'{"step": 3, "loss": 1.0', ":3: not valid JSON (Expecting ',' delimiter at column 24)"),
@@ -97,3 +97,18 @@ def test_steps_are_read_lazily_and_non_finite_values_kept(tmp_path):
         next(it)
     with pytest.raises(InputError, match=r"run\.jsonl:4: not valid JSON"):
         read_steps(p)
+
+
+def test_the_documented_example_parses_with_no_unknown_key(tmp_path):
+    from pathlib import Path
+
+    from sentinel.rules.jsonl import iter_records
+    doc = (Path(__file__).resolve().parents[3] / "docs" / "DETECT-INPUT.md").read_text()
+    block = doc.split("## Example\n```\n", 1)[1].split("```", 1)[0]
+    p = tmp_path / "example.jsonl"
+    p.write_text(block)
+    unknown: dict[str, str] = {}
+    pts = [pt for _w, pt in iter_records(p, unknown)]
+    assert unknown == {} and len(pts) == 5
+    assert {pt.run for pt in pts} == {"gpt-a", "gpt-b"}
+    assert pts[-1].loss_given is False and pts[0].tokens == 8192

@@ -131,3 +131,55 @@ def test_noisy_unshuffled_bumps_are_not_spikes(seed):
         x[s:s + d] += rng.uniform(0.03, 0.08)
         s += d + int(rng.integers(10, 110))
     assert run(x) == []
+
+
+def _subtle(seed: int, *, loss_ratio: float, grad_ratio: float, at: int = 900):
+    """A curve with sigma 0.07 and, at ``at``, the loss and grad norm times the ratios."""
+    rng = np.random.default_rng(seed)
+    x = curve(sigma=0.07, seed=seed)
+    t = np.arange(len(x))
+    x[at] = np.log(2.0 + 6.0 * (1 + at / 100) ** -0.5) + math.log(loss_ratio)
+    g = 1.0 * np.exp(rng.normal(0, 0.08, len(x)))
+    g[at] = grad_ratio
+    assert len(t) == len(g)
+    return x, g
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_subtle_spike_with_a_grad_norm_jump_is_found_on_its_step(seed):
+    """Loss 1.3x (about z 4: under the loss-alone line) with the grad norm 2.2x."""
+    x, g = _subtle(seed, loss_ratio=1.3, grad_ratio=2.2)
+    found = run(x, grad=g)
+    assert [(f.evidence["detected_step"], f.evidence["trigger"]) for f in found] == [
+        (900, "joint")]
+    # Either half of the evidence alone is not a spike.
+    assert run(x) == []
+    x2, _ = _subtle(seed, loss_ratio=1.0, grad_ratio=2.2)
+    assert run(x2, grad=g) == []
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_high_lr_grad_norm_bursts_with_small_loss_bumps_are_not_spikes(seed):
+    """Every 50-250 steps the grad norm bursts 2-5x and the loss rises up to 8%."""
+    rng = np.random.default_rng(10 + seed)
+    x = curve(n=3000, sigma=0.03, seed=seed)
+    g = np.exp(rng.normal(0, 0.1, len(x)))
+    s = 30
+    while s < len(x):
+        g[s] *= rng.uniform(2.0, 5.0)
+        x[s] += rng.uniform(0.0, 0.08)
+        s += int(rng.integers(50, 250))
+    assert run(x, grad=g) == []
+
+
+@pytest.mark.parametrize("at", [4, 9, 15])
+def test_spike_in_the_first_steps_is_caught_on_its_step(at):
+    """Before the rolling baseline has its 20 steps, a +60% step is still a spike."""
+    x = curve(sigma=0.02)
+    x[at] += math.log(1.6)
+    found = run(x)
+    assert [(f.evidence["detected_step"], f.evidence["trigger"]) for f in found] == [
+        (at, "warmup")]
+    assert found[0].evidence["classification"] == "recoverable_fast"
+    # The fast fall of the first steps alone is not one.
+    assert run(curve(sigma=0.02)) == []

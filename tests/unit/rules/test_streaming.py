@@ -180,6 +180,10 @@ def test_streamed_throughput_matches_the_series_detector() -> None:
         Window(job="j", series={"tokens_per_sec": series}), p)]
     streamed = _fed(throughput_drop.Stream(p, "j"), steps)
     assert {f["evidence"]["scope"] for f in window} == {"job", "node"}
+    # Only step records say at which step a drop was flagged (the newest in its bucket).
+    for f in streamed:
+        assert f.pop("detected_step") == round(f["detected_at"] - 1000) // 2
+    assert [f.pop("detected_step") for f in window] == [None] * len(window)
     assert streamed == window
 
 

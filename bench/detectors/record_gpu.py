@@ -1,0 +1,424 @@
+"""Record the issue-11 corpus on one GPU: each cause really caused, labelled, split.
+
+    python -m bench.detectors.record_gpu --out "$OUT"          # one H200: ~5-6 minutes
+    python -m bench.detectors.record_gpu --device cpu --smoke --out /tmp/x   # a check
+
+One process trains a 25M-parameter byte-level GPT (sentinel.examples.gpt's model, d=512,
+8 layers; the old corpus used 3.3M) and writes, per run, ``<out>/traces/<name>.jsonl``
+in `sentinel detect FILE`'s format (docs/DETECT-INPUT.md: run, step, rank, node, time,
+loss, grad_norm, tokens, tokens_per_sec), ``<name>.node.jsonl`` (what the node saw each
+second: the job's input wait, the disk's worst one-second read latency and I/Os in
+flight from /proc/diskstats, the GPU's compute processes from NVML) and
+``<name>.labels.json`` (format: bench/detectors/corpus.py, plus ``time_events`` for
+throughput causes and ``split``). ``<out>/split.json`` says which traces are for tuning
+and which are held out: within each family, alternate runs (sorted by name) go to
+``tune`` and ``held_out``; a family of one run is held out.
+
+Loss runs (steps; labels from what was injected, never from a detector):
+  healthy at 3 seeds and 2 learning rates; high-LR (8x) at 2 seeds, whose grad-norm
+  bursts are healthy; sharp bad batches (random bytes) at 3 steps; subtle bad batches
+  (10% of a batch's bytes random: loss about 1.2-1.4x) at 3 steps; a bad batch at step 8
+  (before any rolling baseline).
+Throughput runs (time; each cause caused for real during a window of the run):
+  ``gpu_contention``: a second process multiplying matrices on the same GPU;
+  ``storage_stall``: the job reads each batch with O_DIRECT from a file while reader
+  threads flood the same disk with O_DIRECT reads (disk latency rises; the node trace
+  shows by how much); ``growing_slowdown``: the dataloader's per-step CPU work grows
+  each step until the step time has doubled; ``checkpoint``: a full torch.save of model
+  and optimizer every 8 s (single slow steps, not a drop).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sentinel import jsonnum
+
+ROOT = Path(__file__).resolve().parents[2]
+SUBTLE_FRACTION = 0.10  # share of a subtle bad batch's bytes made random
+SPIKE_SPAN = 20  # steps a bad batch may disturb the loss for (as record_real.py)
+CHECKPOINT_EVERY_S = 8.0  # a full save of model and optimizer this often
+COMPETITOR = """
+import sys, time, torch
+dev = sys.argv[1]; end = time.time() + float(sys.argv[2])
+a = torch.randn(4096, 4096, device=dev, dtype=torch.bfloat16 if dev != "cpu" else torch.float32)
+while time.time() < end:
+    b = a @ a
+    if dev != "cpu": torch.cuda.synchronize()
+"""
+
+
+@dataclass
+class Run:
+    """One run to record: its family, its knobs, and what it injects."""
+
+    name: str
+    family: str
+    steps: int = 0  # loss runs: a step count
+    seconds: float = 0.0  # throughput runs: a duration
+    seed: int = 0
+    lr_scale: float = 1.0
+    sharp: tuple[int, ...] = ()
+    subtle: tuple[int, ...] = ()
+    cause: str = ""  # gpu_contention, storage_stall, growing_slowdown, checkpoint
+    window: tuple[float, float] = (0.0, 0.0)  # seconds from the run's start
+    notes: list[str] = field(default_factory=list)
+
+
+def plan(smoke: bool) -> list[Run]:
+    """Return the runs, sized for one H200 (or a seconds-long CPU check)."""
+    n = 30 if smoke else 600
+    tp = 6.0 if smoke else 45.0
+    win = (tp / 3, 2 * tp / 3)
+    runs = [Run(f"healthy-s{s}-lr{k}", "healthy", steps=n, seed=s, lr_scale=k)
+            for s in range(3) for k in (1.0, 2.0) if not (smoke and s > 0)]
+    runs += [Run(f"high_lr-s{s}", "high_lr", steps=n, seed=s, lr_scale=8.0)
+             for s in range(1 if smoke else 2)]
+    spikes = (int(n * 0.4), int(n * 0.6), int(n * 0.8))
+    runs += [Run(f"sharp-s{s}", "sharp_spike", steps=n, seed=10 + s, sharp=spikes)
+             for s in range(1 if smoke else 2)]
+    runs += [Run(f"subtle-s{s}", "subtle_spike", steps=n, seed=20 + s, subtle=spikes)
+             for s in range(1 if smoke else 2)]
+    runs += [Run("early-s0", "early_spike", steps=n // 3, seed=30, sharp=(8,))]
+    runs += [Run(f"{c}-s0", c, seconds=tp, seed=40 + i, cause=c, window=win)
+             for i, c in enumerate(("gpu_contention", "storage_stall", "growing_slowdown",
+                                    "checkpoint"))]
+    return runs
+
+
+class DiskFlood:
+    """Threads issuing O_DIRECT reads of random blocks of a file: the disk gets busy."""
+
+    def __init__(self, path: Path, threads: int = 16) -> None:
+        self.path, self.threads = path, threads
+        self.stop = threading.Event()
+        self.workers: list[threading.Thread] = []
+
+    def _read(self, seed: int) -> None:
+        import mmap
+        rng = random.Random(seed)
+        size = self.path.stat().st_size
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_DIRECT)
+        except OSError:
+            fd = os.open(self.path, os.O_RDONLY)  # tmpfs and the like: no O_DIRECT
+        buf = mmap.mmap(-1, 1 << 20)
+        try:
+            while not self.stop.is_set():
+                off = rng.randrange(0, max(1, size - (1 << 20))) // 4096 * 4096
+                os.preadv(fd, [buf], off)
+        finally:
+            os.close(fd)
+
+    def __enter__(self) -> DiskFlood:
+        self.workers = [threading.Thread(target=self._read, args=(i,), daemon=True)
+                        for i in range(self.threads)]
+        for w in self.workers:
+            w.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for w in self.workers:
+            w.join(timeout=5)
+
+
+class NodeWatch:
+    """Every second: the worst disk's read latency and in-flight I/Os, GPU processes."""
+
+    def __init__(self, device: str) -> None:
+        from sentinel.agent.collectors.disk import parse_diskstats
+        self.parse = parse_diskstats
+        self.device = device
+        self.rows: list[dict[str, Any]] = []
+        self.data_s: list[float] = []  # input waits since the last row
+        self.stop = threading.Event()
+        self.nvml: Any = None
+        if device.startswith("cuda"):
+            try:
+                import pynvml
+                pynvml.nvmlInit()
+                self.nvml = pynvml
+            except Exception as e:  # noqa: BLE001 - the trace says it has no GPU column
+                print(f"record_gpu: no NVML ({e}): no GPU process column", file=sys.stderr)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _disks(self) -> dict[str, Any]:
+        try:
+            return self.parse(Path("/proc/diskstats").read_text())
+        except OSError:
+            return {}
+
+    def _gpu_procs(self) -> int | None:
+        if self.nvml is None:
+            return None
+        idx = int(self.device.split(":")[1]) if ":" in self.device else 0
+        h = self.nvml.nvmlDeviceGetHandleByIndex(idx)
+        return len(self.nvml.nvmlDeviceGetComputeRunningProcesses(h))
+
+    def _run(self) -> None:
+        prev = self._disks()
+        while not self.stop.wait(1.0):
+            cur = self._disks()
+            lat, inflight = 0.0, 0
+            for dev, s in cur.items():
+                p = prev.get(dev)
+                if p is None:
+                    continue
+                d = s.reads - p.reads
+                if d > 0:
+                    lat = max(lat, (s.read_ms - p.read_ms) / 1000.0 / d)
+                inflight = max(inflight, s.in_flight)
+            prev = cur
+            waits, self.data_s = self.data_s, []
+            self.rows.append({"time": time.time(), "disk_read_latency_max_s": lat,
+                              "disk_in_flight_max": inflight,
+                              "gpu_compute_processes": self._gpu_procs(),
+                              "data_s_mean": sum(waits) / len(waits) if waits else None})
+
+    def __enter__(self) -> NodeWatch:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
+
+
+class Job:
+    """The model, its optimizer and its data, and one training step at a time."""
+
+    def __init__(self, run: Run, args: argparse.Namespace, corpus: bytes) -> None:
+        import torch
+
+        from sentinel.examples.gpt import GPT, ModelConfig
+        self.torch, self.args, self.run = torch, args, run
+        self.cfg = (ModelConfig(64, 2, 4, 64, 8, 3e-3, 10, 0) if args.smoke
+                    else ModelConfig(512, 8, 8, 256, 32, 6e-4, 50, 0))
+        torch.manual_seed(run.seed)
+        self.rng = random.Random(run.seed)
+        self.model = GPT(self.cfg).to(args.device)
+        self.params = sum(p.numel() for p in self.model.parameters())
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=self.cfg.lr * run.lr_scale,
+                                     weight_decay=0.1)
+        self.corpus = corpus
+        self.direct: Any = None
+        self.step = 0
+
+    def lr(self) -> float:
+        base = self.cfg.lr * self.run.lr_scale
+        return base * min(1.0, (self.step + 1) / self.cfg.warmup_steps)
+
+    def batch(self, extra_cost: int) -> Any:
+        """Return the next batch (and spend ``extra_cost`` units of dataloader CPU)."""
+        torch, cfg = self.torch, self.cfg
+        span = cfg.seq_len + 1
+        if extra_cost:  # a dataloader whose per-step work grows: real CPU, not a sleep
+            acc = 0
+            for i in range(extra_cost):
+                acc = (acc * 31 + i) % 1_000_003
+        rows = []
+        for _ in range(cfg.batch_size):
+            off = self.rng.randrange(0, len(self.corpus) - span)
+            rows.append(self.direct.read(off, span) if self.direct is not None
+                        else self.corpus[off:off + span])
+        x = torch.tensor([list(r) for r in rows], dtype=torch.long)
+        if self.step in self.run.sharp:
+            x = torch.randint(0, 256, x.shape, generator=torch.Generator().manual_seed(self.step))
+        elif self.step in self.run.subtle:
+            g = torch.Generator().manual_seed(self.step)
+            mask = torch.rand(x.shape, generator=g) < SUBTLE_FRACTION
+            x = torch.where(mask, torch.randint(0, 256, x.shape, generator=g), x)
+        return x.to(self.args.device, non_blocking=True)
+
+    def train(self, x: Any) -> tuple[float, float]:
+        torch = self.torch
+        for g in self.opt.param_groups:
+            g["lr"] = self.lr()
+        dtype = torch.bfloat16 if self.args.device.startswith("cuda") else torch.float32
+        with torch.autocast(self.args.device.split(":")[0], dtype=dtype,
+                            enabled=dtype == torch.bfloat16):
+            logits = self.model(x[:, :-1])
+        loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1),
+                                                 x[:, 1:].flatten())
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gn = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0))
+        self.opt.step()
+        return float(loss.detach()), gn
+
+
+def record(run: Run, args: argparse.Namespace, corpus: bytes, out: Path) -> dict[str, Any]:
+    """Train one run, causing its cause in its window; write its trace and node trace."""
+    job = Job(run, args, corpus)
+    host = socket.gethostname()
+    trace = (out / "traces" / f"{run.name}.jsonl").open("w")
+    data_file = out / "work" / "corpus.bin"
+    watch = NodeWatch(args.device)
+    t0 = time.time()
+    competitor: subprocess.Popen[bytes] | None = None
+    flood: DiskFlood | None = None
+    if run.cause == "storage_stall":
+        from sentinel.examples.gpt import DirectReader
+        try:
+            job.direct = DirectReader(data_file)
+        except SystemExit as e:  # no O_DIRECT on this filesystem: say so, read normally
+            run.notes.append(f"job reads without O_DIRECT: {e}")
+    a, b = (t0 + run.window[0], t0 + run.window[1]) if run.cause else (0.0, 0.0)
+    durations: list[float] = []
+    loop_per_s = _loop_rate() if run.cause == "growing_slowdown" else 0.0
+    saved = t0
+    with watch:
+        last = time.time()
+        while (job.step < run.steps) if run.steps else (time.time() - t0 < run.seconds):
+            now = time.time()
+            if run.cause == "gpu_contention" and competitor is None and now >= a:
+                competitor = subprocess.Popen(
+                    [sys.executable, "-c", COMPETITOR, args.device, str(b - now)])
+            if run.cause == "storage_stall" and flood is None and now >= a:
+                flood = DiskFlood(data_file).__enter__()
+            if flood is not None and now >= b and not flood.stop.is_set():
+                flood.__exit__()
+            grow = 0
+            if run.cause == "growing_slowdown" and a <= now < b:
+                # Each step's input costs more than the last: the step time doubles by
+                # the window's end (the usual step time measured before it).
+                base = _median(durations) if durations else 0.0
+                grow = int(loop_per_s * base * (now - a) / (b - a))
+            t_data = time.perf_counter()
+            x = job.batch(grow)
+            data_s = time.perf_counter() - t_data
+            watch.data_s.append(data_s)
+            loss, gn = job.train(x)  # float() syncs: the step is done
+            if run.cause == "checkpoint" and time.time() - saved >= CHECKPOINT_EVERY_S:
+                job.torch.save({"model": job.model.state_dict(), "opt": job.opt.state_dict()},
+                               out / "work" / "ckpt.pt")
+                saved = time.time()
+            t = time.time()
+            if not run.cause or t < a:
+                durations.append(t - last)
+                del durations[:-200]
+            tokens = job.cfg.batch_size * job.cfg.seq_len
+            trace.write(jsonnum.dumps({
+                "run": run.name, "step": job.step, "rank": 0, "node": host, "time": t,
+                "loss": loss, "grad_norm": gn, "tokens": tokens,
+                "tokens_per_sec": tokens / max(t - last, 1e-9)}) + "\n")
+            last = t
+            job.step += 1
+    if flood is not None:
+        flood.__exit__()
+    if competitor is not None:
+        competitor.wait(timeout=60)
+    trace.close()
+    with (out / "traces" / f"{run.name}.node.jsonl").open("w") as fh:
+        for row in watch.rows:
+            fh.write(json.dumps(row) + "\n")
+    return {"params": job.params, "steps": job.step, "seconds": time.time() - t0,
+            "window": [a, b] if run.cause else None}
+
+
+def _median(xs: list[float]) -> float:
+    ys = sorted(xs)
+    return ys[len(ys) // 2]
+
+
+def _loop_rate() -> float:
+    """Return how many iterations of the dataloader's extra work run per second."""
+    t = time.perf_counter()
+    acc = 0
+    for i in range(200_000):
+        acc = (acc * 31 + i) % 1_000_003
+    return 200_000 / (time.perf_counter() - t)
+
+
+def labels(run: Run, info: dict[str, Any]) -> dict[str, Any]:
+    """Return the run's labels: events from what was injected, never from a detector."""
+    events = [{"start": s, "end": s + SPIKE_SPAN, "kind": "spike"}
+              for s in sorted((*run.sharp, *run.subtle))]
+    time_events = []
+    if run.cause and run.cause != "checkpoint":
+        a, b = info["window"]
+        time_events.append({"start_time": a, "end_time": b, "cause": run.cause,
+                            "worsening": run.cause == "growing_slowdown"})
+    return {"healthy": not events and not time_events, "family": f"gpu_{run.family}",
+            "events": events, "time_events": time_events, "seed": run.seed,
+            "lr_scale": run.lr_scale, "params": info["params"], "steps": info["steps"],
+            "seconds": round(info["seconds"], 1), "notes": run.notes}
+
+
+def split(names_by_family: dict[str, list[str]]) -> dict[str, list[str]]:
+    """Alternate each family's runs (sorted) between tune and held_out; one run: held out."""
+    out: dict[str, list[str]] = {"tune": [], "held_out": []}
+    for _fam, names in sorted(names_by_family.items()):
+        names = sorted(names)
+        if len(names) == 1:
+            out["held_out"] += names
+            continue
+        for i, n in enumerate(names):
+            out["tune" if i % 2 == 0 else "held_out"].append(n)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--out", default=os.environ.get("OUT", "out"))
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--smoke", action="store_true", help="a tiny model, seconds per run")
+    ap.add_argument("--budget-s", type=float, default=340.0,
+                    help="stop starting runs past this many seconds (the rest are listed)")
+    ap.add_argument("--only", default="", help="comma-separated run names (default: all)")
+    args = ap.parse_args(argv)
+    from sentinel.examples.gpt import load_corpus
+    out = Path(args.out)
+    for d in ("traces", "work"):
+        (out / d).mkdir(parents=True, exist_ok=True)
+    corpus = load_corpus(1 << 22 if args.smoke else 32 << 20)
+    # The storage run's file: large enough that the flood's reads miss the page cache.
+    with (out / "work" / "corpus.bin").open("wb") as fh:
+        for _ in range(2 if args.smoke else 32):
+            fh.write(corpus)
+    start = time.time()
+    done: dict[str, list[str]] = {}
+    skipped = []
+    only = {n for n in args.only.split(",") if n}
+    for run in plan(args.smoke):
+        if only and run.name not in only:
+            continue
+        if time.time() - start > args.budget_s:
+            skipped.append(run.name)
+            continue
+        info = record(run, args, corpus, out)
+        lab = labels(run, info)
+        (out / "traces" / f"{run.name}.labels.json").write_text(json.dumps(lab, indent=1))
+        done.setdefault(run.family, []).append(run.name)
+        print(f"record_gpu: {run.name}: {info['steps']} steps in {info['seconds']:.1f} s "
+              f"({info['params'] / 1e6:.1f}M params)", flush=True)
+    parts = split(done)
+    for part, names in parts.items():
+        for n in names:
+            p = out / "traces" / f"{n}.labels.json"
+            lab = json.loads(p.read_text())
+            lab["split"] = part
+            p.write_text(json.dumps(lab, indent=1))
+    (out / "split.json").write_text(json.dumps({**parts, "skipped": skipped}, indent=1))
+    for f in (out / "work").iterdir():
+        f.unlink()
+    (out / "work").rmdir()
+    print(f"record_gpu: {sum(map(len, done.values()))} runs in {time.time() - start:.0f} s; "
+          f"skipped {skipped or 'none'}; traces in {out / 'traces'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
