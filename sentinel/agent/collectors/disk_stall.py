@@ -19,10 +19,9 @@ import time
 from collections import deque
 from pathlib import Path
 
-from prometheus_client.core import GaugeMetricFamily, Metric
-
 from sentinel.agent.collectors.base import Collector, Context
 from sentinel.agent.collectors.disk import MS, DiskStats, parse_diskstats
+from sentinel.exposition import GaugeMetricFamily, MetricFamily
 
 INTERVAL_S = 1.0
 # What the exported maxima cover: the deployed scrape interval, so each scrape sees
@@ -101,7 +100,7 @@ class DiskStallCollector(Collector):
             for dev in [d for d in self._seconds if d not in stats]:
                 del self._seconds[dev]  # a device gone (unplugged) stops being exported
 
-    def collect(self) -> list[Metric]:
+    def collect(self) -> list[MetricFamily]:
         """Export each device's worst second of the last WINDOW_S seconds."""
         labels = ["device"]
         lat_max = GaugeMetricFamily(
