@@ -41,7 +41,14 @@ from sentinel.controller.model import (
     ActionRecord,
     Incident,
 )
-from sentinel.controller.policy import Decision, History, PastAction, decide, incident_group
+from sentinel.controller.policy import (
+    Decision,
+    History,
+    PastAction,
+    decide,
+    incident_group,
+    joined_group,
+)
 from sentinel.rules.engine import signature
 from sentinel.rules.finding import Finding
 
@@ -197,6 +204,9 @@ class Controller:
     def _on_finding(self, f: Finding, now: float, stats: CycleStats) -> None:
         group = incident_group(f)
         inc = self.journal.open_incident_for(group)
+        if inc is None:
+            other = joined_group(group, [i.group for i in self.journal.incidents(open_only=True)])
+            inc = self.journal.open_incident_for(other) if other else None
         if inc is None:
             if f.state == "resolved" and f.kind != "loss_spike":
                 return  # the end of something that never became an incident

@@ -18,6 +18,7 @@ The escalation ladders:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -133,6 +134,23 @@ def incident_group(f: Finding) -> str:
     if f.kind == "disk_latency":
         return "storage"
     return f"finding/{f.key}"
+
+
+def joined_group(group: str, open_groups: Sequence[str]) -> str | None:
+    """Return the open incident group a finding of ``group`` joins when its own has none.
+
+    One drop is often seen twice: in the cluster's series on Prometheus (the rule names
+    no job: ``throughput/cluster``) and in a job's own steps (``throughput/JOB``). While
+    one of them is open, the other joins it: the cluster's drop joins a job's open
+    incident when exactly one job's is open (with several, which one it is cannot be
+    told), and a job's drop joins an open cluster incident.
+    """
+    if not group.startswith("throughput/"):
+        return None
+    if group == "throughput/cluster":
+        jobs = [g for g in open_groups if g.startswith("throughput/") and g != group]
+        return jobs[0] if len(jobs) == 1 else None
+    return "throughput/cluster" if "throughput/cluster" in open_groups else None
 
 
 def _candidate(f: Finding, h: History, cfg: PolicyConfig) -> tuple[str | None, str]:

@@ -184,6 +184,22 @@ def test_resolved_finding_without_action_closes_the_incident(tmp_path):
     assert ctl.journal.incidents()[0].state == "resolved"
 
 
+def test_one_drop_seen_by_the_cluster_series_and_the_jobs_steps_is_one_incident(tmp_path):
+    steps = Finding(kind="throughput_drop", severity="warning", summary="job 74% below",
+                    suggested_action="notify", job="gpt", rule="throughput-steps")
+    series = dataclasses.replace(steps, job=None, rule="throughput", summary="cluster 74%")
+    other = dataclasses.replace(steps, job="bert", summary="bert 50% below")
+    det = ScriptedDetector([[steps], [series], [other]])
+    ctl = make_controller(tmp_path, det)
+    ctl.cycle()
+    ctl.cycle()
+    [inc] = ctl.journal.incidents()
+    assert inc.group == "throughput/gpt" and inc.summary == "cluster 74%"
+    ctl.cycle()  # another job's drop is its own problem
+    assert sorted(i.group for i in ctl.journal.incidents()) == [
+        "throughput/bert", "throughput/gpt"]
+
+
 def test_a_failing_detector_does_not_stop_the_loop(tmp_path):
     class Broken:
         def cycle(self, now=None):

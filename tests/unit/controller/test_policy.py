@@ -168,6 +168,16 @@ def test_notify_findings_and_resolved_ones_do_nothing():
     assert decide(gone, History(incident="i-1"), NOW, PolicyConfig()).action is None
 
 
+def test_a_drop_joins_the_open_incident_of_the_same_drop_seen_elsewhere():
+    from sentinel.controller.policy import joined_group
+
+    assert joined_group("throughput/cluster", ["throughput/gpt", "storage"]) == "throughput/gpt"
+    assert joined_group("throughput/cluster", ["throughput/gpt", "throughput/bert"]) is None
+    assert joined_group("throughput/gpt", ["throughput/cluster"]) == "throughput/cluster"
+    assert joined_group("throughput/gpt", ["storage", "loss/gpt"]) is None
+    assert joined_group("storage", ["throughput/cluster"]) is None
+
+
 def test_incident_groups():
     assert incident_group(xid("node3")) == "node/node3"
     assert incident_group(spike(start=100)) == incident_group(spike(start=900)) == "loss/gpt"
