@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pytest_httpserver import HTTPServer
 
 from sentinel.cli import main
 from sentinel.config import ConfigError
@@ -25,8 +24,7 @@ from sentinel.notify.slack import (
     transport_from_config,
 )
 from sentinel.secretfile import Secret
-from tests.support.fake_slack import TOKEN, FakeSlack
-from tests.support.services import free_port
+from tests.support.fake_slack import TOKEN, FakeSlack, running_fake_slack
 
 pytestmark = pytest.mark.adversarial
 
@@ -36,13 +34,8 @@ SECRET_PART = "T0HOOK/B0HOOK/SECRETwebhookPART"
 
 @pytest.fixture
 def slack() -> Iterator[FakeSlack]:
-    server = HTTPServer(host="127.0.0.1", port=free_port())
-    server.start()
-    try:
-        yield FakeSlack(server).install()
-    finally:
-        server.clear()
-        server.stop()
+    with running_fake_slack() as s:
+        yield s
 
 
 def _cfg(slack: FakeSlack, tmp_path: Path, **kw: object) -> NotifyConfig:

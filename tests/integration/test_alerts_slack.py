@@ -28,11 +28,17 @@ from werkzeug import Request, Response
 
 from tests.support.agent import run_agent
 from tests.support.alert_rules import write_compressed_rules
-from tests.support.services import free_port, need_binary, run_alertmanager, run_prometheus, stop
+from tests.support.fake_slack import http_server
+from tests.support.services import (
+    alertmanager_config,
+    need_binary,
+    run_alertmanager,
+    run_prometheus,
+    stop,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-ALERTS = Path(__file__).resolve().parents[2] / "alerts"
 # One real minute of rule time per real second: `for: 5m` becomes 5 s, the 1 h
 # throughput baseline 60 s, the 15 min loss median 15 s.
 SPEEDUP = 60
@@ -86,26 +92,8 @@ class SlackHook:
 
 @pytest.fixture
 def slack_hook() -> Iterator[SlackHook]:
-    server = HTTPServer(host="127.0.0.1", port=free_port())
-    server.start()
-    try:
+    with http_server() as server:
         yield SlackHook(server)
-    finally:
-        server.clear()
-        server.stop()
-
-
-def _alertmanager_config(tmp: Path, webhook_url: str) -> Path:
-    """The shipped config, with the webhook URL file and short waits for the test."""
-    cfg = yaml.safe_load((ALERTS / "alertmanager.yml").read_text())
-    url_file = tmp / "slack-webhook-url"
-    url_file.write_text(webhook_url + "\n")
-    cfg["receivers"][0]["slack_configs"][0]["api_url_file"] = str(url_file)
-    cfg["templates"] = [str(ALERTS / "templates" / "*.tmpl")]
-    cfg["route"].update(group_wait="1s", group_interval="1s")
-    path = tmp / "alertmanager.yml"
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return path
 
 
 def _wait(pred: Any, timeout: float, what: str, hook: SlackHook) -> Any:
@@ -128,7 +116,7 @@ def test_loss_spike_and_throughput_drop_reach_slack_then_resolve(
     agent_cfg = tmp_path / "agent.yml"
     # A 2 s tokens/sec window, so the drop shows within two scrapes.
     agent_cfg.write_text(yaml.safe_dump({"agent": {"rate_window_seconds": 2}}))
-    am_cfg = _alertmanager_config(tmp_path, slack_hook.server.url_for("/services/T0/B0/alerts"))
+    am_cfg = alertmanager_config(tmp_path, slack_hook.server.url_for("/services/T0/B0/alerts"))
     mode = tmp_path / "mode"
     mode.write_text("normal")
 

@@ -23,7 +23,7 @@ from sentinel.controller.journal import Journal
 from sentinel.train.request import token_path
 from tests.support.agent import run_agent
 from tests.support.example_job import finish
-from tests.support.fake_slack import TOKEN, FakeSlack
+from tests.support.fake_slack import TOKEN, FakeSlack, running_fake_slack
 from tests.support.rollback_e2e import (
     BAD,
     check_job,
@@ -33,22 +33,14 @@ from tests.support.rollback_e2e import (
     wait_for,
     write_config,
 )
-from tests.support.services import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.fixture
 def slack():
-    from pytest_httpserver import HTTPServer
-
-    server = HTTPServer(host="127.0.0.1", port=free_port())
-    server.start()
-    try:
-        yield FakeSlack(server).install()
-    finally:
-        server.clear()
-        server.stop()
+    with running_fake_slack() as s:
+        yield s
 
 
 def _verified(journal: Journal):

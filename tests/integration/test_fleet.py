@@ -36,7 +36,6 @@ from typing import Any
 
 import pytest
 import requests
-import yaml
 from pytest_httpserver import HTTPServer
 
 from sentinel.dashboards import training
@@ -46,10 +45,11 @@ from sentinel.rules.finding import Finding
 from sentinel.rules.rulefile import Rule, load_rules
 from sentinel.rules.sources import PrometheusSource
 from tests.support.alert_rules import write_compressed_rules
+from tests.support.fake_slack import http_server
 from tests.support.fleet import Node, run_fleet
 from tests.support.services import (
     Prometheus,
-    free_port,
+    alertmanager_config,
     need_binary,
     run_alertmanager,
     run_prometheus,
@@ -66,7 +66,6 @@ from tests.support.victoria import (
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
-ALERTS = ROOT / "alerts"
 JOB = "fleet-job"
 SHARD_A = [Node("node-a1", tokens_per_step=700), Node("node-a2", xid=(0, 79), throttled_gpu=1)]
 SHARD_B = [Node("node-b1"), Node("node-b2"), Node("node-b3", nan_loss=True)]
@@ -112,19 +111,6 @@ def _what(f: Finding) -> tuple[str, str, str, str, str]:
     return (f.rule, f.kind, f.node or "", f.gpu or "", str(f.evidence.get("cause", "")))
 
 
-def _alertmanager_config(tmp: Path, webhook_url: str) -> Path:
-    """The shipped Alertmanager config with its Slack URL file and waits for a test."""
-    cfg = yaml.safe_load((ALERTS / "alertmanager.yml").read_text())
-    url_file = tmp / "slack-webhook-url"
-    url_file.write_text(webhook_url + "\n")
-    cfg["receivers"][0]["slack_configs"][0]["api_url_file"] = str(url_file)
-    cfg["templates"] = [str(ALERTS / "templates" / "*.tmpl")]
-    cfg["route"].update(group_wait="1s", group_interval="1s")
-    path = tmp / "alertmanager.yml"
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return path
-
-
 def _fired_alerts(store: Prometheus) -> set[tuple[str, str, str]]:
     """Return the alerts that fired in the last 5 minutes: (alertname, hostname, gpu)."""
     return {(a["metric"]["alertname"], a["metric"].get("hostname", ""),
@@ -163,18 +149,13 @@ def test_rules_engine_and_alerts_on_a_sharded_fleet(tmp_path: Path) -> None:
     need_binary("prometheus", "prometheus")
     need_binary("prometheus-alertmanager", "prometheus-alertmanager")
     rules_file = write_compressed_rules(tmp_path / "fast.rules.yml", SPEEDUP, minimum_s=3)
-    slack = HTTPServer(host="127.0.0.1", port=free_port())
-    slack.expect_request(WEBHOOK, method="POST").respond_with_data("ok")
-    slack.start()
-    try:
+    with http_server() as slack:
+        slack.expect_request(WEBHOOK, method="POST").respond_with_data("ok")
         _run(tmp_path, rules_file, slack)
-    finally:
-        slack.clear()
-        slack.stop()
 
 
 def _run(tmp: Path, rules_file: Path, slack: HTTPServer) -> None:
-    am_cfg = _alertmanager_config(tmp, slack.url_for(WEBHOOK))
+    am_cfg = alertmanager_config(tmp, slack.url_for(WEBHOOK))
     with (
         run_fleet(tmp / "fleet", SHARD_A + SHARD_B, job=JOB) as fleet,
         run_victoria_metrics(tmp / "vm") as vm,

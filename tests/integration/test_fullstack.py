@@ -28,8 +28,6 @@ from typing import Any
 
 import pytest
 import requests
-import yaml
-from pytest_httpserver import HTTPServer
 
 from sentinel.controller.journal import Journal
 from sentinel.demo import story
@@ -39,15 +37,14 @@ from sentinel.demo.stack import Options
 from sentinel.demo.storage import unavailable
 from sentinel.demo.view import View
 from tests.support.example_job import read_log
-from tests.support.fake_slack import TOKEN, FakeSlack
+from tests.support.fake_slack import TOKEN, FakeSlack, running_fake_slack
 from tests.support.metrics import samples
-from tests.support.services import free_port, need_binary
+from tests.support.services import alertmanager_config, need_binary
 from tests.support.slurm import need_slurm
 
 pytestmark = [pytest.mark.integration, pytest.mark.slurm, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
-ALERTS = ROOT / "alerts"
 # The rolled-back run's final evaluation loss against the control run's (same seed and
 # steps, no fault): measured 2.227 against 2.257 on this VM (the skipped batches and
 # the rollback change which data it saw, not how far it got).
@@ -56,26 +53,8 @@ EVAL_TOLERANCE = 0.03
 
 @pytest.fixture
 def slack() -> Iterator[FakeSlack]:
-    server = HTTPServer(host="127.0.0.1", port=free_port())
-    server.start()
-    try:
-        yield FakeSlack(server).install()
-    finally:
-        server.clear()
-        server.stop()
-
-
-def _alertmanager_config(tmp: Path, webhook_url: str) -> Path:
-    """The shipped route and template, the webhook pointed at the local Slack."""
-    cfg = yaml.safe_load((ALERTS / "alertmanager.yml").read_text())
-    url_file = tmp / "slack-webhook-url"
-    url_file.write_text(webhook_url + "\n")
-    cfg["receivers"][0]["slack_configs"][0]["api_url_file"] = str(url_file)
-    cfg["templates"] = [str(ALERTS / "templates" / "*.tmpl")]
-    cfg["route"].update(group_wait="1s", group_interval="1s")
-    path = tmp / "alertmanager.yml"
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return path
+    with running_fake_slack() as s:
+        yield s
 
 
 def _control(run_dir: Path) -> subprocess.Popen[str]:
@@ -103,7 +82,7 @@ def test_the_whole_loop(tmp_path: Path, slack: FakeSlack, monkeypatch: pytest.Mo
     control = _control(tmp_path / "control")
     view = View(io.StringIO(), tty=False)
     opts = Options(root=tmp_path / "demo", slack_env=True,
-                   alertmanager_config=_alertmanager_config(tmp_path, slack.webhook_url))
+                   alertmanager_config=alertmanager_config(tmp_path, slack.webhook_url))
     try:
         with Scenario(opts, view) as sc:
             outcome = sc.run()

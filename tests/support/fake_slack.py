@@ -8,15 +8,19 @@ the tests: a 429 with Retry-After, an outage (503), a token without the files:wr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
+
+from tests.support.services import free_port
 
 TOKEN = "xoxb-test-0000-SECRET-token"
 WEBHOOK_PATH = "/services/T000/B000/SECRETwebhookPART"
@@ -177,3 +181,22 @@ class FakeSlack:
         self.completed.append({"files": files, "channel_id": p.get("channel_id"),
                                "thread_ts": p.get("thread_ts")})
         return {"ok": True, "files": [{"id": f["id"], "title": f.get("title")} for f in files]}
+
+
+@contextlib.contextmanager
+def http_server() -> Iterator[HTTPServer]:
+    """Run a local HTTP server on a free port (Slack's stand-in, or a bare webhook)."""
+    server = HTTPServer(host="127.0.0.1", port=free_port())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.clear()
+        server.stop()
+
+
+@contextlib.contextmanager
+def running_fake_slack() -> Iterator[FakeSlack]:
+    """Run a :class:`FakeSlack` on a local server for the length of the block."""
+    with http_server() as server:
+        yield FakeSlack(server).install()

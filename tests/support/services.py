@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from sentinel.localstack import prometheus as _prom
 from sentinel.localstack.procs import Unavailable, free_port, stop, wait_http
@@ -59,6 +60,20 @@ def run_prometheus(tmp: Path, scrape_targets: list[str] | None = None, **kw: Any
     binary = need_binary("prometheus", "prometheus")
     with _prom.run_prometheus(tmp, scrape_targets, binary=binary, **kw) as p:
         yield p
+
+
+def alertmanager_config(tmp: Path, webhook_url: str) -> Path:
+    """Write the shipped Alertmanager config with its Slack URL file and a test's waits."""
+    alerts = Path(__file__).resolve().parents[2] / "alerts"
+    cfg = yaml.safe_load((alerts / "alertmanager.yml").read_text())
+    url_file = tmp / "slack-webhook-url"
+    url_file.write_text(webhook_url + "\n")
+    cfg["receivers"][0]["slack_configs"][0]["api_url_file"] = str(url_file)
+    cfg["templates"] = [str(alerts / "templates" / "*.tmpl")]
+    cfg["route"].update(group_wait="1s", group_interval="1s")
+    path = tmp / "alertmanager.yml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
 
 
 @contextlib.contextmanager

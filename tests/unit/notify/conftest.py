@@ -4,22 +4,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pytest_httpserver import HTTPServer
 
 from sentinel.notify.config import NotifyConfig
-from tests.support.fake_slack import TOKEN, FakeSlack
-from tests.support.services import free_port
+from tests.support.fake_slack import TOKEN, FakeSlack, running_fake_slack
 
 
 @pytest.fixture
 def slack() -> Iterator[FakeSlack]:
-    server = HTTPServer(host="127.0.0.1", port=free_port())
-    server.start()
-    try:
-        yield FakeSlack(server).install()
-    finally:
-        server.clear()
-        server.stop()
+    with running_fake_slack() as s:
+        yield s
 
 
 @pytest.fixture
