@@ -24,6 +24,7 @@ import yaml
 
 from sentinel.burnin.report import write_textfile
 from sentinel.controller.actions.burnin import read_report
+from sentinel.localstack.procs import wait_until
 from tests.support.agent import run_agent
 from tests.support.burnin_replay import recorded
 from tests.support.services import run_prometheus
@@ -69,17 +70,6 @@ def snippet_lines(replace: dict[str, str], sched: str) -> list[str]:
 def states(c: SlurmCluster) -> dict[str, tuple[str, str]]:
     out = c.run("sinfo", "-h", "-N", "-o", "%N|%T|%E").stdout
     return {n: (s, r) for n, s, r in (line.split("|", 2) for line in out.split("\n") if line)}
-
-
-def wait(pred, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        got = pred()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not seen after {timeout} s")
-        time.sleep(0.5)
 
 
 # -- file_sd -----------------------------------------------------------------------------
@@ -171,8 +161,8 @@ def test_slurmd_runs_the_hooks_a_failed_burnin_drains_and_refuses_jobs(tmp_path)
         c.run("scontrol", "update", "NodeName=node3", "State=DRAIN", "Reason=ops: DIMM B2")
         export(tf_hc / "node3" / "burnin.prom", "fail", "node3")
         export(tf_hc / "node2" / "burnin.prom", "fail", "node2")
-        s = wait(lambda: (st := states(c))["node2"][0] == "drained" and st, 60,
-                 "node2 drained by the health check")
+        s = wait_until(lambda: (st := states(c))["node2"][0] == "drained" and st, 60,
+                       "node2 drained by the health check", interval=0.5)
         assert s["node2"][1].startswith("sentinel: burn-in failed: GPU 0 LOW_FLOPS [healthcheck,")
         time.sleep(5)  # more health checks: nothing else changes
         s = states(c)
@@ -183,10 +173,11 @@ def test_slurmd_runs_the_hooks_a_failed_burnin_drains_and_refuses_jobs(tmp_path)
         # reads this file); a requeueable job sent there is refused, requeued, not held.
         export(tf_prolog / "node4" / "burnin.prom", "fail", "node4")
         job = c.sbatch("--requeue", "-w", "node4", "-J", "victim", script="#!/bin/sh\nsleep 60\n")
-        s = wait(lambda: (st := states(c))["node4"][0] in ("drained", "draining") and st, 30,
-                 "node4 drained by the prolog")
+        s = wait_until(lambda: (st := states(c))["node4"][0] in ("drained", "draining") and st,
+                       30, "node4 drained by the prolog", interval=0.5)
         assert s["node4"][1].startswith("sentinel: burn-in failed: GPU 0 LOW_FLOPS")
-        wait(lambda: c.job_field(job, "RestartCnt") == "1", 30, "the job requeued")
+        wait_until(lambda: c.job_field(job, "RestartCnt") == "1", 30, "the job requeued",
+                   interval=0.5)
         assert c.job_field(job, "State") == "PENDING"
         assert "held" not in c.job_field(job, "Reason").lower()
         assert "prolog failed" in (tmp_path / "slurm" / "slurmd-node4.log").read_text()
