@@ -290,6 +290,14 @@ class Scenario:
         acts = [a for a in j.actions(incident_id=incident_id) if a.action == action]
         return acts[-1] if acts else None
 
+    def _action_ended(self, incident_id: str, action: str, what: str) -> Any:
+        """Wait for the incident's ``action`` to be verified or failed; None if it was not."""
+        def ended() -> Any:
+            a = self._action(incident_id, action)
+            return a if a is not None and a.state in ("verified", "failed") else None
+
+        return self._wait(what, ended, EPISODE_TIMEOUT_S)
+
     # -- episode 1 ---------------------------------------------------------------------
 
     def episode_bad_batch(self) -> None:
@@ -306,12 +314,7 @@ class Scenario:
             self._fail(e, "no loss-spike incident was opened")
             return
         e.incident, e.detected_at = inc.id, inc.opened_at
-
-        def ended() -> Any:
-            a = self._action(inc.id, "rollback_skip")
-            return a if a is not None and a.state in ("verified", "failed") else None
-
-        act = self._wait("the rollback", ended, EPISODE_TIMEOUT_S)
+        act = self._action_ended(inc.id, "rollback_skip", "the rollback")
         if act is None or act.state != "verified":
             self._fail(e, f"rollback_skip {act.state if act else 'not started'}: "
                        f"{act.error if act else 'no rollback within the time'}")
@@ -356,12 +359,7 @@ class Scenario:
                       "scheduler to plan it on, it handed the incident to a person")
             self._done(e)
             return
-
-        def ended() -> Any:
-            a = self._action(inc.id, "spare_swap")
-            return a if a is not None and a.state in ("verified", "failed") else None
-
-        act = self._wait("the spare swap", ended, EPISODE_TIMEOUT_S)
+        act = self._action_ended(inc.id, "spare_swap", "the spare swap")
         if act is None or act.state != "verified":
             self._fail(e, f"spare_swap {act.state if act else 'not started'}: "
                        f"{act.error if act else 'no swap within the time'}")
