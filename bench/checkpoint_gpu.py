@@ -12,8 +12,9 @@ synthetic tokens and measures, in one process:
 - save stall: time inside ``AsyncCheckpointer.save`` (the loop is blocked) per
   checkpoint, plus the GPU time the loop's stream waits at ``fence()``, which shows in
   the throughput; the first two saves allocate pinned buffers and are reported apart;
-- throughput with a checkpoint every 50 steps against none: blocks of 50 steps with
-  and without a checkpoint, alternated so drift hits both alike; the ratio of tokens/s;
+- throughput with a checkpoint every 50 steps against none: segments of 200 steps with
+  a save every 50 (their background writes overlapping the training) and without,
+  alternated so drift hits both alike; the ratio of tokens/s;
 - rollback, request to the end of the first step after it (the real RollbackHandler,
   a signed request and SIGUSR1): target held in host RAM, target read from disk (no
   held copy), and a process restart from the same checkpoint (spawn, import, build,
@@ -123,34 +124,51 @@ def snapshot_nbytes(state: dict[str, Any]) -> int:
     return ckmod._state_nbytes(state)[0]
 
 
-def throughput(b: Bench, blocks: int) -> dict[str, Any]:
-    """Alternate 50-step blocks without and with a checkpoint; return stalls and ratio."""
-    with_s, without_s, stalls, allocating = [], [], [], []
-    for i in range(2 * blocks + 2):
+def throughput(b: Bench, pairs: int, per_segment: int) -> dict[str, Any]:
+    """Alternate segments with a checkpoint every 50 steps and without; stalls and ratio.
+
+    A segment is ``per_segment`` blocks of 50 steps. In a "with" segment every block
+    starts with a save, and the background writes of those saves overlap the segment's
+    training, as in a run (only the last one's tail runs past it). Between segments the
+    bench waits for the writes to end, untimed, so that a "without" segment carries none.
+    The first pair warms up kernels and allocates the pinned buffers; it is not counted.
+    """
+    with_s, without_s, stalls, allocating, waits = [], [], [], [], []
+    for i in range(2 * pairs + 2):
         save = i % 2 == 1
+        b.ckpt.wait()
+        if b.device.type == "cuda":
+            torch.cuda.synchronize()
         t0 = time.perf_counter()
-        for k in range(EVERY):
-            if save and k == 0:
+        for k in range(EVERY * per_segment):
+            if save and k % EVERY == 0:
                 state = b.state()
                 if b.ram_snapshots:  # the budget in snapshots: buffers are reused after
                     b.ckpt.budget = int(b.ram_snapshots * snapshot_nbytes(state))
                 st = b.ckpt.save(b.step, state)
                 (allocating if st.allocated else stalls).append(st.blocked_s)
+                if not st.allocated:
+                    waits.append(st.waited_s)
             b.train_step()
         dt = time.perf_counter() - t0
-        if i >= 2:  # the first pair warms up kernels and allocates the pinned buffers
+        if i >= 2:
             (with_s if save else without_s).append(dt)
     b.ckpt.wait()
     written = b.ckpt.drain_saved()
+    steps = EVERY * per_segment
     ratio = sum(without_s) / sum(with_s)
     return {
-        "steps_per_block": EVERY, "blocks_each": len(with_s),
-        "tokens_per_s_without": b.tokens(EVERY * len(without_s)) / sum(without_s),
-        "tokens_per_s_with": b.tokens(EVERY * len(with_s)) / sum(with_s),
+        "steps_per_segment": steps, "checkpoint_every": EVERY, "segments_each": len(with_s),
+        "tokens_per_s_without": b.tokens(steps * len(without_s)) / sum(without_s),
+        "tokens_per_s_with": b.tokens(steps * len(with_s)) / sum(with_s),
+        "segment_s_without": without_s, "segment_s_with": with_s,
         "throughput_ratio": ratio, "goal_ratio": 0.99,
         "save_blocked_s_median": statistics.median(stalls) if stalls else None,
         "save_blocked_s_max": max(stalls) if stalls else None,
         "save_blocked_s_all": stalls, "save_blocked_s_allocating": allocating,
+        # The part of each stall spent waiting for an earlier write to free a buffer:
+        # saves come faster than the disk takes them.
+        "save_waited_for_write_s": waits,
         "goal_blocked_s": 0.2,
         "background_write_s": [w for _, w in written],
         "checkpoint_bytes": written[-1][0].size if written else None,
@@ -260,8 +278,9 @@ def upload(b: Bench, max_bytes: int) -> dict[str, Any]:
         server.stop()
 
 
-def run_model(name: str, device: torch.device, root: Path, blocks: int, repeats: int,
-              budget: int, ram_snapshots: float, upload_max: int) -> dict[str, Any]:
+def run_model(name: str, device: torch.device, root: Path, pairs: int, per_segment: int,
+              repeats: int, budget: int, ram_snapshots: float,
+              upload_max: int) -> dict[str, Any]:
     work = root / name
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -271,7 +290,7 @@ def run_model(name: str, device: torch.device, root: Path, blocks: int, repeats:
     out: dict[str, Any] = {"params": b.params, "dtype": str(next(b.model.parameters()).dtype),
                            "batch": [b.cfg.batch_size, b.cfg.seq_len]}
     print(f"{name}: {b.params / 1e6:.1f}M parameters", flush=True)
-    out["throughput"] = throughput(b, blocks)
+    out["throughput"] = throughput(b, pairs, per_segment)
     print(f"{name}: throughput {json.dumps(out['throughput'])[:300]}", flush=True)
     out["rollback"] = rollbacks(b, work, repeats)
     print(f"{name}: rollback memory {out['rollback']['memory']['median_s']:.3f} s, disk "
@@ -317,13 +336,18 @@ def main() -> int:
                     default=Path(os.environ.get("OUT", "out/checkpoint_gpu")))
     ap.add_argument("--models", default="gpt100m,gpt1b")
     ap.add_argument("--device", default="cuda")
-    ap.add_argument("--blocks", type=int, default=3, help="50-step blocks with and without")
+    ap.add_argument("--pairs", type=int, default=2,
+                    help="segments with and without checkpoints (after a warm-up pair)")
+    ap.add_argument("--segment-blocks", type=int, default=4,
+                    help="50-step blocks per segment (a save starts each in 'with')")
     ap.add_argument("--repeats", type=int, default=3, help="rollbacks of each kind")
     ap.add_argument("--ram-gb", type=float, default=32.0,
                     help="host RAM budget for snapshots (unless --ram-snapshots)")
-    ap.add_argument("--ram-snapshots", type=float, default=2.5,
+    ap.add_argument("--ram-snapshots", type=float, default=3.5,
                     help="host RAM budget as this many snapshots of the model (0: --ram-gb);"
-                         " 2.5 holds two, so saves reuse their pinned buffers from the third")
+                         " 3.5 holds three: the rollback target, one being written and one"
+                         " queued, so a save need not wait for the disk unless writes keep"
+                         " falling behind")
     ap.add_argument("--upload-max-gb", type=float, default=1.5,
                     help="upload (to moto) only checkpoints up to this size")
     ap.add_argument("--work", type=Path, default=None,
@@ -331,7 +355,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="tiny model, few steps (CPU check)")
     args = ap.parse_args()
     if args.quick:
-        args.models, args.blocks, args.repeats = "tiny", 1, 2
+        args.models, args.pairs, args.segment_blocks, args.repeats = "tiny", 1, 2, 2
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -345,7 +369,8 @@ def main() -> int:
     }
     try:
         for name in args.models.split(","):
-            res["models"][name] = run_model(name, device, work, args.blocks, args.repeats,
+            res["models"][name] = run_model(name, device, work, args.pairs, args.segment_blocks,
+                                            args.repeats,
                                             int(args.ram_gb * (1 << 30)), args.ram_snapshots,
                                             int(args.upload_max_gb * 1e9))
             (args.out / "checkpoint_gpu.json").write_text(json.dumps(res, indent=1))

@@ -51,12 +51,21 @@ SPIKE_SPAN = 20  # steps a bad batch may disturb the loss for (as record_real.py
 CHECKPOINT_EVERY_S = 8.0  # a full save of model and optimizer this often
 COMPETITOR = """
 import sys, time, torch
-dev = sys.argv[1]; end = time.time() + float(sys.argv[2])
-a = torch.randn(4096, 4096, device=dev, dtype=torch.bfloat16 if dev != "cpu" else torch.float32)
+dev, start, end, mark = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+big = dev != "cpu"
+n = 8192 if big else 512
+a = torch.randn(n, n, device=dev, dtype=torch.bfloat16 if big else torch.float32)
+b = a @ a  # warm up (CUDA context, cuBLAS) before the window, not in it
+if big: torch.cuda.synchronize()
+time.sleep(max(0.0, start - time.time()))
+open(mark, "w").write(repr(time.time()))  # when the GPU really became shared
 while time.time() < end:
-    b = a @ a
-    if dev != "cpu": torch.cuda.synchronize()
+    for _ in range(20):  # queue work back to back: the GPU never waits for this process
+        b = a @ a
+    if big: torch.cuda.synchronize()
 """
+# Seconds before its window that the competitor starts (python, torch, CUDA context).
+COMPETITOR_LEAD_S = 12.0
 
 
 @dataclass
@@ -276,6 +285,12 @@ def record(run: Run, args: argparse.Namespace, corpus: bytes, out: Path) -> dict
         except SystemExit as e:  # no O_DIRECT on this filesystem: say so, read normally
             run.notes.append(f"job reads without O_DIRECT: {e}")
     a, b = (t0 + run.window[0], t0 + run.window[1]) if run.cause else (0.0, 0.0)
+    if run.cause == "gpu_contention":
+        # Started before its window so that its start-up is not part of it; the run's
+        # window must leave it the time (the competitor itself waits for ``a``).
+        a = max(a, t0 + (3.0 if args.smoke else COMPETITOR_LEAD_S))
+        b = max(b, a + (run.window[1] - run.window[0]))
+    mark = out / "work" / "competitor.start"
     durations: list[float] = []
     loop_per_s = _loop_rate() if run.cause == "growing_slowdown" else 0.0
     saved = t0
@@ -283,9 +298,11 @@ def record(run: Run, args: argparse.Namespace, corpus: bytes, out: Path) -> dict
         last = time.time()
         while (job.step < run.steps) if run.steps else (time.time() - t0 < run.seconds):
             now = time.time()
-            if run.cause == "gpu_contention" and competitor is None and now >= a:
+            if run.cause == "gpu_contention" and competitor is None:
+                mark.unlink(missing_ok=True)
                 competitor = subprocess.Popen(
-                    [sys.executable, "-c", COMPETITOR, args.device, str(b - now)])
+                    [sys.executable, "-c", COMPETITOR, args.device, repr(a), repr(b),
+                     str(mark)])
             if run.cause == "storage_stall" and flood is None and now >= a:
                 flood = DiskFlood(data_file).__enter__()
             if flood is not None and now >= b and not flood.stop.is_set():
@@ -320,6 +337,11 @@ def record(run: Run, args: argparse.Namespace, corpus: bytes, out: Path) -> dict
         flood.__exit__()
     if competitor is not None:
         competitor.wait(timeout=60)
+        try:  # the label starts when the GPU was really shared, not when asked to be
+            a = float(mark.read_text())
+        except (OSError, ValueError):
+            run.notes.append(f"competitor never started computing (exit {competitor.returncode})")
+            a = b
     trace.close()
     with (out / "traces" / f"{run.name}.node.jsonl").open("w") as fh:
         for row in watch.rows:

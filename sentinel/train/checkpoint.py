@@ -309,6 +309,29 @@ def _release_writer(key: tuple[int, int]) -> None:
             del _WRITERS[key]
 
 
+@contextlib.contextmanager
+def _no_zip_crc() -> Iterator[None]:
+    """Switch off torch.save's CRC32 of each zip record while this thread saves.
+
+    The CRC is computed in C++ holding the GIL (about 2.5 s per GB on a slow core): in a
+    background writer it stalls the training loop's Python thread. The file's sha256,
+    computed while writing (hashlib releases the GIL) and checked against the manifest,
+    already covers every byte. torch >= 2.6 has the switch (older torch keeps the CRC);
+    its overrides are thread-local, so the loop's own torch.save calls keep their CRC.
+    """
+    try:
+        from torch.utils.serialization import config
+    except ImportError:
+        yield
+        return
+    found = config.save.compute_crc32
+    config.save.compute_crc32 = False
+    try:
+        yield
+    finally:
+        config.save.compute_crc32 = found
+
+
 class _HashingWriter(io.RawIOBase):
     """Write through to a file while hashing and counting the bytes."""
 
@@ -605,7 +628,9 @@ class CheckpointStore:
         try:
             with open(tmp, "wb") as f:
                 w = _HashingWriter(f, abort)
-                torch.save({"sentinel_step": step, "state": state}, w)  # type: ignore[arg-type]
+                with _no_zip_crc():
+                    torch.save({"sentinel_step": step, "state": state},
+                               w)  # type: ignore[arg-type]
                 f.flush()
                 os.fsync(f.fileno())
             self._check_loadable(step, tmp, state)
