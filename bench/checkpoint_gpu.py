@@ -70,6 +70,7 @@ MODELS: dict[str, tuple[ModelConfig, torch.dtype]] = {
     "tiny": (CONFIGS["tiny"], torch.float32),
 }
 EVERY = 50
+PARTS = ("rollback", "upload")  # beyond the throughput, which every run measures
 
 
 class Bench:
@@ -134,6 +135,7 @@ def throughput(b: Bench, pairs: int, per_segment: int) -> dict[str, Any]:
     The first pair warms up kernels and allocates the pinned buffers; it is not counted.
     """
     with_s, without_s, stalls, allocating, waits = [], [], [], [], []
+    superseded: list[int] = []
     for i in range(2 * pairs + 2):
         save = i % 2 == 1
         b.ckpt.wait()
@@ -149,6 +151,8 @@ def throughput(b: Bench, pairs: int, per_segment: int) -> dict[str, Any]:
                 (allocating if st.allocated else stalls).append(st.blocked_s)
                 if not st.allocated:
                     waits.append(st.waited_s)
+                if st.superseded is not None:
+                    superseded.append(st.superseded)
             b.train_step()
         dt = time.perf_counter() - t0
         if i >= 2:
@@ -169,6 +173,9 @@ def throughput(b: Bench, pairs: int, per_segment: int) -> dict[str, Any]:
         # The part of each stall spent waiting for an earlier write to free a buffer:
         # saves come faster than the disk takes them.
         "save_waited_for_write_s": waits,
+        # Saves that replaced a queued one before its write (AsyncCheckpointer's
+        # when_behind="coalesce"): the steps never written, and how many were asked for.
+        "superseded_steps": superseded, "saves_requested": len(stalls) + len(allocating),
         "goal_blocked_s": 0.2,
         "background_write_s": [w for _, w in written],
         "checkpoint_bytes": written[-1][0].size if written else None,
@@ -280,7 +287,7 @@ def upload(b: Bench, max_bytes: int) -> dict[str, Any]:
 
 def run_model(name: str, device: torch.device, root: Path, pairs: int, per_segment: int,
               repeats: int, budget: int, ram_snapshots: float,
-              upload_max: int) -> dict[str, Any]:
+              upload_max: int, parts: tuple[str, ...] = PARTS) -> dict[str, Any]:
     work = root / name
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -292,11 +299,13 @@ def run_model(name: str, device: torch.device, root: Path, pairs: int, per_segme
     print(f"{name}: {b.params / 1e6:.1f}M parameters", flush=True)
     out["throughput"] = throughput(b, pairs, per_segment)
     print(f"{name}: throughput {json.dumps(out['throughput'])[:300]}", flush=True)
-    out["rollback"] = rollbacks(b, work, repeats)
-    print(f"{name}: rollback memory {out['rollback']['memory']['median_s']:.3f} s, disk "
-          f"{out['rollback']['disk']['median_s']:.3f} s, restart "
-          f"{out['rollback']['restart']['median_s']:.3f} s", flush=True)
-    out["upload"] = upload(b, upload_max)
+    if "rollback" in parts:
+        out["rollback"] = rollbacks(b, work, repeats)
+        print(f"{name}: rollback memory {out['rollback']['memory']['median_s']:.3f} s, disk "
+              f"{out['rollback']['disk']['median_s']:.3f} s, restart "
+              f"{out['rollback']['restart']['median_s']:.3f} s", flush=True)
+    if "upload" in parts:
+        out["upload"] = upload(b, upload_max)
     b.ckpt.close()
     out["seconds"] = time.perf_counter() - t0
     del b
@@ -309,7 +318,7 @@ def run_model(name: str, device: torch.device, root: Path, pairs: int, per_segme
 def text_report(res: dict[str, Any]) -> str:
     lines = [f"checkpoint_gpu on {res['device']} (torch {res['torch']}), {res['date']}"]
     for name, r in res["models"].items():
-        t, rb = r["throughput"], r["rollback"]
+        t, rb = r["throughput"], r.get("rollback")
         ratio_goal = ">= 0.99"
         lines += [
             f"\n{name}: {r['params'] / 1e6:.1f}M parameters, {r['dtype']}, "
@@ -318,15 +327,19 @@ def text_report(res: dict[str, Any]) -> str:
             f"{t['save_blocked_s_max']} s (goal < 0.2); allocating saves "
             f"{t['save_blocked_s_allocating']}",
             f"  background write (write+fsync+sha256+verify+manifest): {t['background_write_s']}",
+            f"  superseded before their write (disk behind): {len(t['superseded_steps'])} of "
+            f"{t['saves_requested']} saves",
             f"  throughput with a checkpoint every 50 steps / without: "
             f"{t['throughput_ratio']:.4f} (goal {ratio_goal}); tokens/s "
             f"{t['tokens_per_s_with']:.0f} / {t['tokens_per_s_without']:.0f}",
-            f"  rollback request -> first step: memory {rb['memory']['median_s']:.3f} s "
-            f"(goal < 0.5), disk {rb['disk']['median_s']:.3f} s, restart "
-            f"{rb['restart']['median_s']:.2f} s; restart/memory "
-            f"{rb['restart_over_memory']:.1f}x (goal >= 25)",
-            f"  upload: {r['upload']}",
         ]
+        if rb:
+            lines.append(f"  rollback request -> first step: memory {rb['memory']['median_s']:.3f}"
+                         f" s (goal < 0.5), disk {rb['disk']['median_s']:.3f} s, restart "
+                         f"{rb['restart']['median_s']:.2f} s; restart/memory "
+                         f"{rb['restart_over_memory']:.1f}x (goal >= 25)")
+        if "upload" in r:
+            lines.append(f"  upload: {r['upload']}")
     return "\n".join(lines) + "\n"
 
 
@@ -352,6 +365,8 @@ def main() -> int:
                     help="upload (to moto) only checkpoints up to this size")
     ap.add_argument("--work", type=Path, default=None,
                     help="where checkpoints are written (default: a temporary directory)")
+    ap.add_argument("--parts", default=",".join(PARTS),
+                    help="what to measure after the throughput (comma-separated, may be empty)")
     ap.add_argument("--quick", action="store_true", help="tiny model, few steps (CPU check)")
     args = ap.parse_args()
     if args.quick:
@@ -372,7 +387,8 @@ def main() -> int:
             res["models"][name] = run_model(name, device, work, args.pairs, args.segment_blocks,
                                             args.repeats,
                                             int(args.ram_gb * (1 << 30)), args.ram_snapshots,
-                                            int(args.upload_max_gb * 1e9))
+                                            int(args.upload_max_gb * 1e9),
+                                            tuple(p for p in args.parts.split(",") if p))
             (args.out / "checkpoint_gpu.json").write_text(json.dumps(res, indent=1))
     finally:
         if args.work is None:

@@ -474,7 +474,9 @@ class Trainer:
         state = training_state(self.model, self.opt, self.sched, self.batches.position,
                                {"step": step, "config": self.args.config}, group=self._group())
         if self.ckpt is not None:
-            self.ckpt.save(step, state)
+            st = self.ckpt.save(step, state)
+            if st.superseded is not None:  # the disk is behind: that step is not written
+                self.note("checkpoint_superseded", step=st.superseded, by=step)
         elif self.where.rank == 0:
             self.store.save(step, state)
         self.checkpointed = step

@@ -13,6 +13,15 @@ loop goes on; the loop must call :meth:`fence` before anything changes the weigh
 optimizer state (before ``optimizer.step()``), which makes the loop's stream wait for
 the copy without blocking the host.
 
+When saves come faster than the disk takes them (the writer still busy, one snapshot
+already queued behind it, no RAM for another), ``when_behind="coalesce"`` (the default)
+lets the new snapshot take the queued one's place: the queued step is never written
+(it is *superseded*, counted and logged), the loop does not wait for the disk, and the
+disk writes the newest state as often as it can. ``when_behind="wait"`` blocks the loop
+until a write ends instead, so every requested step is written. Coalescing needs RAM for
+three snapshots (the rollback target, the one being written, the queued one); with less,
+saves wait.
+
 Once its write verified, a snapshot stays in host RAM (within ``ram_budget_bytes``) as a
 rollback target: :meth:`get` returns it, so a rollback to it reads no disk. On a rank
 that does not write (``store.writer`` false) the snapshot is the same training state
@@ -30,6 +39,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from sentinel.ratelog import LogLimiter
 from sentinel.train.checkpoint import (
     CheckpointError,
     CheckpointInfo,
@@ -46,6 +56,7 @@ DEFAULT_RAM_FRACTION = 0.25
 # Finished writes remembered for drain_saved(): far more than a loop saves between two
 # looks, and a bound if it never looks.
 MAX_DONE = 64
+WHEN_BEHIND = ("coalesce", "wait")
 
 
 def default_ram_budget() -> int:
@@ -121,6 +132,7 @@ class SaveStats:
     waited_s: float  # part of it spent waiting for an earlier write to free a buffer
     nbytes: int
     allocated: bool  # buffers were allocated (first save, or the state's shapes changed)
+    superseded: int | None = None  # a queued step this save replaced (never written)
 
 
 class AsyncCheckpointer:
@@ -132,8 +144,16 @@ class AsyncCheckpointer:
         *,
         ram_budget_bytes: int | None = None,
         overlap: bool = False,
+        when_behind: str = "coalesce",
     ) -> None:
+        if when_behind not in WHEN_BEHIND:
+            raise ValueError(f"when_behind must be one of {', '.join(WHEN_BEHIND)}, "
+                             f"got {when_behind!r}")
         self.store = store
+        self.when_behind = when_behind
+        self.superseded: list[int] = []  # steps replaced before their write (newest last)
+        self.superseded_total = 0
+        self._limiter = LogLimiter(log)
         self.budget = default_ram_budget() if ram_budget_bytes is None else ram_budget_bytes
         if self.budget < 0:
             raise ValueError(f"ram_budget_bytes must be >= 0, got {ram_budget_bytes}")
@@ -164,23 +184,25 @@ class AsyncCheckpointer:
             sets.append(self._writing.buffers)
         return sum(b.nbytes for b in sets + self._free)
 
-    def _take_buffers(self, signature: tuple[Any, ...], nbytes: int) -> tuple[_Buffers, bool]:
-        """Return a buffer set for a state of ``signature``; wait for a write if need be.
+    def _take_buffers(self, signature: tuple[Any, ...], nbytes: int
+                      ) -> tuple[_Buffers, bool, int | None]:
+        """Return a buffer set for a state of ``signature``, whether allocated, superseded step.
 
         Called with ``self._cv`` held. A free set of the same shapes is reused; a new set
         is allocated while the budget allows (one set always is, or nothing could be
-        saved); otherwise the oldest held snapshot gives up its set; otherwise this waits
-        for the oldest write to finish.
+        saved); otherwise the oldest held snapshot gives up its set; otherwise, with
+        ``when_behind="coalesce"``, the newest queued snapshot (not yet being written)
+        gives up its place; otherwise this waits for the oldest write to finish.
         """
         while True:
             self._raise_errors()
             for i, b in enumerate(self._free):
                 if b.signature == signature:
-                    return self._free.pop(i), False
+                    return self._free.pop(i), False, None
             # Sets of other shapes are of no further use (the state's layout changed).
             self._free.clear()
             if self._allocated() + nbytes <= self.budget or self._allocated() == 0:
-                return self._allocate(signature, nbytes), True
+                return self._allocate(signature, nbytes), True, None
             # Give up the oldest held snapshot, but keep the newest verified one in RAM
             # while a write is under way: it is the rollback target until that write ends.
             busy = len(self._queue) + (self._writing is not None)
@@ -189,7 +211,13 @@ class AsyncCheckpointer:
                 self._free.append(snap.buffers)
                 continue
             if not busy:
-                return self._allocate(signature, nbytes), True
+                return self._allocate(signature, nbytes), True, None
+            if (self.when_behind == "coalesce" and self._queue and self.budget >= 3 * nbytes
+                    and self._queue[-1].buffers.signature == signature):
+                # The disk is behind: the newest queued state replaces it. Its copy ran on
+                # the same side stream, so the new copy is ordered after it.
+                old = self._queue.pop()
+                return old.buffers, False, old.step
             self._cv.wait()
 
     def _allocate(self, signature: tuple[Any, ...], nbytes: int) -> _Buffers:
@@ -217,8 +245,17 @@ class AsyncCheckpointer:
         with self._cv:
             if self._closed:
                 raise CheckpointError("AsyncCheckpointer is closed")
-            bufs, allocated = self._take_buffers(signature, nbytes)
+            bufs, allocated, superseded = self._take_buffers(signature, nbytes)
         waited = time.perf_counter() - t0
+        if superseded is not None:
+            self.superseded.append(superseded)
+            del self.superseded[:-MAX_DONE]
+            self.superseded_total += 1
+            self._limiter.log(
+                logging.WARNING, "superseded",
+                "checkpoint step %d superseded by step %d before its write: saves come "
+                "faster than the disk takes them (%d superseded so far); save less often "
+                "or give the writer a faster disk", superseded, step, self.superseded_total)
         event = None
         on_gpu = [i for i, t in enumerate(srcs) if t.is_cuda]
         if on_gpu:
@@ -251,7 +288,8 @@ class AsyncCheckpointer:
             else:
                 self._hold(snap)
             self._cv.notify_all()
-        self.last = SaveStats(step, time.perf_counter() - t0, waited, nbytes, allocated)
+        self.last = SaveStats(step, time.perf_counter() - t0, waited, nbytes, allocated,
+                              superseded)
         return self.last
 
     def fence(self) -> None:

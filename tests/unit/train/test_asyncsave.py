@@ -207,3 +207,65 @@ def test_a_tied_weight_is_copied_once_and_stays_tied_on_restore(tmp_path):
     model.load_state_dict(store.load(1)["model"])
     assert torch.equal(model["head"].weight, held["emb.weight"])
     ck.close()
+
+
+class SlowStore(CheckpointStore):
+    """A store whose writes of steps >= 10 wait until the test opens the gate."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.gate = threading.Event()
+        self.writing: list[int] = []
+
+    def save(self, step, st, *, abort=None):
+        self.writing.append(step)
+        if step >= 10:
+            self.gate.wait(10)
+        return super().save(step, st, abort=abort)
+
+
+def _behind(tmp_path, when_behind):
+    """Save steps 0, 10, 20, 30, 40 while the disk is stuck on step 10's write."""
+    one = 1024 * 4 + 16 * 4
+    store = SlowStore(tmp_path, keep=10)
+    ck = AsyncCheckpointer(store, ram_budget_bytes=3 * one, when_behind=when_behind)
+    ck.save(0, state(0.0))
+    ck.wait()  # step 0 verified: the rollback target held in RAM
+    ck.save(10, state(1.0))  # the writer takes it and gets stuck
+    deadline = time.monotonic() + 10
+    while store.writing[-1:] != [10] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return store, ck
+
+
+def test_saves_faster_than_the_disk_supersede_the_queued_one_and_never_wait(tmp_path, caplog):
+    store, ck = _behind(tmp_path, "coalesce")
+    stats = [ck.save(s, state(s / 10)) for s in (20, 30, 40)]
+    # 20 is queued; 30 and 40 each take the queued one's place: the loop never waits.
+    assert [st.superseded for st in stats] == [None, 20, 30]
+    assert all(st.waited_s < 1.0 for st in stats)
+    assert ck.superseded == [20, 30] and ck.superseded_total == 2
+    assert "checkpoint step 20 superseded by step 30" in caplog.text
+    assert ck.pending() == [10, 40]
+    store.gate.set()
+    ck.wait()
+    assert [c.step for c in store.checkpoints()] == [0, 10, 40]
+    assert torch.equal(store.load(40)["w"], torch.full((1024,), 4.0))  # the newest state
+    assert store.writing == [0, 10, 40]
+    ck.close()
+
+
+def test_wait_when_behind_writes_every_step_and_blocks_the_loop(tmp_path):
+    store, ck = _behind(tmp_path, "wait")
+    ck.save(20, state(2.0))  # queued behind 10: RAM for it, no wait
+    threading.Timer(0.5, store.gate.set).start()
+    stats = ck.save(30, state(3.0))  # no RAM left: waits for 10's write
+    assert stats.superseded is None and stats.waited_s >= 0.4
+    ck.wait()
+    assert [c.step for c in store.checkpoints()] == [0, 10, 20, 30]
+    ck.close()
+
+
+def test_when_behind_must_be_known(tmp_path):
+    with pytest.raises(ValueError, match="when_behind must be one of coalesce, wait, got 'skip'"):
+        AsyncCheckpointer(CheckpointStore(tmp_path), when_behind="skip")
