@@ -168,19 +168,31 @@ def render(families: Iterable[MetricFamily]) -> bytes:
     labelstrs = _LABELSTRS
     if len(labelstrs) > _LABELSTRS_MAX:
         labelstrs.clear()
+    headers = _HEADERS
+    if len(headers) > _HEADERS_MAX:
+        headers.clear()
     for f in families:
-        doc = f.documentation.replace("\\", r"\\").replace("\n", r"\n")
-        add(f"# HELP {f.name} {doc}\n# TYPE {f.name} {f.type}\n")
+        hkey = (f.name, f.type, f.documentation)
+        header = headers.get(hkey)
+        if header is None:
+            doc = f.documentation.replace("\\", r"\\").replace("\n", r"\n")
+            header = headers[hkey] = f"# HELP {f.name} {doc}\n# TYPE {f.name} {f.type}\n"
+        add(header)
         for name, labels, value in f.samples:
+            # format_value inlined for the common case: repr() is Go's text unless the
+            # value is infinite, NaN or has 7+ digits before the point (9+ characters).
+            s = repr(value) if type(value) is float else repr(float(value))
+            if len(s) > 8 or s[-1] == "f" or s[-1] == "n":
+                s = format_value(value)
             if labels:
                 key = tuple(labels.items())
                 ls = labelstrs.get(key)
                 if ls is None:
                     ls = labelstrs[key] = "{" + ",".join(
                         f'{k}="{_escape_value(v)}"' for k, v in sorted(key)) + "}"
-                add(f"{name}{ls} {format_value(value)}\n")
+                add(f"{name}{ls} {s}\n")
             else:
-                add(f"{name} {format_value(value)}\n")
+                add(f"{name} {s}\n")
     return "".join(out).encode()
 
 
@@ -189,6 +201,9 @@ def render(families: Iterable[MetricFamily]) -> bytes:
 # GPU family), so each is formatted once; bounded, and emptied when full.
 _LABELSTRS: dict[tuple[tuple[str, str], ...], str] = {}
 _LABELSTRS_MAX = 4096
+# A family's HELP and TYPE lines, by (name, type, help): the same every scrape.
+_HEADERS: dict[tuple[str, str, str], str] = {}
+_HEADERS_MAX = 4096
 
 
 # -- parsing --------------------------------------------------------------------------
