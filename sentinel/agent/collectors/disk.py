@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import NamedTuple
 
-from sentinel.agent.collectors.base import Collector, Context, read_file
+from sentinel.agent.collectors.base import Collector, Context, ProcFile
 from sentinel.exposition import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -85,6 +85,7 @@ class DiskCollector(Collector):
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
         self.path = str(Path(ctx.config.procfs) / "diskstats")
+        self._file = ProcFile(self.path)
         self.exclude = re.compile(ctx.config.disk_exclude)
         self._excluded: dict[str, bool] = {}
         self._prev: dict[str, DiskStats] = {}
@@ -94,7 +95,7 @@ class DiskCollector(Collector):
 
     def collect(self) -> list[MetricFamily]:
         """Read diskstats once and build the disk families."""
-        stats = parse_diskstats(read_file(self.path).decode(), self.exclude, self._excluded)
+        stats = parse_diskstats(self._file.read().decode(), self.exclude, self._excluded)
         labels = ["device"]
 
         def counter(name: str, help_: str) -> CounterMetricFamily:
@@ -130,6 +131,10 @@ class DiskCollector(Collector):
                 latency.samples.append(Sample(latency.name, lab, read_latency_seconds(prev, s)))
         self._prev = stats
         return [reads, writes, rbytes, wbytes, rtime, wtime, iotime, latency]
+
+    def close(self) -> None:
+        """Close diskstats."""
+        self._file.close()
 
 
 def read_latency_seconds(prev: DiskStats, cur: DiskStats) -> float:
