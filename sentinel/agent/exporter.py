@@ -26,6 +26,7 @@ from sentinel.agent.collectors.training import TrainingCollector
 from sentinel.exposition import (
     CounterMetricFamily,
     GaugeMetricFamily,
+    LabelSet,
     MetricFamily,
     Sample,
     render,
@@ -68,7 +69,7 @@ class _Slot:
         self.collector = collector
         self.name = collector.name
         # Its label set in the agent's own families, the same every scrape.
-        self.labels = {"collector": collector.name}
+        self.labels = LabelSet([("collector", collector.name)])
         self.job: _Collect | None = None  # requested or running
         self.since: float | None = None  # when that collect was requested (monotonic)
         # True from a collect that missed its timeout until one returns in time.

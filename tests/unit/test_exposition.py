@@ -191,3 +191,20 @@ def test_names_are_checked_every_time_not_just_the_first():
         ex.GaugeMetricFamily("sentinel_ok", "X.", labels=["a b"])
     with pytest.raises(ValueError, match="invalid metric type 'gague'"):
         ex.MetricFamily("sentinel_ok", "X.", "gague", ["a"])
+
+
+def test_a_label_set_renders_as_the_same_plain_labels():
+    """A LabelSet is written from its own text; it must be the text a dict gets."""
+    pairs = [("b", 'quote" back\\ nl\n'), ("a", "x"), ("UUID", "GPU-1")]
+    shared = ex.LabelSet(pairs)
+    assert shared == dict(pairs)
+    g = ex.GaugeMetricFamily("sentinel_x", "X.", labels=["b", "a", "UUID"])
+    g.add_sample("sentinel_x", shared, 1.0)
+    g.add_sample("sentinel_x", shared, 2.0)
+    plain = pc.GaugeMetricFamily("sentinel_x", "X.", labels=["b", "a", "UUID"])
+    for v in (1.0, 2.0):
+        plain.add_metric([v for _, v in pairs], v)
+    assert ex.render([g]) == _prom([plain])
+    empty = ex.GaugeMetricFamily("sentinel_y", "Y.")
+    empty.add_sample("sentinel_y", ex.LabelSet([]), 3.0)
+    assert ex.render([empty]).endswith(b"\nsentinel_y 3.0\n")

@@ -10,6 +10,7 @@ from sentinel.agent.collectors.base import Collector, Context, ProcFile
 from sentinel.exposition import (
     CounterMetricFamily,
     GaugeMetricFamily,
+    LabelSet,
     MetricFamily,
     Sample,
 )
@@ -91,7 +92,7 @@ class DiskCollector(Collector):
         self._prev: dict[str, DiskStats] = {}
         # Each device's label set, shared by its series in every family and scrape
         # (nothing changes a sample's labels once added); rebuilt when devices change.
-        self._labels: dict[str, dict[str, str]] = {}
+        self._labels: dict[str, LabelSet] = {}
 
     def collect(self) -> list[MetricFamily]:
         """Read diskstats once and build the disk families."""
@@ -114,7 +115,7 @@ class DiskCollector(Collector):
             labels=labels,
         )
         if self._labels.keys() != stats.keys():
-            self._labels = {dev: {"device": dev} for dev in stats}
+            self._labels = {dev: LabelSet([("device", dev)]) for dev in stats}
         by_dev = self._labels
         for dev, s in sorted(stats.items()):
             lab = by_dev[dev]

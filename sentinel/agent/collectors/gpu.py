@@ -10,6 +10,7 @@ from sentinel.agent.collectors.base import Collector, Context
 from sentinel.exposition import (
     CounterMetricFamily,
     GaugeMetricFamily,
+    LabelSet,
     MetricFamily,
     Sample,
 )
@@ -166,24 +167,25 @@ class _GpuLabels:
     """One GPU's label sets, built once and shared by its series in every scrape.
 
     Building a label dict per series per scrape was a third of the collect (~30 series
-    a GPU carry a label beyond the GPU's own); nothing changes a sample's labels once
-    added, so they may share them. The extra labels come from fixed sets (clock-event
-    reasons, violation policies, ECC kinds, remap causes), which bounds the cache.
+    a GPU carry a label beyond the GPU's own), and the writer then looked each up; as
+    :class:`~sentinel.exposition.LabelSet` they are built and formatted once. The extra
+    labels come from fixed sets (clock-event reasons, violation policies, ECC kinds,
+    remap causes), which bounds the cache.
     """
 
     __slots__ = ("values", "base", "_extra")
 
     def __init__(self, values: list[str]) -> None:
         self.values = values
-        self.base = dict(zip(LABELS, values, strict=True))
-        self._extra: dict[tuple[str, ...], dict[str, str]] = {}
+        self.base = LabelSet(zip(LABELS, values, strict=True))
+        self._extra: dict[tuple[str, ...], LabelSet] = {}
 
-    def extra(self, *pairs: str) -> dict[str, str]:
+    def extra(self, *pairs: str) -> LabelSet:
         """Return the GPU's labels plus ``name, value[, name, value]``."""
         d = self._extra.get(pairs)
         if d is None:
-            d = self._extra[pairs] = {**self.base, **dict(zip(pairs[::2], pairs[1::2],
-                                                             strict=True))}
+            more = zip(pairs[::2], pairs[1::2], strict=True)
+            d = self._extra[pairs] = LabelSet([*self.base.items(), *more])
         return d
 
 
