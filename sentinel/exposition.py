@@ -38,6 +38,21 @@ class Sample(NamedTuple):
     value: float
 
 
+class LabelSet(dict[str, str]):
+    """A label set built once and shared by its series across scrapes, its text made once.
+
+    A collector whose series keep their labels (a GPU's, a device's) builds one per
+    series and passes it as a sample's labels; :func:`render` writes its ``text`` as is
+    instead of looking the set up. Never change one once built: the text would not follow.
+    """
+
+    __slots__ = ("text",)
+
+    def __init__(self, pairs: Iterable[tuple[str, str]]) -> None:
+        super().__init__(pairs)
+        self.text = _format_labels(tuple(self.items()))
+
+
 class MetricFamily:
     """A metric family: the name its ``# HELP``/``# TYPE`` lines carry, and its samples."""
 
@@ -161,6 +176,13 @@ def _escape_value(v: str) -> str:
     return v
 
 
+def _format_labels(pairs: tuple[tuple[str, str], ...]) -> str:
+    """Return ``{name="value",...}``, sorted by name, values escaped ('' if no labels)."""
+    if not pairs:
+        return ""
+    return "{" + ",".join(f'{k}="{_escape_value(v)}"' for k, v in sorted(pairs)) + "}"
+
+
 def render(families: Iterable[MetricFamily]) -> bytes:
     """Return the text exposition of ``families``, in their order."""
     out: list[str] = []
@@ -168,19 +190,32 @@ def render(families: Iterable[MetricFamily]) -> bytes:
     labelstrs = _LABELSTRS
     if len(labelstrs) > _LABELSTRS_MAX:
         labelstrs.clear()
+    headers = _HEADERS
+    if len(headers) > _HEADERS_MAX:
+        headers.clear()
     for f in families:
-        doc = f.documentation.replace("\\", r"\\").replace("\n", r"\n")
-        add(f"# HELP {f.name} {doc}\n# TYPE {f.name} {f.type}\n")
+        hkey = (f.name, f.type, f.documentation)
+        header = headers.get(hkey)
+        if header is None:
+            doc = f.documentation.replace("\\", r"\\").replace("\n", r"\n")
+            header = headers[hkey] = f"# HELP {f.name} {doc}\n# TYPE {f.name} {f.type}\n"
+        add(header)
         for name, labels, value in f.samples:
-            if labels:
+            # format_value inlined for the common case: repr() is Go's text unless the
+            # value is infinite, NaN or has 7+ digits before the point (9+ characters).
+            s = repr(value) if type(value) is float else repr(float(value))
+            if len(s) > 8 or s[-1] == "f" or s[-1] == "n":
+                s = format_value(value)
+            if type(labels) is LabelSet:
+                add(f"{name}{labels.text} {s}\n")
+            elif labels:
                 key = tuple(labels.items())
                 ls = labelstrs.get(key)
                 if ls is None:
-                    ls = labelstrs[key] = "{" + ",".join(
-                        f'{k}="{_escape_value(v)}"' for k, v in sorted(key)) + "}"
-                add(f"{name}{ls} {format_value(value)}\n")
+                    ls = labelstrs[key] = _format_labels(key)
+                add(f"{name}{ls} {s}\n")
             else:
-                add(f"{name} {format_value(value)}\n")
+                add(f"{name} {s}\n")
     return "".join(out).encode()
 
 
@@ -189,6 +224,9 @@ def render(families: Iterable[MetricFamily]) -> bytes:
 # GPU family), so each is formatted once; bounded, and emptied when full.
 _LABELSTRS: dict[tuple[tuple[str, str], ...], str] = {}
 _LABELSTRS_MAX = 4096
+# A family's HELP and TYPE lines, by (name, type, help): the same every scrape.
+_HEADERS: dict[tuple[str, str, str], str] = {}
+_HEADERS_MAX = 4096
 
 
 # -- parsing --------------------------------------------------------------------------

@@ -23,7 +23,14 @@ from sentinel import __version__
 from sentinel.agent.collectors import COLLECTORS, Collector
 from sentinel.agent.collectors.base import Context
 from sentinel.agent.collectors.training import TrainingCollector
-from sentinel.exposition import CounterMetricFamily, GaugeMetricFamily, MetricFamily, render
+from sentinel.exposition import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    LabelSet,
+    MetricFamily,
+    Sample,
+    render,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +68,8 @@ class _Slot:
     def __init__(self, collector: Collector) -> None:
         self.collector = collector
         self.name = collector.name
+        # Its label set in the agent's own families, the same every scrape.
+        self.labels = LabelSet([("collector", collector.name)])
         self.job: _Collect | None = None  # requested or running
         self.since: float | None = None  # when that collect was requested (monotonic)
         # True from a collect that missed its timeout until one returns in time.
@@ -302,18 +311,19 @@ class Agent:
         info.add_metric([__version__, self.ctx.hostname], 1.0)
         out: list[MetricFamily] = [info, success, duration, timeouts]
         seen: set[str] = set(AGENT_FAMILIES)
+        ok, dur, tmo = success.samples.append, duration.samples.append, timeouts.samples.append
         for w, job in started:
             if job is not None and job.done:
                 self._on_time(w)
-                duration.add_metric([w.name], job.seconds)
-                success.add_metric([w.name], 1.0 if job.ok else 0.0)
+                dur(Sample(duration.name, w.labels, job.seconds))
+                ok(Sample(success.name, w.labels, 1.0 if job.ok else 0.0))
                 out.extend(self._unique(w.name, job.families, seen))
             else:
                 running = w.running_for()
                 self._overdue(w, timeout, running)
-                duration.add_metric([w.name], timeout if running is None else running)
-                success.add_metric([w.name], 0.0)
-            timeouts.add_metric([w.name], float(self.timeouts[w.name]))
+                dur(Sample(duration.name, w.labels, timeout if running is None else running))
+                ok(Sample(success.name, w.labels, 0.0))
+            tmo(Sample(timeouts.name, w.labels, float(self.timeouts[w.name])))
         return out
 
     def _on_time(self, w: _Slot) -> None:

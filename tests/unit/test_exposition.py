@@ -49,7 +49,9 @@ def _families(m):
     empty = m.GaugeMetricFamily("sentinel_gpu_xid_errors", "None yet.", labels=LABELS)
     odd = m.GaugeMetricFamily("sentinel_values", "Odd values.", labels=["v"])
     for i, v in enumerate([math.inf, -math.inf, math.nan, 0.0, -0.0, 1e-7, 1.5e16, 2**53,
-                           1e21, 123.456e5, 5e-324, 1.7976931348623157e308]):
+                           1e21, 123.456e5, 5e-324, 1.7976931348623157e308,
+                           # Around the writer's short-repr fast path (8 characters).
+                           999999.0, 1e6, 1234567.5, -1234567.0, 99999999.9, 7, True]):
         odd.add_metric([str(i)], v)
     return [g, c, c2, one, h, empty, odd]
 
@@ -171,9 +173,38 @@ def test_the_label_cache_stays_bounded_and_right():
         assert len(ex._LABELSTRS) <= ex._LABELSTRS_MAX + 3000
 
 
+def test_help_lines_are_cached_by_name_type_and_text_and_bounded(monkeypatch):
+    """A family's HELP/TYPE lines are formatted once, yet a changed text is written."""
+    monkeypatch.setattr(ex, "_HEADERS_MAX", 10)
+    for i in range(25):
+        for doc in (f"Doc {i}.", f"Other\\doc\n{i}."):
+            fams = [m.GaugeMetricFamily("sentinel_x", doc, value=1.0) for m in (ex, pc)]
+            assert ex.render(fams[:1]) == _prom(fams[1:])
+            assert len(ex._HEADERS) <= ex._HEADERS_MAX + 1
+    ours = ex.render([ex.CounterMetricFamily("sentinel_x", "Doc 3.", value=1.0)])
+    assert ours.startswith(b"# HELP sentinel_x_total Doc 3.\n# TYPE sentinel_x_total counter\n")
+
+
 def test_names_are_checked_every_time_not_just_the_first():
     ex.GaugeMetricFamily("sentinel_ok", "X.", labels=["a"])
     with pytest.raises(ValueError, match="invalid label name 'a b'"):
         ex.GaugeMetricFamily("sentinel_ok", "X.", labels=["a b"])
     with pytest.raises(ValueError, match="invalid metric type 'gague'"):
         ex.MetricFamily("sentinel_ok", "X.", "gague", ["a"])
+
+
+def test_a_label_set_renders_as_the_same_plain_labels():
+    """A LabelSet is written from its own text; it must be the text a dict gets."""
+    pairs = [("b", 'quote" back\\ nl\n'), ("a", "x"), ("UUID", "GPU-1")]
+    shared = ex.LabelSet(pairs)
+    assert shared == dict(pairs)
+    g = ex.GaugeMetricFamily("sentinel_x", "X.", labels=["b", "a", "UUID"])
+    g.add_sample("sentinel_x", shared, 1.0)
+    g.add_sample("sentinel_x", shared, 2.0)
+    plain = pc.GaugeMetricFamily("sentinel_x", "X.", labels=["b", "a", "UUID"])
+    for v in (1.0, 2.0):
+        plain.add_metric([v for _, v in pairs], v)
+    assert ex.render([g]) == _prom([plain])
+    empty = ex.GaugeMetricFamily("sentinel_y", "Y.")
+    empty.add_sample("sentinel_y", ex.LabelSet([]), 3.0)
+    assert ex.render([empty]).endswith(b"\nsentinel_y 3.0\n")

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
-from sentinel.agent.collectors.base import Collector, Context, read_file
-from sentinel.exposition import CounterMetricFamily, GaugeMetricFamily, MetricFamily
+from sentinel.agent.collectors.base import Collector, Context, ProcFile
+from sentinel.exposition import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    LabelSet,
+    MetricFamily,
+    Sample,
+)
 
 # /proc/diskstats always counts 512-byte sectors, whatever the device's block size
 # (Documentation/admin-guide/iostats.rst); node_exporter multiplies by the same.
@@ -15,9 +21,12 @@ SECTOR_BYTES = 512
 MS = 0.001
 
 
-@dataclass(frozen=True)
-class DiskStats:
-    """The /proc/diskstats fields sentinel exports for one device (raw units)."""
+class DiskStats(NamedTuple):
+    """The /proc/diskstats fields sentinel exports for one device (raw units).
+
+    A named tuple, not a frozen dataclass: built for every device every scrape, and a
+    frozen dataclass's ``__init__`` costs several times as much.
+    """
 
     reads: int
     sectors_read: int
@@ -29,9 +38,17 @@ class DiskStats:
     in_flight: int = 0  # I/Os in progress at the reading (not a counter)
 
 
-def parse_diskstats(text: str, exclude: re.Pattern[str] | None = None) -> dict[str, DiskStats]:
-    """Parse diskstats text into {device: DiskStats}, skipping excluded devices."""
+def parse_diskstats(text: str, exclude: re.Pattern[str] | None = None,
+                    excluded: dict[str, bool] | None = None) -> dict[str, DiskStats]:
+    """Parse diskstats text into {device: DiskStats}, skipping excluded devices.
+
+    ``excluded``, when given, remembers each device name's match against ``exclude``
+    across calls (a node's device names recur every scrape); it is emptied past
+    :data:`MAX_EXCLUDE_CACHE` names.
+    """
     out: dict[str, DiskStats] = {}
+    if excluded is not None and len(excluded) > MAX_EXCLUDE_CACHE:
+        excluded.clear()
     for lineno, line in enumerate(text.splitlines(), 1):
         parts = line.split()
         if not parts:
@@ -41,17 +58,24 @@ def parse_diskstats(text: str, exclude: re.Pattern[str] | None = None) -> dict[s
                 f"diskstats line {lineno}: {len(parts)} fields, expected at least 14: {line!r}"
             )
         dev = parts[2]
-        if exclude is not None and exclude.match(dev):
-            continue
+        if exclude is not None:
+            skip = None if excluded is None else excluded.get(dev)
+            if skip is None:
+                skip = exclude.match(dev) is not None
+                if excluded is not None:
+                    excluded[dev] = skip
+            if skip:
+                continue
         try:
             f = [int(x) for x in parts[3:14]]
         except ValueError:
             raise ValueError(f"diskstats line {lineno}: non-numeric field: {line!r}") from None
-        out[dev] = DiskStats(
-            reads=f[0], sectors_read=f[2], read_ms=f[3], writes=f[4], sectors_written=f[6],
-            write_ms=f[7], io_ms=f[9], in_flight=f[8],
-        )
+        out[dev] = DiskStats(f[0], f[2], f[3], f[4], f[6], f[7], f[9], f[8])
     return out
+
+
+# Device names whose exclusion is remembered (a host has tens to hundreds).
+MAX_EXCLUDE_CACHE = 4096
 
 
 class DiskCollector(Collector):
@@ -61,13 +85,18 @@ class DiskCollector(Collector):
 
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
-        self.path = Path(ctx.config.procfs) / "diskstats"
+        self.path = str(Path(ctx.config.procfs) / "diskstats")
+        self._file = ProcFile(self.path)
         self.exclude = re.compile(ctx.config.disk_exclude)
+        self._excluded: dict[str, bool] = {}
         self._prev: dict[str, DiskStats] = {}
+        # Each device's label set, shared by its series in every family and scrape
+        # (nothing changes a sample's labels once added); rebuilt when devices change.
+        self._labels: dict[str, LabelSet] = {}
 
     def collect(self) -> list[MetricFamily]:
         """Read diskstats once and build the disk families."""
-        stats = parse_diskstats(read_file(str(self.path)).decode(), self.exclude)
+        stats = parse_diskstats(self._file.read().decode(), self.exclude, self._excluded)
         labels = ["device"]
 
         def counter(name: str, help_: str) -> CounterMetricFamily:
@@ -85,19 +114,28 @@ class DiskCollector(Collector):
             "Mean read latency over the last collection interval (0 when no reads).",
             labels=labels,
         )
+        if self._labels.keys() != stats.keys():
+            self._labels = {dev: LabelSet([("device", dev)]) for dev in stats}
+        by_dev = self._labels
         for dev, s in sorted(stats.items()):
-            reads.add_metric([dev], float(s.reads))
-            writes.add_metric([dev], float(s.writes))
-            rbytes.add_metric([dev], float(s.sectors_read * SECTOR_BYTES))
-            wbytes.add_metric([dev], float(s.sectors_written * SECTOR_BYTES))
-            rtime.add_metric([dev], s.read_ms * MS)
-            wtime.add_metric([dev], s.write_ms * MS)
-            iotime.add_metric([dev], s.io_ms * MS)
+            lab = by_dev[dev]
+            reads.samples.append(Sample(reads.name, lab, float(s.reads)))
+            writes.samples.append(Sample(writes.name, lab, float(s.writes)))
+            rbytes.samples.append(Sample(rbytes.name, lab, float(s.sectors_read * SECTOR_BYTES)))
+            wbytes.samples.append(
+                Sample(wbytes.name, lab, float(s.sectors_written * SECTOR_BYTES)))
+            rtime.samples.append(Sample(rtime.name, lab, s.read_ms * MS))
+            wtime.samples.append(Sample(wtime.name, lab, s.write_ms * MS))
+            iotime.samples.append(Sample(iotime.name, lab, s.io_ms * MS))
             prev = self._prev.get(dev)
             if prev is not None:
-                latency.add_metric([dev], read_latency_seconds(prev, s))
+                latency.samples.append(Sample(latency.name, lab, read_latency_seconds(prev, s)))
         self._prev = stats
         return [reads, writes, rbytes, wbytes, rtime, wtime, iotime, latency]
+
+    def close(self) -> None:
+        """Close diskstats."""
+        self._file.close()
 
 
 def read_latency_seconds(prev: DiskStats, cur: DiskStats) -> float:

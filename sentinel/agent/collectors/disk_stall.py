@@ -19,7 +19,7 @@ import time
 from collections import deque
 from pathlib import Path
 
-from sentinel.agent.collectors.base import Collector, Context
+from sentinel.agent.collectors.base import Collector, Context, ProcFile
 from sentinel.agent.collectors.disk import MS, DiskStats, parse_diskstats
 from sentinel.exposition import GaugeMetricFamily, MetricFamily
 
@@ -55,8 +55,10 @@ class DiskStallCollector(Collector):
 
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
-        self.path = Path(ctx.config.procfs) / "diskstats"
+        self.path = str(Path(ctx.config.procfs) / "diskstats")
+        self._file = ProcFile(self.path)  # its own: the sampler thread reads it
         self.exclude = re.compile(ctx.config.disk_exclude)
+        self._excluded: dict[str, bool] = {}
         self._lock = threading.Lock()
         self._seconds: dict[str, deque[Second]] = {}
         self._prev: tuple[float, dict[str, DiskStats]] | None = None
@@ -81,7 +83,7 @@ class DiskStallCollector(Collector):
     def sample(self, now: float | None = None) -> None:
         """Read diskstats once and record each device's last second."""
         t = self.ctx.monotonic() if now is None else now
-        stats = parse_diskstats(self.path.read_text(), self.exclude)
+        stats = parse_diskstats(self._file.read().decode(), self.exclude, self._excluded)
         prev, self._prev = self._prev, (t, stats)
         if prev is None:
             return
@@ -138,6 +140,9 @@ class DiskStallCollector(Collector):
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=2 * INTERVAL_S)
+            if self._thread.is_alive():
+                return  # still reading: leave the file to the process's exit
+        self._file.close()
 
 
 def sample_cost_s(collector: DiskStallCollector, n: int = 200) -> float:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from sentinel.agent.collectors.base import Collector, Context, read_file
+from sentinel.agent.collectors.base import Collector, Context, ProcFile, read_file
 from sentinel.exposition import GaugeMetricFamily, MetricFamily
 
 # /proc/stat counts in USER_HZ.
@@ -19,7 +19,14 @@ def read_cpu_times(procfs: str) -> tuple[float, float]:
     short files (docs/DESIGN.md, Agent).
     """
     path = f"{procfs}/stat"
-    fields = read_file(path).split(b"\n", 1)[0].split()
+    return parse_cpu_times(read_file(path), path)
+
+
+def parse_cpu_times(data: bytes, path: str) -> tuple[float, float]:
+    """Return (busy, total) CPU seconds from the bytes of ``path``, a /proc/stat."""
+    # Only the first line: the rest (per-CPU lines, every IRQ's count) is most of the file.
+    nl = data.find(b"\n")
+    fields = (data if nl < 0 else data[:nl]).split()
     if len(fields) < 5 or fields[0] != b"cpu":
         raise ValueError(f"{path}: the first line is not 'cpu user nice system idle ...'")
     try:
@@ -42,11 +49,26 @@ def read_memory(procfs: str) -> tuple[float, float]:
     buffers and page cache. It is kept within 0..total.
     """
     path = f"{procfs}/meminfo"
+    return parse_memory(read_file(path), path)
+
+
+def parse_memory(data: bytes, path: str) -> tuple[float, float]:
+    """Return (total, available) bytes of RAM from the bytes of ``path``, a /proc/meminfo.
+
+    The lines it needs are the first five of the kernel's meminfo: it stops reading
+    lines once it has all of them.
+    """
     kb: dict[bytes, int] = {}
-    for line in read_file(path).splitlines():
+    start, want = 0, len(_MEMINFO_KEYS)
+    while len(kb) < want:
+        end = data.find(b"\n", start)
+        line = data[start:] if end < 0 else data[start:end]
         key, _, rest = line.partition(b":")
         if key in _MEMINFO_KEYS:
             kb[key] = int(rest.split()[0])
+        if end < 0:
+            break
+        start = end + 1
     if b"MemTotal" not in kb:
         raise ValueError(f"{path}: no MemTotal line")
     total = kb[b"MemTotal"] * 1024
@@ -69,10 +91,13 @@ class HostCollector(Collector):
         self.procfs = ctx.config.procfs
         self.paths = list(ctx.config.filesystem_paths)
         self._prev_cpu: tuple[float, float] | None = None
+        self._stat = ProcFile(f"{self.procfs}/stat")
+        self._meminfo = ProcFile(f"{self.procfs}/meminfo")
+        self._loadavg = ProcFile(f"{self.procfs}/loadavg")
 
     def collect(self) -> list[MetricFamily]:
         """Read CPU, memory, load and filesystems."""
-        busy, total = read_cpu_times(self.procfs)
+        busy, total = parse_cpu_times(self._stat.read(), self._stat.path)
         prev = self._prev_cpu or (0.0, 0.0)
         self._prev_cpu = (busy, total)
         d_total = total - prev[1]
@@ -81,7 +106,7 @@ class HostCollector(Collector):
         )
         cpu.add_metric([], max(0.0, min(1.0, (busy - prev[0]) / d_total)) if d_total > 0 else 0.0)
 
-        ram, available = read_memory(self.procfs)
+        ram, available = parse_memory(self._meminfo.read(), self._meminfo.path)
         mem_total = GaugeMetricFamily("sentinel_host_memory_total_bytes", "Total RAM.")
         mem_total.add_metric([], ram)
         mem_avail = GaugeMetricFamily(
@@ -94,7 +119,7 @@ class HostCollector(Collector):
         load = GaugeMetricFamily(
             "sentinel_host_load_average", "Load average.", labels=["period"]
         )
-        fields = read_file(f"{self.procfs}/loadavg").split()
+        fields = self._loadavg.read().split()
         for period, v in zip(("1m", "5m", "15m"), fields[:3], strict=True):
             load.add_metric([period], float(v))
 
@@ -120,3 +145,8 @@ class HostCollector(Collector):
         # A configured path that is gone (unmounted dataset) is a failure people should see.
         self.success = not missing
         return [cpu, mem_total, mem_avail, mem_used, load, free, size]
+
+    def close(self) -> None:
+        """Close the /proc files."""
+        for f in (self._stat, self._meminfo, self._loadavg):
+            f.close()

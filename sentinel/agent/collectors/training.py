@@ -36,7 +36,9 @@ from sentinel.exposition import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
+    LabelSet,
     MetricFamily,
+    Sample,
 )
 from sentinel.ratelog import LogLimiter
 
@@ -283,36 +285,74 @@ class _Families:
                 self.samples, self.tps, self.hist, self.data_wait, self.data_wait_steps,
                 self.age, self.events, self.received, self.dropped, self.rep_dropped]
 
-    def add_rank(self, lv: list[str], st: RankState, now: float, tps: float | None) -> None:
-        """Add one rank's series; ``lv`` is (job, rank, hostname), ``tps`` None if finished."""
-        job, rank, host = lv
+    def add_rank(self, rl: _RankLabels, st: RankState, now: float, tps: float | None) -> None:
+        """Add one rank's series under its label sets, ``tps`` None if finished."""
+        job, rank, host = rl.values
+        lab = rl.base
         self.rank_info.add_metric([job, rank, str(st.pid), st.gpu_uuid, host], 1.0)
         if st.finished_at is None:  # a finished rank has no age to alert on
-            self.age.add_metric(lv, max(0.0, now - st.last_seen))
+            self.age.samples.append(Sample(self.age.name, lab, max(0.0, now - st.last_seen)))
         for kind, n in sorted(st.events.items()):
-            self.events.add_metric([*lv, kind], float(n))
-        self.rep_dropped.add_metric(lv, float(st.reporter_dropped_base + st.reporter_dropped_last))
+            self.events.samples.append(Sample(self.events.name, rl.kind(kind), float(n)))
+        self.rep_dropped.samples.append(Sample(
+            self.rep_dropped.name, lab,
+            float(st.reporter_dropped_base + st.reporter_dropped_last)))
         if st.step < 0:
             return  # only events so far
-        self.step.add_metric(lv, float(st.step))
-        self.loss.add_metric(lv, st.loss)
-        self.loss_finite.add_metric(lv, 1.0 if math.isfinite(st.loss) else 0.0)
+        series: list[tuple[MetricFamily, float]] = [
+            (self.step, float(st.step)), (self.loss, st.loss),
+            (self.loss_finite, 1.0 if math.isfinite(st.loss) else 0.0)]
         if st.grad_norm is not None:
-            self.gnorm.add_metric(lv, st.grad_norm)
-        self.tokens.add_metric(lv, float(st.tokens_total))
-        self.samples.add_metric(lv, float(st.samples_total))
+            series.append((self.gnorm, st.grad_norm))
+        series += [(self.tokens, float(st.tokens_total)), (self.samples, float(st.samples_total))]
         if tps is not None:  # nor a throughput that fell to zero
-            self.tps.add_metric(lv, tps)
-        buckets: list[tuple[str, float]] = []
+            series.append((self.tps, tps))
+        for fam, v in series:
+            fam.samples.append(Sample(fam.name, lab, v))
+        hist = self.hist.samples
+        name = self.hist.name + "_bucket"
         acc = 0
-        for bound, n in zip(STEP_DURATION_BUCKETS, st.bucket_counts, strict=False):
+        for le_labels, n in zip(rl.buckets, st.bucket_counts, strict=True):
             acc += n
-            buckets.append((repr(bound), float(acc)))
-        buckets.append(("+Inf", float(acc + st.bucket_counts[-1])))
-        self.hist.add_metric(lv, buckets, st.duration_sum)
+            hist.append(Sample(name, le_labels, float(acc)))
+        hist.append(Sample(self.hist.name + "_count", lab, float(acc)))
+        hist.append(Sample(self.hist.name + "_sum", lab, st.duration_sum))
         if st.data_wait_steps:  # only jobs that report it
-            self.data_wait.add_metric(lv, st.data_wait_sum)
-            self.data_wait_steps.add_metric(lv, float(st.data_wait_steps))
+            self.data_wait.samples.append(Sample(self.data_wait.name, lab, st.data_wait_sum))
+            self.data_wait_steps.samples.append(
+                Sample(self.data_wait_steps.name, lab, float(st.data_wait_steps)))
+
+
+# The step-time histogram's ``le`` values, as written (the last bucket is +Inf).
+_BUCKET_LES = (*(repr(b) for b in STEP_DURATION_BUCKETS), "+Inf")
+# Ranks whose label sets are kept from scrape to scrape (a node runs one rank per GPU);
+# past this, a rank's are built for the scrape and dropped (~350 bytes each set).
+MAX_CACHED_RANKS = 256
+
+
+class _RankLabels:
+    """One rank's label sets (job, rank, hostname; with ``le``; with ``kind``), built once.
+
+    Their series keep their labels from scrape to scrape, so as
+    :class:`~sentinel.exposition.LabelSet` they are built and formatted once, not per
+    sample per scrape (a rank has ~30 series, 17 of them its histogram's). Event kinds
+    are bounded per rank by the store (``MAX_EVENT_KINDS``).
+    """
+
+    __slots__ = ("values", "base", "buckets", "_kinds")
+
+    def __init__(self, job: str, rank: str, host: str) -> None:
+        self.values = (job, rank, host)
+        self.base = LabelSet([("job", job), ("rank", rank), ("hostname", host)])
+        self.buckets = [LabelSet([*self.base.items(), ("le", le)]) for le in _BUCKET_LES]
+        self._kinds: dict[str, LabelSet] = {}
+
+    def kind(self, kind: str) -> LabelSet:
+        """Return the rank's labels with ``kind``."""
+        ls = self._kinds.get(kind)
+        if ls is None:
+            ls = self._kinds[kind] = LabelSet([*self.base.items(), ("kind", kind)])
+        return ls
 
 
 class TrainingCollector(Collector):
@@ -334,6 +374,7 @@ class TrainingCollector(Collector):
         )
         self.readers: list[_Reader] = []
         self.socket_path = c.socket
+        self._rank_labels: dict[tuple[str, str, str], _RankLabels] = {}
 
     def start(self) -> None:
         """Bind the report sockets and start their reader threads."""
@@ -361,16 +402,23 @@ class TrainingCollector(Collector):
         now = self.ctx.monotonic()
         self.store.expire()
         f = _Families()
+        cached = self._rank_labels
+        kept: dict[tuple[str, str, str], _RankLabels] = {}
         with self.store.lock:
             for job_name, job in sorted(self.store.jobs.items()):
                 f.job_info.add_metric([job_name, host, str(len(job.ranks))], 1.0)
                 for r, st in sorted(job.ranks.items()):
                     tps = None if st.finished_at is not None else (
                         self.store.tokens_per_second(st, now))
-                    f.add_rank([job_name, str(r), host], st, now, tps)
+                    key = (job_name, str(r), host)
+                    rl = cached.get(key) or _RankLabels(*key)
+                    if len(kept) < MAX_CACHED_RANKS:
+                        kept[key] = rl
+                    f.add_rank(rl, st, now, tps)
             f.received.add_metric([], float(self.store.received))
             for reason, n in sorted(self.store.dropped.items()):
                 f.dropped.add_metric([reason], float(n))
+        self._rank_labels = kept  # the ranks gone (expired jobs) are dropped
         return f.all()
 
     def close(self) -> None:

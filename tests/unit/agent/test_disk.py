@@ -26,6 +26,23 @@ def test_default_exclusion_skips_ram_loop_and_partitions():
     assert set(devs) == {"vda", "vdb"}
 
 
+def test_remembered_exclusions_give_the_same_devices_and_stay_bounded(monkeypatch):
+    import sentinel.agent.collectors.disk as disk
+
+    text = (H100 / "diskstats-1.txt").read_text()
+    text += "".join(f" 7 {i} loop{i} 1 0 8 1 0 0 0 0 0 1 1 0 0 0 0\n" for i in range(40))
+    exclude = re.compile(DEFAULT_DISK_EXCLUDE)
+    monkeypatch.setattr(disk, "MAX_EXCLUDE_CACHE", 16)
+    seen: dict[str, bool] = {}
+    for _ in range(3):
+        assert parse_diskstats(text, exclude, seen) == parse_diskstats(text, exclude)
+        assert set(parse_diskstats(text, exclude, seen)) == {"vda", "vdb"}
+        assert len(seen) <= len(text.splitlines())
+    seen.update({f"x{i}": True for i in range(20)})  # past the bound: emptied, then refilled
+    assert set(parse_diskstats(text, exclude, seen)) == {"vda", "vdb"}
+    assert "x0" not in seen and seen["loop3"] is True and seen["vda"] is False
+
+
 def test_counters_have_node_exporter_units(tmp_path):
     ctx = make_ctx(tmp_path, procfs=str(proc_dir(tmp_path, 1)))
     text = render_collector(DiskCollector(ctx))

@@ -75,3 +75,93 @@ def test_read_file_reads_it_all_and_is_bounded(tmp_path, monkeypatch):
         base.read_file(str(tmp_path / "f"))
     with pytest.raises(FileNotFoundError):
         base.read_file(str(tmp_path / "missing"))
+
+
+def _open_fds() -> set[str]:
+    import os
+
+    return set(os.listdir("/proc/self/fd"))
+
+
+def test_a_procfs_file_stays_open_and_reads_fresh_content():
+    import time
+
+    from sentinel.agent.collectors.base import ProcFile
+
+    before = _open_fds()
+    f = ProcFile("/proc/uptime")
+    first = f.read()
+    kept = _open_fds() - before
+    assert len(kept) == 1  # one descriptor, kept for the next read
+    time.sleep(0.05)
+    second = f.read()
+    assert _open_fds() - before == kept
+    assert float(second.split()[0]) > float(first.split()[0])  # read anew, not cached
+    f.close()
+    assert _open_fds() == before
+
+
+def test_a_procfs_file_longer_than_one_read_comes_whole_every_time():
+    from sentinel.agent.collectors.base import ProcFile
+
+    f = ProcFile("/proc/self/smaps")  # ~20 lines per mapping: several 64 KiB reads
+    try:
+        reads = [f.read() for _ in range(3)]
+    finally:
+        f.close()
+    with open("/proc/self/smaps", "rb") as fh:
+        whole = fh.read()
+    assert len(reads[0]) > 65536
+    assert {r.count(b"\nRss:") for r in reads} == {whole.count(b"\nRss:")}
+    assert all(r.endswith(b"\n") for r in reads)
+
+
+def test_a_regular_file_is_opened_for_each_read(tmp_path):
+    """A fixture tree's file, replaced by a rename, is read from the new file."""
+    import os
+
+    from sentinel.agent.collectors.base import ProcFile
+
+    (tmp_path / "loadavg").write_text("1 2 3 1/1 1\n")
+    before = _open_fds()
+    f = ProcFile(str(tmp_path / "loadavg"))
+    assert f.read() == b"1 2 3 1/1 1\n"
+    assert _open_fds() == before
+    (tmp_path / "new").write_text("4 5 6 1/1 1\n")
+    os.replace(tmp_path / "new", tmp_path / "loadavg")
+    assert f.read() == b"4 5 6 1/1 1\n"
+
+
+def test_an_error_closes_the_kept_file_and_the_next_read_opens_it_again(monkeypatch):
+    from sentinel.agent.collectors import base
+
+    before = _open_fds()
+    f = base.ProcFile("/proc/self/smaps")
+    monkeypatch.setattr(base, "MAX_PROC_FILE_BYTES", 1000)
+    with pytest.raises(ValueError, match="/proc/self/smaps: larger than 1000 bytes"):
+        f.read()
+    assert _open_fds() == before
+    monkeypatch.undo()
+    assert b"Rss:" in f.read()
+    assert len(_open_fds() - before) == 1
+    f.close()
+    with pytest.raises(FileNotFoundError):
+        base.ProcFile("/proc/no-such-file").read()
+    assert _open_fds() == before
+
+
+def test_the_host_and_disk_collectors_close_their_files(tmp_path):
+    from sentinel.agent.collectors.disk import DiskCollector
+    from sentinel.agent.collectors.host import HostCollector
+    from tests.support.collectors import make_ctx
+
+    ctx = make_ctx(tmp_path, procfs="/proc")
+    before = _open_fds()
+    cs = [HostCollector(ctx), DiskCollector(ctx)]
+    for _ in range(3):
+        for c in cs:
+            assert c.collect() and c.success
+    assert len(_open_fds() - before) == 4  # stat, meminfo, loadavg, diskstats
+    for c in cs:
+        c.close()
+    assert _open_fds() == before

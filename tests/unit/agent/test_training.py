@@ -404,3 +404,53 @@ def test_reporter_step_sends_data_s_as_the_extra(tmp_path):
         assert isinstance(report, StepReport) and report.extra[protocol.EXTRA_DATA_S] == 0.25
     finally:
         srv.close()
+
+
+def test_rank_label_sets_follow_the_ranks_across_scrapes(tmp_path, monkeypatch):
+    """Label sets kept per rank give each rank its own values; gone ranks drop theirs."""
+    import sentinel.agent.collectors.training as training
+
+    clock = Clock()
+    ctx = make_ctx(tmp_path, collectors=["training"])
+    ctx.monotonic = clock
+    c = TrainingCollector(ctx)
+    c.store.monotonic = clock
+    durations = {("a", 0): [0.02, 0.3], ("a", 1): [7.0], ("a", 2): [0.2, 0.2, 400.0],
+                 ("b", 0): [1.5]}
+    for (job, r), ds in durations.items():
+        t = 0.0
+        for i, d in enumerate([0.0, *ds]):
+            t += d
+            c.store.add(rep(job=job, rank=r, step=100 * r + i, t=t, tokens=10 + r))
+    for _ in range(2):
+        c.store.add(protocol.EventReport(Identity("a", 1, 42, "GPU-x", "h"), "ckpt", 1.0))
+
+    def check(text: str, jobs: dict) -> None:
+        for (job, r), ds in jobs.items():
+            lab = {"job": job, "rank": str(r), "hostname": "node1"}
+            assert value(text, "sentinel_train_step", **lab) == 100 * r + len(ds)
+            assert value(text, "sentinel_train_tokens_total", **lab) == (10 + r) * (len(ds) + 1)
+            hist = "sentinel_train_step_duration_seconds"
+            assert value(text, hist + "_count", **lab) == len(ds)
+            assert value(text, hist + "_sum", **lab) == pytest.approx(sum(ds))
+            for le in ("0.025", "0.25", "2.5", "10.0", "300.0", "+Inf"):
+                want = sum(d <= float(le) for d in ds)
+                assert value(text, hist + "_bucket", le=le, **lab) == want
+        assert value(text, "sentinel_train_events_total", job="a", rank="1", kind="ckpt") == 2
+
+    first = render_collector(c)
+    check(first, durations)
+    assert render_collector(c) == first  # the kept label sets write the same text
+    assert set(c._rank_labels) == {(j, str(r), "node1") for j, r in durations}
+    monkeypatch.setattr(training, "MAX_CACHED_RANKS", 1)
+    assert render_collector(c) == first  # built afresh past the bound: the same
+    assert len(c._rank_labels) == 1
+    monkeypatch.undo()
+    c.store.add(protocol.EventReport(Identity("b", 0, 42, "GPU-x", "h"), "finished", 2.0))
+    clock.t += 1000
+    assert c.store.expire() == ["b"]
+    del durations[("b", 0)]
+    text = render_collector(c)
+    check(text, durations)
+    assert 'job="b"' not in text
+    assert set(c._rank_labels) == {(j, str(r), "node1") for j, r in durations}
