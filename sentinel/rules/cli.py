@@ -140,8 +140,12 @@ class _Runs:
         self.notes = 0
 
     def feed(self, where: str, pt: Any) -> None:
-        """Check a record and give it to its run's consumers."""
+        """Check a record and give it to its run's consumers (node records to those that
+        read them).
+        """
         from sentinel.rules.jsonl import DetectorInput, InputError
+        from sentinel.rules.spec import NodeConsumer
+        from sentinel.rules.window import NodePoint
 
         name = pt.run or self.default
         run = self.runs.get(name)
@@ -156,6 +160,11 @@ class _Runs:
             self.notes += 1
             if self.notes <= MAX_NOTES:
                 print(f"sentinel detect: {note}", file=sys.stderr)
+        if isinstance(pt, NodePoint):
+            for _rule, stream in run[1]:
+                if isinstance(stream, NodeConsumer):
+                    stream.feed_node(pt)
+            return
         for _rule, stream in run[1]:
             stream.feed(pt)
 
