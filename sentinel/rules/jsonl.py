@@ -171,6 +171,19 @@ def _node(where: str, obj: dict[str, Any]) -> str | None:
     return node
 
 
+def node_record(where: str, obj: Any) -> NodePoint:
+    """Return the NodePoint of a decoded node record (a JSON object without ``step``).
+
+    The agent's ``/api/v1/node`` answers records of this format: the step stream reads
+    them through here, as ``sentinel detect FILE`` reads node lines.
+    """
+    if not isinstance(obj, dict) or "step" in obj:
+        raise InputError(f"{where}: expected a node record like "
+                         f'{{"node": "n0", "time": 1764400000.0, "disk_in_flight": 2}}, got '
+                         f"{_short(obj)}")
+    return _node_record(where, obj)
+
+
 def _node_record(where: str, obj: dict[str, Any]) -> NodePoint:
     """Return the NodePoint of a parsed line without ``step``, checked."""
     steps_only = [k for k in STEP_KEYS if k in obj]

@@ -58,7 +58,8 @@ def run(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.Monk
         (b'{"step": 3, "loss": "\xff"}', ":3: not UTF-8 text (valid: JSON lines)"),
         (b'{"step": 3, "loss": 1.0, "x": "' + b"a" * MAX_LINE_BYTES + b'"}',
          f":3: line longer than {MAX_LINE_BYTES} bytes (valid: one step record per line)"),
-        (b'{"step": 3, "loss": 1.0, "data_s": -0.5}', ":3: 'data_s' is -0.5 (valid: a number >= 0)"),
+        (b'{"step": 3, "loss": 1.0, "data_s": -0.5}',
+         ":3: 'data_s' is -0.5 (valid: a number >= 0)"),
         (b'{"step": 3, "data_s": "Infinity"}', ":3: 'data_s' is 'Infinity' (valid: the seconds"),
         (b'{"loss": 1.0}', ":3: 'step' is missing (valid: an integer >= 0 on a step record; a "
          "node record has no 'step' but 'time' and at least one of disk_read_latency_s, "
