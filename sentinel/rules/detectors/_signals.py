@@ -223,11 +223,9 @@ def _growing(points: list[tuple[float, float]]) -> dict[str, Any] | None:
     slope, r = sxy / sxx, sxy / math.sqrt(sxx * syy)
     line = syy - slope * sxy  # the line's residual sum of squares
     step = min(_sse(ys[:k]) + _sse(ys[k:]) for k in range(2, len(ys) - 1))
-    first = my + slope * (xs[0] - mx)
-    if r < 0.8 or line > step or first <= 0:
+    if r < 0.8 or line > step:
         return None
-    return {"rise": round(slope * (xs[-1] - xs[0]) / first, 3), "r": round(r, 3),
-            "seconds": len(points)}
+    return {"wait_rise_s_per_s": round(slope, 6), "r": round(r, 3), "seconds": len(points)}
 
 
 def _sse(ys: list[float]) -> float:
