@@ -52,10 +52,14 @@ ROOT = Path(__file__).resolve().parents[2]
 SUBTLE_FRACTION = 0.10  # share of a subtle bad batch's bytes made random
 SPIKE_SPAN = 20  # steps a bad batch may disturb the loss for (as record_real.py)
 CHECKPOINT_EVERY_S = 8.0  # a full save of model and optimizer this often
+# The competing process: 8192-square matmuls on the GPU (1.5 ms kernels on an H200). The
+# first corpus (2026-11-29) used 4096 (0.2 ms kernels) and the job, launch-bound at ~20 ms
+# a step, lost only ~10% of its throughput: too little for the step rule's 25% line.
 COMPETITOR = """
 import sys, time, torch
 dev = sys.argv[1]; end = time.time() + float(sys.argv[2])
-a = torch.randn(4096, 4096, device=dev, dtype=torch.bfloat16 if dev != "cpu" else torch.float32)
+n = 8192 if dev != "cpu" else 1024
+a = torch.randn(n, n, device=dev, dtype=torch.bfloat16 if dev != "cpu" else torch.float32)
 while time.time() < end:
     b = a @ a
     if dev != "cpu": torch.cuda.synchronize()

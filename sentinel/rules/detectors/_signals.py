@@ -14,8 +14,9 @@ its slowest node's pace), and returns what rose:
   per-step cost that grows);
 * ``disk``: the node's disk read latency rose to ``disk_factor`` times its level before
   and at least ``disk_min_s``;
-* ``gpu_contention``: a GPU had more compute processes beyond the ranks on it than
-  before, in at least ``signal_fraction`` of the seconds;
+* ``gpu_contention``: a GPU had compute processes beyond the ranks on it (where the
+  records do not say the ranks, more processes than before), in at least
+  ``signal_fraction`` of the seconds;
 * ``throttle``: bad clock-event reasons (``sentinel.gpu.reasons.BAD_REASONS``) on a GPU
   in at least that share of the seconds, where before they were not.
 
@@ -56,7 +57,8 @@ class Thresholds:
 class _Second:
     """One node's second: its steps' durations and input waits, and its node records."""
 
-    __slots__ = ("data", "dur", "extra", "inflight", "lat", "reasons", "records", "steps", "t")
+    __slots__ = ("data", "dur", "extra", "inflight", "lat", "ranked", "reasons", "records",
+                 "steps", "t")
 
     def __init__(self, t: float) -> None:
         self.t = t  # the second's start
@@ -67,6 +69,7 @@ class _Second:
         self.lat: float | None = None
         self.inflight: int | None = None
         self.extra: dict[str, int] | None = None  # GPU -> processes beyond its ranks
+        self.ranked: set[str] | None = None  # GPUs whose ranks the record named
         self.reasons: dict[str, int] | None = None  # GPU -> bitmask of reasons
 
 
@@ -135,6 +138,7 @@ class NodeSignals:
             sec.extra = sec.extra or {}
             for g, n in _extra(np).items():
                 sec.extra[g] = max(sec.extra.get(g, 0), n)
+            sec.ranked = (sec.ranked or set()) | set(np.gpu_ranks)
         if np.throttle_reasons:
             sec.reasons = sec.reasons or {}
             for g, names in np.throttle_reasons.items():
@@ -255,7 +259,12 @@ def _contention(node: str, before: list[_Second], during: list[_Second], th: Thr
     out = []
     gpus = sorted({g for s in during if s.extra for g in s.extra})
     for g in gpus:
-        level = statistics.median([s.extra.get(g, 0) for s in before if s.extra] or [0])
+        # Where the ranks on the GPU are known, any process beyond them is another
+        # program's, whenever it started (it may have loaded for a while before it
+        # computed); where they are not, the count must have risen.
+        known = any(s.ranked and g in s.ranked for s in during)
+        level = 0 if known else statistics.median(
+            [s.extra.get(g, 0) for s in before if s.extra] or [0])
         now = [s.extra.get(g, 0) for s in during if s.extra]
         over = [n for n in now if n > level]
         if now and len(over) >= th.signal_fraction * len(now):

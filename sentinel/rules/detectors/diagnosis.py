@@ -155,7 +155,7 @@ def _storage(disk: list[Finding], sig: dict[str, Any], where: str) -> _Cause | N
 
 
 def _ms(seconds: Any) -> str:
-    return f"{float(seconds) * 1000:.1f} ms" if isinstance(seconds, int | float) else "?"
+    return f"{float(seconds) * 1000:.3g} ms" if isinstance(seconds, int | float) else "?"
 
 
 def _gpu_cause(near: list[Finding], sig: dict[str, Any], where: str) -> _Cause | None:

@@ -47,6 +47,8 @@ class Cause:
     node_records: bool = True
     data_s: bool = True
     saves: tuple[float, ...] = field(default=())  # one 12 s step at each time
+    early: float = 0.0  # seconds before ONSET the extra process appears (loading)
+    ranks: bool = True  # node records say the ranks on each GPU
 
 
 def trace(c: Cause, seed: int = 0, duration: float = 300.0
@@ -84,12 +86,12 @@ def trace(c: Cause, seed: int = 0, duration: float = 300.0
                 hit = on and n in c.nodes
                 lat = c.latency if hit and c.latency else 0.0002 * (1 + rng.uniform(-0.3, 0.3))
                 procs = {g: 1 for g in ("0", "1")}
-                if hit and c.extra_gpu:
+                if c.extra_gpu and n in c.nodes and ONSET - c.early <= now < END:
                     procs[c.extra_gpu] = 2
                 recs.append(NodePoint(
                     time=now, node=n, disk_read_latency_s=lat,
                     disk_in_flight=24 if hit and c.latency else 1, gpu_processes=procs,
-                    gpu_ranks={"0": 1, "1": 1},
+                    gpu_ranks={"0": 1, "1": 1} if c.ranks else {},
                     throttle_reasons={"1": c.reasons} if hit and c.reasons else {}))
     return sorted(steps, key=lambda p: p.time or 0.0), recs
 
@@ -143,6 +145,19 @@ def test_a_growing_input_wait_is_worsening_in_the_first_finding():
         assert diag.evidence["worsening"] is True, drop.evidence["signals"]
         assert diag.evidence["classification"] == "worsening"
         assert diag.detected_at == drop.detected_at
+
+
+def test_a_process_beyond_the_ranks_is_contention_however_long_it_loaded_first():
+    """Seen 60 s before it slows the job (it loaded its data first): with the ranks on
+    the GPU known it is still another program's; without them only a rise counts."""
+    early = Cause(slow=1.7, extra_gpu="0", early=60.0)
+    _, diags = findings(*trace(early))
+    assert [(d.evidence["cause"], d.node, d.gpu) for d in diags] == [
+        ("gpu_contention", "n2", "0")]
+    _, diags = findings(*trace(Cause(slow=1.7, extra_gpu="0", early=60.0, ranks=False)))
+    assert [d.evidence["cause"] for d in diags] == ["job_wide_slowdown"]
+    _, diags = findings(*trace(Cause(slow=1.7, extra_gpu="0", ranks=False)))
+    assert [d.evidence["cause"] for d in diags] == ["gpu_contention"]
 
 
 def test_without_node_records_or_input_waits_the_drop_is_job_wide_as_before():
