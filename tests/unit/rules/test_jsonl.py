@@ -142,9 +142,11 @@ def test_the_documented_example_parses_with_no_unknown_key(tmp_path):
     p.write_text(block)
     unknown: dict[str, str] = {}
     pts = [pt for _w, pt in iter_records(p, unknown)]
-    assert unknown == {} and len(pts) == 5
+    assert unknown == {} and len(pts) == 7
     assert {pt.run for pt in pts} == {"gpt-a", "gpt-b"}
-    assert pts[-1].loss_given is False and pts[0].tokens == 8192
+    assert pts[-1].loss_given is False and pts[0].tokens == 8192 and pts[0].data_s == 0.004
+    assert pts[5].gpu_processes == {"0": 2} and pts[5].throttle_reasons == {
+        "0": ("hw_thermal_slowdown",)} and pts[5].disk_read_latency_s is None
 
 
 def test_node_lines_parse_and_a_file_of_them_alone_is_valid(tmp_path, capsys):
