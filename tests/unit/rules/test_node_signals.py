@@ -205,3 +205,24 @@ def test_sentinel_detect_file_diagnoses_a_trace_with_node_lines_like_a_live_run(
     (drop,) = [f for f in out if f["kind"] == "throughput_drop"]
     assert diags[0]["detected_at"] == drop["detected_at"]
     assert drop["detected_at"] - ONSET <= 10.0
+
+
+def test_the_prometheus_form_of_the_same_drop_names_the_same_cause():
+    """The `throughput` rule's drop (Prometheus series: no node records) and the step
+    rule's drop of the same moment are one drop: the first takes the second's signals."""
+    from sentinel.rules.detectors import diagnosis
+    from sentinel.rules.finding import Finding
+
+    steps_drop, _ = findings(*trace(CASES["gpu_contention"]))
+    (sd,) = steps_drop
+    series_drop = Finding(kind="throughput_drop", severity="warning", summary="series",
+                          suggested_action="notify", detector="throughput_drop", job="j",
+                          time_start=ONSET + 5.0, time_end=ONSET + 40.0,
+                          evidence={"scope": "job"}, episode=f"{ONSET + 5.0:.0f}",
+                          rule="throughput")
+    got = diagnosis.detect(Window(findings=[sd, series_drop]), diagnosis.Params())
+    assert [(d.evidence["drop"], d.evidence["cause"], d.gpu) for d in got] == [
+        (sd.key, "gpu_contention", "0"), (series_drop.key, "gpu_contention", "0")]
+    assert got[1].evidence["node_signals"] == sd.key
+    alone = diagnosis.detect(Window(findings=[series_drop]), diagnosis.Params())
+    assert [d.evidence["cause"] for d in alone] == ["job_wide_slowdown"]
