@@ -52,18 +52,23 @@ ROOT = Path(__file__).resolve().parents[2]
 SUBTLE_FRACTION = 0.10  # share of a subtle bad batch's bytes made random
 SPIKE_SPAN = 20  # steps a bad batch may disturb the loss for (as record_real.py)
 CHECKPOINT_EVERY_S = 8.0  # a full save of model and optimizer this often
-# The competing process: 8192-square matmuls on the GPU (1.5 ms kernels on an H200). The
-# first corpus (2026-11-29) used 4096 (0.2 ms kernels) and the job, launch-bound at ~20 ms
-# a step, lost only ~10% of its throughput: too little for the step rule's 25% line.
 COMPETITOR = """
 import sys, time, torch
-dev = sys.argv[1]; end = time.time() + float(sys.argv[2])
-n = 8192 if dev != "cpu" else 1024
-a = torch.randn(n, n, device=dev, dtype=torch.bfloat16 if dev != "cpu" else torch.float32)
+dev, start, end, mark = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+big = dev != "cpu"
+n = 8192 if big else 512
+a = torch.randn(n, n, device=dev, dtype=torch.bfloat16 if big else torch.float32)
+b = a @ a  # warm up (CUDA context, cuBLAS) before the window, not in it
+if big: torch.cuda.synchronize()
+time.sleep(max(0.0, start - time.time()))
+open(mark, "w").write(repr(time.time()))  # when the GPU really became shared
 while time.time() < end:
-    b = a @ a
-    if dev != "cpu": torch.cuda.synchronize()
+    for _ in range(20):  # queue work back to back: the GPU never waits for this process
+        b = a @ a
+    if big: torch.cuda.synchronize()
 """
+# Seconds before its window that the competitor starts (python, torch, CUDA context).
+COMPETITOR_LEAD_S = 12.0
 
 
 @dataclass
@@ -170,10 +175,19 @@ class NodeWatch:
                                    gpus=self.gpu.quick if self.gpu is not None else None,
                                    active=lambda: True)
 
+    def _uuid(self) -> str | None:
+        """Return the trainer's GPU UUID (CUDA's numbering need not be NVML's)."""
+        try:
+            import torch
+            uuid = str(torch.cuda.get_device_properties(self.index).uuid)
+        except Exception:  # noqa: BLE001 - no CUDA: the GPU by NVML's index, if any
+            return self.sampler.uuids.get(self.index)
+        return uuid if uuid.startswith(("GPU-", "MIG-")) else f"GPU-{uuid}"
+
     def records(self, run: str) -> list[dict[str, Any]]:
         """Return the node records of the run (``run`` named on each), oldest first."""
         from sentinel.agent.nodestream import node_records
-        uuid = self.sampler.uuids.get(self.index)
+        uuid = self._uuid() if self.gpu is not None else None
         mine = {uuid} if uuid else set()
         recs = node_records(self.ring.since(0.0), self.sampler.uuids, self.host, mine,
                             dict.fromkeys(mine, 1))
@@ -257,7 +271,8 @@ class Job:
 
 
 def record(run: Run, args: argparse.Namespace, corpus: bytes, out: Path) -> dict[str, Any]:
-    """Train one run, causing its cause in its window; write its trace and node trace."""
+    """Train one run, causing its cause in its window; write its trace (steps and node
+    records)."""
     job = Job(run, args, corpus)
     host = socket.gethostname()
     lines: list[tuple[float, str]] = []  # (time, line): steps now, node records at the end
@@ -273,6 +288,12 @@ def record(run: Run, args: argparse.Namespace, corpus: bytes, out: Path) -> dict
         except SystemExit as e:  # no O_DIRECT on this filesystem: say so, read normally
             run.notes.append(f"job reads without O_DIRECT: {e}")
     a, b = (t0 + run.window[0], t0 + run.window[1]) if run.cause else (0.0, 0.0)
+    if run.cause == "gpu_contention":
+        # Started before its window so that its start-up is not part of it; the run's
+        # window must leave it the time (the competitor itself waits for ``a``).
+        a = max(a, t0 + (3.0 if args.smoke else COMPETITOR_LEAD_S))
+        b = max(b, a + (run.window[1] - run.window[0]))
+    mark = out / "work" / "competitor.start"
     durations: list[float] = []
     loop_per_s = _loop_rate() if run.cause == "growing_slowdown" else 0.0
     saved = t0
@@ -280,9 +301,11 @@ def record(run: Run, args: argparse.Namespace, corpus: bytes, out: Path) -> dict
         last = time.time()
         while (job.step < run.steps) if run.steps else (time.time() - t0 < run.seconds):
             now = time.time()
-            if run.cause == "gpu_contention" and competitor is None and now >= a:
+            if run.cause == "gpu_contention" and competitor is None:
+                mark.unlink(missing_ok=True)
                 competitor = subprocess.Popen(
-                    [sys.executable, "-c", COMPETITOR, args.device, str(b - now)])
+                    [sys.executable, "-c", COMPETITOR, args.device, repr(a), repr(b),
+                     str(mark)])
             if run.cause == "storage_stall" and flood is None and now >= a:
                 flood = DiskFlood(data_file).__enter__()
             if flood is not None and now >= b and not flood.stop.is_set():
@@ -316,6 +339,11 @@ def record(run: Run, args: argparse.Namespace, corpus: bytes, out: Path) -> dict
         flood.__exit__()
     if competitor is not None:
         competitor.wait(timeout=60)
+        try:  # the label starts when the GPU was really shared, not when asked to be
+            a = float(mark.read_text())
+        except (OSError, ValueError):
+            run.notes.append(f"competitor never started computing (exit {competitor.returncode})")
+            a = b
     lines += [(r["time"], jsonnum.dumps(r)) for r in watch.records(run.name)]
     # One file in time order, steps and node records: what `sentinel detect FILE` reads.
     (out / "traces" / f"{run.name}.jsonl").write_text(
