@@ -344,6 +344,9 @@ def record(run: Run, args: argparse.Namespace, corpus: bytes, out: Path) -> dict
         except (OSError, ValueError):
             run.notes.append(f"competitor never started computing (exit {competitor.returncode})")
             a = b
+        if a > b:  # its start-up outlasted its window (a loaded machine): no window
+            run.notes.append(f"competitor started computing {a - b:.1f} s after its window")
+            a = b
     lines += [(r["time"], jsonnum.dumps(r)) for r in watch.records(run.name)]
     # One file in time order, steps and node records: what `sentinel detect FILE` reads.
     (out / "traces" / f"{run.name}.jsonl").write_text(

@@ -90,7 +90,6 @@ class NodeSignals:
     def __init__(self, res: float, keep_s: float, max_nodes: int) -> None:
         self.res, self.keep_s, self.max_nodes = res, keep_s, max_nodes
         self._nodes: dict[str, OrderedDict[int, _Second]] = {}
-        self._latest = -math.inf
         self.extra_nodes = 0  # records of nodes past max_nodes, not kept
         self.seen_data = False  # any step reported its input wait
         self.seen_records = False  # any node record came
@@ -110,8 +109,6 @@ class NodeSignals:
             # the ranks' clocks, so the dict's first entries are its oldest).
             while len(secs) > self.keep_s / self.res + 1:
                 secs.popitem(last=False)
-        if t > self._latest:
-            self._latest = t
         return sec
 
     def step(self, node: str, t: float, duration: float, data_s: float) -> None:

@@ -20,10 +20,12 @@ def test_split_alternates_within_a_family_and_holds_out_singletons():
 
 
 def test_the_recorder_writes_labelled_split_traces_the_tools_read(tmp_path):
-    """Two runs at toy size on the CPU: a subtle bad batch and a GPU-contention window."""
+    """Two runs at toy size on the CPU: a subtle bad batch and a GPU-contention window
+    (12 s: the competitor's Python and torch start-up must fit before its window)."""
     r = subprocess.run(
         [sys.executable, "-m", "bench.detectors.record_gpu", "--device", "cpu", "--smoke",
-         "--only", "subtle-s0,gpu_contention-s0", "--out", str(tmp_path)],
+         "--only", "subtle-s0,gpu_contention-s0", "--throughput-s", "12",
+         "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr
     traces = tmp_path / "traces"
