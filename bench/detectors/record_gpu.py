@@ -4,15 +4,18 @@
     python -m bench.detectors.record_gpu --device cpu --smoke --out /tmp/x   # a check
 
 One process trains a 25M-parameter byte-level GPT (sentinel.examples.gpt's model, d=512,
-8 layers; the old corpus used 3.3M) and writes, per run, ``<out>/traces/<name>.jsonl``
-in `sentinel detect FILE`'s format (docs/DETECT-INPUT.md: run, step, rank, node, time,
-loss, grad_norm, tokens, tokens_per_sec), ``<name>.node.jsonl`` (what the node saw each
-second: the job's input wait, the disk's worst one-second read latency and I/Os in
-flight from /proc/diskstats, the GPU's compute processes from NVML) and
-``<name>.labels.json`` (format: bench/detectors/corpus.py, plus ``time_events`` for
+8 layers; the old corpus used 3.3M) and writes, per run, ``<out>/traces/<name>.jsonl``:
+one file in `sentinel detect FILE`'s format (docs/DETECT-INPUT.md), time-ordered step
+records (run, step, rank, node, time, loss, grad_norm, tokens, tokens_per_sec, and
+``data_s``, the step's wait for its batch) and node records, one a second, made by the
+agent's own code (``sentinel.agent.nodestream``: the disk_stall sampler's worst read
+latency and I/Os in flight, the GPU's compute processes and the rank on it, its bad
+clock-event reasons), so a trace replays through ``sentinel detect`` as a live run would;
+and ``<name>.labels.json`` (format: bench/detectors/corpus.py, plus ``time_events`` for
 throughput causes and ``split``). ``<out>/split.json`` says which traces are for tuning
 and which are held out: within each family, alternate runs (sorted by name) go to
-``tune`` and ``held_out``; a family of one run is held out.
+``tune`` and ``held_out``; a family of one run is held out. (Recordings made before node
+records (a separate ``<name>.node.jsonl``) are read by bench/detectors/gputrace.py.)
 
 Loss runs (steps; labels from what was injected, never from a detector):
   healthy at 3 seeds and 2 learning rates; high-LR (8x) at 2 seeds, whose grad-norm
@@ -85,10 +88,14 @@ class Run:
     notes: list[str] = field(default_factory=list)
 
 
-def plan(smoke: bool) -> list[Run]:
-    """Return the runs, sized for one H200 (or a seconds-long CPU check)."""
+def plan(smoke: bool, throughput_s: float = 0.0) -> list[Run]:
+    """Return the runs, sized for one H200 (or a seconds-long CPU check).
+
+    ``throughput_s``: the throughput runs' length (0: 45 s, 6 s with ``smoke``; the
+    detector needs ~10 s of the run before a cause to know its normal pace).
+    """
     n = 30 if smoke else 600
-    tp = 6.0 if smoke else 45.0
+    tp = throughput_s or (6.0 if smoke else 45.0)
     win = (tp / 3, 2 * tp / 3)
     runs = [Run(f"healthy-s{s}-lr{k}", "healthy", steps=n, seed=s, lr_scale=k)
             for s in range(3) for k in (1.0, 2.0) if not (smoke and s > 0)]
@@ -144,65 +151,60 @@ class DiskFlood:
 
 
 class NodeWatch:
-    """Every second: the worst disk's read latency and in-flight I/Os, GPU processes."""
+    """What the node saw each second, recorded by the agent's own code.
+
+    The agent's ``disk_stall`` sampler and NVML fields (``GpuCollector.quick``) feed its
+    ``NodeSampler``; :meth:`records` turns the samples into detector-input node records
+    exactly as the agent's ``/api/v1/node`` does: the trainer's GPU, its one rank, the
+    bad clock-event reasons. One source for each signal, live and recorded.
+    """
 
     def __init__(self, device: str) -> None:
-        from sentinel.agent.collectors.disk import parse_diskstats
-        self.parse = parse_diskstats
-        self.device = device
-        self.rows: list[dict[str, Any]] = []
-        self.data_s: list[float] = []  # input waits since the last row
-        self.stop = threading.Event()
-        self.nvml: Any = None
-        if device.startswith("cuda"):
-            try:
-                import pynvml
-                pynvml.nvmlInit()
-                self.nvml = pynvml
-            except Exception as e:  # noqa: BLE001 - the trace says it has no GPU column
-                print(f"record_gpu: no NVML ({e}): no GPU process column", file=sys.stderr)
-        self.thread = threading.Thread(target=self._run, daemon=True)
+        from sentinel.agent.collectors.base import Context
+        from sentinel.agent.collectors.disk_stall import DiskStallCollector
+        from sentinel.agent.collectors.gpu import GpuCollector
+        from sentinel.agent.config import AgentConfig
+        from sentinel.agent.nodestream import NodeRing, NodeSampler
+        ctx = Context(config=AgentConfig())
+        self.host = socket.gethostname()
+        self.disk = DiskStallCollector(ctx)
+        self.gpu = GpuCollector(ctx) if device.startswith("cuda") else None
+        self.index = int(device.split(":")[1]) if ":" in device else 0
+        self.ring = NodeRing()
+        self.sampler = NodeSampler(self.ring, disk=self.disk.latest,
+                                   gpus=self.gpu.quick if self.gpu is not None else None,
+                                   active=lambda: True)
 
-    def _disks(self) -> dict[str, Any]:
+    def _uuid(self) -> str | None:
+        """Return the trainer's GPU UUID (CUDA's numbering need not be NVML's)."""
         try:
-            return self.parse(Path("/proc/diskstats").read_text())
-        except OSError:
-            return {}
+            import torch
+            uuid = str(torch.cuda.get_device_properties(self.index).uuid)
+        except Exception:  # noqa: BLE001 - no CUDA: the GPU by NVML's index, if any
+            return self.sampler.uuids.get(self.index)
+        return uuid if uuid.startswith(("GPU-", "MIG-")) else f"GPU-{uuid}"
 
-    def _gpu_procs(self) -> int | None:
-        if self.nvml is None:
-            return None
-        idx = int(self.device.split(":")[1]) if ":" in self.device else 0
-        h = self.nvml.nvmlDeviceGetHandleByIndex(idx)
-        return len(self.nvml.nvmlDeviceGetComputeRunningProcesses(h))
-
-    def _run(self) -> None:
-        prev = self._disks()
-        while not self.stop.wait(1.0):
-            cur = self._disks()
-            lat, inflight = 0.0, 0
-            for dev, s in cur.items():
-                p = prev.get(dev)
-                if p is None:
-                    continue
-                d = s.reads - p.reads
-                if d > 0:
-                    lat = max(lat, (s.read_ms - p.read_ms) / 1000.0 / d)
-                inflight = max(inflight, s.in_flight)
-            prev = cur
-            waits, self.data_s = self.data_s, []
-            self.rows.append({"time": time.time(), "disk_read_latency_max_s": lat,
-                              "disk_in_flight_max": inflight,
-                              "gpu_compute_processes": self._gpu_procs(),
-                              "data_s_mean": sum(waits) / len(waits) if waits else None})
+    def records(self, run: str) -> list[dict[str, Any]]:
+        """Return the node records of the run (``run`` named on each), oldest first."""
+        from sentinel.agent.nodestream import node_records
+        uuid = self._uuid() if self.gpu is not None else None
+        mine = {uuid} if uuid else set()
+        recs = node_records(self.ring.since(0.0), self.sampler.uuids, self.host, mine,
+                            dict.fromkeys(mine, 1))
+        return [{"run": run, **r} for r in recs]
 
     def __enter__(self) -> NodeWatch:
-        self.thread.start()
+        self.disk.start()
+        if self.gpu is not None:
+            self.gpu.start()
+        self.sampler.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(timeout=5)
+        self.sampler.close()
+        self.disk.close()
+        if self.gpu is not None:
+            self.gpu.close()
 
 
 class Job:
@@ -269,10 +271,11 @@ class Job:
 
 
 def record(run: Run, args: argparse.Namespace, corpus: bytes, out: Path) -> dict[str, Any]:
-    """Train one run, causing its cause in its window; write its trace and node trace."""
+    """Train one run, causing its cause in its window; write its trace (steps and node
+    records)."""
     job = Job(run, args, corpus)
     host = socket.gethostname()
-    trace = (out / "traces" / f"{run.name}.jsonl").open("w")
+    lines: list[tuple[float, str]] = []  # (time, line): steps now, node records at the end
     data_file = out / "work" / "corpus.bin"
     watch = NodeWatch(args.device)
     t0 = time.time()
@@ -316,7 +319,6 @@ def record(run: Run, args: argparse.Namespace, corpus: bytes, out: Path) -> dict
             t_data = time.perf_counter()
             x = job.batch(grow)
             data_s = time.perf_counter() - t_data
-            watch.data_s.append(data_s)
             loss, gn = job.train(x)  # float() syncs: the step is done
             if run.cause == "checkpoint" and time.time() - saved >= CHECKPOINT_EVERY_S:
                 job.torch.save({"model": job.model.state_dict(), "opt": job.opt.state_dict()},
@@ -327,10 +329,10 @@ def record(run: Run, args: argparse.Namespace, corpus: bytes, out: Path) -> dict
                 durations.append(t - last)
                 del durations[:-200]
             tokens = job.cfg.batch_size * job.cfg.seq_len
-            trace.write(jsonnum.dumps({
+            lines.append((t, jsonnum.dumps({
                 "run": run.name, "step": job.step, "rank": 0, "node": host, "time": t,
                 "loss": loss, "grad_norm": gn, "tokens": tokens,
-                "tokens_per_sec": tokens / max(t - last, 1e-9)}) + "\n")
+                "tokens_per_sec": tokens / max(t - last, 1e-9), "data_s": data_s})))
             last = t
             job.step += 1
     if flood is not None:
@@ -342,10 +344,13 @@ def record(run: Run, args: argparse.Namespace, corpus: bytes, out: Path) -> dict
         except (OSError, ValueError):
             run.notes.append(f"competitor never started computing (exit {competitor.returncode})")
             a = b
-    trace.close()
-    with (out / "traces" / f"{run.name}.node.jsonl").open("w") as fh:
-        for row in watch.rows:
-            fh.write(json.dumps(row) + "\n")
+        if a > b:  # its start-up outlasted its window (a loaded machine): no window
+            run.notes.append(f"competitor started computing {a - b:.1f} s after its window")
+            a = b
+    lines += [(r["time"], jsonnum.dumps(r)) for r in watch.records(run.name)]
+    # One file in time order, steps and node records: what `sentinel detect FILE` reads.
+    (out / "traces" / f"{run.name}.jsonl").write_text(
+        "".join(line + "\n" for _t, line in sorted(lines, key=lambda x: x[0])))
     return {"params": job.params, "steps": job.step, "seconds": time.time() - t0,
             "window": [a, b] if run.cause else None}
 
@@ -400,6 +405,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget-s", type=float, default=340.0,
                     help="stop starting runs past this many seconds (the rest are listed)")
     ap.add_argument("--only", default="", help="comma-separated run names (default: all)")
+    ap.add_argument("--throughput-s", type=float, default=0.0,
+                    help="seconds per throughput run (default 45, 6 with --smoke: too short "
+                         "for a drop to be found; 40 makes a CPU corpus the detector can use)")
     args = ap.parse_args(argv)
     from sentinel.examples.gpt import load_corpus
     out = Path(args.out)
@@ -414,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     done: dict[str, list[str]] = {}
     skipped = []
     only = {n for n in args.only.split(",") if n}
-    for run in plan(args.smoke):
+    for run in plan(args.smoke, args.throughput_s):
         if only and run.name not in only:
             continue
         if time.time() - start > args.budget_s:

@@ -1,10 +1,13 @@
 """Run the loss-spike benchmark: sentinel vs the peers on the labeled corpus.
 
     python -m bench.detectors.run [--per-family 12] [--steps 3000] [--seed 0]
-        [--out out] [--write-docs]
+        [--out out] [--write-docs] [--real-dir OUT/traces --split held_out]
 
 Prints a markdown table, writes ``<out>/detectors.json`` and, with ``--write-docs``,
-replaces the generated block in docs/BENCHMARKS.md.
+replaces the generated block in docs/BENCHMARKS.md. With ``--real-dir`` (the GPU corpus
+of record_gpu.py) the same part of the corpus is also replayed for throughput through
+`sentinel detect`'s path (bench/detectors/throughput.py): its table is printed after
+the loss-spike one and written to ``<out>/throughput_traces.json``.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pathlib import Path
 
 from bench.detectors.corpus import load_real, synthetic
 from bench.detectors.evaluate import MERGE_GAP, TOLERANCE, markdown, run_benchmark
+from bench.detectors.throughput import corpus_table, replay_corpus
 
 ROOT = Path(__file__).resolve().parents[2]
 BEGIN = "<!-- generated: bench/detectors/run.py begin -->"
@@ -55,6 +59,13 @@ def main(argv: list[str] | None = None) -> int:
             "split": args.split, "machine": platform.platform(),
             "python": sys.version.split()[0]}
     (out / "detectors.json").write_text(json.dumps({"meta": meta, **result}, indent=1))
+    if args.real_dir is not None:
+        traces = replay_corpus(args.real_dir, args.split)
+        print(f"\nThroughput, {len(traces)} traces of {args.real_dir}"
+              f"{f' ({args.split})' if args.split else ''}, replayed through sentinel "
+              f"detect:\n\n{corpus_table(traces)}")
+        (out / "throughput_traces.json").write_text(json.dumps(
+            {"meta": meta, "traces": traces}, indent=1))
     if args.write_docs:
         doc = ROOT / "docs" / "BENCHMARKS.md"
         text = doc.read_text()

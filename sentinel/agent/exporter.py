@@ -22,7 +22,10 @@ from collections.abc import Iterator
 from sentinel import __version__
 from sentinel.agent.collectors import COLLECTORS, Collector
 from sentinel.agent.collectors.base import Context
+from sentinel.agent.collectors.disk_stall import DiskStallCollector
+from sentinel.agent.collectors.gpu import GpuCollector
 from sentinel.agent.collectors.training import TrainingCollector
+from sentinel.agent.nodestream import NodeRing, NodeSampler
 from sentinel.exposition import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -202,6 +205,9 @@ class Agent:
         # One scrape at a time: a second one would find every collector busy with the
         # first's collect. Each waits for the other at most one collector timeout.
         self._scrape_lock = threading.Lock()
+        # What the node saw each second, served with the step stream (/api/v1/node).
+        self.node_ring = NodeRing()
+        self.node_sampler: NodeSampler | None = None
 
     def collector(self, name: str) -> Collector | None:
         """Return the running collector called ``name``, if enabled."""
@@ -217,12 +223,31 @@ class Agent:
         return c if isinstance(c, TrainingCollector) else None
 
     def start(self) -> None:
-        """Start every collector's background work."""
+        """Start every collector's background work, and the node records' sampler."""
         for c in self.collectors:
             c.start()
+        self.node_sampler = self._node_sampler()
+        if self.node_sampler is not None:
+            self.node_sampler.start()
+
+    def _node_sampler(self) -> NodeSampler | None:
+        """Return the per-second node sampler, if there are steps and something to sample."""
+        tr = self.training
+        disk = self.collector("disk_stall")
+        gpu = self.collector("gpu")
+        if tr is None or (disk is None and gpu is None):
+            return None
+        store = tr.store
+        return NodeSampler(
+            self.node_ring,
+            disk=disk.latest if isinstance(disk, DiskStallCollector) else None,
+            gpus=gpu.quick if isinstance(gpu, GpuCollector) else None,
+            active=lambda: bool(store.jobs), now=self.ctx.now)
 
     def close(self) -> None:
         """Stop the runners and the collectors; errors are logged, never raised."""
+        if self.node_sampler is not None:
+            self.node_sampler.close()  # before the collectors it reads close
         self._pool.close()
         for slot in self.slots:
             if slot.job is not None:

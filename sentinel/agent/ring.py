@@ -16,13 +16,13 @@ from collections.abc import Iterator
 from typing import NamedTuple
 
 # seq (arrival number in the job), step, rank, loss, grad_norm, tokens, samples, batch,
-# time, flags (which of grad_norm, samples, batch were reported).
-_RECORD = struct.Struct("<QqIddqqqdB")
+# time, flags (which of grad_norm, samples, batch, data_s were reported), data_s.
+_RECORD = struct.Struct("<QqIddqqqdBd")
 RECORD_BYTES = _RECORD.size
-HAS_GRAD_NORM, HAS_SAMPLES, HAS_BATCH = 1, 2, 4
+HAS_GRAD_NORM, HAS_SAMPLES, HAS_BATCH, HAS_DATA_S = 1, 2, 4, 8
 # Bytes all jobs' rings may take together (agent.step_ring_size x agent.max_jobs x
 # RECORD_BYTES); 64 MiB is a quarter of the unit's MemoryMax=256M. The default 20000
-# records x 16 jobs is 21 MiB.
+# records x 16 jobs is 23.5 MiB.
 MAX_RING_BYTES = 64 << 20
 # Counters per rank for tokens/sec: the window in 64 slices (+1 for the slice the
 # window's start falls in), so the rate is exact to within 1/64 of the window's tokens
@@ -42,6 +42,8 @@ class Record(NamedTuple):
     samples: int | None
     batch: int | None
     time: float
+    # Seconds the step waited for its input (the Reporter's extra ``data_s``).
+    data_s: float | None = None
 
 
 class StepRing:
@@ -65,10 +67,11 @@ class StepRing:
         """Add a record, dropping the oldest when full."""
         flags = ((HAS_GRAD_NORM if r.grad_norm is not None else 0)
                  | (HAS_SAMPLES if r.samples is not None else 0)
-                 | (HAS_BATCH if r.batch is not None else 0))
+                 | (HAS_BATCH if r.batch is not None else 0)
+                 | (HAS_DATA_S if r.data_s is not None else 0))
         packed = _RECORD.pack(r.seq, r.step, r.rank, r.loss,
                               math.nan if r.grad_norm is None else r.grad_norm, r.tokens,
-                              r.samples or 0, r.batch or 0, r.time, flags)
+                              r.samples or 0, r.batch or 0, r.time, flags, r.data_s or 0.0)
         if self._len < self.capacity:
             self._buf += packed
             self._len += 1
@@ -83,9 +86,9 @@ class StepRing:
         return bytes(self._buf[off:]) + bytes(self._buf[:off])
 
 
-# A record as unpacked: Record's fields in order, then the flags; absent values are
-# still placeholders (see as_record).
-Row = tuple[int, int, int, float, float, int, int, int, float, int]
+# A record as unpacked: Record's fields up to time, the flags, then data_s; absent values
+# are still placeholders (see as_record).
+Row = tuple[int, int, int, float, float, int, int, int, float, int, float]
 
 
 def rows(snapshot: bytes) -> Iterator[Row]:
@@ -95,10 +98,11 @@ def rows(snapshot: bytes) -> Iterator[Row]:
 
 def as_record(row: Row) -> Record:
     """Return the Record of a raw row, with None where the report had no value."""
-    seq, step, rank, loss, gn, tokens, samples, batch, t, flags = row
+    seq, step, rank, loss, gn, tokens, samples, batch, t, flags, data_s = row
     return Record(seq, step, rank, loss, gn if flags & HAS_GRAD_NORM else None, tokens,
                   samples if flags & HAS_SAMPLES else None,
-                  batch if flags & HAS_BATCH else None, t)
+                  batch if flags & HAS_BATCH else None, t,
+                  data_s if flags & HAS_DATA_S else None)
 
 
 def records(snapshot: bytes) -> Iterator[Record]:

@@ -1,13 +1,15 @@
-"""Serve /metrics, /healthz and GET /api/v1/steps (paged) through sentinel.httpserve."""
+"""Serve /metrics, /healthz, GET /api/v1/steps (paged) and /api/v1/node (sentinel.httpserve)."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import logging
+import math
 from typing import Any
 
 from sentinel.agent.exporter import Agent
+from sentinel.agent.nodestream import node_records
 from sentinel.agent.steps import Cursor
 from sentinel.httpserve import HttpServer as _HttpServer
 from sentinel.httpserve import Limits, Request, Response
@@ -23,6 +25,7 @@ CONTENT_TYPE_METRICS = "text/plain; version=0.0.4; charset=utf-8"
 MAX_PAGE_RECORDS = 5000
 MAX_PAGE_BYTES = 1 << 20
 STEPS_PARAMS = ("job", "since", "rank", "limit", "cursor")
+NODE_PARAMS = ("job", "since")
 # One strict encoder for every record (json.dumps builds one per call): a record's only
 # floats that can be non-finite are loss and grad_norm, spelled as strings before.
 _RECORD_JSON = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
@@ -44,11 +47,46 @@ class AgentRoutes:
             return Response(200 if ok else 503, (why + "\n").encode())
         if req.path == "/api/v1/steps":
             return self.steps(req.query)
+        if req.path == "/api/v1/node":
+            return self.node(req.query)
         if req.path == "/":
             return Response(200, b"sentinel agent: /metrics /healthz "
-                                 b"/api/v1/steps?job=J&since=STEP[&limit=N&cursor=NEXT]\n")
+                                 b"/api/v1/steps?job=J&since=STEP[&limit=N&cursor=NEXT] "
+                                 b"/api/v1/node?job=J&since=UNIX_TIME\n")
         return _json(404, {"error": f"no such path {req.path!r} "
-                                    "(valid: /metrics, /healthz, /api/v1/steps)"})
+                                    "(valid: /metrics, /healthz, /api/v1/steps, /api/v1/node)"})
+
+    def node(self, q: dict[str, list[str]]) -> Response:
+        """Answer the node records newer than ``since`` for a job (see docs/METRICS.md)."""
+        tr = self.agent.training
+        if tr is None:
+            return _json(404, {"error": "the training collector is disabled on this agent"})
+        unknown = sorted(set(q) - set(NODE_PARAMS))
+        if unknown:
+            return _json(400, {"error": f"unknown parameter {unknown[0]!r} "
+                                        f"(valid: {', '.join(NODE_PARAMS)})"})
+        job = (q.get("job") or [""])[0]
+        if not job:
+            return _json(400, {"error": "missing parameter 'job' (e.g. ?job=myrun&since=0)"})
+        raw = (q.get("since") or ["0"])[0]
+        try:
+            since = float(raw)
+        except ValueError:
+            since = math.nan
+        if not math.isfinite(since):
+            return _json(400, {"error": f"parameter 'since': {raw[:40]!r} is not a time "
+                                        "(valid: unix seconds, the newest record's time "
+                                        "seen)"})
+        try:
+            host, gpus, ranks = tr.store.placement(job)
+        except KeyError:
+            known = ", ".join(tr.store.job_names()) or "none"
+            return _json(404, {"error": f"unknown job {job[:200]!r} (known: {known})"})
+        sampler = self.agent.node_sampler
+        recs = node_records(self.agent.node_ring.since(since),
+                            sampler.uuids if sampler is not None else {},
+                            host or self.agent.ctx.hostname, gpus, ranks)
+        return Response(200, dumps({"job": job, "node": recs}).encode(), "application/json")
 
     def steps(self, q: dict[str, list[str]]) -> Response:
         """Answer one page of a job's step records (see docs/METRICS.md)."""

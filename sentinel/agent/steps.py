@@ -236,9 +236,11 @@ class StepStore:
             rank.finished_at = None  # reporting steps again: running
             job = self.jobs[report.identity.job]
             self._step(rank, report, now)
+            wait = report.extra.get(EXTRA_DATA_S)
             job.ring.append(Record(job.seq, report.step, report.identity.rank, report.loss,
                                    report.grad_norm, report.tokens, report.samples,
-                                   self._batch(report, rank), report.time))
+                                   self._batch(report, rank), report.time,
+                                   wait if wait is not None and wait >= 0 else None))
             job.seq += 1
             return True
 
@@ -350,6 +352,21 @@ class StepStore:
         """Return all of ``job``'s records with step >= since, by (step, rank) (see page)."""
         return [rec for _, rec in self.page(job, since, rank)[0]]
 
+    def placement(self, job: str) -> tuple[str, set[str], dict[str, int]]:
+        """Return where ``job`` runs: its ranks' host, the GPU UUIDs they report, and the
+        ranks of every job per GPU UUID (KeyError if the job is unknown).
+        """
+        with self.lock:
+            state = self.jobs[job]
+            host = next((r.host for r in state.ranks.values() if r.host), "")
+            gpus = {r.gpu_uuid for r in state.ranks.values() if r.gpu_uuid}
+            ranks: dict[str, int] = {}
+            for j in self.jobs.values():
+                for r in j.ranks.values():
+                    if r.gpu_uuid and r.finished_at is None:
+                        ranks[r.gpu_uuid] = ranks.get(r.gpu_uuid, 0) + 1
+        return host, gpus, ranks
+
     def job_names(self) -> list[str]:
         """Return the names of the jobs known now."""
         with self.lock:
@@ -359,7 +376,7 @@ class StepStore:
 def _as_dict(r: Record, host: str) -> dict[str, Any]:
     return {"step": r.step, "rank": r.rank, "loss": r.loss, "grad_norm": r.grad_norm,
             "tokens": r.tokens, "samples": r.samples, "time": r.time, "host": host,
-            "batch": r.batch}
+            "batch": r.batch, "data_s": r.data_s}
 
 
 def _who(uid: int | None) -> str:

@@ -357,6 +357,23 @@ class Nvml:
                 self._sample_slow(index, s, h)
         return s
 
+    def sample_fields(self, index: int, names: tuple[str, ...]) -> GpuSample:
+        """Read only the FAST_FIELDS named (``compute_processes``...) of GPU ``index``.
+
+        For readers that need a few fields often (the agent's per-second node records):
+        the same definitions and error handling as :meth:`sample`, a fraction of the calls.
+        """
+        s = GpuSample()
+        h = self._handles.get(index)
+        if h is None:
+            s.errors.append("handle: no NVML handle for this GPU")
+            s.gpu_lost = True
+            return s
+        fields = tuple(f for f in FAST_FIELDS if f.name in names)
+        with self._lock:
+            self._read(s, h, fields)
+        return s
+
     def _sample_slow(self, index: int, s: GpuSample, h: Any) -> None:
         """Fill the SLOW_FIELDS' attributes, from the cache while it is fresh enough."""
         now = self._monotonic()

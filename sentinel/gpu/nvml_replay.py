@@ -10,9 +10,11 @@ handling is exercised exactly as on a real GPU. A dump may also carry
 event-set calls, and per device ``"links": {"<peer index>": {"p2p_nvlink": 0,
 "common_ancestor": 50}}`` for the link-topology calls (absent: NotSupported). A backend
 loaded with :meth:`ReplayBackend.from_file` follows its file: events appended to
-``xid_events`` while it runs are delivered too (write the new file to a temporary name
-and rename it over the old one). That is how ``sentinel demo`` and the tests inject an
-XID into a running agent's replayed GPU.
+``xid_events`` while it runs are delivered too, and the devices' readings are taken
+from the file as it is now (write the new file to a temporary name and rename it over
+the old one). That is how ``sentinel demo`` and the tests inject an XID, another
+compute process or a throttle reason into a running agent's replayed GPU. (The file is
+looked at by the XID waiter's loop, every FOLLOW_INTERVAL_S.)
 """
 
 from __future__ import annotations
@@ -342,10 +344,18 @@ class ReplayBackend:
         if sig is None or sig == self._follow_sig:
             return
         try:
-            events = json.loads(self._follow.read_text(encoding="utf-8")).get("xid_events")
+            data = json.loads(self._follow.read_text(encoding="utf-8"))
+            events = data.get("xid_events")
         except (OSError, ValueError, AttributeError):
             return  # mid-write or gone: looked at again next time
         self._follow_sig = sig
+        devices = data.get("devices")
+        if isinstance(devices, list) and len(devices) == len(self.dump["devices"]) and all(
+                isinstance(d, dict) for d in devices):
+            # The devices' readings as the file says now (a test gives a GPU a second
+            # compute process or a throttle reason while the agent runs). One assignment:
+            # a reader sees the old list or the new one.
+            self.dump["devices"] = devices
         if not isinstance(events, list):
             return
         with self._events_lock:

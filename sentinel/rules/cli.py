@@ -26,8 +26,6 @@ from sentinel.config import ConfigError
 from sentinel.jsonnum import dumps
 
 EXIT_OK, EXIT_FOUND, EXIT_BAD = 0, 1, 2
-# Resumes (steps going back) printed on stderr; more are counted.
-MAX_NOTES = 20
 
 
 def register(subparsers: Any) -> None:
@@ -75,109 +73,20 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _offline(args: argparse.Namespace, rules: list[Any]) -> int:
-    from sentinel.rules.jsonl import InputError, iter_records
+    from sentinel.rules.jsonl import InputError
+    from sentinel.rules.offline import detect_file
 
-    default_run = args.job or Path(args.file).stem
-    runs = _Runs(rules, default_run)
-    unknown: dict[str, str] = {}
-    warned = 0
-    records = 0
+    def say(line: str) -> None:
+        print(f"sentinel detect: {line}", file=sys.stderr)
+
     try:
-        for where, pt in iter_records(args.file, unknown):
-            if len(unknown) > warned:
-                if _unknown_keys(unknown, warned, strict=args.strict):
-                    return EXIT_BAD
-                warned = len(unknown)
-            records += 1
-            runs.feed(where, pt)
+        found = detect_file(args.file, rules, args.job or Path(args.file).stem,
+                            strict=args.strict, say=say)
     except InputError as e:
         print(f"sentinel detect: bad input: {e}", file=sys.stderr)
         return EXIT_BAD
-    if not records:
-        print(f"sentinel detect: bad input: {args.file}: no step records (valid: one JSON "
-              "object per line)", file=sys.stderr)
-        return EXIT_BAD
-    if runs.notes > MAX_NOTES:
-        print(f"sentinel detect: {runs.notes - MAX_NOTES} more resumes not listed",
-              file=sys.stderr)
-    found = runs.finish()
     _emit(found)
     return EXIT_FOUND if found else EXIT_OK
-
-
-def _unknown_keys(unknown: dict[str, str], seen: int, *, strict: bool) -> bool:
-    """Say which keys are not the format's (an error under --strict); return if fatal."""
-    from sentinel.rules.jsonl import KNOWN_KEYS
-
-    for key, where in list(unknown.items())[seen:]:
-        what = "bad input" if strict else "warning"
-        print(f"sentinel detect: {what}: {where}: unknown key {key!r} "
-              f"{'' if strict else 'ignored '}(known: {', '.join(KNOWN_KEYS)})",
-              file=sys.stderr)
-        if strict:
-            return True
-    return False
-
-
-class _Runs:
-    """The rules' step consumers and the input checks, one set per run of the file.
-
-    Records carry their run (``run``/``job``) or belong to the default one; runs stay
-    apart (their steps and times are checked and detected separately) and every finding
-    names its run as its job. At most MAX_RUNS runs, so memory stays bounded.
-    """
-
-    MAX_RUNS = 1000
-
-    def __init__(self, rules: list[Any], default: str) -> None:
-        self.rules, self.default = rules, default
-        # A series rule whose detector another rule runs on the steps (throughput and
-        # throughput-steps) is that rule's Prometheus form: the steps one answers for both.
-        on_steps = {r.detector for r in rules if not r.series and r.source() == "steps"}
-        self.step_rules = [r for r in rules if r.source(online=False) == "steps"
-                           and not (r.series and r.detector in on_steps)]
-        self.runs: dict[str, tuple[Any, list[tuple[Any, Any]]]] = {}
-        self.notes = 0
-
-    def feed(self, where: str, pt: Any) -> None:
-        """Check a record and give it to its run's consumers."""
-        from sentinel.rules.jsonl import DetectorInput, InputError
-
-        name = pt.run or self.default
-        run = self.runs.get(name)
-        if run is None:
-            if len(self.runs) >= self.MAX_RUNS:
-                raise InputError(f"{where}: run {name!r} is the {self.MAX_RUNS + 1}th run of "
-                                 f"the file (valid: at most {self.MAX_RUNS}; split the file)")
-            run = self.runs[name] = (DetectorInput(), [
-                (r, r.spec.stream(r.params, name)) for r in self.step_rules])
-        note = run[0].feed(where, pt)
-        if note is not None:
-            self.notes += 1
-            if self.notes <= MAX_NOTES:
-                print(f"sentinel detect: {note}", file=sys.stderr)
-        for _rule, stream in run[1]:
-            stream.feed(pt)
-
-    def finish(self) -> list[Any]:
-        """Return every run's findings (each run's findings rules on its own findings)."""
-        from sentinel.rules.engine import run_rule, stamp
-        from sentinel.rules.window import Window
-
-        out: list[Any] = []
-        for name, (_checks, streams) in self.runs.items():
-            found: list[Any] = []
-            for rule, stream in streams:
-                found += stamp(rule, stream.finish(), name)
-                for note in stream.notes:
-                    print(f"sentinel detect: rule {rule.name}"
-                          f"{'' if len(self.runs) == 1 else f' (run {name})'}: {note}",
-                          file=sys.stderr)
-            for rule in self.rules:
-                if rule.source(online=False) == "findings":
-                    found += run_rule(rule, Window(job=name, findings=list(found)))
-            out += found
-        return out
 
 
 def _online(args: argparse.Namespace, rules: list[Any]) -> int:

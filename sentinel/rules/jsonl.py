@@ -1,8 +1,11 @@
-"""Read detector-input JSON lines: one step per line. The one parser of the format.
+"""Read detector-input JSON lines: one record per line. The one parser of the format.
 
-Keys: ``step``, optional ``loss``, ``grad_norm``, ``tokens_per_sec``, ``tokens``,
-``time``, ``node``, ``rank``, ``run`` (or ``job``); NaN and infinities spelled as
-:mod:`sentinel.jsonnum` writes them. The format: docs/DETECT-INPUT.md.
+Step records: ``step``, optional ``loss``, ``grad_norm``, ``tokens_per_sec``, ``tokens``,
+``data_s``, ``time``, ``node``, ``rank``, ``run`` (or ``job``). Node records (lines
+without ``step``): ``time``, optional ``node``, ``run``, and what the node saw that
+second: ``disk_read_latency_s``, ``disk_in_flight``, ``gpu_processes``, ``gpu_ranks``,
+``throttle_reasons``. NaN and infinities spelled as :mod:`sentinel.jsonnum` writes them.
+The format: docs/DETECT-INPUT.md.
 ``sentinel detect FILE`` and ``sentinel notify send --steps-jsonl`` both read through
 it, so a bad line gets the same message (file, line, why, what is valid) from each.
 """
@@ -19,9 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from sentinel.config import file_kind
+from sentinel.gpu.reasons import CLOCK_EVENT_REASONS
 from sentinel.jsonnum import VALID as _NUM_VALID
 from sentinel.jsonnum import decode_number
-from sentinel.rules.window import StepPoint
+from sentinel.rules.window import NodePoint, StepPoint
 
 # A step record is about 150 bytes; a longer "line" is not this format (a binary file,
 # a log with no newlines) and is refused before it is held in memory whole.
@@ -42,9 +46,16 @@ ORDER_WINDOW = 8
 MAX_BACKWARDS = 2
 
 
+# Keys of step records only, of node records only, and of both.
+STEP_KEYS = ("step", "loss", "grad_norm", "tokens_per_sec", "tokens", "data_s", "rank")
+NODE_KEYS = ("disk_read_latency_s", "disk_in_flight", "gpu_processes", "gpu_ranks",
+             "throttle_reasons")
+COMMON_KEYS = ("time", "node", "run", "job")
 # Every key a record may carry; others are reported (``unknown``), never silently dropped.
-KNOWN_KEYS = ("step", "loss", "grad_norm", "tokens_per_sec", "tokens", "time", "node",
-              "rank", "run", "job")
+KNOWN_KEYS = STEP_KEYS + COMMON_KEYS + NODE_KEYS
+# GPUs one node record may name: more than any node has, few enough to bound a line.
+MAX_GPUS = 64
+MAX_GPU_CHARS = 64
 # Unknown key names remembered per file: enough to name every typo, bounded.
 MAX_UNKNOWN_KEYS = 100
 MAX_RUN_CHARS = 200
@@ -80,10 +91,12 @@ def _float(text: str) -> float:
     return x
 
 
-def parse_line(where: str, line: str, unknown: dict[str, str] | None = None) -> StepPoint:
-    """Parse one JSON line into a StepPoint or raise InputError naming ``where``.
+def parse_line(where: str, line: str, unknown: dict[str, str] | None = None
+               ) -> StepPoint | NodePoint:
+    """Parse one JSON line into a StepPoint (or a NodePoint: a line without ``step``).
 
-    Keys not in KNOWN_KEYS go into ``unknown`` (key -> first line with it), if given.
+    Raises InputError naming ``where`` and what is valid. Keys not in KNOWN_KEYS go
+    into ``unknown`` (key -> first line with it), if given.
     """
     try:
         obj = json.loads(line, parse_float=_float)
@@ -94,14 +107,31 @@ def parse_line(where: str, line: str, unknown: dict[str, str] | None = None) -> 
     if not isinstance(obj, dict):
         raise InputError(f"{where}: expected a JSON object like "
                          f'{{"step": 1, "loss": 2.5}}, got {type(obj).__name__}')
-    step = obj.get("step")
-    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= MAX_INDEX:
-        raise InputError(
-            f"{where}: 'step' is {_short(step)} (valid: an integer >= 0, at most 2^53)")
     if unknown is not None:
         for k in obj:
             if k not in KNOWN_KEYS and k not in unknown and len(unknown) < MAX_UNKNOWN_KEYS:
                 unknown[k] = where
+    node_keys = [k for k in NODE_KEYS if k in obj]
+    if "step" not in obj and node_keys:
+        return _node_record(where, obj)
+    if node_keys:
+        raise InputError(f"{where}: {node_keys[0]!r} is a node field, and this line has a "
+                         "'step' (valid: node fields on a line of their own without 'step': "
+                         'a node record, e.g. {"node": "n0", "time": 1764400000.0, '
+                         '"disk_read_latency_s": 0.002})')
+    return _step_record(where, obj)
+
+
+def _step_record(where: str, obj: dict[str, Any]) -> StepPoint:
+    """Return the StepPoint of a parsed step line, checked."""
+    step = obj.get("step")
+    if step is None:
+        raise InputError(f"{where}: 'step' is missing (valid: an integer >= 0 on a step "
+                         "record; a node record has no 'step' but 'time' and at least one "
+                         f"of {', '.join(NODE_KEYS)})")
+    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= MAX_INDEX:
+        raise InputError(
+            f"{where}: 'step' is {_short(step)} (valid: an integer >= 0, at most 2^53)")
     given = obj.get("loss") is not None
     loss = _number(where, "loss", obj["loss"], optional=False) if given else math.nan
     assert loss is not None
@@ -111,19 +141,116 @@ def parse_line(where: str, line: str, unknown: dict[str, str] | None = None) -> 
     if tokens is not None and not math.isfinite(tokens):
         raise InputError(f"{where}: 'tokens' is {obj.get('tokens')!r} (valid: a finite "
                          "number >= 0)")
+    data_s = _number(where, "data_s", obj.get("data_s"), optional=True, nonneg=True)
+    if data_s is not None and not math.isfinite(data_s):
+        raise InputError(f"{where}: 'data_s' is {obj.get('data_s')!r} (valid: the seconds the "
+                         "step waited for its input, a finite number >= 0, or null)")
     run = _run(where, obj)
-    t = _number(where, "time", obj.get("time"), optional=True)
-    if t is not None and not math.isfinite(t):
-        raise InputError(f"{where}: 'time' is {obj.get('time')!r} (valid: finite unix seconds)")
-    node = obj.get("node")
-    if node is not None and not isinstance(node, str):
-        raise InputError(f"{where}: 'node' is {node!r} (valid: a string)")
+    t = _time(where, obj, optional=True)
+    node = _node(where, obj)
     rank = obj.get("rank")
     if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int)
                              or abs(rank) > MAX_INDEX):
         raise InputError(f"{where}: 'rank' is {_short(rank)} (valid: an integer)")
     return StepPoint(step=step, loss=loss, grad_norm=gn, tokens_per_sec=tps, time=t,
-                     node=node, rank=rank, tokens=tokens, run=run, loss_given=given)
+                     node=node, rank=rank, tokens=tokens, run=run, loss_given=given,
+                     data_s=data_s)
+
+
+def _time(where: str, obj: dict[str, Any], *, optional: bool) -> float | None:
+    t = _number(where, "time", obj.get("time"), optional=optional)
+    if t is not None and not math.isfinite(t):
+        raise InputError(f"{where}: 'time' is {obj.get('time')!r} (valid: finite unix seconds)")
+    return t
+
+
+def _node(where: str, obj: dict[str, Any]) -> str | None:
+    node = obj.get("node")
+    if node is not None and not isinstance(node, str):
+        raise InputError(f"{where}: 'node' is {_short(node)} (valid: a string)")
+    return node
+
+
+def node_record(where: str, obj: Any) -> NodePoint:
+    """Return the NodePoint of a decoded node record (a JSON object without ``step``).
+
+    The agent's ``/api/v1/node`` answers records of this format: the step stream reads
+    them through here, as ``sentinel detect FILE`` reads node lines.
+    """
+    if not isinstance(obj, dict) or "step" in obj:
+        raise InputError(f"{where}: expected a node record like "
+                         f'{{"node": "n0", "time": 1764400000.0, "disk_in_flight": 2}}, got '
+                         f"{_short(obj)}")
+    return _node_record(where, obj)
+
+
+def _node_record(where: str, obj: dict[str, Any]) -> NodePoint:
+    """Return the NodePoint of a parsed line without ``step``, checked."""
+    steps_only = [k for k in STEP_KEYS if k in obj]
+    if steps_only:
+        raise InputError(f"{where}: 'step' is missing, and {steps_only[0]!r} belongs to a step "
+                         "record (valid: a step record with 'step', or a node record with "
+                         f"'time' and node fields only: {', '.join(NODE_KEYS)})")
+    if obj.get("time") is None:
+        raise InputError(f"{where}: 'time' is missing (valid: a node record needs the unix "
+                         "seconds of its sample)")
+    t = _time(where, obj, optional=False)
+    assert t is not None
+    lat = _number(where, "disk_read_latency_s", obj.get("disk_read_latency_s"),
+                  optional=True, nonneg=True)
+    if lat is not None and not math.isfinite(lat):
+        raise InputError(f"{where}: 'disk_read_latency_s' is {_short(obj['disk_read_latency_s'])}"
+                         " (valid: seconds, a finite number >= 0, or null for a second "
+                         "without reads)")
+    return NodePoint(
+        time=t, node=_node(where, obj), run=_run(where, obj), disk_read_latency_s=lat,
+        disk_in_flight=_count(where, "disk_in_flight", obj.get("disk_in_flight")),
+        gpu_processes=_per_gpu(where, obj, "gpu_processes", _gpu_count),
+        gpu_ranks=_per_gpu(where, obj, "gpu_ranks", _gpu_count),
+        throttle_reasons=_per_gpu(where, obj, "throttle_reasons", _reason_names))
+
+
+def _count(where: str, key: str, v: Any, *, nullable: bool = True) -> int | None:
+    """Return a count: an integer from 0 to MAX_INDEX, or None (null or absent)."""
+    if v is None and nullable:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= MAX_INDEX:
+        raise InputError(f"{where}: {key!r} is {_short(v)} (valid: an integer >= 0"
+                         f"{', or null' if nullable else ''})")
+    return v
+
+
+def _gpu_count(where: str, key: str, v: Any) -> int:
+    n = _count(where, key, v, nullable=False)
+    assert n is not None
+    return n
+
+
+def _reason_names(where: str, key: str, v: Any) -> tuple[str, ...]:
+    valid = f"a list of clock-event reasons, from: {', '.join(CLOCK_EVENT_REASONS)}"
+    if not isinstance(v, list):
+        raise InputError(f"{where}: {key!r} is {_short(v)} (valid: {valid})")
+    for name in v:
+        if name not in CLOCK_EVENT_REASONS:
+            raise InputError(f"{where}: {key!r} names {_short(name)} (valid: {valid})")
+    return tuple(v)
+
+
+def _per_gpu(where: str, obj: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
+    """Return a per-GPU object (GPU index or name -> value), each value checked."""
+    raw = obj.get(key)
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or len(raw) > MAX_GPUS:
+        raise InputError(f"{where}: {key!r} is {_short(raw)} (valid: an object of at most "
+                         f'{MAX_GPUS} GPUs, GPU index -> value, e.g. {{"0": 2}})')
+    out: dict[str, Any] = {}
+    for gpu, v in raw.items():
+        if not gpu or len(gpu) > MAX_GPU_CHARS:
+            raise InputError(f"{where}: {key!r} names GPU {_short(gpu)} (valid: a GPU index "
+                             f"or name of 1 to {MAX_GPU_CHARS} characters)")
+        out[gpu] = value(where, f"{key}[{gpu}]", v)
+    return out
 
 
 def _run(where: str, obj: dict[str, Any]) -> str | None:
@@ -161,8 +288,8 @@ def _open_regular(p: Path) -> Any:
 
 
 def iter_records(path: str | Path, unknown: dict[str, str] | None = None
-                 ) -> Iterator[tuple[str, StepPoint]]:
-    """Yield ``("FILE:LINE", step)`` for each record, one line at a time.
+                 ) -> Iterator[tuple[str, StepPoint | NodePoint]]:
+    """Yield ``("FILE:LINE", record)`` for each step or node record, one line at a time.
 
     A bad line raises InputError naming it. Lines are read one by one, so a caller that
     keeps only some steps (a plot around one step of a run of millions) holds only those.
@@ -188,9 +315,12 @@ def iter_records(path: str | Path, unknown: dict[str, str] | None = None
 
 
 def iter_steps(path: str | Path) -> Iterator[StepPoint]:
-    """Yield the steps of a JSON-lines file one line at a time; a bad line raises InputError."""
+    """Yield the steps of a JSON-lines file one line at a time (node records are checked,
+    not yielded); a bad line raises InputError.
+    """
     for _where, pt in iter_records(path):
-        yield pt
+        if isinstance(pt, StepPoint):
+            yield pt
 
 
 def read_steps(path: str | Path) -> list[StepPoint]:
@@ -223,21 +353,17 @@ class DetectorInput:
         self.step: int | None = None
         self.changes: deque[bool] = deque(maxlen=ORDER_WINDOW)  # True: went backwards
 
-    def feed(self, where: str, pt: StepPoint) -> str | None:
+    def feed(self, where: str, pt: StepPoint | NodePoint) -> str | None:
         """Check the next record; return a note if its step goes back (a resume)."""
+        if isinstance(pt, NodePoint):
+            self._in_time(where, pt.time)
+            return None
         if pt.loss_given and math.isfinite(pt.loss) and pt.loss <= 0:
             raise InputError(f"{where}: 'loss' is {pt.loss!r} (valid for sentinel detect: a "
                              "loss > 0, or NaN/Infinity: spikes are judged on log-loss; a "
                              "loss that can be zero or negative must be shifted first)")
         if pt.time is not None:
-            if self.latest is not None and self.latest[0] - pt.time > TIME_BACK_TOLERANCE_S:
-                raise InputError(
-                    f"{where}: time {pt.time:.3f} is {self.latest[0] - pt.time:.0f} s before "
-                    f"that of {self.latest[1]}: the lines are out of order (shuffled, reversed "
-                    "or several files concatenated?); a resumed run's time keeps going "
-                    "forward. Sort them by time, e.g. jq -c -s 'sort_by(.time)[]' FILE")
-            if self.latest is None or pt.time > self.latest[0]:
-                self.latest = (pt.time, where)
+            self._in_time(where, pt.time)
         note = None
         if self.step is not None and pt.step != self.step:
             back = pt.step < self.step
@@ -261,3 +387,14 @@ class DetectorInput:
                         "resume from a checkpoint (the loss baseline restarts there)")
         self.step = pt.step
         return note
+
+    def _in_time(self, where: str, t: float) -> None:
+        """Refuse a time far before the newest seen; remember the newest."""
+        if self.latest is not None and self.latest[0] - t > TIME_BACK_TOLERANCE_S:
+            raise InputError(
+                f"{where}: time {t:.3f} is {self.latest[0] - t:.0f} s before "
+                f"that of {self.latest[1]}: the lines are out of order (shuffled, reversed "
+                "or several files concatenated?); a resumed run's time keeps going "
+                "forward. Sort them by time, e.g. jq -c -s 'sort_by(.time)[]' FILE")
+        if self.latest is None or t > self.latest[0]:
+            self.latest = (t, where)

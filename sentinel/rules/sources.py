@@ -12,8 +12,9 @@ from typing import Any
 import requests
 
 from sentinel.jsonnum import decode_number
+from sentinel.rules.jsonl import InputError, node_record
 from sentinel.rules.rulefile import Rule
-from sentinel.rules.window import Series, StepPoint, Window
+from sentinel.rules.window import NodePoint, Series, StepPoint, Window
 
 # Records kept per job between cycles; the agent's own ring is 20,000 per job.
 STEP_CACHE = 20000
@@ -25,14 +26,19 @@ ROLLBACK_PROBE_S = 60.0
 # The agent answers at most 5000 records a page and holds at most ~1M records in all
 # (its step rings are capped at 64 MiB): a read of a whole ring is ~200 pages at most.
 MAX_PAGES = 256
+# Node records kept per job (one a second): 15 minutes, as the agent keeps them.
+NODE_CACHE = 900
+# An agent without /api/v1/node (an older version) is asked again this often: upgraded
+# in place, it serves them without the engine restarting.
+NODE_RETRY_S = 300.0
 
 
 class SourceError(RuntimeError):
     """A source could not answer; the message says which query and why."""
 
 
-def _tokens(v: Any) -> float | None:
-    """Return a step record's token count, or None when it has none (or not a number)."""
+def _nonneg(v: Any) -> float | None:
+    """Return a step record's count or seconds (a number >= 0), or None when it has none."""
     if isinstance(v, bool) or not isinstance(v, int | float) or not v >= 0:
         return None
     return float(v)
@@ -136,6 +142,12 @@ class StepStream:
         self._last_probe: float | None = None
         # Several rules may read the same stream from the engine's fetch threads.
         self._lock = threading.Lock()
+        # What the agent's node saw each second (/api/v1/node), newest time seen, and
+        # until when not to ask an agent that does not serve them.
+        self.node_url = agent_url.rstrip("/") + "/api/v1/node"
+        self.nodes: deque[NodePoint] = deque(maxlen=NODE_CACHE)
+        self._node_since = 0.0
+        self._node_off_until: float | None = None
 
     def _get(self, since: int) -> list[dict[str, Any]]:
         """Return the agent's records with step >= since, following its pages."""
@@ -178,7 +190,7 @@ class StepStream:
                 grad_norm=None if gn is None else decode_number(gn),
                 time=float(rec["time"]) if rec.get("time") is not None else None,
                 node=rec.get("host"), rank=rec.get("rank"), batch=_batch(rec.get("batch")),
-                tokens=_tokens(rec.get("tokens")),
+                tokens=_nonneg(rec.get("tokens")), data_s=_nonneg(rec.get("data_s")),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise SourceError(f"agent {self.url}?job={self.job}: bad step record {rec!r} "
@@ -238,9 +250,42 @@ class StepStream:
             return list(points)
         return [p for p in points if p.time is None or p.time >= self._floor]
 
+    def poll_nodes(self) -> int:
+        """Fetch the node records not seen yet; return how many (0 from an older agent)."""
+        with self._lock:
+            now = self.monotonic()
+            if self._node_off_until is not None and now < self._node_off_until:
+                return 0
+            params = {"job": self.job, "since": repr(self._node_since)}
+            try:
+                r = self.session.get(self.node_url, params=params, timeout=self.timeout)
+            except requests.RequestException as e:
+                raise SourceError(f"agent {self.node_url}: {e}") from e
+            if r.status_code == 404 and "no such path" in r.text:
+                # An agent from before node records: the steps alone, as before.
+                self._node_off_until = now + NODE_RETRY_S
+                return 0
+            if r.status_code != 200:
+                raise SourceError(f"agent {self.node_url}?job={self.job}: HTTP "
+                                  f"{r.status_code}: {r.text[:200]}")
+            self._node_off_until = None
+            try:
+                got = r.json()["node"]
+                recs = [node_record(f"agent {self.node_url} record", x) for x in got]
+            except (ValueError, KeyError, TypeError, InputError) as e:
+                raise SourceError(f"agent {self.node_url}?job={self.job}: not a node record "
+                                  f"list ({e}): {r.text[:200]}") from e
+            for rec in recs:
+                if rec.time > self._node_since:
+                    self.nodes.append(rec)
+                    self._node_since = rec.time
+            return len(recs)
+
     def window(self, rule: Rule, now: float) -> Window:
-        """Poll and return the cached steps as a window."""
+        """Poll and return the cached steps and node records as a window."""
         self.poll()
+        self.poll_nodes()
         with self._lock:
             steps = list(self.steps)
-        return Window(job=self.job, steps=steps, now=now)
+            nodes = list(self.nodes)
+        return Window(job=self.job, steps=steps, nodes=nodes, now=now)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from sentinel.rules.finding import Finding
-from sentinel.rules.window import StepPoint, Window
+from sentinel.rules.window import NodePoint, StepPoint, Window
 
 # Inputs that are not Prometheus series: step records (the agent's step stream or a
 # JSON-lines file) and the findings of the other rules in the same cycle.
@@ -34,6 +34,14 @@ class StepConsumer(Protocol):
 
     def finish(self) -> list[Finding]:
         """Return the findings of everything fed."""
+
+
+@runtime_checkable
+class NodeConsumer(Protocol):
+    """A step consumer that also reads node records (what a node saw each second)."""
+
+    def feed_node(self, rec: NodePoint) -> None:
+        """Take the next node record, in time order with the step records."""
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 A detector is a pure function ``detect(window, params) -> list[Finding]``. The
 window holds everything it may look at, already fetched: step-exact records of a
-job (from the agent's step stream or a JSON-lines file) and time series from
+job (from the agent's step stream or a JSON-lines file), the per-second node records
+of its nodes (same sources), and time series from
 Prometheus, keyed by a role name the rule maps to PromQL (``tokens_per_sec``,
 ``disk_read_latency``...). ``findings`` carries what other detectors found in the
 same cycle, for the diagnosis detector; ``previous`` what this rule run reported in
@@ -40,6 +41,34 @@ class StepPoint:
     # False for a record without a loss (a throughput-only trace): ``loss`` is NaN
     # then, and the loss detector skips the record instead of calling it non-finite.
     loss_given: bool = True
+    # Seconds the step waited for its input (``Reporter.step(data_s=)``), when reported:
+    # a share of the step time that rises with a drop names the input pipeline.
+    data_s: float | None = None
+
+
+@dataclass(frozen=True)
+class NodePoint:
+    """What one node saw in one second: its disks, its GPUs' processes and throttling.
+
+    The agent samples it once a second (``/api/v1/node``); ``sentinel detect FILE``
+    reads it from lines without ``step`` (docs/DETECT-INPUT.md). Per-GPU values are
+    keyed by the GPU's index as a string (the ``gpu`` label). ``None``/empty: unknown.
+    """
+
+    time: float
+    node: str | None = None
+    run: str | None = None
+    # The worst one-second mean read latency of the node's disks (None: no reads).
+    disk_read_latency_s: float | None = None
+    # The most I/Os in flight on any of the node's disks at the sample.
+    disk_in_flight: int | None = None
+    # Compute processes NVML lists per GPU, and the job ranks the agent knows per GPU:
+    # processes beyond the ranks are another program's (GPU contention).
+    gpu_processes: dict[str, int] = field(default_factory=dict)
+    gpu_ranks: dict[str, int] = field(default_factory=dict)
+    # Clock-event reasons active per GPU (names from sentinel.gpu.reasons); the agent
+    # sends only the bad ones (BAD_REASONS), a file may name any.
+    throttle_reasons: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass
@@ -68,6 +97,8 @@ class Window:
 
     job: str = ""
     steps: list[StepPoint] = field(default_factory=list)
+    # Node records of the job's nodes (the agent's /api/v1/node, or a file's node lines).
+    nodes: list[NodePoint] = field(default_factory=list)
     series: dict[str, list[Series]] = field(default_factory=dict)
     findings: list[Finding] = field(default_factory=list)
     # Evaluation time (unix seconds); None offline, where the data's end is "now".

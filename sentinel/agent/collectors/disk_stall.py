@@ -135,6 +135,26 @@ class DiskStallCollector(Collector):
         self.success = self.errors == 0 or self._prev is not None
         return [lat_max, lat_last, inflight, busy]
 
+    def latest(self) -> tuple[float | None, int | None]:
+        """Return the newest second's worst read latency (None: no reads) and the most
+        I/Os in flight over the devices (None: no second sampled lately).
+
+        The agent's per-second node records (``sentinel.agent.nodestream``) are built
+        from it: the same seconds this collector exports, not a second reading.
+        """
+        cutoff = self.ctx.monotonic() - 2 * INTERVAL_S
+        lat: float | None = None
+        inflight: int | None = None
+        with self._lock:
+            for ring in self._seconds.values():
+                if not ring or ring[-1].t <= cutoff:
+                    continue
+                s = ring[-1]
+                inflight = max(inflight or 0, s.in_flight)
+                if s.latency is not None:
+                    lat = max(lat or 0.0, s.latency)
+        return lat, inflight
+
     def close(self) -> None:
         """Stop the sampler."""
         self._stop.set()

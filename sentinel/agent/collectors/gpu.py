@@ -26,6 +26,9 @@ from sentinel.gpu.reasons import CLOCK_EVENT_REASONS
 log = logging.getLogger(__name__)
 
 LABELS = ["gpu", "UUID", "modelName", "pci_bus_id", "hostname"]
+# The NVML fields the per-second node records read (sentinel.agent.nodestream): another
+# process on a GPU, and why its clocks are held down. Both are 1-8 us calls on an H100.
+QUICK_FIELDS = ("compute_processes", "clock_event_reasons")
 # Retrying nvmlInit on every scrape would log and cost on GPU-less nodes; once a
 # minute still finds a driver loaded after the agent started.
 NVML_RETRY_SECONDS = 60.0
@@ -142,6 +145,22 @@ class GpuCollector(Collector):
             fams.add_sample(self._labels_of(d), s)
         self._add_xids(fams.xid)
         return [avail, *fams.metrics()]
+
+    def quick(self) -> list[tuple[int, str, int | None, int | None]]:
+        """Return (index, UUID, compute processes, clock-event reasons) of every GPU.
+
+        Two fast NVML fields a GPU, for the agent's per-second node records; None where
+        NVML cannot tell, nothing while NVML is not loaded. Never raises (a GPU that
+        errors gives None for both).
+        """
+        nv = self._nvml
+        if nv is None:
+            return []
+        out = []
+        for d in self._devices:
+            s = nv.sample_fields(d.index, QUICK_FIELDS)
+            out.append((d.index, d.uuid, s.compute_processes, s.clock_event_reasons))
+        return out
 
     def _add_xids(self, xid: CounterMetricFamily) -> None:
         """Add the XID counts, labelled like their GPU (an unknown UUID keeps only it)."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from sentinel.rules.detectors._episodes import Episode, EpisodeFinder
 from sentinel.rules.finding import Finding
@@ -34,6 +35,9 @@ class Earlier:
     baseline: float
     worst: float
     last_bad: float
+    # The finding's evidence of what the nodes saw when it was flagged (its ``signals``):
+    # judged once, on the drop's first seconds, and carried with the episode.
+    signals: dict[str, Any] | None = None
 
     @property
     def span_end(self) -> float:
@@ -58,10 +62,12 @@ def earlier(previous: list[Finding], scope: Callable[[Finding], bool], *,
             continue
         flagged = f.evidence.get("flagged_at")
         last = f.time_end if f.time_end is not None else f.time_start
+        signals = f.evidence.get("signals")
         out.append(Earlier(
             start=f.time_start, end=last if f.state == "resolved" else None,
             flagged=float(flagged) if isinstance(flagged, int | float) else f.time_start,
-            baseline=b, worst=w, last_bad=last))
+            baseline=b, worst=w, last_bad=last,
+            signals=signals if isinstance(signals, dict) else None))
     return sorted(out, key=lambda e: e.start)
 
 
@@ -88,7 +94,8 @@ def continue_episodes(
         got: list[Episode] = []
         finder = new_finder(last.baseline, got.append)
         cont = Episode(start=last.start, end=None, flagged=last.flagged,
-                       baseline=last.baseline, worst=last.worst, last_bad=last.last_bad)
+                       baseline=last.baseline, worst=last.worst, last_bad=last.last_bad,
+                       signals=last.signals)
         finder.resume(cont)
         for t, v in points:
             if t < last.start:

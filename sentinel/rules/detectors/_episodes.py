@@ -12,6 +12,7 @@ from bisect import bisect_left, insort
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from sentinel.rules.detectors._rolling import median
 
@@ -34,6 +35,9 @@ class Episode:
     sums: list[float] = field(default_factory=lambda: [0.0] * 6, compare=False, repr=False)
     # The newest step seen when it was flagged, where the caller knows steps.
     flagged_step: int | None = field(default=None, compare=False)
+    # What the caller found alongside when it was flagged (the throughput detector: what
+    # the nodes saw, for the diagnosis); kept as the episode goes on.
+    signals: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
     def add(self, t: float, v: float) -> None:
         """Count a sample fed while the episode is open into its trend."""

@@ -1,14 +1,24 @@
-"""Name the cause of a throughput drop by correlating findings in time and place.
+"""Name the cause of a throughput drop from what coincides with it, in time and place.
+
+Two sources, the same causes: findings of the other rules in the cycle (Prometheus
+series: disk latency, GPU contention, throttling, XIDs) and what the nodes saw as the
+drop began, which a drop found on the step records carries in ``evidence.signals``
+(``_signals.py``: the steps' input wait, the agent's per-second node records), so the
+drop's first finding already names its cause. In order:
 
 - drop + disk-read latency rise on the same nodes (or, for a job-wide drop, on any of
-  the job's nodes) at the same time: **storage stall** (data, not the GPUs);
+  the job's nodes) at the same time, or the steps' input wait explaining the drop on a
+  node whose disk read latency rose: **storage stall** (data, not the GPUs);
+- the steps' input wait explaining the drop without a disk rise: **input pipeline**
+  (dataloader, host-side preprocessing);
 - drop + another process on a GPU of the node (for a job-wide drop: any node):
   **GPU contention**;
 - drop + throttling or failing GPU on the node (for a job-wide drop: on any node,
   since synchronous training runs at the slowest GPU's pace): **throttling GPU**;
-- job-wide drop with normal hardware: **job-wide software slowdown** (dataloader),
-  and *worsening* when the drop itself keeps deepening (a per-step cost that grows) or
-  the dips grow deeper/longer/more frequent with the step count;
+- job-wide drop with normal hardware: **job-wide software slowdown** (dataloader);
+  this and the input pipeline are *worsening* when the cost keeps growing: the input
+  wait rising through the drop's first seconds, the drop itself deepening, or the dips
+  growing deeper/longer/more frequent with the step count;
 - one node slow against its peers with no hardware signal: **straggler**.
 """
 
@@ -104,71 +114,176 @@ def _deepening(trend: Any, p: Params) -> dict[str, Any] | None:
     return None
 
 
-def _diagnose(drop: Finding, others: list[Finding], p: Params) -> Finding:
+@dataclass
+class _Cause:
+    """What names a drop's cause: its name, action, confidence, where, words, evidence."""
+
+    cause: str
+    action: str
+    conf: float
+    text: str
+    node: str | None = None
+    gpu: str | None = None
+    evidence: dict[str, Any] = field(default_factory=dict)
+    # Findings that named it (their detection times bound the diagnosis'); none when the
+    # drop's own evidence (what the nodes saw) did.
+    used: list[Finding] = field(default_factory=list)
+
+
+def _storage(disk: list[Finding], sig: dict[str, Any], where: str) -> _Cause | None:
+    """Storage: a disk-latency finding coincides, or on some node the input wait explains
+    the drop while the disk read latency rose.
+    """
+    if disk:
+        nodes = sorted({f.node or "?" for f in disk})
+        return _Cause("storage_stall", "notify", 0.85,
+                      f"storage stall: throughput drop on {where} coincides with disk read "
+                      f"latency rise on {', '.join(nodes)}; data, not the GPUs",
+                      evidence={"disk_latency_nodes": nodes}, used=disk)
+    rose = {d["node"]: d for d in sig.get("disk", [])}
+    waits = [w for w in sig.get("input_wait", []) if w["node"] in rose]
+    if not waits:
+        return None
+    nodes = [w["node"] for w in waits]
+    d = rose[nodes[0]]
+    return _Cause("storage_stall", "notify", 0.85,
+                  f"storage stall: the steps on {', '.join(nodes)} wait for their input "
+                  f"({_ms(waits[0]['wait_before_s'])} -> {_ms(waits[0]['wait_during_s'])} a "
+                  f"step) while the disk read latency rose {_ms(d['latency_before_s'])} -> "
+                  f"{_ms(d['latency_during_s'])}; data, not the GPUs, slows {where}",
+                  evidence={"disk_latency_nodes": nodes})
+
+
+def _ms(seconds: Any) -> str:
+    return f"{float(seconds) * 1000:.3g} ms" if isinstance(seconds, int | float) else "?"
+
+
+def _gpu_cause(near: list[Finding], sig: dict[str, Any], where: str) -> _Cause | None:
+    """Another process on a GPU, else a throttling or failing GPU (findings or signals)."""
+    shared = [f for f in near if f.kind == "gpu_contention"]
+    if shared:
+        # Before hardware: a GPU slowed by a second process is not a broken GPU.
+        first = shared[0]
+        return _Cause("gpu_contention", "notify", 0.85,
+                      f"GPU contention: another process on GPU {first.gpu} of {first.node} "
+                      f"slows {where}; stop it or move it off the job's GPUs",
+                      first.node, first.gpu, {"contention": [f.summary for f in shared]},
+                      shared)
+    if sig.get("gpu_contention"):
+        c = sig["gpu_contention"][0]
+        return _Cause("gpu_contention", "notify", 0.85,
+                      f"GPU contention: {c['extra_processes']} compute process(es) besides "
+                      f"the job's ranks on GPU {c['gpu']} of {c['node']} slow {where}; stop "
+                      "it or move it off the job's GPUs", c["node"], c["gpu"])
+    hw = [f for f in near if f.kind in HARDWARE_KINDS]
+    if hw:
+        worst = hw[0]
+        kinds = sorted({f.kind for f in hw})
+        hot = "gpu_throttle" in kinds or "gpu_hot" in kinds
+        return _Cause("throttling_gpu", "spare_swap", 0.9,
+                      f"{'throttling' if hot else 'failing'} GPU {worst.gpu} on {worst.node} "
+                      f"slows {where} ({', '.join(kinds)}); replace the node, burn-in the GPU",
+                      worst.node, worst.gpu, {"hardware": [f.summary for f in hw]}, hw)
+    if sig.get("throttle"):
+        t = sig["throttle"][0]
+        return _Cause("throttling_gpu", "spare_swap", 0.9,
+                      f"throttling GPU {t['gpu']} on {t['node']} slows {where} "
+                      f"({', '.join(t['reasons'])}); replace the node, burn-in the GPU",
+                      t["node"], t["gpu"])
+    return None
+
+
+def _trend(drop: Finding, waits: list[dict[str, Any]], p: Params
+           ) -> tuple[dict[str, Any], str]:
+    """Return the worsening evidence of a software cause, and words for it: the input
+    wait rising through the drop's first seconds, the drop deepening, or dips growing.
+    """
+    growing = next((w["growing"] for w in waits if "growing" in w), None)
+    deeper = _deepening(drop.evidence.get("trend"), p)
+    trend = growing or deeper or _worsening(list(drop.evidence.get("dips", [])), p)
+    evidence: dict[str, Any] = {"worsening": trend is not None}
+    if trend:
+        evidence["trend"] = trend
+        # A classification change is a change the engine emits: a drop found
+        # before its fall was clear is re-sent once it is.
+        evidence["classification"] = "worsening"
+    return evidence, ("; each step slower than the last" if growing or deeper
+                      else "; the drops grow with the step count" if trend else "")
+
+
+def _input(drop: Finding, sig: dict[str, Any], where: str, p: Params) -> _Cause | None:
+    """The input pipeline: the steps' own input wait explains the drop (no disk rise)."""
+    waits = sig.get("input_wait", [])
+    if not waits:
+        return None
+    evidence, more = _trend(drop, waits, p)
+    w = waits[0]
+    return _Cause("input_pipeline", "notify", 0.8,
+                  f"input pipeline: the steps on {', '.join(x['node'] for x in waits)} wait "
+                  f"for their input ({_ms(w['wait_before_s'])} -> {_ms(w['wait_during_s'])} a "
+                  f"step, the step {_ms(w['step_before_s'])} -> {_ms(w['step_during_s'])}) "
+                  f"with no disk latency rise; the dataloader or host-side preprocessing "
+                  f"slows {where}" + more, evidence=evidence)
+
+
+def _job_wide(drop: Finding, p: Params) -> _Cause | None:
+    """A job-wide drop with normal hardware: software."""
+    if drop.evidence.get("scope", "job") != "job":
+        return None
+    evidence, more = _trend(drop, [], p)
+    return _Cause("job_wide_slowdown", "notify", 0.7,
+                  "job-wide slowdown on every node with normal hardware: software "
+                  "(dataloader, host-side input pipeline)" + more, evidence=evidence)
+
+
+def _signals_of(drop: Finding, drops: list[Finding], slack: float) -> tuple[dict[str, Any], str]:
+    """Return what the nodes saw as the drop began (its own, or that of a drop found on
+    the step records at the same time and place: the Prometheus form of the same drop),
+    and the key of the finding they came from ("" for none).
+    """
+    own = drop.evidence.get("signals")
+    if isinstance(own, dict):
+        return own, drop.key
+    scope = drop.evidence.get("scope", "job")
+    for other in drops:
+        sig = other.evidence.get("signals")
+        if (isinstance(sig, dict) and other.evidence.get("scope", "job") == scope
+                and (scope == "job" or other.node == drop.node)
+                and _overlaps(drop, other, slack)):
+            return sig, other.key
+    return {}, ""
+
+
+def _diagnose(drop: Finding, others: list[Finding], drops: list[Finding], p: Params
+              ) -> Finding:
     scope = drop.evidence.get("scope", "job")
     near = [f for f in others if _overlaps(drop, f, p.overlap_slack_s)]
     if scope == "node":
         near = [f for f in near if f.node == drop.node]
     # A job-wide drop keeps every coinciding finding: online, the per-node query returns
     # only the slow nodes, so the job's node list is not known here.
-    disk = [f for f in near if f.kind == "disk_latency"]
-    shared = [f for f in near if f.kind == "gpu_contention"]
-    hw = [f for f in near if f.kind in HARDWARE_KINDS]
+    sig, source = _signals_of(drop, drops, p.overlap_slack_s)
     where = f"node {drop.node}" if scope == "node" else "the whole job"
-    evidence: dict[str, Any] = {"drop": drop.key, "scope": scope}
-    node = drop.node
-    gpu = None
-    if disk:
-        cause, action, conf = "storage_stall", "notify", 0.85
-        nodes = sorted({f.node or "?" for f in disk})
-        evidence["disk_latency_nodes"] = nodes
-        text = (f"storage stall: throughput drop on {where} coincides with disk read latency "
-                f"rise on {', '.join(nodes)}; data, not the GPUs")
-    elif shared:
-        # Before hardware: a GPU slowed by a second process is not a broken GPU.
-        cause, action, conf = "gpu_contention", "notify", 0.85
-        first = shared[0]
-        node, gpu = first.node, first.gpu
-        evidence["contention"] = [f.summary for f in shared]
-        text = (f"GPU contention: another process on GPU {gpu} of {node} slows {where}; "
-                "stop it or move it off the job's GPUs")
-    elif hw:
-        cause, action, conf = "throttling_gpu", "spare_swap", 0.9
-        worst = hw[0]
-        node, gpu = worst.node, worst.gpu
-        evidence["hardware"] = [f.summary for f in hw]
-        kinds = sorted({f.kind for f in hw})
-        text = (f"{'throttling' if 'gpu_throttle' in kinds or 'gpu_hot' in kinds else 'failing'}"
-                f" GPU {gpu} on {node} slows {where} ({', '.join(kinds)}); replace the node, "
-                f"burn-in the GPU")
-    elif scope == "job":
-        cause, action, conf = "job_wide_slowdown", "notify", 0.7
-        deeper = _deepening(drop.evidence.get("trend"), p)
-        trend = deeper or _worsening(list(drop.evidence.get("dips", [])), p)
-        evidence["worsening"] = trend is not None
-        if trend:
-            evidence["trend"] = trend
-            # A classification change is a change the engine emits: a drop found
-            # before its fall was clear is re-sent once it is.
-            evidence["classification"] = "worsening"
-        text = ("job-wide slowdown on every node with normal hardware: software (dataloader, "
-                "host-side input pipeline)"
-                + ("; each step slower than the last" if deeper
-                   else "; the drops grow with the step count" if trend else ""))
-    else:
-        cause, action, conf = "straggler", "spare_swap", 0.6
-        text = (f"straggler: node {drop.node} slower than its peers with no hardware or "
-                f"storage signal")
-    evidence["cause"] = cause
+    found = (_storage([f for f in near if f.kind == "disk_latency"], sig, where)
+             or _input(drop, sig, where, p) or _gpu_cause(near, sig, where)
+             or _job_wide(drop, p)
+             or _Cause("straggler", "spare_swap", 0.6,
+                       f"straggler: node {drop.node} slower than its peers with no hardware "
+                       "or storage signal"))
+    evidence: dict[str, Any] = {"drop": drop.key, "scope": scope, **found.evidence,
+                                "cause": found.cause}
+    if source:
+        evidence["node_signals"] = source
     # Named once the drop and what names the cause were both found.
-    used = [drop, *(disk or shared or hw)]
+    used = [drop, *found.used]
     seen = [f.detected_at for f in used if f.detected_at is not None]
     return Finding(
-        kind="diagnosis", severity="warning", summary=text, suggested_action=action,
-        detector=NAME, job=drop.job, node=node, gpu=gpu, step_start=drop.step_start,
-        step_end=drop.step_end, time_start=drop.time_start, time_end=drop.time_end,
-        confidence=conf * drop.confidence, evidence=evidence, state=drop.state,
-        episode=f"{cause}@{drop.episode}",
+        kind="diagnosis", severity="warning", summary=found.text,
+        suggested_action=found.action, detector=NAME, job=drop.job,
+        node=found.node if found.node is not None else drop.node, gpu=found.gpu,
+        step_start=drop.step_start, step_end=drop.step_end, time_start=drop.time_start,
+        time_end=drop.time_end, confidence=found.conf * drop.confidence, evidence=evidence,
+        state=drop.state, episode=f"{found.cause}@{drop.episode}",
         detected_at=max(seen) if len(seen) == len(used) else None,
         detected_step=drop.detected_step,
     )
@@ -178,11 +293,11 @@ def detect(window: Window, params: Params) -> list[Finding]:
     """Return one diagnosis per throughput-drop finding in ``window.findings``."""
     drops = [f for f in window.findings if f.kind == "throughput_drop"]
     others = [f for f in window.findings if f.kind != "throughput_drop"]
-    return [_diagnose(d, others, params) for d in drops]
+    return [_diagnose(d, others, drops, params) for d in drops]
 
 
 SPEC = DetectorSpec(
     name=NAME, params=Params, detect=detect, inputs=("findings",), required=(),
-    description="storage stall / GPU contention / throttling GPU / job-wide slowdown "
-                "(worsening?) / straggler",
+    description="storage stall / input pipeline / GPU contention / throttling GPU / "
+                "job-wide slowdown (worsening?) / straggler",
 )

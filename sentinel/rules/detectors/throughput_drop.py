@@ -12,13 +12,12 @@ whether they grow with the step count.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import heapq
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,10 +29,11 @@ from sentinel.rules.detectors._episodes import (
     resolution,
 )
 from sentinel.rules.detectors._rolling import median
+from sentinel.rules.detectors._signals import NodeSignals, Thresholds
 from sentinel.rules.finding import Finding
 from sentinel.rules.jsonl import TIME_BACK_TOLERANCE_S
 from sentinel.rules.spec import MAX_STREAM_FINDINGS, DetectorSpec
-from sentinel.rules.window import Series, StepPoint, Window, node_of
+from sentinel.rules.window import NodePoint, Series, StepPoint, Window, node_of
 
 NAME = "throughput_drop"
 # Share of the sustain window's samples back above the line that ends a drop: a
@@ -86,6 +86,33 @@ class Params:
     min_nodes_for_peers: int = field(
         default=3, metadata={"help": "peers are compared only with at least this many nodes "
                              "(a median of two is not a majority)", "min": 2},
+    )
+    # What the nodes saw (step records' data_s, node records): judged when a drop found
+    # on step records becomes sustained, so its first finding carries its cause.
+    input_share: float = field(
+        default=0.5,
+        metadata={"help": "step records: the input wait per step must rise by at least this "
+                  "share of the step time's rise to name the input (it explains most of "
+                  "the drop; a GPU-side slowdown leaves the wait flat)", "min": 0.1,
+                  "max": 1.0},
+    )
+    disk_factor: float = field(
+        default=3.0,
+        metadata={"help": "node records: the disk read latency (median of the drop's seconds) "
+                  "this many times its median before the drop is a storage stall; medians "
+                  "of one-second worst values, so a single slow second does not count",
+                  "min": 1.0},
+    )
+    disk_min_s: float = field(
+        default=0.001,
+        metadata={"help": "node records: and at least this high: a rise among sub-millisecond "
+                  "reads (page cache, NVMe idle) stalls no input pipeline", "min": 0.0},
+    )
+    signal_fraction: float = field(
+        default=0.5,
+        metadata={"help": "node records: share of the drop's seconds a GPU must show an extra "
+                  "process or a bad clock-event reason in (one sample is not a cause)",
+                  "min": 0.1, "max": 1.0},
     )
 
 
@@ -143,6 +170,8 @@ def _job_finding(e: Episode, dips: list[dict[str, Any]], nodes: list[str], job: 
         span = (e.end if e.end is not None else e.last_bad) - e.start
         # How much of the baseline the drop lost from its start to its end, by the fit.
         evidence["trend"] = {"change": slope * span / e.baseline, "r": r, "samples": n}
+    if e.signals is not None:
+        evidence["signals"] = e.signals
     return Finding(
         kind="throughput_drop", severity="warning",
         summary=(f"job throughput {depth:.0%} below its own baseline "
@@ -156,6 +185,11 @@ def _job_finding(e: Episode, dips: list[dict[str, Any]], nodes: list[str], job: 
 
 def _node_finding(e: Episode, node: str, job: str) -> Finding:
     depth = 1 - e.worst
+    evidence: dict[str, Any] = {
+        "scope": "node", "ratio_to_cluster_median": e.worst, "depth": depth,
+        "flagged_at": e.flagged, "detection_delay_s": _delay(e)}
+    if e.signals is not None:
+        evidence["signals"] = e.signals
     return Finding(
         kind="throughput_drop", severity="warning",
         summary=(f"node {node} runs {depth:.0%} below the cluster median "
@@ -163,10 +197,7 @@ def _node_finding(e: Episode, node: str, job: str) -> Finding:
         suggested_action="notify", detector=NAME, job=job or None,
         node=node, time_start=e.start,
         time_end=e.end if e.end is not None else e.last_bad,
-        confidence=min(1.0, 0.5 + depth),
-        evidence={"scope": "node", "ratio_to_cluster_median": e.worst,
-                  "depth": depth, "flagged_at": e.flagged,
-                  "detection_delay_s": _delay(e)},
+        confidence=min(1.0, 0.5 + depth), evidence=evidence,
         state=_state(e), episode=f"{e.start:.0f}",
         detected_at=e.flagged, detected_step=e.flagged_step,
     )
@@ -258,9 +289,16 @@ def detect(window: Window, params: Params) -> list[Finding]:
     if not nodes and not cl_series:
         # From step records (sentinel detect FILE): the streamed detector, in time order.
         stream = Stream(p, window.job, window.previous)
-        for sp in sorted((sp for sp in window.steps if sp.time is not None),
-                         key=lambda sp: sp.time or 0.0):
-            stream.feed(sp)
+        steps = sorted((sp for sp in window.steps if sp.time is not None),
+                       key=lambda sp: sp.time or 0.0)
+        recs = sorted(window.nodes, key=lambda r: r.time)
+        merged: Iterator[StepPoint | NodePoint] = heapq.merge(
+            steps, recs, key=lambda r: r.time or 0.0)
+        for rec in merged:
+            if isinstance(rec, NodePoint):
+                stream.feed_node(rec)
+            else:
+                stream.feed(rec)
         return stream.finish()
     all_pts = [pt for pts in nodes.values() for pt in pts]
     cl_pts = sorted(pt for s in cl_series for pt in s.points)
@@ -289,13 +327,6 @@ def detect(window: Window, params: Params) -> list[Finding]:
     return findings
 
 
-def _mark(finder: EpisodeFinder, step: int | None) -> None:
-    """Note the step at which the finder's open episode was just flagged."""
-    cur = finder.cur
-    if cur is not None and cur.flagged is not None and cur.flagged_step is None:
-        cur.flagged_step = step
-
-
 class Stream:
     """The detector over step records in time order (``sentinel detect FILE``).
 
@@ -305,9 +336,17 @@ class Stream:
     may come out of order by that much: ranks' clocks), and gives the cluster median
     (fed to the job's episode finder) and each node's ratio to it (fed to that node's).
     Memory: the open buckets, one finder per node (MAX_NODES), MAX_DIPS dips.
+
+    Beside the rates it keeps, per node and second, what the steps' input waits
+    (``data_s``) and the node records (:meth:`feed_node`) said (``_signals.NodeSignals``),
+    and when a drop becomes sustained it judges them on the drop's first seconds
+    against those before: the finding's ``evidence.signals``, from which the diagnosis
+    names the cause in the same cycle as the drop's first emission.
     """
 
     RES_SAMPLE = 4096
+    # Node records come once a second; step records' input waits are kept at the same grain.
+    SIGNAL_RES_S = 1.0
     # Twice sentinel detect's tolerance for records out of time order, so none comes late.
     HOLD_S = 2 * TIME_BACK_TOLERANCE_S
     MAX_NODES = 4096
@@ -342,6 +381,14 @@ class Stream:
         self.notes: list[str] = []
         # (node, rank) -> (step, time) of its newest record, for step records' own rates.
         self._prev: dict[tuple[str | None, int | None], tuple[int, float]] = {}
+        p = params
+        self._th = Thresholds(input_share=p.input_share, disk_factor=p.disk_factor,
+                              disk_min_s=p.disk_min_s, signal_fraction=p.signal_fraction,
+                              lookback_s=p.sustain_s)
+        # Seconds kept per node: the baseline before a drop, the drop's first seconds,
+        # and the HOLD_S by which bucket closing (and so the judgement) lags the input.
+        self.signals = NodeSignals(self.SIGNAL_RES_S, p.baseline_s + self.HOLD_S + 120.0,
+                                   self.MAX_NODES)
 
     def _finder(self, on: Callable[[Episode], None], fixed: float | None) -> EpisodeFinder:
         p = self.p
@@ -351,28 +398,37 @@ class Stream:
                              on_episode=on, fixed_baseline=fixed,
                              close_fraction=CLOSE_FRACTION, max_gap_s=p.max_gap_s or None)
 
-    def _rate(self, pt: StepPoint) -> float | None:
-        """Return the record's tokens/sec: given, or its tokens over the time since the
-        same rank's previous step (only when that was the step just before).
+    def _duration(self, pt: StepPoint) -> float | None:
+        """Return the seconds since the same rank's previous step, when that was the step
+        just before (else None), and remember this one.
         """
-        if pt.tokens_per_sec is not None or pt.tokens is None or pt.time is None:
-            return pt.tokens_per_sec
+        if pt.time is None:
+            return None
         who = (pt.node, pt.rank)
         prev = self._prev.get(who)
         if prev is None and len(self._prev) >= self.MAX_NODES * 8:
-            return None  # bounded: ranks past the limit give no rate
+            return None  # bounded: ranks past the limit give no duration
         self._prev[who] = (pt.step, pt.time)
         if prev is None or pt.step != prev[0] + 1 or pt.time <= prev[1]:
             return None
-        return pt.tokens / (pt.time - prev[1])
+        return pt.time - prev[1]
 
     def feed(self, pt: StepPoint) -> None:
-        """Take the next step record (those without time or tokens/sec are skipped)."""
-        rate = self._rate(pt)
-        if rate is None or pt.time is None:
+        """Take the next step record (those without time or tokens/sec are skipped).
+
+        Its tokens/sec is given, or its tokens over its duration; its input wait
+        (``data_s``) over its duration goes to the node's signals.
+        """
+        dur = self._duration(pt)
+        if pt.time is None:
             return
-        pt = dataclasses.replace(pt, tokens_per_sec=rate)
-        assert pt.tokens_per_sec is not None and pt.time is not None
+        if pt.data_s is not None and dur is not None:
+            self.signals.step(pt.node or "?", pt.time, dur, pt.data_s)
+        rate = pt.tokens_per_sec
+        if rate is None and pt.tokens is not None and dur is not None:
+            rate = pt.tokens / dur
+        if rate is None:
+            return
         node = pt.node or "?"
         if node not in self.nodes:
             if len(self.nodes) >= self.MAX_NODES:
@@ -380,11 +436,15 @@ class Stream:
                 return
             self.nodes.add(node)
         if self._job is None:
-            self._first.append((pt.time, node, pt.tokens_per_sec, pt.step))
+            self._first.append((pt.time, node, rate, pt.step))
             if len(self._first) >= self.RES_SAMPLE:
                 self._start()
             return
-        self._add(pt.time, node, pt.tokens_per_sec, pt.step)
+        self._add(pt.time, node, rate, pt.step)
+
+    def feed_node(self, rec: NodePoint) -> None:
+        """Take the next node record (what a node saw in one second)."""
+        self.signals.record(rec)
 
     def _start(self) -> None:
         """Fix the resolution from the records so far and replay them."""
@@ -425,7 +485,7 @@ class Stream:
         cluster = median(per_node.values())
         self._resume(self._job, None, t)
         self._job.feed(t, cluster)
-        _mark(self._job, step)
+        self._mark(self._job, step, None)
         if not self.p.peer_check or not cluster:
             return
         for node, v in sorted(per_node.items()):
@@ -435,7 +495,19 @@ class Stream:
                     functools.partial(self._node_episode, node), 1.0)
             self._resume(f, node, t)
             f.feed(t, v / cluster)
-            _mark(f, step)
+            self._mark(f, step, node)
+
+    def _mark(self, finder: EpisodeFinder, step: int | None, node: str | None) -> None:
+        """Note the step at which the finder's open episode was just flagged, and judge
+        what the nodes (``node``: that one; None: every node) saw as it began.
+        """
+        cur = finder.cur
+        if cur is None or cur.flagged is None or cur.flagged_step is not None:
+            return
+        cur.flagged_step = step
+        if cur.signals is None:  # an episode continued from earlier cycles keeps its own
+            cur.signals = self.signals.judge(node, cur.start, cur.flagged, self.p.baseline_s,
+                                             self._th)
 
     def _resume(self, finder: EpisodeFinder, key: str | None, t: float) -> None:
         """Continue the drop earlier cycles reported open, once the samples reach it."""
@@ -444,7 +516,7 @@ class Stream:
             return
         del self._cont[key]
         finder.resume(Episode(start=e.start, end=None, flagged=e.flagged, baseline=e.baseline,
-                              worst=e.worst, last_bad=e.last_bad))
+                              worst=e.worst, last_bad=e.last_bad, signals=e.signals))
 
     def _job_episode(self, e: Episode) -> None:
         self.dips_seen += 1
@@ -475,8 +547,8 @@ class Stream:
             f.finish()
         for n, what in ((self.dropped, f"more drops not shown (at most {MAX_STREAM_FINDINGS})"),
                         (self.late, f"records more than {self.HOLD_S:g} s late not used"),
-                        (self.extra_nodes, f"records of nodes past the first {self.MAX_NODES} "
-                         "not used"),
+                        (self.extra_nodes + self.signals.extra_nodes,
+                         f"records of nodes past the first {self.MAX_NODES} not used"),
                         (self.dips_seen - len(self._dips), "older dips left out of the "
                          "evidence")):
             if n:

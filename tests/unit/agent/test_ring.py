@@ -31,10 +31,12 @@ def test_the_ring_keeps_the_newest_records_in_fixed_bytes():
 def test_absent_values_stay_absent_and_nan_stays_nan():
     ring = StepRing(4)
     ring.append(rec(0, grad_norm=None, samples=None, batch=None))
-    ring.append(rec(1, loss=math.nan, grad_norm=math.inf, samples=0, batch=0))
-    a, b = records(ring.snapshot())
-    assert (a.grad_norm, a.samples, a.batch) == (None, None, None)
+    ring.append(rec(1, loss=math.nan, grad_norm=math.inf, samples=0, batch=0, data_s=0.0))
+    ring.append(rec(2, data_s=0.125))
+    a, b, c = records(ring.snapshot())
+    assert (a.grad_norm, a.samples, a.batch, a.data_s) == (None, None, None, None)
     assert math.isnan(b.loss) and b.grad_norm == math.inf and (b.samples, b.batch) == (0, 0)
+    assert (b.data_s, c.data_s) == (0.0, 0.125)  # a zero wait is a wait, not "absent"
 
 
 def test_token_rate_over_the_window_with_the_oldest_slice_pro_rata():

@@ -391,6 +391,9 @@ def test_data_wait_from_the_reporter_is_exported_per_rank(tmp_path):
     assert value(text, "sentinel_train_data_wait_seconds_total", **lab) == pytest.approx(1.53)
     assert value(text, "sentinel_train_data_wait_steps_total", **lab) == 3
     assert 'sentinel_train_data_wait_seconds_total{job="other"' not in text
+    # Each step keeps its own wait in the step stream (the detectors' per-step input).
+    assert [r["data_s"] for r in c.store.steps("j", 0)] == waits
+    assert [r["data_s"] for r in c.store.steps("other", 0)] == [None]
 
 
 def test_reporter_step_sends_data_s_as_the_extra(tmp_path):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import pytest
+
 from sentinel.gpu.nvml import FIELDS, GpuSample, Nvml
 from sentinel.gpu.nvml_replay import H100_LOAD, ReplayBackend
 
@@ -99,3 +101,31 @@ def test_link_topology_nvlink_first_then_the_pcie_level():
     assert nv.link_topology(0, 3) == "phb"
     assert nv.link_topology(3, 1) is None  # NVML errors: unknown, not a crash
     assert nv.link_topology(0, 9) is None  # no such GPU
+
+
+def test_a_followed_replay_file_changes_the_devices_readings_while_it_runs(tmp_path):
+    """How the tests give a running agent's GPU a second process or a throttle reason."""
+    import os
+
+    from sentinel.gpu import nvml_replay
+
+    path = tmp_path / "gpu.json"
+    dump = json.loads(H100_LOAD.read_text())
+    dump["devices"][0]["compute_processes"] = [{"pid": 1}]
+    path.write_text(json.dumps(dump))
+    backend = ReplayBackend.from_file(path)
+    nv = Nvml(backend)
+    nv.init()
+    fields = ("compute_processes", "clock_event_reasons")
+    assert (nv.sample_fields(0, fields).compute_processes,
+            nv.sample_fields(0, fields).clock_event_reasons) == (1, 0x4)
+    dump["devices"][0]["compute_processes"] = [{"pid": 1}, {"pid": 2}]
+    dump["devices"][0]["clocks_event_reasons"] = 0x40
+    (tmp_path / "new.json").write_text(json.dumps(dump))
+    os.replace(tmp_path / "new.json", path)
+    backend._follow_next = 0.0  # the XID waiter's loop looks every FOLLOW_INTERVAL_S
+    with pytest.raises(nvml_replay.NVMLError):
+        backend.nvmlEventSetWait_v2(None, 1)  # no XID: Timeout, after reading the file
+    s = nv.sample_fields(0, fields)
+    assert (s.compute_processes, s.clock_event_reasons) == (2, 0x40)
+    assert s.temperature_c is None  # only the fields asked for are read
