@@ -31,7 +31,8 @@ import numpy as np
 from sentinel.rules.jsonl import read_steps
 
 HERE = Path(__file__).resolve().parent
-REAL_DIR = HERE / "curves" / "real"
+REAL_DIR = HERE / "curves" / "real"  # the H100 curves of record_real.py (held back)
+GPU_DIR = HERE / "curves" / "h200"  # the H200 corpus of record_gpu.py (tune / held_out)
 
 EVENT_FAMILIES = ("sharp_spike", "slow_spike", "divergence", "plateau_shift", "nan",
                   "subtle_spike", "early_spike")
