@@ -204,3 +204,25 @@ def markdown(result: dict[str, Any]) -> str:
             f"{result['seconds'][n]:.2f} |"
         )
     return "\n".join(lines)
+
+
+def _cell(m: dict[str, Any]) -> str:
+    if not m["events"]:
+        return f"{m['false_alarms']} FA"
+    delay = "—" if m["median_delay_steps"] is None else f"{m['median_delay_steps']:g}"
+    fa = f", {m['false_alarms']} FA" if m["false_alarms"] else ""
+    return f"{m['f1']:.2f} ({m['detected']}/{m['events']}, d {delay}{fa})"
+
+
+def pivot(result: dict[str, Any]) -> str:
+    """Render one row per family (and overall), one column per detector."""
+    names = list(result["overall"])
+    lines = ["| family | curves | " + " | ".join(names) + " |",
+             "|---|---|" + "---|" * len(names)]
+    for fam, per in result["families"].items():
+        lines.append(f"| {fam} | {result['curves'][fam]} | "
+                     + " | ".join(_cell(per[n]) for n in names) + " |")
+    total = sum(result["curves"].values())
+    lines.append(f"| **overall** | {total} | "
+                 + " | ".join(_cell(result["overall"][n]) for n in names) + " |")
+    return "\n".join(lines)

@@ -9,7 +9,11 @@ slow rise that the rolling median would follow (divergence) is caught by compari
 the baseline with its own recent minimum (``drift_jump``). Grad-norm spikes do not
 fire on their own (healthy runs have them), but one within ``grad_lookback`` steps
 before a loss spike moves the spike's first step back to it: the bad batch is the
-one that produced the gradient.
+one that produced the gradient. A smaller loss rise is a spike when the grad norm
+jumps on the same step (``joint_*``). Until the baseline has ``min_history`` steps a
+step is judged against the previous one (``warmup_*``); there, a rise with the grad
+norm far above its level so far is the optimizer's own transient (a catapult of a high
+learning rate), which a bad batch that early does not produce at a usual one.
 
 After a spike the baseline is frozen and the trajectory followed: back within the
 band for ``recover_steps`` steps is *recoverable_fast* (within
@@ -110,6 +114,31 @@ class Params:
         metadata={"help": "warm-up rule: rise above the previous step's log-loss (0.3 = "
                   "+35%) that makes a spike while the baseline is too short (the loss falls "
                   "fast then, so the median lags above it)", "min": 0.0},
+    )
+    warmup_settle_steps: int = field(
+        default=128,
+        metadata={"help": "steps of history until which the warm-up rule keeps judging "
+                  "beside the baseline rule (without the transient test): while the "
+                  "baseline's window still holds the first fast fall, its median lags "
+                  "above the loss and its spread is widened by the fall, which hid bad "
+                  "batches of 2x at steps 20-75 of every H200 tune run; twice `history` is "
+                  "when the window no longer holds any of the first `history` steps",
+                  "min": 0, "max": 100000},
+    )
+    warmup_grad_ratio: float = field(
+        default=3.0,
+        metadata={"help": "warm-up rule: a jump whose grad norm is at least this many times "
+                  "the median of the run's grad norms so far is a learning-rate transient "
+                  "(a catapult), not a spike. In the first 20 steps a batch of random bytes "
+                  "moves the grad norm 0.05-2.4x at the usual LR (the model still predicts "
+                  "almost uniformly), a catapult that raises the loss 1.35x or more 5-23x "
+                  "(bench/detectors/warmup_probe.py); 3 sits between", "min": 1.0},
+    )
+    warmup_transient_steps: int = field(
+        default=3,
+        metadata={"help": "consecutive warm-up steps taken as a learning-rate transient at "
+                  "most; a rise that lasts longer opens a spike from the first of them "
+                  "(catapults measured lasted 1-2 steps)", "min": 0, "max": 1000},
     )
     recover_z: float = field(
         default=3.0, metadata={"help": "back within this many noise scales counts as recovered",
@@ -240,12 +269,22 @@ class _Tracker:
         # minimum (a rolling minimum in O(1) per step instead of a scan of 1,000).
         self._lowest: deque[tuple[int, float]] = deque()
         self.last_grad_anom: int | None = None
+        # Warm-up steps taken as learning-rate transients: the current run of them (its
+        # first step) and how many in all (said, not hidden: `sentinel detect` notes it).
+        self.transient_first: int | None = None
+        self.transient_run = 0
+        self.transients = 0
         self.event: _Event | None = None
         self.events: list[_Event] = []
         # Accepted (step, log-loss), to restore the baseline when a run resumes from an
         # earlier checkpoint (steps go backwards); bounded by the longest look-back.
         self.accepted: deque[tuple[int, float]] = deque(maxlen=p.drift_horizon + p.history)
+        self.n_accepted = 0  # steps accepted as normal so far (the rolling windows cap theirs)
         self.last_step: int | None = None
+        # Whether the steps began at the run's start: the warm-up rules assume the first
+        # fast fall of the loss; a window that starts mid-run (online, the agent's ring
+        # holds the newest 20,000 records) has none, and its first steps are ordinary.
+        self.young: bool | None = None
 
     def _rewind(self, step: int) -> None:
         """Return to the state at ``step``: the run restarted from a checkpoint there."""
@@ -253,17 +292,21 @@ class _Tracker:
             self._close()
         while self.accepted and self.accepted[-1][0] >= step:
             self.accepted.pop()
+            self.n_accepted -= 1
         self.loss.reset(x for _, x in list(self.accepted)[-self.p.history:])
         while self.medians and self.medians[-1][0] >= step:
             self.medians.pop()
         self._rebuild_lowest()
         self.last_grad_anom = None
+        self.transient_first, self.transient_run = None, 0
 
     def feed(self, pt: StepPoint) -> None:
         p = self.p
         if self.last_step is not None and pt.step < self.last_step:
             self._rewind(pt.step)
         self.last_step = pt.step
+        if self.young is None:
+            self.young = pt.step < p.min_history
         loss_ok = math.isfinite(pt.loss)
         if loss_ok and pt.loss <= 0:
             # Not a cross-entropy: a ratio to a baseline means nothing (main reported
@@ -272,6 +315,10 @@ class _Tracker:
             return
         gn = pt.grad_norm
         gn_bad = gn is not None and not math.isfinite(gn)
+        # This step's grad norm over its level so far (held as logs): the warm-up rule's
+        # evidence of a learning-rate transient.
+        gn_ratio = (math.exp(math.log(gn) - self.grad.median())
+                    if gn is not None and gn > 0 and not gn_bad and len(self.grad) else None)
         grad_jump = self._grad(pt.step, gn)
         if self.event is not None:
             self._follow(pt, loss_ok, gn_bad)
@@ -280,8 +327,10 @@ class _Tracker:
             self._open(pt, "nonfinite", b0=self._level_or_nan(), s0=self._scale(), r=math.inf)
             return
         x = _log(pt.loss)
-        if p.warmup_steps <= len(self.loss) < p.min_history and self._warmup(pt, x):
+        if (self.young and p.warmup_steps <= len(self.loss) < p.min_history
+                and self._warmup(pt, x, gn_ratio)):
             return
+        self.transient_first, self.transient_run = None, 0
         if len(self.loss) >= p.min_history:
             m = self.loss.median()
             s = self._scale()
@@ -294,6 +343,12 @@ class _Tracker:
                 # on the same step (healthy grad-norm bursts come without it).
                 self._open(pt, "joint", b0=m, s0=s, r=r)
                 return
+            if (self.young and self.n_accepted < p.warmup_settle_steps
+                    and (jump := self._step_jump(x))):
+                # The baseline still holds the first fast fall: the step before judges too.
+                prev, s1, r1 = jump
+                self._open(pt, "warmup", b0=prev, s0=s1, r=r1)
+                return
             self._remember_median(pt.step, m)
             best = self._lowest[0][1]
             if m - best > p.drift_jump:
@@ -302,24 +357,45 @@ class _Tracker:
                 return
         self.loss.add(x)
         self.accepted.append((pt.step, x))
+        self.n_accepted += 1
 
-    def _warmup(self, pt: StepPoint, x: float) -> bool:
-        """Open a spike in the first steps, judged against the previous step; say if so.
+    def _step_jump(self, x: float) -> tuple[float, float, float] | None:
+        """Return (previous log-loss, scale, rise) if ``x`` jumps above the step before.
 
-        The rolling median of a few steps of a fast-falling loss lags above it, so the
-        step before is the reference, and the jump must clear both ``warmup_jump`` and
-        ``z_threshold`` scales of the step changes so far.
+        The jump must clear both ``warmup_jump`` and ``z_threshold`` scales of the step
+        changes so far (the rolling median of a fast-falling loss lags above it, so the
+        step before is the reference while the run is young).
         """
         p = self.p
-        prev = self.accepted[-1][1] if self.accepted else None
-        if prev is None:
-            return False
+        if not self.accepted:
+            return None
+        prev = self.accepted[-1][1]
         s = max(self.loss.diffs.median() / DIFF_MAD_TO_SIGMA, p.min_scale)
         r = x - prev
-        if r > max(p.warmup_jump, p.z_threshold * s):
-            self._open(pt, "warmup", b0=prev, s0=s, r=r)
+        return (prev, s, r) if r > max(p.warmup_jump, p.z_threshold * s) else None
+
+    def _warmup(self, pt: StepPoint, x: float, gn_ratio: float | None) -> bool:
+        """Judge a step of the first ``min_history`` against the one before; say if taken.
+
+        A jump with the grad norm at ``warmup_grad_ratio`` times its level is a
+        learning-rate transient: kept out of the baseline and not flagged, unless it lasts
+        past ``warmup_transient_steps``.
+        """
+        p = self.p
+        jump = self._step_jump(x)
+        if jump is None:
+            return False
+        if (gn_ratio is not None and gn_ratio >= p.warmup_grad_ratio
+                and self.transient_run < p.warmup_transient_steps):
+            if self.transient_first is None:
+                self.transient_first = pt.step
+            self.transient_run += 1
+            self.transients += 1
             return True
-        return False
+        prev, s, r = jump
+        self._open(pt, "warmup", b0=prev, s0=s, r=r, start=self.transient_first)
+        self.transient_first, self.transient_run = None, 0
+        return True
 
     def _scale(self) -> float:
         return max(self.loss.scale(), self.p.min_scale)
@@ -559,6 +635,11 @@ class Stream:
                               f"{MAX_STREAM_FINDINGS})")
         if tr.nonpositive:
             self.notes.append(f"{tr.nonpositive} steps with a loss <= 0 not judged")
+        if tr.transients:
+            n = tr.transients
+            self.notes.append(f"{n} warm-up step{'s' if n > 1 else ''} with the loss and the "
+                              "grad norm jumping together taken as a learning-rate transient, "
+                              "not a spike")
         return [_finding(ev, self.job) for ev in tr.events]
 
 

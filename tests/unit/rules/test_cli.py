@@ -120,3 +120,21 @@ def test_runs_in_one_file_are_kept_apart_and_named(tmp_path):
                                                     ("diagnosis", "run-a")}
     # Interleaved runs' steps going back and forth are two runs, not a shuffled file.
     assert "out of order" not in r.stderr and "resume" not in r.stderr
+
+
+def test_a_catapult_in_the_first_steps_is_said_on_stderr_not_a_finding(tmp_path):
+    """The H100 high-LR curve's first 30 steps (step 10: loss 2.1x, grad norm 15x the
+    step before, 5.9x its level)."""
+    from pathlib import Path
+    real = Path(__file__).resolve().parents[3] / "bench" / "detectors" / "curves" / "real"
+    recs = [json.loads(line) for line in (real / "high_lr.jsonl").open()][:30]
+    r = detect(write(tmp_path, recs))
+    assert (r.returncode, r.stdout) == (0, ""), r.stderr
+    assert ("rule loss-spike: 1 warm-up step with the loss and the grad norm jumping "
+            "together taken as a learning-rate transient, not a spike") in r.stderr
+    # Without a grad norm nothing tells it from a bad batch: a spike on its step.
+    r = detect(write(tmp_path, [{k: v for k, v in x.items() if k != "grad_norm"}
+                                for x in recs], "nogn.jsonl"))
+    assert r.returncode == 1, r.stderr
+    (f,) = [strict_loads(line) for line in r.stdout.splitlines()]
+    assert (f["evidence"]["detected_step"], f["evidence"]["trigger"]) == (10, "warmup")

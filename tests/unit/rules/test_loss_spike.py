@@ -1,4 +1,6 @@
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -183,3 +185,135 @@ def test_spike_in_the_first_steps_is_caught_on_its_step(at):
     assert found[0].evidence["classification"] == "recoverable_fast"
     # The fast fall of the first steps alone is not one.
     assert run(curve(sigma=0.02)) == []
+
+
+def _early(at: int, loss_ratio: float, grad_ratio: float, *, steps: int = 1, seed: int = 0):
+    """A run's first 300 steps; from ``at``, ``steps`` steps at the ratios.
+
+    The loss is the ratio times the step before's, the grad norm the ratio times the
+    median of the grad norms before (falling from ~5 to ~1 with noise, as in real runs).
+    """
+    rng = np.random.default_rng(seed)
+    x = curve(n=300, sigma=0.02, seed=seed)
+    g = (1.0 + 4.0 * np.exp(-np.arange(300) / 10)) * np.exp(rng.normal(0, 0.2, 300))
+    x[at:at + steps] = x[at - 1] + math.log(loss_ratio)
+    g[at:at + steps] = float(np.median(g[:at])) * grad_ratio
+    return x, g
+
+
+@pytest.mark.parametrize("at", [5, 10, 15])
+def test_a_warmup_rise_with_the_grad_norm_far_above_its_level_is_a_transient(at):
+    """A catapult (as the H100 high-LR curve's step 10: loss 2.1x, grad norm 5.9x its level)
+    is not a spike; the same rise with the grad norm at its level (a bad batch that early)
+    is one, on its step."""
+    x, g = _early(at, 2.1, 6.0)
+    assert run(x, grad=g) == []
+    x, g = _early(at, 2.1, 1.0)
+    assert [(f.evidence["detected_step"], f.evidence["trigger"]) for f in run(x, grad=g)] == [
+        (at, "warmup")]
+    # Just under the ratio it is a spike; without a grad norm there is no evidence either way.
+    x, g = _early(at, 2.1, 2.9)
+    assert [f.evidence["detected_step"] for f in run(x, grad=g)] == [at]
+    x, _ = _early(at, 2.1, 6.0)
+    assert [f.evidence["detected_step"] for f in run(x)] == [at]
+
+
+def test_a_transient_that_lasts_is_a_spike_from_its_first_step():
+    """Three steps may be a transient (measured catapults lasted 1-2); the fourth opens it."""
+    x, g = _early(8, 2.1, 6.0, steps=6)
+    (f,) = run(x, grad=g)
+    assert (f.evidence["detected_step"], f.step_start, f.evidence["trigger"]) == (11, 8, "warmup")
+    x, g = _early(8, 2.1, 6.0, steps=3)
+    assert run(x, grad=g) == []
+    x, g = _early(8, 2.1, 6.0, steps=6)
+    (f,) = run(x, grad=g, warmup_transient_steps=0)
+    assert (f.evidence["detected_step"], f.step_start) == (8, 8)
+
+
+def test_sentinel_detect_says_it_took_a_step_for_a_transient():
+    x, g = _early(10, 2.1, 6.0, steps=2)
+    stream = loss_spike.Stream(loss_spike.Params(), "j")
+    for i, v in enumerate(x):
+        stream.feed(StepPoint(step=i, loss=float(math.exp(v)), grad_norm=float(g[i])))
+    assert stream.finish() == []
+    assert stream.notes == ["2 warm-up steps with the loss and the grad norm jumping together "
+                            "taken as a learning-rate transient, not a spike"]
+
+
+def _young(seed: int, n: int = 400):
+    """A run's start as on the H200 corpus: 5.7 -> 3.0 in 20 steps, 2.5 at 64, +-5% noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)
+    return np.log(1.9 + 2.6 * np.exp(-t / 8) + 1.2 * np.exp(-t / 90)) + rng.normal(0, 0.05, n)
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("at", [25, 40, 55])
+def test_a_spike_soon_after_the_warm_up_is_caught_on_its_step(seed, at):
+    """The baseline's window still holds the first fast fall (its median lags above the
+    loss, its spread is widened): the step before judges too, until 128 steps."""
+    x = _young(seed)
+    x[at] += math.log(1.8)
+    assert [(f.evidence["detected_step"], f.evidence["trigger"]) for f in run(x)] == [
+        (at, "warmup")]
+    # What it was without that: the baseline rule alone missed these.
+    assert run(x, warmup_settle_steps=0) == []
+    assert run(_young(seed)) == []
+
+
+def test_a_window_that_starts_mid_run_has_no_warm_up():
+    """Online the window is the agent's newest records: its first steps are not a run's
+    first, so the step-before rules stay off there (the baseline rule judges from 20)."""
+    x = curve(sigma=0.02)[1000:1300]
+    x[9] += math.log(1.6)
+    x[60] += math.log(1.6)
+
+    def found(first_step):
+        pts = [StepPoint(step=first_step + i, loss=float(math.exp(v))) for i, v in enumerate(x)]
+        return [(f.evidence["detected_step"] - first_step, f.evidence["trigger"])
+                for f in loss_spike.detect(Window(job="j", steps=pts), loss_spike.Params())]
+
+    assert found(0) == [(9, "warmup"), (60, "spike")]
+    assert found(50_000) == [(60, "spike")]
+
+
+PROBE = Path(__file__).resolve().parents[2] / "fixtures" / "warmup_probe"
+
+
+def _probed(name: str, bad_at: int | None = None, upto: int | None = None):
+    """A probed run's steps (tests/fixtures/README.md); ``bad_at`` takes the random batch."""
+    rows = [json.loads(line) for line in (PROBE / name).open()][:upto]
+    return [StepPoint(step=r["step"], loss=r["bad_loss" if r["step"] == bad_at else "loss"],
+                      grad_norm=r["bad_grad_norm" if r["step"] == bad_at else "grad_norm"])
+            for r in rows]
+
+
+def _found(pts, **params):
+    return [(f.evidence["detected_step"], f.evidence["trigger"])
+            for f in loss_spike.detect(Window(job="j", steps=pts), loss_spike.Params(**params))]
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in PROBE.glob("*.jsonl")))
+def test_real_first_steps_are_not_spikes_catapults_included(name):
+    """Recorded on the CPU: usual-LR runs, and LR 0.02 (the H100 high-LR run's) whose
+    seeds 3, 4 and 5 catapult (loss 1.46x, 1.66x, 3.57x the step before, grad norm 16x,
+    23x, 12x its level); without the transient test two of them were findings."""
+    assert _found(_probed(name)) == []
+    catapults = {"small-lr0.02-s4.jsonl": [(10, "warmup")],
+                 "small-lr0.02-s5.jsonl": [(11, "warmup")]}
+    assert _found(_probed(name), warmup_grad_ratio=1e9) == catapults.get(name, [])
+
+
+@pytest.mark.parametrize("name", ["h200-lr0.0006-s31.jsonl", "small-lr0.001-s1.jsonl",
+                                  "small-lr0.001-s2.jsonl", "small-lr0.001-s3.jsonl"])
+def test_a_real_random_batch_in_the_first_steps_is_found_on_its_step(name):
+    """At the usual LR, from step 7 on: the random batch measured at that step (its loss
+    1.45-1.93x the step before's, its grad norm 0.4-3.0x the level) in place of the real."""
+    rows = [json.loads(line) for line in (PROBE / name).open()]
+    tried = 0
+    for k in range(7, len(rows)):
+        if rows[k]["bad_loss"] / rows[k - 1]["loss"] < 1.45:
+            continue
+        tried += 1
+        assert _found(_probed(name, bad_at=k, upto=k + 5)) == [(k, "warmup")], k
+    assert tried >= 6
