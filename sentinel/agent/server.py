@@ -61,13 +61,9 @@ class AgentRoutes:
         tr = self.agent.training
         if tr is None:
             return _json(404, {"error": "the training collector is disabled on this agent"})
-        unknown = sorted(set(q) - set(NODE_PARAMS))
-        if unknown:
-            return _json(400, {"error": f"unknown parameter {unknown[0]!r} "
-                                        f"(valid: {', '.join(NODE_PARAMS)})"})
-        job = (q.get("job") or [""])[0]
-        if not job:
-            return _json(400, {"error": "missing parameter 'job' (e.g. ?job=myrun&since=0)"})
+        job, bad = _job_query(q, NODE_PARAMS)
+        if bad is not None:
+            return bad
         raw = (q.get("since") or ["0"])[0]
         try:
             since = float(raw)
@@ -93,14 +89,9 @@ class AgentRoutes:
         tr = self.agent.training
         if tr is None:
             return _json(404, {"error": "the training collector is disabled on this agent"})
-        unknown = sorted(set(q) - set(STEPS_PARAMS))
-        if unknown:
-            # A misspelt "since" would otherwise silently return the whole ring.
-            return _json(400, {"error": f"unknown parameter {unknown[0]!r} "
-                                        f"(valid: {', '.join(STEPS_PARAMS)})"})
-        job = (q.get("job") or [""])[0]
-        if not job:
-            return _json(400, {"error": "missing parameter 'job' (e.g. ?job=myrun&since=0)"})
+        job, bad = _job_query(q, STEPS_PARAMS)
+        if bad is not None:
+            return bad
         params: dict[str, int | None] = {"since": 0, "rank": None, "limit": MAX_PAGE_RECORDS}
         for name in ("since", "rank", "limit"):
             raw = q.get(name)
@@ -165,6 +156,19 @@ def _page_body(job: str, page: list[tuple[Cursor, dict[str, Any]]], more: bool) 
 
 def _json(code: int, obj: Any) -> Response:
     return Response(code, dumps(obj).encode(), "application/json")
+
+
+def _job_query(q: dict[str, list[str]], valid: tuple[str, ...]) -> tuple[str, Response | None]:
+    """Return a job query's job, or the error answer (an unknown key, no job)."""
+    unknown = sorted(set(q) - set(valid))
+    if unknown:
+        # A misspelt "since" would otherwise silently return the whole ring.
+        return "", _json(400, {"error": f"unknown parameter {unknown[0]!r} "
+                                        f"(valid: {', '.join(valid)})"})
+    job = (q.get("job") or [""])[0]
+    if not job:
+        return "", _json(400, {"error": "missing parameter 'job' (e.g. ?job=myrun&since=0)"})
+    return job, None
 
 
 class HttpServer(_HttpServer):

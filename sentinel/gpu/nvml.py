@@ -343,13 +343,19 @@ class Nvml:
                 s.gpu_lost = True
             raise _Missing(what) from None
 
-    def sample(self, index: int) -> GpuSample:
-        """Read every field of GPU ``index``; failures become None plus an error entry."""
+    def _start(self, index: int) -> tuple[GpuSample, Any]:
+        """Return an empty sample and GPU ``index``'s handle (None: the sample says lost)."""
         s = GpuSample()
         h = self._handles.get(index)
         if h is None:
             s.errors.append("handle: no NVML handle for this GPU")
             s.gpu_lost = True
+        return s, h
+
+    def sample(self, index: int) -> GpuSample:
+        """Read every field of GPU ``index``; failures become None plus an error entry."""
+        s, h = self._start(index)
+        if h is None:
             return s
         with self._lock:
             self._read(s, h, FAST_FIELDS)
@@ -363,11 +369,8 @@ class Nvml:
         For readers that need a few fields often (the agent's per-second node records):
         the same definitions and error handling as :meth:`sample`, a fraction of the calls.
         """
-        s = GpuSample()
-        h = self._handles.get(index)
+        s, h = self._start(index)
         if h is None:
-            s.errors.append("handle: no NVML handle for this GPU")
-            s.gpu_lost = True
             return s
         fields = tuple(f for f in FAST_FIELDS if f.name in names)
         with self._lock:
