@@ -120,9 +120,9 @@ class Params:
         metadata={"help": "steps of history until which the warm-up rule keeps judging "
                   "beside the baseline rule (without the transient test): while the "
                   "baseline's window still holds the first fast fall, its median lags "
-                  "above the loss and its spread is widened by the fall, which hid bad "
-                  "batches of 2x at steps 20-75 of every H200 tune run; twice `history` is "
-                  "when the window no longer holds any of the first `history` steps",
+                  "above the loss and its spread is widened by the fall, which hid 2x "
+                  "spikes injected at steps 20-75 of every healthy H200 tune run; twice "
+                  "`history` is when the window holds none of the first `history` steps",
                   "min": 0, "max": 100000},
     )
     warmup_grad_ratio: float = field(
