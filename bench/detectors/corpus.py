@@ -25,6 +25,7 @@ import math
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -275,15 +276,14 @@ def synthetic(per_family: int = 12, n: int = 3000, seed: int = 0) -> list[Curve]
     ]
 
 
-def load_real(directory: Path = REAL_DIR, split: str | None = None) -> list[Curve]:
-    """Load recorded curves and their labels (see the module docstring for the format).
+def trace_labels(directory: Path, split: str | None = None
+                 ) -> list[tuple[Path, dict[str, Any]]]:
+    """Return (trace, labels) of each recorded trace in ``directory``, sorted by name.
 
-    ``split`` (``tune`` or ``held_out``) keeps only the curves whose labels say so (the
-    GPU corpus of bench/detectors/record_gpu.py); a curve without a split is then an
-    error, not silently counted in either part. ``*.node.jsonl`` (node signals) are not
-    curves.
+    ``split`` (``tune`` or ``held_out``) keeps only the traces whose labels say so; a
+    trace without a split is then an error. ``*.node.jsonl`` (node signals) are skipped.
     """
-    curves: list[Curve] = []
+    out = []
     for path in sorted(directory.glob("*.jsonl")):
         if path.name.endswith(".node.jsonl"):
             continue
@@ -296,6 +296,21 @@ def load_real(directory: Path = REAL_DIR, split: str | None = None) -> list[Curv
                 raise ValueError(f"{label_path}: no split (valid: tune, held_out)")
             if labels["split"] != split:
                 continue
+        out.append((path, labels))
+    return out
+
+
+def load_real(directory: Path = REAL_DIR, split: str | None = None) -> list[Curve]:
+    """Load recorded curves and their labels (see the module docstring for the format).
+
+    ``split`` (``tune`` or ``held_out``) keeps only the curves whose labels say so (the
+    GPU corpus of bench/detectors/record_gpu.py); a curve without a split is then an
+    error, not silently counted in either part. ``*.node.jsonl`` (node signals) are not
+    curves.
+    """
+    curves: list[Curve] = []
+    for path, labels in trace_labels(directory, split):
+        label_path = path.with_suffix(".labels.json")
         events = [Event(int(e["start"]), int(e["end"]), str(e.get("kind", "spike")))
                   for e in labels.get("events", [])]
         if labels.get("healthy", not events) and events:

@@ -27,6 +27,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from bench.detectors.corpus import trace_labels
 from bench.detectors.scenarios import RES, SCENARIOS, Scenario
 from sentinel.rules.detectors import (
     diagnosis,
@@ -100,25 +101,6 @@ EXPECTED = {"gpu_contention": {"gpu_contention"}, "storage_stall": {"storage_sta
 AFTER_S = 10.0
 
 
-def _trace_labels(directory: Path, split: str | None) -> list[tuple[Path, dict[str, Any]]]:
-    """Return (trace, labels) of the corpus in ``directory``, ``split`` only if given."""
-    out = []
-    for path in sorted(directory.glob("*.jsonl")):
-        if path.name.endswith(".node.jsonl"):
-            continue
-        lab_path = path.with_name(path.name.removesuffix(".jsonl") + ".labels.json")
-        if not lab_path.exists():
-            raise ValueError(f"{path}: no labels file {lab_path.name}")
-        labels = json.loads(lab_path.read_text())
-        if split is not None:
-            if labels.get("split") not in ("tune", "held_out"):
-                raise ValueError(f"{lab_path}: no split (valid: tune, held_out)")
-            if labels["split"] != split:
-                continue
-        out.append((path, labels))
-    return out
-
-
 def replay_trace(path: Path, labels: dict[str, Any], work: Path) -> dict[str, Any]:
     """Replay one trace through `sentinel detect`'s path; score it against its labels."""
     from bench.detectors.gputrace import detect_input
@@ -157,7 +139,7 @@ def replay_trace(path: Path, labels: dict[str, Any], work: Path) -> dict[str, An
 def replay_corpus(directory: Path, split: str | None) -> list[dict[str, Any]]:
     """Replay every trace of the corpus (or of one part of it)."""
     with tempfile.TemporaryDirectory() as work:
-        return [replay_trace(p, lab, Path(work)) for p, lab in _trace_labels(directory, split)]
+        return [replay_trace(p, lab, Path(work)) for p, lab in trace_labels(directory, split)]
 
 
 def _delays(xs: list[float]) -> str:
