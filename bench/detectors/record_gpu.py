@@ -254,20 +254,28 @@ class Job:
         return x.to(self.args.device, non_blocking=True)
 
     def train(self, x: Any) -> tuple[float, float]:
-        torch = self.torch
         for g in self.opt.param_groups:
             g["lr"] = self.lr()
-        dtype = torch.bfloat16 if self.args.device.startswith("cuda") else torch.float32
-        with torch.autocast(self.args.device.split(":")[0], dtype=dtype,
-                            enabled=dtype == torch.bfloat16):
-            logits = self.model(x[:, :-1])
-        loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1),
-                                                 x[:, 1:].flatten())
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        gn = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0))
+        loss, gn = loss_and_grad(self.model, self.opt, x, self.args.device)
         self.opt.step()
-        return float(loss.detach()), gn
+        return loss, gn
+
+
+def loss_and_grad(model: Any, opt: Any, x: Any, device: str) -> tuple[float, float]:
+    """Return the loss and grad norm (before clipping to 1) of batch ``x``; gradients set.
+
+    bf16 autocast on CUDA; the optimizer's step is the caller's.
+    """
+    import torch
+
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    with torch.autocast(device.split(":")[0], dtype=dtype, enabled=dtype == torch.bfloat16):
+        logits = model(x[:, :-1])
+    loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), x[:, 1:].flatten())
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    gn = float(torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0))
+    return float(loss.detach()), gn
 
 
 def record(run: Run, args: argparse.Namespace, corpus: bytes, out: Path) -> dict[str, Any]:

@@ -77,17 +77,9 @@ class Trainer:
 
     def measure(self, x: Any) -> tuple[float, float]:
         """Return the loss and grad norm (before clipping) of ``x``; gradients left set."""
-        torch = self.torch
-        dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
-        with torch.autocast(self.device.split(":")[0], dtype=dtype,
-                            enabled=dtype == torch.bfloat16):
-            logits = self.model(x[:, :-1])
-        loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1),
-                                                 x[:, 1:].flatten())
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        return float(loss.detach()), float(torch.nn.utils.clip_grad_norm_(
-            self.model.parameters(), 1.0))
+        from bench.detectors.record_gpu import loss_and_grad
+
+        return loss_and_grad(self.model, self.opt, x, self.device)
 
     def step(self, s: int) -> dict[str, float]:
         """Measure a random batch at step ``s``, then train the step on a real one."""
