@@ -31,34 +31,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.burnin_v2_gpu import hog  # noqa: E402 - the one competing process of both benches
+from bench.burnin_v2_gpu import (  # noqa: E402 - one competing process, one plain loop
+    hog,
+    plain_loop_tflops,
+)
 
 N = 8192
-
-
-def plain_loop_tflops(torch, gpu: int, seconds: float, warmup: float = 2.0) -> float:
-    """Time a plain `c = a @ b` loop with CUDA events, the way a user would write it."""
-    dev = torch.device("cuda", gpu)
-    a = torch.randn(N, N, device=dev, dtype=torch.bfloat16)
-    b = torch.randn(N, N, device=dev, dtype=torch.bfloat16)
-    torch.cuda.synchronize(dev)
-    t = time.monotonic()
-    n = 0
-    while time.monotonic() - t < warmup:
-        for _ in range(20):
-            c = a @ b
-        torch.cuda.synchronize(dev)
-        n += 20
-    per = (time.monotonic() - t) / n
-    iters = max(20, int(seconds / per))
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(iters):
-        c = a @ b
-    end.record()
-    torch.cuda.synchronize(dev)
-    del c
-    return 2.0 * N**3 * iters / (start.elapsed_time(end) / 1000.0) / 1e12
 
 
 def summary(report) -> list[dict]:
@@ -100,7 +78,7 @@ def main() -> int:
     # 1. speed vs a plain loop, alternated so clock/thermal drift hits both alike.
     plain, ours = [], []
     for _ in range(args.rounds):
-        plain.append(plain_loop_tflops(torch, 0, 4.0 if q else 8.0))
+        plain.append(plain_loop_tflops(torch, 0, 4.0 if q else 8.0, warmup_s=2.0))
         rep = run_burnin(BurninConfig(gpus=[0], duration=5 if q else 10, warmup=2 if q else 3,
                                       memtest_seconds=0))
         ours.append(rep.verdicts[0].stats.tflops_mean or 0.0)

@@ -114,14 +114,22 @@ def helper(args: list[str], dry: bool) -> Iterator[str]:
 
 # ---- measurements ----
 
-def plain_loop_tflops(torch: Any, gpu: int, seconds: float, n: int = N) -> float:
-    """Time a plain ``c = a @ b`` loop with CUDA events, the way a user would write it."""
+def plain_loop_tflops(torch: Any, gpu: int, seconds: float, n: int = N,
+                      warmup_s: float = 0.0) -> float:
+    """Time a plain ``c = a @ b`` loop with CUDA events, the way a user would write it.
+
+    It warms up (clocks, cuBLAS) for 20 products and at least ``warmup_s`` seconds.
+    """
     dev = torch.device("cuda", gpu)
     a = torch.randn(n, n, device=dev, dtype=torch.bfloat16)
     b = torch.randn(n, n, device=dev, dtype=torch.bfloat16)
-    for _ in range(20):  # warm: clocks, cuBLAS
-        c = a @ b
-    torch.cuda.synchronize(dev)
+    t = time.monotonic()
+    while True:
+        for _ in range(20):
+            c = a @ b
+        torch.cuda.synchronize(dev)
+        if time.monotonic() - t >= warmup_s:
+            break
     t = time.monotonic()
     for _ in range(20):
         c = a @ b
