@@ -158,17 +158,3 @@ def test_a_cause_seen_in_most_seconds_or_gone_for_one_window_does_not_split_the_
         assert len(drops) == 1 and causes == ["gpu_contention", "gpu_contention"], (
             seed, _story(changes))
 
-
-def test_the_detectors_cause_of_the_signals_is_the_diagnosis_cause():
-    from sentinel.rules.detectors._signals import cause_of
-    from tests.unit.rules.test_node_signals import CASES, findings
-    from tests.unit.rules.test_node_signals import trace as case_trace
-
-    for name, case in sorted(CASES.items()):
-        drops, diags = findings(*case_trace(case, 0))
-        for d in diags:
-            (drop,) = [x for x in drops if x.key == d.evidence["drop"]]
-            want = cause_of(drop.evidence.get("signals"))
-            assert d.evidence["cause"] == (want or d.evidence["cause"]), name
-            if want is None:
-                assert d.evidence["cause"] in ("job_wide_slowdown", "straggler"), name
