@@ -48,9 +48,9 @@ RULE_KEYS = ("name", "detector", "window", "step", "series", "thresholds", "seve
 # --interval): Prometheus' usual scrape interval, so a series rule sees new samples each run.
 DEFAULT_CYCLE_S = 15.0
 # A steps rule's default interval: the step stream has every step as it happens, and a
-# drop sustained for 5 of 6 seconds must be emitted within 10 s of its onset. One poll of
-# the agent and a pass over the cached records every 2 s costs ~2-4% of a core per job
-# (docs/DESIGN.md, "Per-rule cadence").
+# drop sustained for 5 of 6 seconds must be emitted within 10 s of its onset. Each run is
+# one poll of the agent and a pass over the cached records (docs/DESIGN.md, "Cadence and
+# re-judging"; its CPU cost at scale is not measured yet).
 STEPS_INTERVAL_S = 2.0
 # Bounds of a rule's interval: under half a second the engine would spin on its own
 # bookkeeping (the controller's shortest cycle is 0.5 s too); over an hour is no monitor.
