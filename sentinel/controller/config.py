@@ -25,6 +25,7 @@ from sentinel.config import (
     register_section,
     split_hostport,
 )
+from sentinel.rules.rulefile import DEFAULT_CYCLE_S, MAX_INTERVAL_S, MIN_INTERVAL_S
 
 MODES = ("observe", "ask", "act")
 SPIKE_CLASSES = ("pending", "recoverable_fast", "recoverable_slow", "diverged", "plateau",
@@ -44,9 +45,12 @@ class ControllerConfig:
         default="slurm", metadata={"choices": ("slurm", "none"), "help": "the cluster's "
                                    "scheduler; none: no spare swaps, burn-in on this host only"})
     interval_seconds: float = field(
-        default=15.0, metadata={"help": "seconds per cycle; the systemd watchdog is fed each "
-                                "cycle. 15 s is Prometheus' usual scrape interval: a shorter "
-                                "cycle sees no new data", "min": 0.5, "max": 3600.0})
+        default=DEFAULT_CYCLE_S, metadata={
+            "help": "seconds per cycle: the series rules, approvals, retries, goodput and "
+            "metrics; the systemd watchdog is fed each cycle. 15 s is Prometheus' usual "
+            "scrape interval: a shorter cycle sees no new data. Step-stream rules run every "
+            "2 s between cycles (a rule's interval: says otherwise)",
+            "min": MIN_INTERVAL_S, "max": MAX_INTERVAL_S})
     journal: str = field(default="/var/lib/sentinel/controller.db",
                          metadata={"help": "the SQLite journal (WAL)"})
     listen_address: str = field(

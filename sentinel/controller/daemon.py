@@ -3,8 +3,9 @@
 ``build(file_data)`` wires the parts: the journal, the followed jobs' step streams and
 Prometheus (the rules engine's sources), Slurm (when ``controller.scheduler`` is slurm),
 Slack (when ``notify:`` has a token or webhook), and the actions' context.
-``serve(controller, stop)`` runs cycles every ``controller.interval_seconds`` until
-``stop`` is set, feeding the systemd watchdog after each healthy cycle.
+``serve(controller, stop)`` runs cycles every ``controller.interval_seconds`` and, in
+between, ticks whenever the rules engine has a rule due (step-stream rules: every 2 s),
+until ``stop`` is set, feeding the systemd watchdog after each cycle and tick.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from sentinel.rules.finding import Finding
 from sentinel.rules.window import StepPoint
 
 log = logging.getLogger(__name__)
+# The shortest wait between two ticks of the loop.
+TICK_FLOOR_S = 0.05
 
 
 @dataclass
@@ -115,7 +118,8 @@ def build(file_data: dict[str, Any] | None, *, env: dict[str, str] | None = None
         from sentinel.rules.rulefile import load_rules
 
         rules = load_rules(cfg.rules or None)
-        detector = OnlineDetector(rules, prometheus=prom, streams=streams)
+        detector = OnlineDetector(rules, prometheus=prom, streams=streams,
+                                  interval_s=cfg.interval_seconds)
     if slurm is None and cfg.scheduler == "slurm":
         from sentinel.controller.slurm import Slurm
 
@@ -184,20 +188,25 @@ def serve(parts: Parts, stop: threading.Event, *, once: bool = False) -> int:
         log.info("resumed %d unfinished action(s): %s", len(resumed), ", ".join(resumed))
     sd.ready(f"following {len(parts.jobs)} job(s) on {socket.gethostname()}")
     found = False
+    next_cycle = time.monotonic()
     try:
         while not stop.is_set():
             t0 = time.monotonic()
-            stats = ctl.cycle()
+            if t0 >= next_cycle:
+                stats = ctl.cycle()
+                next_cycle = max(next_cycle + interval, t0)
+                sd.status(f"cycle {ctl.cycles}: {stats.findings} finding(s), {stats.started} "
+                          f"action(s) started, {len(ctl.executor.running())} running")
+            else:
+                stats = ctl.tick()
             found = found or stats.findings > 0 or stats.started > 0
             if stats.errors:
                 log.warning("cycle %d: %s", ctl.cycles, "; ".join(stats.errors))
-            sd.status(f"cycle {ctl.cycles}: {stats.findings} finding(s), {stats.started} "
-                      f"action(s) started, {len(ctl.executor.running())} running")
-            sd.watchdog(healthy=True)  # a cycle ended: the loop is alive
+            sd.watchdog(healthy=True)  # a cycle or tick ended: the loop is alive
             if once:
                 _wait_actions(ctl, stop)
                 break
-            stop.wait(max(0.0, interval - (time.monotonic() - t0)))
+            stop.wait(_until_next(ctl, next_cycle))
     finally:
         sd.stopping()
         if server is not None:
@@ -209,6 +218,16 @@ def serve(parts: Parts, stop: threading.Event, *, once: bool = False) -> int:
             except Exception as e:  # noqa: BLE001 - best effort on the way out
                 log.warning("final notify flush failed: %s", e)
     return 1 if found else 0
+
+
+def _until_next(ctl: Controller, next_cycle: float) -> float:
+    """Return the seconds until the next cycle, or sooner the next rule due (a tick)."""
+    wait = next_cycle - time.monotonic()
+    due = ctl.next_due()
+    if due is not None:
+        # Floored: a detector whose rules stay due (its clock behind) must not spin the loop.
+        wait = min(wait, max(TICK_FLOOR_S, due - ctl.clock()))
+    return max(0.0, wait)
 
 
 def _wait_actions(ctl: Controller, stop: threading.Event) -> None:

@@ -58,6 +58,7 @@ CREATE INDEX IF NOT EXISTS incidents_grp ON incidents (grp, state);
 CREATE TABLE IF NOT EXISTS findings (
     id INTEGER PRIMARY KEY AUTOINCREMENT, incident_id TEXT NOT NULL, time REAL NOT NULL,
     key TEXT NOT NULL, finding TEXT NOT NULL, world TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS findings_incident ON findings (incident_id);
 CREATE TABLE IF NOT EXISTS decisions (
     id INTEGER PRIMARY KEY AUTOINCREMENT, incident_id TEXT NOT NULL, time REAL NOT NULL,
     finding_key TEXT NOT NULL, action TEXT, mode TEXT, refusal TEXT, reason TEXT NOT NULL,
@@ -268,6 +269,12 @@ class Journal:
         rows = self._query("SELECT incident_id, finding FROM findings WHERE key=? "
                            "ORDER BY id DESC LIMIT 1", (key,))
         return (rows[0]["incident_id"], _loads(rows[0]["finding"])) if rows else None
+
+    def firing_keys(self, incident_id: str) -> set[str]:
+        """Return the keys of an incident's findings whose newest record is firing."""
+        rows = self._query("SELECT key, finding FROM findings WHERE id IN (SELECT MAX(id) "
+                           "FROM findings WHERE incident_id=? GROUP BY key)", (incident_id,))
+        return {r["key"] for r in rows if _loads(r["finding"]).get("state") == "firing"}
 
     def latest_world(self) -> tuple[float, dict[str, Any]] | None:
         """Return (time, world) of the newest recorded finding: what the world said last."""

@@ -7,8 +7,10 @@ decision and, in ``act`` mode, the intent, and hands the action to the executor'
 threads. It then looks again at what changed without a finding: approvals given,
 approvals expired, actions that failed (to retry or escalate), actions paused by the
 breaker; and it charges the followed jobs' lost time to its causes (``goodput.py``). The
-daemon (``cli.py``) calls ``cycle`` every ``controller.interval_seconds`` and feeds the
-systemd watchdog after each; ``observers`` (the metrics) see each cycle's stats.
+daemon (``daemon.serve``) calls ``cycle`` every ``controller.interval_seconds`` and, in
+between, ``tick`` whenever the rules engine has a rule due (the step-stream rules run
+every 2 s): a tick handles the findings (decisions, actions started, what is told) and
+nothing else; the rechecks, the goodput and the observers (the metrics) are per cycle.
 """
 
 from __future__ import annotations
@@ -59,7 +61,9 @@ class Detector(Protocol):
     """The rules engine as the controller drives it (sentinel.rules.online)."""
 
     def cycle(self, now: float | None = None) -> list[Finding]:
-        """Return the findings that are new, changed or resolved since the last cycle."""
+        """Return the findings that are new, changed or resolved since the last cycle
+        (of the rules due at ``now``).
+        """
 
 
 class World(Protocol):
@@ -158,25 +162,10 @@ class Controller:
         with self._cycle_lock:
             t0 = time.monotonic()
             now = self.clock() if now is None else now
-            stats = CycleStats()
-            try:
-                changes = self.detector.cycle(now)
-            except Exception as e:  # noqa: BLE001 - a failing source must not stop the loop
-                log.warning("rules engine cycle failed: %s", e)
-                stats.errors.append(f"rules: {e}")
-                changes = []
-            for f in changes:
-                stats.findings += 1
-                try:
-                    self._on_finding(f, now, stats)
-                except Exception as e:
-                    log.exception("finding %s: cannot handle it", f.key)
-                    stats.errors.append(f"{f.key}: {e}")
+            stats = self._findings(now)
             self._recheck(now, stats)
             stats.errors += self.goodput.cycle(now)
-            self.executor.reap()
-            if self.teller is not None:
-                self.teller.flush()
+            self._after(stats)
             self.cycles += 1
             self.last_cycle_ok = not stats.errors
             stats.seconds = time.monotonic() - t0
@@ -186,6 +175,53 @@ class Controller:
                 except Exception:  # noqa: BLE001 - metrics must not stop the loop
                     log.exception("cycle observer %r failed", observe)
             return stats
+
+    def tick(self, now: float | None = None) -> CycleStats:
+        """Run the rules that are due and handle their findings, between two cycles.
+
+        What a finding calls for is decided, journaled, started and told at once, so a
+        step-stream finding is acted on seconds after it is found; approvals, retries,
+        goodput and metrics wait for the cycle (they change on the scale of minutes).
+        """
+        with self._cycle_lock:
+            t0 = time.monotonic()
+            now = self.clock() if now is None else now
+            stats = self._findings(now)
+            self._after(stats)
+            stats.seconds = time.monotonic() - t0
+            return stats
+
+    def next_due(self) -> float | None:
+        """Return when the rules engine has its next rule due (None: only at each cycle)."""
+        due = getattr(self.detector, "next_due", None)
+        if not callable(due):
+            return None  # a detector without cadence runs with the cycle
+        when = due()
+        return float(when) if isinstance(when, int | float) else None
+
+    def _findings(self, now: float) -> CycleStats:
+        """Ask the detector for its changes and handle each."""
+        stats = CycleStats()
+        try:
+            changes = self.detector.cycle(now)
+        except Exception as e:  # noqa: BLE001 - a failing source must not stop the loop
+            log.warning("rules engine cycle failed: %s", e)
+            stats.errors.append(f"rules: {e}")
+            changes = []
+        for f in changes:
+            stats.findings += 1
+            try:
+                self._on_finding(f, now, stats)
+            except Exception as e:
+                log.exception("finding %s: cannot handle it", f.key)
+                stats.errors.append(f"{f.key}: {e}")
+        return stats
+
+    def _after(self, stats: CycleStats) -> None:
+        """Collect finished actions and deliver what is to be told."""
+        self.executor.reap()
+        if self.teller is not None:
+            self.teller.flush()
 
     def _seen_before(self, f: Finding) -> bool:
         """Whether this finding, unchanged, was already handled (a restart re-reports it).
@@ -302,7 +338,9 @@ class Controller:
             return
         if any(a.state in ACTION_UNFINISHED for a in acts):
             return
-        if f.state == "resolved" and d.action is None:
+        # An incident groups findings (a drop and its diagnoses, one per cause): it ends
+        # when the last of them does, not when a first cause gives way to the next.
+        if f.state == "resolved" and d.action is None and not self.journal.firing_keys(inc.id):
             self._close(inc.id, INCIDENT_RESOLVED, "the finding resolved", now)
 
     def _close(self, incident_id: str, state: str, why: str, now: float) -> None:

@@ -10,8 +10,10 @@ a regular file in time order (a resume from a checkpoint is reported on stderr;
 shuffled, reversed or concatenated lines are bad input).
 
 Online: ``sentinel detect --prometheus URL [--agent URL --job NAME] [--rules FILE]
-[--once | --interval 15]`` evaluates every rule its sources allow each cycle and prints
-state changes (new, changed, resolved findings); rules left out say why on stderr.
+[--once | --interval 15]`` evaluates the rules its sources allow and prints state changes
+(new, changed, resolved findings); rules left out say why on stderr. Series rules run once
+per ``--interval``, steps rules every 2 s (a rule's ``interval`` says otherwise), so a
+drop in the step stream is printed seconds after it is sustained.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 
 from sentinel.config import ConfigError
 from sentinel.jsonnum import dumps
+from sentinel.rules.rulefile import DEFAULT_CYCLE_S, MIN_INTERVAL_S, STEPS_INTERVAL_S
 
 EXIT_OK, EXIT_FOUND, EXIT_BAD = 0, 1, 2
 
@@ -44,7 +47,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--strict", action="store_true", help="offline: a key the format does not "
                    "know is bad input (exit 2), not a warning")
     p.add_argument("--once", action="store_true", help="online: one cycle, then exit")
-    p.add_argument("--interval", type=float, default=15.0, help="online: seconds per cycle")
+    p.add_argument("--interval", type=float, default=DEFAULT_CYCLE_S,
+                   help="online: seconds per cycle of the series rules (steps rules run every "
+                   f"{STEPS_INTERVAL_S:g} s or at their own interval)")
     p.set_defaults(func=run)
 
 
@@ -97,9 +102,14 @@ def _online(args: argparse.Namespace, rules: list[Any]) -> int:
         print("sentinel detect: --agent needs --job (the job whose steps to follow)",
               file=sys.stderr)
         return EXIT_BAD
+    if not args.interval >= MIN_INTERVAL_S:
+        print(f"sentinel detect: --interval {args.interval:g} is too short (valid: at least "
+              f"{MIN_INTERVAL_S:g} s)", file=sys.stderr)
+        return EXIT_BAD
     detector = OnlineDetector(
         rules, PrometheusSource(args.prometheus) if args.prometheus else None,
         {args.job: StepStream(args.agent, args.job)} if args.agent else {},
+        interval_s=args.interval,
     )
     for name, why in detector.inactive().items():
         print(f"sentinel detect: rule {name} inactive: {why}", file=sys.stderr)
@@ -108,8 +118,11 @@ def _online(args: argparse.Namespace, rules: list[Any]) -> int:
         changes = detector.cycle()
         _emit(changes)
         any_found = any_found or bool(detector.firing()) or bool(changes)
+        tried = detector.tried
         for name, err in detector.errors.items():
-            print(f"sentinel detect: rule {name}: {err}", file=sys.stderr)
+            if name in tried:  # failed now, not a rule that failed before and was not due
+                print(f"sentinel detect: rule {name}: {err}", file=sys.stderr)
         if args.once:
             return EXIT_FOUND if any_found else EXIT_OK
-        time.sleep(args.interval)
+        due = detector.next_due()
+        time.sleep(args.interval if due is None else max(0.0, due - time.time()))

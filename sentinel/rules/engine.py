@@ -5,15 +5,20 @@ cycle it emits a finding that is new, one whose severity, action or classificati
 changed, and a ``resolved`` copy of one that its rule no longer reports or reports
 as resolved. Memory is bounded: at most ``max_tracked`` keys are remembered.
 
-A rule runs once per cycle; a steps rule bound to a job (``Rule.job``) is its own run,
-named by ``Rule.label``, so a finding is resolved only when the run that reported it
-ran again without it: a job whose stream failed keeps its findings.
+Each rule run has its own cadence (``Rule.every(interval_s)``: series rules once per
+driver cycle, steps rules every couple of seconds): an evaluation runs only the rules
+that are due, and :meth:`Engine.next_due` says when the next one is. A steps rule bound
+to a job (``Rule.job``) is its own run, named by ``Rule.label``, so a finding is
+resolved only when the run that reported it ran again without it: a rule that was not
+due, or a job whose stream failed, keeps its findings, and the findings rules (the
+diagnosis, run last at every evaluation that ran a rule) read them as last reported.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -30,6 +35,9 @@ MAX_TRACKED = 20000
 # Rules fetched at once: Prometheus answers queries on several cores, and a cycle is
 # mostly waiting for it; a handful keeps the load on Prometheus modest.
 FETCH_THREADS = 4
+# A rule is due this much before its time: a driver that sleeps until next_due() and
+# reads the clock again must not find the rule a few microseconds early and skip it.
+DUE_SLACK_S = 0.01
 
 Fetch = Callable[[Rule, float], Window]
 
@@ -61,27 +69,62 @@ class Engine:
     """Evaluate rules and deduplicate their findings across cycles."""
 
     def __init__(self, rules: list[Rule], *, max_tracked: int = MAX_TRACKED,
-                 clock: Callable[[], float] = time.time, fetch_threads: int = FETCH_THREADS
-                 ) -> None:
+                 clock: Callable[[], float] = time.time, fetch_threads: int = FETCH_THREADS,
+                 interval_s: float | None = None) -> None:
         self.rules = rules
         self.fetch_threads = fetch_threads
         self.max_tracked = max_tracked
         self.clock = clock
-        # key -> (last emitted signature, finding, label of the rule run that reported it);
+        # The driver's cycle: series rules run once per cycle, steps rules more often
+        # (Rule.every). None: every rule without its own interval runs at every evaluation.
+        self.interval_s = interval_s
+        # key -> (last emitted signature, finding, label of the rule run that reported it,
+        # that run's serial when it last reported it: -1 for a copy the engine resolved);
         # insertion order = age, for the bound.
-        self._known: OrderedDict[str, tuple[tuple[str, str, str, str], Finding, str]] = (
+        self._known: OrderedDict[str, tuple[tuple[str, str, str, str], Finding, str, int]] = (
             OrderedDict())
-        # rule label -> why its data could not be fetched this cycle.
+        # rule label -> why its data could not be fetched the last time it ran.
         self.errors: dict[str, str] = {}
+        # rule label -> when it is due next; serial of its last completed run.
+        self._due: dict[str, float] = {}
+        self._serial: dict[str, int] = {}
+        self._runs = 0
+        # Labels of the rule runs that were due at the last evaluation (run, or failed).
+        self.tried: set[str] = set()
+
+    def due(self, rule: Rule, now: float) -> bool:
+        """Return whether ``rule`` runs at an evaluation at ``now``."""
+        at = self._due.get(rule.label)
+        return at is None or now >= at - DUE_SLACK_S
+
+    def next_due(self) -> float | None:
+        """Return when the next rule is due (the past: now), None if the rules have no
+        cadence (each runs at every evaluation: the caller's own cycle).
+        """
+        times = []
+        for r in self.rules:
+            every = r.every(self.interval_s)
+            if every is not None:
+                times.append(self._due.get(r.label, -math.inf))
+        return min(times) if times else None
 
     def evaluate(self, fetch: Fetch, now: float | None = None) -> list[Finding]:
-        """Run every rule once (diagnosis last, on this cycle's findings); return changes."""
+        """Run the rules that are due (findings rules last, on the findings of every rule
+        as each last reported them); return the changes.
+        """
         now = self.clock() if now is None else now
         current: list[Finding] = []
         origins: list[str] = []
         ran: set[str] = set()
         later = [r for r in self.rules if r.source() == "findings"]
-        first = [r for r in self.rules if r.source() != "findings"]
+        first = [r for r in self.rules if r.source() != "findings" and self.due(r, now)]
+        self.tried = {r.label for r in first}
+        if not first and any(r.source() != "findings" for r in self.rules):
+            return []  # nothing due: the findings rules would see what they saw
+        for r in first:
+            every = r.every(self.interval_s)
+            if every is not None:
+                self._due[r.label] = now + every
 
         def get(rule: Rule) -> Window | Exception:
             try:
@@ -112,8 +155,14 @@ class Engine:
             current += found
             origins += [rule.label] * len(found)
             ran.add(rule.label)
+        # The rules not run now (not due, or their source failed) count as they last
+        # reported: a disk-latency finding of the last 15 s cycle still names the cause
+        # of a drop the step rule finds now.
+        skip = ran | {r.label for r in later}
+        held = [f for label, fs in self._last_reported().items() if label not in skip
+                for f in fs]
         for rule in later:
-            found = run_rule(rule, Window(findings=list(current), now=now,
+            found = run_rule(rule, Window(findings=list(current) + held, now=now,
                                           previous=previous.get(rule.label, [])))
             current += found
             origins += [rule.label] * len(found)
@@ -123,8 +172,16 @@ class Engine:
     def _by_origin(self) -> dict[str, list[Finding]]:
         """Return the remembered findings of each rule run, by its label."""
         out: dict[str, list[Finding]] = {}
-        for _sig, f, origin in self._known.values():
+        for _sig, f, origin, _serial in self._known.values():
             out.setdefault(origin, []).append(f)
+        return out
+
+    def _last_reported(self) -> dict[str, list[Finding]]:
+        """Return what each rule run reported the last time it completed, by its label."""
+        out: dict[str, list[Finding]] = {}
+        for _sig, f, origin, serial in self._known.values():
+            if serial >= 0 and serial == self._serial.get(origin):
+                out.setdefault(origin, []).append(f)
         return out
 
     def update(self, findings: list[Finding], rules_ran: set[str],
@@ -139,6 +196,9 @@ class Engine:
         now = self.clock() if now is None else now
         changes: list[Finding] = []
         seen: set[str] = set()
+        self._runs += 1
+        for label in rules_ran:
+            self._serial[label] = self._runs
         for i, f in enumerate(findings):
             k = f.key
             if k in seen:
@@ -153,19 +213,20 @@ class Engine:
                 f.detected_step = prev[1].detected_step
             if prev is None or prev[0] != sig:
                 changes.append(f)
-            self._known[k] = (sig, f, f.rule if origins is None else origins[i])
+            origin = f.rule if origins is None else origins[i]
+            self._known[k] = (sig, f, origin, self._serial.get(origin, -1))
             self._known.move_to_end(k)
-        for k, (_sig, f, origin) in list(self._known.items()):
+        for k, (_sig, f, origin, _serial) in list(self._known.items()):
             if k in seen or origin not in rules_ran or f.state == "resolved":
                 continue
             gone = dataclasses.replace(f, state="resolved", evidence=dict(f.evidence))
             gone.evidence["resolved_because"] = "no longer reported by its rule"
             changes.append(gone)
-            self._known[k] = (signature(gone), gone, origin)
+            self._known[k] = (signature(gone), gone, origin, -1)
         while len(self._known) > self.max_tracked:
             self._known.popitem(last=False)
         return changes
 
     def firing(self) -> list[Finding]:
         """Return the findings currently firing."""
-        return [f for _, f, _ in self._known.values() if f.state == "firing"]
+        return [f for _, f, _, _ in self._known.values() if f.state == "firing"]

@@ -6,17 +6,25 @@ one parser (``jsonl.py``) record by record, each run's records are checked
 (``DetectorInput``) and fed to its own step consumers (node records to those that read
 them), and at the end each run's findings rules (the diagnosis) run on its findings.
 Memory does not grow with the file (the consumers are bounded; at most MAX_RUNS runs).
+
+A finding's ``detected_at`` is when a live engine would have emitted it: a live rule runs
+every ``Rule.every(DEFAULT_CYCLE_S)`` seconds (the steps rules every 2 s, at the deployed
+15 s cycle), so the moment a detector decides is moved on to its rule's next run, on a
+grid from the run's first record (a detector started with the job), and
+``detected_step`` is the newest step of the run's records up to that time, as the live
+window would have held: a second pass over the file, for those times only (bounded).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 
 from sentinel.rules.engine import run_rule, stamp
 from sentinel.rules.finding import Finding
 from sentinel.rules.jsonl import KNOWN_KEYS, DetectorInput, InputError, iter_records
-from sentinel.rules.rulefile import Rule
+from sentinel.rules.rulefile import DEFAULT_CYCLE_S, Rule
 from sentinel.rules.spec import NodeConsumer, StepConsumer
 from sentinel.rules.window import NodePoint, StepPoint, Window
 
@@ -50,7 +58,47 @@ def detect_file(path: str | Path, rules: list[Rule], default_run: str, *, strict
         raise InputError(f"{path}: no step records (valid: one JSON object per line)")
     if runs.notes > MAX_NOTES:
         say(f"{runs.notes - MAX_NOTES} more resumes not listed")
-    return runs.finish()
+    found = runs.finish()
+    _steps_at_emission(path, found, default_run)
+    out: list[Finding] = []
+    for name, got in found.items():
+        out += got + runs.findings_rules(name, got)
+    return out
+
+
+def _steps_at_emission(path: str | Path, found: dict[str, list[Finding]], default: str
+                       ) -> None:
+    """Set each finding's ``detected_step`` to the newest step of its run's records up to
+    its ``detected_at`` (a second read of the file; a few numbers kept per finding).
+    """
+    wanted = {name: sorted({f.detected_at for f in fs if f.detected_at is not None})
+              for name, fs in found.items()}
+    wanted = {n: ts for n, ts in wanted.items() if ts}
+    if not wanted:
+        return
+    newest: dict[str, int] = {}  # run -> the highest step of its records so far
+    at: dict[tuple[str, float], int] = {}  # (run, time) -> the newest step up to it
+    nxt = dict.fromkeys(wanted, 0)  # run -> index of its next wanted time
+    for _where, pt in iter_records(path, {}):
+        name = pt.run or default
+        ts = wanted.get(name)
+        if ts is None or not isinstance(pt, StepPoint) or pt.time is None:
+            continue
+        i = nxt[name]
+        while i < len(ts) and pt.time > ts[i]:
+            if name in newest:
+                at[(name, ts[i])] = newest[name]
+            i += 1
+        nxt[name] = i
+        newest[name] = max(pt.step, newest.get(name, pt.step))
+    for name, ts in wanted.items():
+        for t in ts[nxt[name]:]:
+            at[(name, t)] = newest[name]
+    for name, fs in found.items():
+        for f in fs:
+            step = at.get((name, f.detected_at)) if f.detected_at is not None else None
+            if step is not None:
+                f.detected_step = step
 
 
 class _Runs:
@@ -72,6 +120,8 @@ class _Runs:
                            and not (r.series and r.detector in on_steps)]
         self.runs: dict[str, tuple[DetectorInput, list[tuple[Rule, StepConsumer]]]] = {}
         self.notes = 0
+        # run -> the time of its first record: when a live detector would have started.
+        self.start: dict[str, float] = {}
 
     def feed(self, where: str, pt: StepPoint | NodePoint) -> None:
         """Check a record and give it to its run's consumers (node records to those that
@@ -86,6 +136,8 @@ class _Runs:
             stream = self._stream
             run = self.runs[name] = (DetectorInput(), [(r, stream(r, name))
                                                        for r in self.step_rules])
+        if pt.time is not None:
+            self.start.setdefault(name, pt.time)
         note = run[0].feed(where, pt)
         if note is not None:
             self.notes += 1
@@ -105,19 +157,38 @@ class _Runs:
         consumer: StepConsumer = rule.spec.stream(rule.params, name)
         return consumer
 
-    def finish(self) -> list[Finding]:
-        """Return every run's findings (each run's findings rules on its own findings)."""
-        out: list[Finding] = []
+    def finish(self) -> dict[str, list[Finding]]:
+        """Return every run's findings of its steps rules, ``detected_at`` as emitted live."""
+        out: dict[str, list[Finding]] = {}
         for name, (_checks, consumers) in self.runs.items():
             found: list[Finding] = []
             for rule, consumer in consumers:
-                found += stamp(rule, consumer.finish(), name)
+                got = stamp(rule, consumer.finish(), name)
+                every = rule.every(DEFAULT_CYCLE_S)
+                if name in self.start and every is not None:
+                    for f in got:
+                        f.detected_at = emitted(f.detected_at, self.start[name], every)
+                found += got
                 for note in consumer.notes:
                     self.say(f"rule {rule.name}"
                              f"{'' if len(self.runs) == 1 else f' (run {name})'}: {note}")
-            for rule in self.rules:
-                if rule.source(online=False) == "findings":
-                    found += run_rule(rule, Window(job=name, findings=list(found)))
-            out += found
+            out[name] = found
         return out
 
+    def findings_rules(self, name: str, found: list[Finding]) -> list[Finding]:
+        """Return what the findings rules (the diagnosis) make of one run's findings."""
+        out: list[Finding] = []
+        for rule in self.rules:
+            if rule.source(online=False) == "findings":
+                out += run_rule(rule, Window(job=name, findings=list(found) + out))
+        return out
+
+
+def emitted(decided: float | None, start: float, every: float) -> float | None:
+    """Return when a rule run every ``every`` s from ``start`` first emits what its
+    detector decided at ``decided``: at that run, or at the next one.
+    """
+    if decided is None or not math.isfinite(decided) or decided <= start:
+        return decided
+    # The tolerance keeps a decision on a run's own time (float noise) at that run.
+    return start + math.ceil((decided - start) / every - 1e-9) * every

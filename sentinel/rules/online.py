@@ -34,6 +34,9 @@ class OnlineDetector:
     ``streams`` maps a job name to its step stream (a :class:`StepStream`). Steps rules
     without a ``job`` run once per followed job; a rule naming a job runs for that job
     only. Series rules need ``prometheus``. Findings rules (the diagnosis) always run.
+    ``interval_s`` is the driver's cycle: a :meth:`cycle` runs the rules that are due
+    (``Rule.every``), and :meth:`next_due` says when to call it next; None runs every
+    rule without an ``interval`` of its own at every call.
     """
 
     def __init__(
@@ -45,6 +48,7 @@ class OnlineDetector:
         clock: Callable[[], float] = time.time,
         max_tracked: int = MAX_TRACKED,
         fetch_threads: int = FETCH_THREADS,
+        interval_s: float | None = None,
     ) -> None:
         self.rules = list(rules)
         self.prometheus = prometheus
@@ -60,7 +64,7 @@ class OnlineDetector:
         # Findings come out ordered by rule (findings rules last, as they run), then job.
         self._order = {r.name: (r.source() == "findings", i) for i, r in enumerate(self.rules)}
         self.engine = Engine(runs, max_tracked=max_tracked, clock=clock,
-                             fetch_threads=fetch_threads)
+                             fetch_threads=fetch_threads, interval_s=interval_s)
 
     def _bind(self, rule: Rule) -> list[Rule] | str:
         """Return the runs of ``rule`` with the sources at hand, or why it cannot run."""
@@ -94,8 +98,17 @@ class OnlineDetector:
                 -1 if f.step_start is None else f.step_start, f.time_start or 0.0, f.key)
 
     def cycle(self, now: float | None = None) -> list[Finding]:
-        """Run every active rule once; return the new, changed and resolved findings."""
+        """Run the active rules that are due; return the new, changed and resolved findings."""
         return sorted(self.engine.evaluate(self._fetch, now), key=self._sort_key)
+
+    def next_due(self) -> float | None:
+        """Return when the next rule is due (a time; in the past: now), None without cadence."""
+        return self.engine.next_due()
+
+    @property
+    def tried(self) -> set[str]:
+        """Return the labels of the rule runs that were due at the last :meth:`cycle`."""
+        return set(self.engine.tried)
 
     def firing(self) -> list[Finding]:
         """Return the findings firing now, in the same order as :meth:`cycle`."""

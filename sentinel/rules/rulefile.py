@@ -15,7 +15,15 @@ Format::
         severity: warning                # optional: overrides the detector's severity
         action: notify                   # optional: overrides the suggested action
         job: gpt-7b                      # steps-sourced rules: the job to follow
+        interval: 2s                     # optional: how often it runs (below)
         enabled: true
+
+``interval`` is how often the rule is evaluated. Without it a series rule runs once per
+cycle of its driver (``controller.interval_seconds``, ``sentinel detect --interval``: a
+Prometheus scrape brings nothing new sooner) and a steps rule every STEPS_INTERVAL_S (at
+most once per cycle): it reads the agent's step stream, which has every step as it
+happens. Findings rules (the diagnosis) take no interval: they run whenever another rule
+ran, on the findings at hand.
 
 Every mistake raises :class:`sentinel.config.ConfigError` naming the rule, the key,
 the value and what would be valid.
@@ -35,7 +43,18 @@ from sentinel.rules.spec import DetectorSpec
 
 DEFAULT_RULES = Path(__file__).with_name("default_rules.yml")
 RULE_KEYS = ("name", "detector", "window", "step", "series", "thresholds", "severity",
-             "action", "job", "enabled")
+             "action", "job", "interval", "enabled")
+# The cycle of the deployed drivers (controller.interval_seconds, sentinel detect
+# --interval): Prometheus' usual scrape interval, so a series rule sees new samples each run.
+DEFAULT_CYCLE_S = 15.0
+# A steps rule's default interval: the step stream has every step as it happens, and a
+# drop sustained for 5 of 6 seconds must be emitted within 10 s of its onset. Each run is
+# one poll of the agent and a pass over the cached records (docs/DESIGN.md, "Cadence and
+# re-judging"; its CPU cost at scale is not measured yet).
+STEPS_INTERVAL_S = 2.0
+# Bounds of a rule's interval: under half a second the engine would spin on its own
+# bookkeeping (the controller's shortest cycle is 0.5 s too); over an hour is no monitor.
+MIN_INTERVAL_S, MAX_INTERVAL_S = 0.5, 3600.0
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
@@ -64,6 +83,8 @@ class Rule:
     severity: str | None = None
     action: str | None = None
     job: str | None = None
+    # Seconds between evaluations; None: the default for its source (module docstring).
+    interval_s: float | None = None
     enabled: bool = True
 
     @property
@@ -75,6 +96,18 @@ class Rule:
     def label(self) -> str:
         """Name this rule as it runs: a steps rule runs once per job it follows."""
         return self.name if self.job is None else f"{self.name}[{self.job}]"
+
+    def every(self, cycle_s: float | None) -> float | None:
+        """Return the seconds between this rule's runs when its driver cycles every
+        ``cycle_s``; None: it runs at every evaluation (findings rules, or no cycle given).
+        """
+        if self.interval_s is not None:
+            return self.interval_s
+        if cycle_s is None or self.spec.reads_findings:
+            return None
+        if self.source() == "steps":
+            return min(STEPS_INTERVAL_S, cycle_s)
+        return cycle_s
 
     def source(self, *, online: bool = True) -> str | None:
         """Return where this rule's data comes from: ``findings``, ``series`` or ``steps``.
@@ -133,12 +166,32 @@ def _rule(i: int, raw: Any, seen: set[str]) -> Rule:
     job = raw.get("job")
     if job is not None and not isinstance(job, str):
         raise ConfigError(f"{where}.job: {job!r} is not valid (valid: a job name string)")
+    window_s = parse_duration(f"{where}.window", raw.get("window", "10m"))
     return Rule(
-        name=name, detector=det, params=params, series=series,
-        window_s=parse_duration(f"{where}.window", raw.get("window", "10m")),
+        name=name, detector=det, params=params, series=series, window_s=window_s,
         step_s=parse_duration(f"{where}.step", raw.get("step", "5s")),
         severity=sev, action=action, job=job, enabled=enabled,
+        interval_s=_interval(where, spec, raw.get("interval"), window_s),
     )
+
+
+def _interval(where: str, spec: DetectorSpec, value: Any, window_s: float) -> float | None:
+    """Check a rule's ``interval``: a duration in bounds, shorter than its window."""
+    if value is None:
+        return None
+    if spec.reads_findings:
+        raise ConfigError(f"{where}.interval: {spec.name} reads the other rules' findings and "
+                          "runs whenever one of them ran; it takes no interval (valid: leave "
+                          "it out)")
+    s = parse_duration(f"{where}.interval", value)
+    if not MIN_INTERVAL_S <= s <= MAX_INTERVAL_S:
+        raise ConfigError(f"{where}.interval: {value!r} is out of range (valid: "
+                          f"{MIN_INTERVAL_S:g}s to {MAX_INTERVAL_S:g}s)")
+    if s > window_s:
+        raise ConfigError(f"{where}.interval: {value!r} is longer than the rule's window "
+                          f"({window_s:g}s): the samples between two runs would never be "
+                          f"looked at (valid: at most {window_s:g}s, or a longer window)")
+    return s
 
 
 def _series(where: str, spec: DetectorSpec, series: Any) -> dict[str, str]:

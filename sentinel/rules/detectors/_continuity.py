@@ -38,6 +38,8 @@ class Earlier:
     # The finding's evidence of what the nodes saw when it was flagged (its ``signals``):
     # judged once, on the drop's first seconds, and carried with the episode.
     signals: dict[str, Any] | None = None
+    # Where the drop began, when this episode continued it under a new cause.
+    since: float | None = None
 
     @property
     def span_end(self) -> float:
@@ -63,11 +65,13 @@ def earlier(previous: list[Finding], scope: Callable[[Finding], bool], *,
         flagged = f.evidence.get("flagged_at")
         last = f.time_end if f.time_end is not None else f.time_start
         signals = f.evidence.get("signals")
+        since = f.evidence.get("drop_start")
         out.append(Earlier(
             start=f.time_start, end=last if f.state == "resolved" else None,
             flagged=float(flagged) if isinstance(flagged, int | float) else f.time_start,
             baseline=b, worst=w, last_bad=last,
-            signals=signals if isinstance(signals, dict) else None))
+            signals=signals if isinstance(signals, dict) else None,
+            since=float(since) if isinstance(since, int | float) else None))
     return sorted(out, key=lambda e: e.start)
 
 
@@ -95,7 +99,7 @@ def continue_episodes(
         finder = new_finder(last.baseline, got.append)
         cont = Episode(start=last.start, end=None, flagged=last.flagged,
                        baseline=last.baseline, worst=last.worst, last_bad=last.last_bad,
-                       signals=last.signals)
+                       signals=last.signals, since=last.since)
         finder.resume(cont)
         for t, v in points:
             if t < last.start:

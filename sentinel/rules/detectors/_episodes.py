@@ -38,6 +38,9 @@ class Episode:
     # What the caller found alongside when it was flagged (the throughput detector: what
     # the nodes saw, for the diagnosis); kept as the episode goes on.
     signals: dict[str, Any] | None = field(default=None, compare=False, repr=False)
+    # Where the drop began when this episode continues it under a new cause (the
+    # throughput detector splits a drop whose cause changed); None: at ``start``.
+    since: float | None = field(default=None, compare=False)
 
     def add(self, t: float, v: float) -> None:
         """Count a sample fed while the episode is open into its trend."""
@@ -215,6 +218,25 @@ class EpisodeFinder:
         episode longer than the window that re-finds it keeps its start and its level.
         """
         self.cur = ep
+
+    def split(self, at: float, now: float, value: float,
+              signals: dict[str, Any] | None) -> Episode:
+        """End the open sustained episode at ``at`` and go on with a new one from there.
+
+        The samples are still bad: the new episode is sustained at once (``flagged`` =
+        ``now``), against the same baseline, and remembers where the drop began
+        (``since``). Returns the new episode.
+        """
+        old = self.cur
+        assert old is not None and old.flagged is not None
+        at = min(max(at, old.start + self.res), now)
+        new = Episode(start=at, end=None, flagged=now, baseline=old.baseline, worst=value,
+                      last_bad=now, signals=signals,
+                      since=old.since if old.since is not None else old.start)
+        old.end = at
+        self._close()
+        self.cur = new
+        return new
 
     def finish(self) -> None:
         """Hand over the episode still open, if any."""

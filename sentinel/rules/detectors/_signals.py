@@ -147,27 +147,44 @@ class NodeSignals:
         return sorted((s for k, s in self._nodes.get(node, {}).items() if a <= k < b),
                       key=lambda s: s.t)
 
+    def before(self, node: str | None, start: float, baseline_s: float
+               ) -> dict[str, list[_Second]]:
+        """Return the seconds of ``node`` (None: every node) in the ``baseline_s`` before
+        ``start``: what a drop's later seconds are judged against, kept with the drop.
+        """
+        nodes = [node] if node is not None else sorted(self._nodes)
+        return {n: self._span(n, start - baseline_s, start) for n in nodes}
+
     def judge(self, node: str | None, start: float, flagged: float, baseline_s: float,
-              th: Thresholds) -> dict[str, Any] | None:
+              th: Thresholds, *, since: float | None = None,
+              before: dict[str, list[_Second]] | None = None) -> dict[str, Any] | None:
         """Return what rose on ``node`` (None: any node) from before ``start`` to the
-        drop's seconds [start, flagged]; None when no step and no node record said anything.
+        drop's seconds [start, flagged] (or [since, flagged]: a later stretch of it);
+        None when no step and no node record said anything. With ``before`` (from
+        :meth:`before`), the seconds judged against are those, and None also when no
+        node has seconds on both sides (nothing to judge).
         """
         if not (self.seen_data or self.seen_records):
             return None
         out: dict[str, list[dict[str, Any]]] = {
             "input_wait": [], "disk": [], "gpu_contention": [], "throttle": []}
         nodes = [node] if node is not None else sorted(self._nodes)
+        judged = 0
         for n in nodes:
-            before = self._span(n, start - baseline_s, start)
-            during = self._span(n, start, flagged + self.res)
-            if not before or not during:
+            then = (before.get(n, []) if before is not None
+                    else self._span(n, start - baseline_s, start))
+            during = self._span(n, start if since is None else since, flagged + self.res)
+            if not then or not during:
                 continue
-            found = {"input_wait": _input_wait(n, before, during, th),
-                     "disk": _disk(n, before, during, th),
-                     "gpu_contention": _contention(n, before, during, th),
-                     "throttle": _throttle(n, before, during, th)}
+            judged += 1
+            found = {"input_wait": _input_wait(n, then, during, th),
+                     "disk": _disk(n, then, during, th),
+                     "gpu_contention": _contention(n, then, during, th),
+                     "throttle": _throttle(n, then, during, th)}
             for kind, got in found.items():
                 out[kind] += got
+        if before is not None and not judged:
+            return None
         evidence: dict[str, Any] = {"checked": {"input_wait": self.seen_data,
                                                 "node_records": self.seen_records}}
         for kind, got in out.items():
@@ -176,6 +193,30 @@ class NodeSignals:
                 if len(got) > MAX_LISTED:
                     evidence[f"{kind}_more"] = len(got) - MAX_LISTED
         return evidence
+
+
+def cause_of(signals: dict[str, Any] | None) -> str | None:
+    """Return the cause a drop's node signals name, in the diagnosis' order, or None.
+
+    Storage (the input wait explains the drop on a node whose disk latency rose), the
+    input pipeline (the wait without a disk rise), GPU contention, a throttling GPU;
+    None: nothing the nodes saw (job-wide software or a straggler, by scope). The
+    diagnosis (``diagnosis.py``) names the same from the same evidence (a unit test
+    holds them together); the throughput detector uses this to see a cause change.
+    """
+    if not signals:
+        return None
+    rose = {d["node"] for d in signals.get("disk", [])}
+    waits = signals.get("input_wait", [])
+    if any(w["node"] in rose for w in waits):
+        return "storage_stall"
+    if waits:
+        return "input_pipeline"
+    if signals.get("gpu_contention"):
+        return "gpu_contention"
+    if signals.get("throttle"):
+        return "throttling_gpu"
+    return None
 
 
 def _per_step(secs: list[_Second]) -> tuple[int, float, float]:

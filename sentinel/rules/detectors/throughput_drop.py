@@ -29,7 +29,7 @@ from sentinel.rules.detectors._episodes import (
     resolution,
 )
 from sentinel.rules.detectors._rolling import median
-from sentinel.rules.detectors._signals import NodeSignals, Thresholds
+from sentinel.rules.detectors._signals import NodeSignals, Thresholds, cause_of
 from sentinel.rules.finding import Finding
 from sentinel.rules.jsonl import TIME_BACK_TOLERANCE_S
 from sentinel.rules.spec import MAX_STREAM_FINDINGS, DetectorSpec
@@ -40,6 +40,11 @@ NAME = "throughput_drop"
 # majority, not the 80% that made it sustained, so a run back to normal with +-15%
 # jitter (a quarter of its samples under a 10% line) is not held open for ever.
 CLOSE_FRACTION = 0.5
+# Judgements in a row (each over the last sustain window, one per window) that must name
+# the same new cause before an open drop is split under it: a cause must hold for two
+# whole windows (12 s on the step rule), so one window of a flickering signal, or two
+# causes taking turns, does not split a drop.
+REJUDGE_CONFIRM = 2
 
 
 @dataclass
@@ -156,6 +161,14 @@ def _delay(e: Episode) -> float:
     return e.flagged - e.start
 
 
+def _own(evidence: dict[str, Any], e: Episode) -> None:
+    """Add what the nodes saw, and where the drop began if a new cause split it."""
+    if e.signals is not None:
+        evidence["signals"] = e.signals
+    if e.since is not None:
+        evidence["drop_start"] = e.since
+
+
 def _job_finding(e: Episode, dips: list[dict[str, Any]], nodes: list[str], job: str
                  ) -> Finding:
     depth = 1 - e.worst / e.baseline if e.baseline else 0.0
@@ -170,8 +183,7 @@ def _job_finding(e: Episode, dips: list[dict[str, Any]], nodes: list[str], job: 
         span = (e.end if e.end is not None else e.last_bad) - e.start
         # How much of the baseline the drop lost from its start to its end, by the fit.
         evidence["trend"] = {"change": slope * span / e.baseline, "r": r, "samples": n}
-    if e.signals is not None:
-        evidence["signals"] = e.signals
+    _own(evidence, e)
     return Finding(
         kind="throughput_drop", severity="warning",
         summary=(f"job throughput {depth:.0%} below its own baseline "
@@ -188,8 +200,7 @@ def _node_finding(e: Episode, node: str, job: str) -> Finding:
     evidence: dict[str, Any] = {
         "scope": "node", "ratio_to_cluster_median": e.worst, "depth": depth,
         "flagged_at": e.flagged, "detection_delay_s": _delay(e)}
-    if e.signals is not None:
-        evidence["signals"] = e.signals
+    _own(evidence, e)
     return Finding(
         kind="throughput_drop", severity="warning",
         summary=(f"node {node} runs {depth:.0%} below the cluster median "
@@ -327,6 +338,20 @@ def detect(window: Window, params: Params) -> list[Finding]:
     return findings
 
 
+@dataclass
+class _Judge:
+    """An open drop's cause, judged again each sustain window (Stream._rejudge)."""
+
+    start: float  # the episode it follows
+    since: float  # where the drop began: its seconds before are the reference
+    before: dict[str, Any]  # those seconds, per node (NodeSignals.before)
+    cause: str | None  # the cause it is open under (None: nothing the nodes saw)
+    next_t: float  # when to judge next (on a grid from the drop's flagging)
+    candidate: str | None = None  # a different cause judged lately...
+    count: int = 0  # ...this many times in a row
+    first: float = 0.0  # from when (the first such judgement's window)
+
+
 class Stream:
     """The detector over step records in time order (``sentinel detect FILE``).
 
@@ -341,7 +366,11 @@ class Stream:
     (``data_s``) and the node records (:meth:`feed_node`) said (``_signals.NodeSignals``),
     and when a drop becomes sustained it judges them on the drop's first seconds
     against those before: the finding's ``evidence.signals``, from which the diagnosis
-    names the cause in the same cycle as the drop's first emission.
+    names the cause in the same cycle as the drop's first emission. While the drop stays
+    open it judges them again each ``sustain_s`` (the last window against the seconds
+    before the drop began); a different cause named REJUDGE_CONFIRM times in a row ends
+    the drop's episode where it was first seen and opens a new one under it (its own
+    finding and diagnosis; ``evidence.drop_start`` keeps where the drop began).
     """
 
     RES_SAMPLE = 4096
@@ -373,6 +402,7 @@ class Stream:
         self._node_finders: dict[str, EpisodeFinder] = {}
         self._job_eps: list[Episode] = []
         self._node_eps: list[tuple[str, Episode]] = []
+        self._judges: dict[str | None, _Judge] = {}  # open drop's cause, by node (None: job)
         self._dips: deque[dict[str, Any]] = deque(maxlen=self.MAX_DIPS)
         self.dropped = 0  # findings past MAX_STREAM_FINDINGS
         self.late = 0  # records for a bucket already closed
@@ -486,6 +516,7 @@ class Stream:
         self._resume(self._job, None, t)
         self._job.feed(t, cluster)
         self._mark(self._job, step, None)
+        self._rejudge(self._job, None, t, cluster, step)
         if not self.p.peer_check or not cluster:
             return
         for node, v in sorted(per_node.items()):
@@ -496,6 +527,7 @@ class Stream:
             self._resume(f, node, t)
             f.feed(t, v / cluster)
             self._mark(f, step, node)
+            self._rejudge(f, node, t, v / cluster, step)
 
     def _mark(self, finder: EpisodeFinder, step: int | None, node: str | None) -> None:
         """Note the step at which the finder's open episode was just flagged, and judge
@@ -508,6 +540,46 @@ class Stream:
         if cur.signals is None:  # an episode continued from earlier cycles keeps its own
             cur.signals = self.signals.judge(node, cur.start, cur.flagged, self.p.baseline_s,
                                              self._th)
+        since = cur.since if cur.since is not None else cur.start
+        self._judges[node] = _Judge(
+            start=cur.start, since=since, cause=cause_of(cur.signals),
+            before=self.signals.before(node, since, self.p.baseline_s),
+            next_t=cur.flagged + self.p.sustain_s)
+
+    def _rejudge(self, finder: EpisodeFinder, node: str | None, t: float, value: float,
+                 step: int | None) -> None:
+        """Judge an open drop's cause again on its last sustain window; split the drop
+        when a new cause is named REJUDGE_CONFIRM times in a row (REJUDGE_CONFIRM's why).
+        """
+        cur, j = finder.cur, self._judges.get(node)
+        if j is None:
+            return
+        if cur is None or cur.start != j.start:
+            del self._judges[node]  # its drop ended
+            return
+        if t < j.next_t:
+            return
+        # On a grid from the drop's flagging, whatever the first time judged: each cycle
+        # replays its window and must judge the same seconds (the same split, the same key).
+        j.next_t += self.p.sustain_s * max(1, math.ceil((t - j.next_t) / self.p.sustain_s))
+        sig = self.signals.judge(node, j.since, t, self.p.baseline_s, self._th,
+                                 since=t - self.p.sustain_s, before=j.before)
+        if sig is None:
+            return  # nothing to judge on (no seconds before the drop kept): keep the cause
+        verdict = cause_of(sig)
+        if verdict == j.cause:
+            j.count = 0
+            return
+        if j.count and verdict == j.candidate:
+            j.count += 1
+        else:
+            j.candidate, j.count, j.first = verdict, 1, t - self.p.sustain_s
+        if j.count < REJUDGE_CONFIRM:
+            return
+        sig["cause_before"] = j.cause
+        new = finder.split(j.first, t, value, sig)
+        new.flagged_step = step
+        j.start, j.cause, j.count, j.candidate = new.start, verdict, 0, None
 
     def _resume(self, finder: EpisodeFinder, key: str | None, t: float) -> None:
         """Continue the drop earlier cycles reported open, once the samples reach it."""
@@ -516,7 +588,8 @@ class Stream:
             return
         del self._cont[key]
         finder.resume(Episode(start=e.start, end=None, flagged=e.flagged, baseline=e.baseline,
-                              worst=e.worst, last_bad=e.last_bad, signals=e.signals))
+                              worst=e.worst, last_bad=e.last_bad, signals=e.signals,
+                              since=e.since))
 
     def _job_episode(self, e: Episode) -> None:
         self.dips_seen += 1

@@ -246,3 +246,40 @@ def test_stopping_the_controller_wakes_a_waiting_action(tmp_path):
     parts.controller.stop()
     t.join(10)
     assert woke == [True] and time.monotonic() - t0 < 5
+
+
+def test_a_tick_handles_findings_and_leaves_rechecks_to_the_cycle(tmp_path, toy):
+    det = ScriptedDetector([[spike()]])
+    ctl = make_controller(tmp_path, det, policy=PolicyConfig(rollback_skip_mode="ask"))
+    observed = []
+    ctl.observers.append(lambda now, stats: observed.append(now))
+    stats = ctl.tick()
+    [a] = ctl.journal.actions()
+    assert stats.findings == 1 and a.state == "awaiting_approval"
+    ctl.journal.approve(a.id, "alice")
+    ctl.tick()  # approvals are looked at once a cycle, not every tick
+    assert ctl.journal.action(a.id).state == "awaiting_approval"
+    assert observed == [] and ctl.cycles == 0
+    ctl.cycle()
+    wait_done(ctl)
+    assert ctl.journal.action(a.id).state == "verified" and len(observed) == 1
+
+
+def test_an_incident_of_several_findings_ends_with_the_last_of_them(tmp_path):
+    drop = Finding(kind="throughput_drop", severity="warning", summary="drop",
+                   suggested_action="notify", job="gpt", rule="throughput-steps", episode="1")
+    storage = Finding(kind="diagnosis", severity="warning", summary="storage stall",
+                      suggested_action="notify", job="gpt", rule="diagnosis",
+                      episode="storage_stall@1")
+    gpu = dataclasses.replace(storage, summary="GPU contention", episode="gpu_contention@2")
+    det = ScriptedDetector([[drop, storage], [dataclasses.replace(storage, state="resolved"),
+                                              gpu], [dataclasses.replace(drop, state="resolved"),
+                                                     dataclasses.replace(gpu, state="resolved")]])
+    ctl = make_controller(tmp_path, det)
+    ctl.tick()
+    ctl.tick()  # the first cause gave way to the next: the incident goes on
+    [inc] = ctl.journal.incidents()
+    assert inc.state == "open" and inc.summary == "GPU contention"
+    ctl.tick()
+    [inc] = ctl.journal.incidents()
+    assert inc.state == "resolved"

@@ -226,3 +226,19 @@ def test_the_prometheus_form_of_the_same_drop_names_the_same_cause():
     assert got[1].evidence["node_signals"] == sd.key
     alone = diagnosis.detect(Window(findings=[series_drop]), diagnosis.Params())
     assert [d.evidence["cause"] for d in alone] == ["job_wide_slowdown"]
+
+
+def test_the_detectors_cause_of_the_signals_is_the_diagnosis_cause():
+    # The throughput detector sees a cause change through cause_of (test_rejudge.py);
+    # it must name what the diagnosis names from the same evidence.
+    from sentinel.rules.detectors._signals import cause_of
+
+    for name, case in sorted(CASES.items()):
+        drops, diags = findings(*trace(case, 0))
+        for d in diags:
+            (drop,) = [x for x in drops if x.key == d.evidence["drop"]]
+            want = cause_of(drop.evidence.get("signals"))
+            if want is None:
+                assert d.evidence["cause"] in ("job_wide_slowdown", "straggler"), name
+            else:
+                assert d.evidence["cause"] == want, name
