@@ -78,22 +78,30 @@ ROUND2 = ("subtle_small", "bound_contention", "storage_stall-s1", "growing_slowd
           "checkpoint-s1")
 CHECKPOINT_EVERY_S = 8.0  # a full save of model and optimizer this often
 COMPETITOR = """
-import sys, time, torch
+import sys, time
 dev, start, end, mark = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
 big = dev != "cpu"
-n = 8192 if big else 512
-a = torch.randn(n, n, device=dev, dtype=torch.bfloat16 if big else torch.float32)
-b = a @ a  # warm up (CUDA context, cuBLAS) before the window, not in it
-if big: torch.cuda.synchronize()
+if big:
+    import torch
+    a = torch.randn(8192, 8192, device=dev, dtype=torch.bfloat16)
+    mm = lambda: a @ a
+    sync = torch.cuda.synchronize
+else:  # a CPU check: numpy starts in a fraction of torch's time on a loaded VM
+    import numpy
+    a = numpy.random.default_rng(0).standard_normal((512, 512), dtype=numpy.float32)
+    mm = lambda: a @ a
+    sync = lambda: None
+b = mm()  # warm up (CUDA context, cuBLAS) before the window, not in it
+sync()
 time.sleep(max(0.0, start - time.time()))
 open(mark, "w").write(repr(time.time()))  # when the GPU really became shared
 while time.time() < end:
     for _ in range(20):  # queue work back to back: the GPU never waits for this process
-        b = a @ a
-    if big: torch.cuda.synchronize()
+        b = mm()
+    sync()
 """
 # Seconds before its window that the competitor starts (python, torch, CUDA context;
-# with --smoke 6 s: torch's import on a loaded 2-core VM).
+# with --smoke 3 s: python and numpy on a loaded 2-core VM).
 COMPETITOR_LEAD_S = 12.0
 
 
@@ -408,7 +416,7 @@ def record(run: Run, args: argparse.Namespace, corpus: bytes, out: Path) -> dict
     if run.cause == "gpu_contention":
         # Started before its window so that its start-up is not part of it; the run's
         # window must leave it the time (the competitor itself waits for ``a``).
-        a = max(a, t0 + (6.0 if args.smoke else COMPETITOR_LEAD_S))
+        a = max(a, t0 + (3.0 if args.smoke else COMPETITOR_LEAD_S))
         b = max(b, a + (run.window[1] - run.window[0]))
     mark = out / "work" / "competitor.start"
     durations: list[float] = []

@@ -49,8 +49,7 @@ def test_only_takes_names_families_and_round2_and_refuses_the_rest():
 
 def test_the_recorder_writes_labelled_split_traces_the_tools_read(tmp_path):
     """Two runs at toy size on the CPU: calibrated subtle bad batches and a GPU-bound
-    contention window (12 s: the competitor's Python and torch start-up, 6 s with
-    --smoke, must fit before its window)."""
+    contention window (12 s: the competitor's start-up must fit before its window)."""
     r = subprocess.run(
         [sys.executable, "-m", "bench.detectors.record_gpu", "--device", "cpu", "--smoke",
          "--only", "subtle_small-s1,bound_contention-s0", "--throughput-s", "12",
