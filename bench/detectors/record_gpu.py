@@ -1,7 +1,7 @@
 """Record the issue-11 corpus on one GPU: each cause really caused, labelled, split.
 
     python -m bench.detectors.record_gpu --out "$OUT"          # one H200: ~10 minutes
-    python -m bench.detectors.record_gpu --out "$OUT" --only round2    # round 2's: ~4.5
+    python -m bench.detectors.record_gpu --out "$OUT" --only round2    # round 2: 272 s
     python -m bench.detectors.record_gpu --device cpu --smoke --out /tmp/x   # a check
     python -m bench.detectors.merge_gpu "$OUT" bench/detectors/curves/h200    # add to it
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from bench.detectors.corpus import load_real
+from bench.detectors.corpus import GPU_DIR, load_real
 from bench.detectors.merge_gpu import main as merge_main
 from bench.detectors.merge_gpu import merge
 from bench.detectors.record_gpu import plan, select, split
@@ -165,3 +165,36 @@ def test_merge_refuses_a_corpus_whose_labels_and_split_disagree(tmp_path):
         merge(src, dest)
     with pytest.raises(SystemExit):
         merge_main([str(tmp_path / "empty"), str(dest)])
+
+
+def test_the_committed_corpus_has_a_tune_and_a_held_out_run_of_each_cause():
+    """The H200 corpus as committed: split.json and the labels agree, each throughput
+    cause (and the checkpoint saves) and each loss family of two runs or more has a run
+    in each part, and the first round's held-out runs are still held out."""
+    parts = json.loads((GPU_DIR / "split.json").read_text())
+    labels = {p.name.removesuffix(".labels.json"): json.loads(p.read_text())
+              for p in GPU_DIR.glob("*.labels.json")}
+    assert {n for n, lab in labels.items() if lab["split"] == "tune"} == set(parts["tune"])
+    assert {n for n, lab in labels.items() if lab["split"] == "held_out"} == set(
+        parts["held_out"])
+    by_cause: dict[str, set[str]] = {}
+    for lab in labels.values():
+        causes = [e["cause"] for e in lab["time_events"]] or (
+            ["checkpoint"] if lab["family"] == "gpu_checkpoint" else [])
+        for c in causes:
+            by_cause.setdefault(c, set()).add(lab["split"])
+    assert by_cause == {c: {"tune", "held_out"} for c in
+                        ("gpu_contention", "storage_stall", "growing_slowdown", "checkpoint")}
+    by_family: dict[str, list[str]] = {}
+    for lab in labels.values():
+        by_family.setdefault(lab["family"], []).append(lab["split"])
+    assert all(set(s) == {"tune", "held_out"} for s in by_family.values() if len(s) > 1)
+    first_round_held_out = {"checkpoint-s0", "early-s0", "gpu_contention-s0",
+                            "growing_slowdown-s0", "healthy-s0-lr2.0", "healthy-s1-lr2.0",
+                            "healthy-s2-lr2.0", "high_lr-s1", "sharp-s1", "storage_stall-s0",
+                            "subtle-s1"}
+    assert first_round_held_out <= set(parts["held_out"])
+    # The GPU-bound contention runs really slowed the job by the issue's 30% or more.
+    for name in ("bound_contention-s0", "bound_contention-s1"):
+        (ev,) = labels[name]["time_events"]
+        assert ev["drop"] >= 0.30, (name, ev)
