@@ -120,7 +120,8 @@ def replay_trace(path: Path, labels: dict[str, Any], work: Path) -> dict[str, An
                        and (d.time_end if d.time_end is not None else d.time_start) >= a),
                       key=lambda d: d.detected_at or 0.0)
         matched |= {d.key for d in mine}
-        row: dict[str, Any] = {"cause": ev["cause"], "detected": bool(mine)}
+        row: dict[str, Any] = {"cause": ev["cause"], "detected": bool(mine),
+                               "drop": ev.get("drop")}
         if mine:
             first = mine[0]
             diag = diags.get(first.key)
@@ -146,15 +147,25 @@ def _delays(xs: list[float]) -> str:
     return f"{statistics.median(xs):.1f} / {max(xs):.1f}" if xs else "—"
 
 
+def _drops(evs: list[dict[str, Any]]) -> str:
+    """Return the labels' measured drops of the job (steps/s lost in the cause's window)."""
+    return ", ".join(f"{e['drop']:.0%}" for e in evs if e.get("drop") is not None) or "—"
+
+
 def corpus_table(results: list[dict[str, Any]]) -> str:
     """Return the markdown table of a replayed corpus: per cause, then false alarms."""
     lines = ["| cause | traces | detected | delay to the drop (s), median / max | delay to "
-             "the diagnosis (s), median / max | named | right diagnosis |",
-             "|---|---|---|---|---|---|---|"]
+             "the diagnosis (s), median / max | named | right diagnosis | the job's drop "
+             "(labels) |",
+             "|---|---|---|---|---|---|---|---|"]
     causes: dict[str, list[dict[str, Any]]] = {}
     for r in results:
         for ev in r["events"]:
-            causes.setdefault(ev["cause"], []).append(ev)
+            # A family that is not the cause's own (bound_contention: gpu_contention on a
+            # GPU-bound job) gets its own row.
+            own = r["family"] in ("?", f"gpu_{ev['cause']}")
+            key = ev["cause"] if own else f"{ev['cause']} ({r['family']})"
+            causes.setdefault(key, []).append(ev)
     for cause, evs in sorted(causes.items()):
         named = Counter(f"{e['named']}{' (worsening)' if e.get('worsening') else ''}"
                         for e in evs if "named" in e)
@@ -163,7 +174,8 @@ def corpus_table(results: list[dict[str, Any]]) -> str:
             f"{_delays([e['delay_s'] for e in evs if 'delay_s' in e])} | "
             f"{_delays([e['named_delay_s'] for e in evs if 'named_delay_s' in e])} | "
             f"{', '.join(f'{k} x{v}' for k, v in sorted(named.items())) or '—'} | "
-            f"{sum(bool(e.get('right')) for e in evs)} |")
+            f"{sum(bool(e.get('right')) for e in evs)} | "
+            f"{_drops(evs)} |")
     lines += ["", "| family | traces | false alarms (drops outside every labelled cause) |",
               "|---|---|---|"]
     fams: dict[str, list[dict[str, Any]]] = {}

@@ -117,3 +117,21 @@ def test_the_benchmark_run_replays_the_same_part_for_throughput(tmp_path, capsys
     saved = json.loads((out / "throughput_traces.json").read_text())
     assert sorted(t["trace"] for t in saved["traces"]) == [
         "checkpoint-s0", "gpu_contention-s0", "growing_slowdown-s0", "storage_stall-s0"]
+
+
+def test_a_cause_recorded_by_another_family_gets_its_own_row_with_its_drop(tmp_path):
+    """GPU-bound contention (family gpu_bound_contention) is scored apart from the
+    launch-bound gpu_contention run; the table shows the job's drop from the labels."""
+    d = tmp_path / "traces"
+    d.mkdir()
+    for name, family, drop in (("gpu_contention-s0", "gpu_gpu_contention", 0.1),
+                               ("bound_contention-s1", "gpu_bound_contention", 0.41)):
+        steps, nodes = _run(name, "gpu_contention", 5)
+        _write(d, name, family, "held_out", steps + nodes,
+               [{"start_time": A, "end_time": B, "cause": "gpu_contention",
+                 "worsening": False, "drop": drop}])
+    table = corpus_table(replay_corpus(d, "held_out"))
+    assert "| gpu_contention | 1 | 1 |" in table
+    assert "| gpu_contention (gpu_bound_contention) | 1 | 1 |" in table
+    assert table.splitlines()[2].endswith("| 10% |")
+    assert table.splitlines()[3].endswith("| 41% |")
