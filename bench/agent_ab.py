@@ -11,7 +11,7 @@ H100 dump (``--gpu-replay``, default tests/fixtures/h100/nvml_idle.json), or the
 through NVML with ``--real-nvml`` (``bench/agent_overhead.py --ab-base REF`` does that).
 
 Measures per tree: the median wall time and process CPU of one scrape (collect + render,
-all collectors; the gpu collector alone), and the RSS of a real ``sentinel agent``
+the default collectors; the gpu collector alone), and the RSS of a real ``sentinel agent``
 process after 2000 step reports and 20 scrapes. Prints a table; ``--out`` writes JSON.
 """
 
@@ -20,45 +20,30 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
+from agent_start import in_process_agent, loaded_agent_memory
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_REPLAY = ROOT / "tests" / "fixtures" / "h100" / "nvml_idle.json"
-COLLECTORS = ["gpu", "disk", "host", "training", "textfile"]
 CHILD_TIMEOUT_S = 300
 
 
 def _child_scrape(n: int, replay: str) -> dict[str, float]:
     """Time scrapes in this process (whichever sentinel PYTHONPATH gives)."""
-    from sentinel.agent.collectors.base import Context
-    from sentinel.agent.config import AgentConfig
     from sentinel.agent.exporter import Agent
-    try:
-        from sentinel.gpu.nvml_replay import ReplayBackend
-    except ImportError:  # trees before the sentinel/gpu package
-        from sentinel.agent.nvml_replay import ReplayBackend  # type: ignore[no-redef]
 
-    tmp = tempfile.mkdtemp()
-    cfg = AgentConfig(socket=os.path.join(tmp, "a.sock"), collectors=COLLECTORS)
-    ctx = Context(config=cfg, nvml_backend=ReplayBackend.from_file(replay) if replay else None)
     res: dict[str, float] = {}
-    agent = Agent(ctx)
-    agent.start()
-    try:
-        body = agent.render()
-        if b"sentinel_gpu_up{" not in body:
+    with in_process_agent(replay) as agent:
+        if b"sentinel_gpu_up{" not in agent.render():
             raise SystemExit("the scrape has no GPU series: is the replay file right?")
         res.update(_time("all", agent.render, n))
-        gpu_only = Agent(ctx, [c for c in agent.collectors if c.name == "gpu"])
+        gpu_only = Agent(agent.ctx, [c for c in agent.collectors if c.name == "gpu"])
         res.update(_time("gpu", gpu_only.render, n))
-    finally:
-        agent.close()
     return res
 
 
@@ -74,47 +59,6 @@ def _time(key: str, fn, n: int) -> dict[str, float]:
     # process_time ticks coarsely on some kernels: the mean over n is the figure.
     return {f"{key}_wall_us": statistics.median(walls) * 1e6,
             f"{key}_cpu_us": statistics.fmean(cpus) * 1e6}
-
-
-def _child_rss(replay: str) -> dict[str, float]:
-    """Start a real agent from this tree, feed and scrape it, return its RSS."""
-    import psutil
-    import requests
-
-    tmp = tempfile.mkdtemp()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sentinel", "agent", f"--listen-address=127.0.0.1:{port}",
-         f"--socket={tmp}/a.sock", *([f"--gpu-replay={replay}"] if replay else [])],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        url = f"http://127.0.0.1:{port}/metrics"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                requests.get(url, timeout=2)
-                break
-            except requests.ConnectionError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise
-                time.sleep(0.1)
-        from sentinel.train.reporter import Reporter
-
-        rep = Reporter(job="bench", socket_path=f"{tmp}/a.sock")
-        for i in range(2000):
-            rep.step(i, loss=1.0, tokens=1000)
-            if i % 100 == 0:
-                time.sleep(0.005)  # the kernel's datagram queue may be 10 deep here
-        for _ in range(20):
-            requests.get(url, timeout=10).raise_for_status()
-        p = psutil.Process(proc.pid)
-        return {"rss_mb": p.memory_info().rss / 2**20, "uss_mb": p.memory_full_info().uss / 2**20,
-                "threads": float(p.num_threads())}
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def _run_child(tree: Path, what: str, args: argparse.Namespace) -> dict[str, float]:
@@ -142,8 +86,8 @@ def main() -> int:
     p.add_argument("--child", choices=["scrape", "rss"], help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
-        fn = _child_scrape if args.child == "scrape" else _child_rss
-        res = fn(args.n, args.gpu_replay) if args.child == "scrape" else fn(args.gpu_replay)
+        res = (_child_scrape(args.n, args.gpu_replay) if args.child == "scrape"
+               else loaded_agent_memory(args.gpu_replay))
         print(json.dumps(res))
         return 0
     trees = [(name, Path(d).resolve()) for name, _, d in (t.partition("=") for t in args.tree)]

@@ -21,11 +21,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from agent_start import agent_process, in_process_agent, loaded_agent_memory  # noqa: E402
 
 SMI_FIELDS = (
     "index,uuid,name,pci.bus_id,temperature.gpu,temperature.memory,clocks.sm,clocks.mem,"
@@ -48,41 +51,23 @@ def median_us(fn, n: int, warmup: int = 3) -> float:
 
 
 def bench_collect(args, res: dict) -> None:
-    from sentinel.agent.collectors.base import Context
-    from sentinel.agent.config import AgentConfig
+    """Time a scrape (collect + render, the default collectors) and its parts."""
     from sentinel.agent.exporter import Agent
 
-    tmp = tempfile.mkdtemp()
-    collectors = ["gpu", "disk", "host", "training", "textfile"]
-    cfg = AgentConfig(socket=os.path.join(tmp, "a.sock"), collectors=collectors)
-    ctx = Context(config=cfg)
-    if args.gpu_replay:
-        from sentinel.gpu.nvml_replay import ReplayBackend
-
-        ctx.nvml_backend = ReplayBackend.from_file(args.gpu_replay)
-    agent = Agent(ctx)
-    agent.start()
-    try:
+    with in_process_agent(args.gpu_replay) as agent:
         body = agent.render()
         gpu_ok = b"sentinel_gpu_nvml_available" in body and b'sentinel_gpu_up{' in body
+        res["agent_collectors"] = ",".join(c.name for c in agent.collectors)
         res["agent_gpus_seen"] = body.count(b"sentinel_gpu_up{")
         res["collect_render_median_us"] = median_us(agent.render, args.n)
-        gpu_only = Agent(ctx, [c for c in agent.collectors if c.name == "gpu"])
+        gpu_only = Agent(agent.ctx, [c for c in agent.collectors if c.name == "gpu"])
         res["collect_render_gpu_only_median_us"] = median_us(gpu_only.render, args.n)
-    finally:
-        agent.close()
+        breakdown(agent, args.n, res)
+        bench_http(agent, args.n, res)
     # The same with every NVML field read on every scrape (gpu_slow_fields_seconds=0):
     # what a scrape costs when the slow counters are due for their refresh.
-    cold_cfg = AgentConfig(
-        socket=os.path.join(tmp, "b.sock"), collectors=collectors, gpu_slow_fields_seconds=0.0
-    )
-    cold_ctx = Context(config=cold_cfg, nvml_backend=ctx.nvml_backend)
-    cold = Agent(cold_ctx)
-    cold.start()
-    try:
+    with in_process_agent(args.gpu_replay, gpu_slow_fields_seconds=0.0) as cold:
         res["collect_render_all_fields_median_us"] = median_us(cold.render, max(10, args.n // 5))
-    finally:
-        cold.close()
     smi = shutil.which("nvidia-smi")
     if smi and gpu_ok and not args.gpu_replay:
         argv = [smi, f"--query-gpu={SMI_FIELDS}", "--format=csv"]
@@ -94,7 +79,7 @@ def bench_collect(args, res: dict) -> None:
         res["speedup_vs_nvidia_smi"] = (
             res["nvidia_smi_query_median_us"] / res["collect_render_median_us"]
         )
-        res["speedup_goal"] = 20.0
+        res["speedup_goal"] = 50.0
         res["speedup_vs_nvidia_smi_all_fields"] = (
             res["nvidia_smi_query_median_us"] / res["collect_render_all_fields_median_us"]
         )
@@ -102,41 +87,116 @@ def bench_collect(args, res: dict) -> None:
         res["nvidia_smi_note"] = "no nvidia-smi or no GPU seen by NVML: comparison skipped"
 
 
-def bench_rss(res: dict) -> None:
-    """Start a real agent process, scrape it a few times, read its RSS."""
-    import psutil
-    import requests
+def breakdown(agent, n: int, res: dict) -> None:
+    """Time each part of a scrape alone: NVML calls, each collect, render, the rest.
 
-    tmp = tempfile.mkdtemp()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sentinel", "agent", f"--listen-address=127.0.0.1:{port}",
-         f"--socket={tmp}/a.sock"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ``part_nvml_us`` is the gpu collector's NVML reads (every GPU, slow fields cached as
+    in a scrape), inside ``part_collect_gpu_us``; ``part_render_us`` writes one scrape's
+    families as a scrape does (unchanged families from their last text),
+    ``part_render_all_changed_us`` as if every value had changed; ``part_agent_us`` is
+    the scrape less its collects and render: the hand-off to the runner thread and the
+    agent's own families.
+    """
+    from sentinel import exposition
+
+    gpu = agent.collector("gpu")
+    nv = getattr(gpu, "_nvml", None)
+    if nv is not None:
+        indexes = [d.index for d in nv.devices()]
+        res["part_nvml_us"] = median_us(lambda: [nv.sample(i) for i in indexes], n)
+    total = 0.0
+    for c in agent.collectors:
+        res[f"part_collect_{c.name}_us"] = t = median_us(c.collect, n)
+        total += t
+    families = agent.collect_families()
+    res["part_render_us"] = t = median_us(lambda: exposition.render(families), n)
+    total += t
+
+    def cold() -> None:
+        exposition._FAMILIES.clear()
+        exposition.render(families)
+
+    res["part_render_all_changed_us"] = median_us(cold, n)
+    res["part_agent_us"] = res["collect_render_median_us"] - total
+
+
+def bench_http(agent, n: int, res: dict) -> None:
+    """Time GET /metrics over one kept-alive connection to the agent's HTTP server."""
+    import http.client
+
+    from sentinel.agent.server import HttpServer
+
+    server = HttpServer("127.0.0.1", 0, agent)
+    server.start()
+    conn = http.client.HTTPConnection("127.0.0.1", server.address[1], timeout=10)
     try:
-        url = f"http://127.0.0.1:{port}/metrics"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                requests.get(url, timeout=2)
-                break
-            except requests.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-        from sentinel.train.reporter import Reporter
+        def get() -> None:
+            conn.request("GET", "/metrics")
+            r = conn.getresponse()
+            r.read()
+            if r.status != 200:
+                raise RuntimeError(f"/metrics answered {r.status}")
 
-        rep = Reporter(job="bench", socket_path=f"{tmp}/a.sock")
-        for i in range(2000):
-            rep.step(i, loss=1.0, tokens=1000)
-        for _ in range(20):
-            requests.get(url, timeout=5)
-        res["agent_rss_mb"] = psutil.Process(proc.pid).memory_info().rss / 2**20
-        res["agent_rss_goal_mb"] = 60
+        res["http_scrape_median_us"] = t = median_us(get, n)
+        res["part_http_us"] = t - res["collect_render_median_us"]
     finally:
-        proc.terminate()
-        proc.wait(10)
+        conn.close()
+        server.stop()
+
+
+def bench_samplers(args, res: dict) -> None:
+    """Measure the agent's 1 s samplers' CPU on this machine, as a % of one core.
+
+    An agent in this process, reading this machine's /proc/diskstats and GPUs, with a
+    job reporting a step every 50 ms so the node-records sampler runs too; each sampler
+    thread's CPU time is read from the kernel (``/proc/self/task/TID/schedstat``, in ns)
+    before and after ``--sampler-seconds`` of wall time, with no scrape in between.
+    """
+    from sentinel.train.reporter import Reporter
+
+    with in_process_agent(args.gpu_replay) as agent:
+        threads = {}
+        disk = agent.collector("disk_stall")
+        if disk is not None and disk._thread is not None:
+            threads["disk_stall"] = disk._thread
+        if agent.node_sampler is not None and agent.node_sampler._thread is not None:
+            threads["node_records"] = agent.node_sampler._thread
+        rep = Reporter(job="bench-sampler", socket_path=agent.ctx.config.socket)
+        rep.step(0, loss=1.0, tokens=1)
+        time.sleep(1.5)  # both samplers have run once
+        if not _schedstat(threading.get_native_id()):
+            res["sampler_note"] = "no /proc/self/task/*/schedstat: sampler cost not measured"
+            return
+        before = {k: _schedstat(t.native_id) for k, t in threads.items()}
+        t0 = time.perf_counter()
+        step = 1
+        while time.perf_counter() - t0 < args.sampler_seconds:
+            rep.step(step, loss=1.0, tokens=1)
+            step += 1
+            time.sleep(0.05)
+        wall = time.perf_counter() - t0
+        for k, t in threads.items():
+            cpu = (_schedstat(t.native_id) - before[k]) / 1e9
+            res[f"sampler_{k}_cpu_percent_of_core"] = 100.0 * cpu / wall
+        res["sampler_node_records_seconds"] = len(agent.node_ring)
+        res["sampler_disk_stall_goal_percent"] = 0.5
+        res["sampler_wall_s"] = wall
+
+
+def _schedstat(tid: int | None) -> int:
+    """Return the CPU time a thread of this process has run, in ns (0: unknown)."""
+    try:
+        with open(f"/proc/self/task/{tid}/schedstat") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def bench_rss(res: dict) -> None:
+    """Start a real agent process, feed it 2000 steps, scrape it 20 times, read its RSS."""
+    mem = loaded_agent_memory()
+    res["agent_rss_mb"] = mem["rss_mb"]
+    res["agent_rss_goal_mb"] = 60
 
 
 def bench_ab(args, res: dict) -> None:
@@ -204,7 +264,6 @@ def bench_training(args, res: dict) -> None:
     if not torch.cuda.is_available():
         res["training_note"] = "no CUDA device: training throughput skipped"
         return
-    from sentinel.train.reporter import Reporter
 
     torch.manual_seed(0)
     dev = "cuda"
@@ -214,19 +273,18 @@ def bench_training(args, res: dict) -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.randn(batch, seq, d, device=dev, dtype=torch.bfloat16)
     tokens = batch * seq
-    tmp = tempfile.mkdtemp()
-    path = os.path.join(tmp, "t.sock")
     # A real agent process drains the socket, as on a node: reading in the training
     # process would charge the agent's work to the Reporter.
-    agent = subprocess.Popen(
-        [sys.executable, "-m", "sentinel", "agent", f"--socket={path}",
-         "--listen-address=127.0.0.1:19464", "--no-collector.gpu"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    for _ in range(100):
-        if os.path.exists(path):
-            break
-        time.sleep(0.1)
+    with agent_process(None, "--no-collector.gpu") as (_proc, _url, path):
+        _training_pairs(args, res, model, opt, x, tokens, path)
+    res["train_device"] = torch.cuda.get_device_name(0)
+
+
+def _training_pairs(args, res: dict, model, opt, x, tokens: int, path: str) -> None:
+    """Run the ABBA training segments with and without a Reporter (and A/A)."""
+    import torch
+
+    from sentinel.train.reporter import Reporter
 
     def run(steps: int, reporter) -> float:
         torch.cuda.synchronize()
@@ -264,8 +322,6 @@ def bench_training(args, res: dict) -> None:
     with_ratios = pairs(rep)
     # The same procedure with no Reporter on either side: the method's own noise floor.
     aa_ratios = pairs(None)
-    agent.terminate()
-    agent.wait(timeout=10)
     res["train_reporter_sent"] = rep.sent
     res["train_reporter_dropped"] = rep.dropped
     res["train_pairs"] = args.rounds
@@ -277,7 +333,6 @@ def bench_training(args, res: dict) -> None:
     res["train_ratio_stdev"] = statistics.stdev(with_ratios)
     res["train_ratio_stderr"] = statistics.stdev(with_ratios) / math.sqrt(len(with_ratios))
     res["train_throughput_goal"] = 0.995
-    res["train_device"] = torch.cuda.get_device_name(0)
 
 
 def main() -> int:
@@ -292,12 +347,15 @@ def main() -> int:
     p.add_argument("--ab-base", metavar="REF",
                    help="also A/B scrape cost and RSS against git revision REF (e.g. main)")
     p.add_argument("--ab-rounds", type=int, default=5, help="A/B rounds (ABBA order)")
+    p.add_argument("--sampler-seconds", type=float, default=10.0,
+                   help="wall time over which the 1 s samplers' CPU is measured")
     args = p.parse_args()
     res: dict = {"machine": platform.node(), "python": platform.python_version(),
                  "cpu": platform.processor() or platform.machine()}
     if not args.only_training:
         bench_reporter(args, res)
         bench_collect(args, res)
+        bench_samplers(args, res)
         bench_rss(res)
         if args.ab_base:
             bench_ab(args, res)

@@ -101,19 +101,30 @@ def _check(name: str, typ: str, labelnames: tuple[str, ...]) -> None:
     _VALID.add((name, typ, labelnames))
 
 
+def _init(f: MetricFamily, name: str, documentation: str, typ: str,
+          labels: Sequence[str] | None) -> None:
+    """Set up a family (MetricFamily.__init__ without the call through super())."""
+    f.name = name
+    f.documentation = documentation
+    f.type = typ
+    f.samples = []
+    f._labelnames = labelnames = tuple(labels) if labels else ()
+    if (name, typ, labelnames) not in _VALID:
+        _check(name, typ, labelnames)
+
+
 class GaugeMetricFamily(MetricFamily):
     """A gauge; ``add_metric(label_values, value)`` adds one series."""
 
     def __init__(self, name: str, documentation: str, value: float | None = None,
                  labels: Sequence[str] | None = None) -> None:
-        super().__init__(name, documentation, "gauge", labels)
+        _init(self, name, documentation, "gauge", labels)
         if value is not None:
             self.add_metric([], value)
 
     def add_metric(self, labels: Sequence[str], value: float) -> None:
         """Add the series with these label values (in the family's label order)."""
-        self.samples.append(
-            Sample(self.name, dict(zip(self._labelnames, labels, strict=True)), value))
+        self.samples.append(Sample(self.name, label_set(self._labelnames, labels), value))
 
 
 class CounterMetricFamily(MetricFamily):
@@ -123,14 +134,37 @@ class CounterMetricFamily(MetricFamily):
                  labels: Sequence[str] | None = None) -> None:
         if not name.endswith("_total"):
             name += "_total"
-        super().__init__(name, documentation, "counter", labels)
+        _init(self, name, documentation, "counter", labels)
         if value is not None:
             self.add_metric([], value)
 
     def add_metric(self, labels: Sequence[str], value: float) -> None:
         """Add the series with these label values (in the family's label order)."""
-        self.samples.append(
-            Sample(self.name, dict(zip(self._labelnames, labels, strict=True)), value))
+        self.samples.append(Sample(self.name, label_set(self._labelnames, labels), value))
+
+
+def label_set(names: tuple[str, ...], values: Sequence[str]) -> LabelSet:
+    """Return the shared LabelSet of these label names and values (built on first use).
+
+    A series keeps its labels from scrape to scrape, so ``add_metric`` hands out one
+    LabelSet per (names, values), formatted once, instead of a dict per sample per
+    scrape. Bounded at :data:`_LABELSETS_MAX`, emptied when full. ValueError unless one
+    value per name.
+    """
+    key = (names, tuple(values))
+    ls = _LABELSETS.get(key)
+    if ls is None:
+        if len(key[1]) != len(names):
+            raise ValueError(f"{len(key[1])} label values for the label names {names}")
+        if len(_LABELSETS) >= _LABELSETS_MAX:
+            _LABELSETS.clear()
+        ls = _LABELSETS[key] = LabelSet(zip(names, key[1], strict=True))
+    return ls
+
+
+# The label sets add_metric handed out, by (label names, label values).
+_LABELSETS: dict[tuple[tuple[str, ...], tuple[str, ...]], LabelSet] = {}
+_LABELSETS_MAX = 4096
 
 
 class HistogramMetricFamily(MetricFamily):
@@ -184,39 +218,71 @@ def _format_labels(pairs: tuple[tuple[str, str], ...]) -> str:
 
 
 def render(families: Iterable[MetricFamily]) -> bytes:
-    """Return the text exposition of ``families``, in their order."""
+    """Return the text exposition of ``families``, in their order.
+
+    A family whose samples equal those it had when last rendered (same name, type and
+    help; the same sample names, labels and values) is written from that text: most of
+    a node's series (thresholds, limits, error counters, idle disks) do not change from
+    one scrape to the next, and comparing samples costs a fraction of formatting them.
+    """
     out: list[str] = []
     add = out.append
-    labelstrs = _LABELSTRS
-    if len(labelstrs) > _LABELSTRS_MAX:
-        labelstrs.clear()
-    headers = _HEADERS
-    if len(headers) > _HEADERS_MAX:
-        headers.clear()
+    cache = _FAMILIES
+    if len(cache) > _FAMILIES_MAX:
+        cache.clear()
+    if len(_LABELSTRS) > _LABELSTRS_MAX:
+        _LABELSTRS.clear()
     for f in families:
-        hkey = (f.name, f.type, f.documentation)
-        header = headers.get(hkey)
-        if header is None:
-            doc = f.documentation.replace("\\", r"\\").replace("\n", r"\n")
-            header = headers[hkey] = f"# HELP {f.name} {doc}\n# TYPE {f.name} {f.type}\n"
-        add(header)
-        for name, labels, value in f.samples:
-            # format_value inlined for the common case: repr() is Go's text unless the
-            # value is infinite, NaN or has 7+ digits before the point (9+ characters).
-            s = repr(value) if type(value) is float else repr(float(value))
-            if len(s) > 8 or s[-1] == "f" or s[-1] == "n":
-                s = format_value(value)
-            if type(labels) is LabelSet:
-                add(f"{name}{labels.text} {s}\n")
-            elif labels:
-                key = tuple(labels.items())
-                ls = labelstrs.get(key)
-                if ls is None:
-                    ls = labelstrs[key] = _format_labels(key)
-                add(f"{name}{ls} {s}\n")
-            else:
-                add(f"{name} {s}\n")
+        samples = f.samples
+        key = (f.name, f.type, f.documentation)
+        hit = cache.get(key)
+        # -0.0 == 0.0 but is written "-0.0": a family with one is neither kept nor
+        # served from what was kept.
+        negative_zero = _has_negative_zero(samples)
+        if hit is not None and not negative_zero and hit[0] == samples:
+            add(hit[1])
+            continue
+        text = _render_family(f)
+        if negative_zero:
+            cache.pop(key, None)
+        else:
+            cache[key] = (samples.copy(), text)  # a copy: a later append must not match
+        add(text)
     return "".join(out).encode()
+
+
+def _has_negative_zero(samples: list[Sample]) -> bool:
+    """Return True if a sample's value is -0.0."""
+    for s in samples:
+        v = s[2]
+        if v == 0 and math.copysign(1.0, v) < 0:
+            return True
+    return False
+
+
+def _render_family(f: MetricFamily) -> str:
+    """Return one family's HELP and TYPE lines and samples."""
+    doc = f.documentation.replace("\\", r"\\").replace("\n", r"\n")
+    out = [f"# HELP {f.name} {doc}\n# TYPE {f.name} {f.type}\n"]
+    add = out.append
+    labelstrs = _LABELSTRS
+    for name, labels, value in f.samples:
+        # format_value inlined for the common case: repr() is Go's text unless the
+        # value is infinite, NaN or has 7+ digits before the point (9+ characters).
+        s = repr(value) if type(value) is float else repr(float(value))
+        if len(s) > 8 or s[-1] == "f" or s[-1] == "n":
+            s = format_value(value)
+        if type(labels) is LabelSet:
+            add(f"{name}{labels.text} {s}\n")
+        elif labels:
+            key = tuple(labels.items())
+            ls = labelstrs.get(key)
+            if ls is None:
+                ls = labelstrs[key] = _format_labels(key)
+            add(f"{name}{ls} {s}\n")
+        else:
+            add(f"{name} {s}\n")
+    return "".join(out)
 
 
 # Label sets as written, by their (name, value) pairs in the order the sample has them.
@@ -224,9 +290,10 @@ def render(families: Iterable[MetricFamily]) -> bytes:
 # GPU family), so each is formatted once; bounded, and emptied when full.
 _LABELSTRS: dict[tuple[tuple[str, str], ...], str] = {}
 _LABELSTRS_MAX = 4096
-# A family's HELP and TYPE lines, by (name, type, help): the same every scrape.
-_HEADERS: dict[tuple[str, str, str], str] = {}
-_HEADERS_MAX = 4096
+# Each family's last samples and text, by (name, type, help). Bounded, and emptied when
+# full (a textfile may name anything); at most one entry per family name and help.
+_FAMILIES: dict[tuple[str, str, str], tuple[list[Sample], str]] = {}
+_FAMILIES_MAX = 4096
 
 
 # -- parsing --------------------------------------------------------------------------

@@ -2,8 +2,8 @@
 
 What is read is one table, :data:`FIELDS`: per query its name, the NVML getter, the
 conversion of NVML's answer into :class:`GpuSample` attributes, and whether it is slow
-(cached). One loop reads it. Every NVML call goes through :meth:`Nvml._call`, which
-turns an NVML error into "no value" for that one field (recorded in
+(cached). One loop reads it (:meth:`Nvml._read`); :meth:`Nvml._failed` turns an NVML
+error into "no value" for that one field (recorded in
 ``GpuSample.errors``) so one broken query, or one broken GPU, never breaks a scrape.
 ``NOT_SUPPORTED`` is not an error: a field the board does not have (say, PCIe replay on
 some SKUs) is simply absent. ``GpuIsLost``/``Unknown`` mark the GPU lost: no further
@@ -323,25 +323,15 @@ class Nvml:
                 self._memory_v2 = False
         return b.nvmlDeviceGetMemoryInfo(h)
 
-    def _get(self, s: GpuSample, what: str, fn: Callable[..., Any], *args: Any) -> Any:
-        """Call ``fn`` unless the GPU is already known lost (each call would fail slowly)."""
-        if s.gpu_lost:
-            raise _Missing(what)
-        return self._call(s, what, fn, *args)
-
-    def _call(self, s: GpuSample, what: str, fn: Callable[..., Any], *args: Any) -> Any:
-        """Call ``fn``; on an NVML error record it in ``s`` and raise _Missing."""
-        b = self._backend
-        try:
-            return fn(*args)
-        except b.NVMLError as e:
-            code = getattr(e, "value", None)
-            if code == _ERROR_NOT_SUPPORTED:
-                raise _Missing(what) from None
-            s.errors.append(f"{what}: {type(e).__name__}")
-            if code in (_ERROR_GPU_IS_LOST, _ERROR_UNKNOWN) or "GpuIsLost" in type(e).__name__:
-                s.gpu_lost = True
-            raise _Missing(what) from None
+    @staticmethod
+    def _failed(s: GpuSample, what: str, e: Exception) -> None:
+        """Record an NVML error in ``s`` (NOT_SUPPORTED is none: the field is absent)."""
+        code = getattr(e, "value", None)
+        if code == _ERROR_NOT_SUPPORTED:
+            return
+        s.errors.append(f"{what}: {type(e).__name__}")
+        if code in (_ERROR_GPU_IS_LOST, _ERROR_UNKNOWN) or "GpuIsLost" in type(e).__name__:
+            s.gpu_lost = True
 
     def _start(self, index: int) -> tuple[GpuSample, Any]:
         """Return an empty sample and GPU ``index``'s handle (None: the sample says lost)."""
@@ -399,11 +389,23 @@ class Nvml:
         s.errors.extend(errors)
 
     def _read(self, s: GpuSample, h: Any, fields: tuple[NvmlField, ...]) -> set[str]:
-        """Query ``fields`` of device ``h`` into ``s``; return the attributes written."""
+        """Query ``fields`` of device ``h`` into ``s``; return the attributes written.
+
+        The loop is the scrape's hot path (~20 fields a GPU): it calls each getter
+        itself rather than through :meth:`_get`, with the same outcome.
+        """
         written: set[str] = set()
+        nvml_error = self._backend.NVMLError
         for f in fields:
+            if s.gpu_lost:
+                break  # each further call would fail, slowly
             try:
-                values = f.convert(self._get(s, f.name, f.getter(self), h, *f.args))
+                answer = f.getter(self)(h, *f.args)
+            except nvml_error as e:
+                self._failed(s, f.name, e)
+                continue
+            try:
+                values = f.convert(answer)
             except _Missing:
                 continue
             except _BadAnswer as e:

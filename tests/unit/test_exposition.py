@@ -174,13 +174,13 @@ def test_the_label_cache_stays_bounded_and_right():
 
 
 def test_help_lines_are_cached_by_name_type_and_text_and_bounded(monkeypatch):
-    """A family's HELP/TYPE lines are formatted once, yet a changed text is written."""
-    monkeypatch.setattr(ex, "_HEADERS_MAX", 10)
+    """A family's text is kept by name, type and help, yet a changed help is written."""
+    monkeypatch.setattr(ex, "_FAMILIES_MAX", 10)
     for i in range(25):
         for doc in (f"Doc {i}.", f"Other\\doc\n{i}."):
             fams = [m.GaugeMetricFamily("sentinel_x", doc, value=1.0) for m in (ex, pc)]
             assert ex.render(fams[:1]) == _prom(fams[1:])
-            assert len(ex._HEADERS) <= ex._HEADERS_MAX + 1
+            assert len(ex._FAMILIES) <= ex._FAMILIES_MAX + 1
     ours = ex.render([ex.CounterMetricFamily("sentinel_x", "Doc 3.", value=1.0)])
     assert ours.startswith(b"# HELP sentinel_x_total Doc 3.\n# TYPE sentinel_x_total counter\n")
 
@@ -208,3 +208,36 @@ def test_a_label_set_renders_as_the_same_plain_labels():
     empty = ex.GaugeMetricFamily("sentinel_y", "Y.")
     empty.add_sample("sentinel_y", ex.LabelSet([]), 3.0)
     assert ex.render([empty]).endswith(b"\nsentinel_y 3.0\n")
+
+
+def _gpu_like(m, values: list[float], extra: list[float] | None = None):
+    g = m.GaugeMetricFamily("sentinel_cached", "A family rendered again.", labels=["gpu"])
+    for i, v in enumerate(values):
+        g.add_metric([str(i)], v)
+    for v in extra or []:
+        g.add_metric(["x"], v)
+    return g
+
+
+def test_an_unchanged_family_is_written_from_its_last_text_and_a_changed_one_afresh():
+    """The family cache: same samples give the same text, any change is written."""
+    seqs = [[1.0, 2.0], [1.0, 2.0], [1.0, 2.5], [1, 2.5], [0.0, 2.5], [-0.0, 2.5],
+            [-0.0, 2.5], [0.0, 2.5], [math.nan, 1.0], [math.nan, 1.0], [1.0, 2.0, 3.0]]
+    for values in seqs:
+        assert ex.render([_gpu_like(ex, values)]) == _prom([_gpu_like(pc, values)]), values
+    assert b'sentinel_cached{gpu="0"} -0.0' in ex.render([_gpu_like(ex, [-0.0, 2.5])])
+    ex.render([_gpu_like(ex, [1.0, 2.0, 3.0])])
+    kept = ex._FAMILIES[("sentinel_cached", "gauge", "A family rendered again.")][1]
+    assert kept.count("\n") == 2 + 3  # HELP, TYPE and the three series
+
+
+def test_a_family_changed_after_it_was_rendered_is_not_served_stale():
+    """The cache keeps a copy of the samples: appending to the rendered list shows."""
+    g = _gpu_like(ex, [1.0])
+    first = ex.render([g])
+    g.add_metric(["9"], 4.0)
+    second = ex.render([g])
+    assert second != first
+    assert second == _prom([_gpu_like(pc, [1.0], extra=[])]).replace(
+        b'sentinel_cached{gpu="0"} 1.0\n', b'sentinel_cached{gpu="0"} 1.0\n'
+        b'sentinel_cached{gpu="9"} 4.0\n')

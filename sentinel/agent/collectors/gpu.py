@@ -220,6 +220,8 @@ class _Families:
         self.gauges = {
             name: GaugeMetricFamily(name, help_, labels=LABELS) for name, help_, _ in _GAUGES
         }
+        # (samples, name, GpuSample attribute) of each plain gauge, for add_sample's loop.
+        self._plain = [(self.gauges[name].samples, name, attr) for name, _h, attr in _GAUGES]
         self.energy = CounterMetricFamily(
             "sentinel_gpu_energy_joules", "Energy used since the driver loaded.", labels=LABELS
         )
@@ -261,10 +263,10 @@ class _Families:
         self.up.add_sample(self.up.name, base, 0.0 if (s.errors or s.gpu_lost) else 1.0)
         if s.gpu_lost:
             return
-        for name, _help, attr in _GAUGES:
+        for samples, name, attr in self._plain:
             v = getattr(s, attr)
             if v is not None:
-                self.gauges[name].add_sample(name, base, float(v))
+                samples.append(Sample(name, base, float(v)))
         plain = ((self.energy, s.energy_j), (self.replay, s.pcie_replay),
                  (self.pending, s.remap_pending), (self.failure, s.remap_failure))
         for fam, value in plain:
