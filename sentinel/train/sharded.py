@@ -11,12 +11,18 @@ part of the state (e.g. a sharded ``state_dict``) to :func:`save_sharded`, a col
 4. rank 0 records one manifest entry with every shard (its sha256 is the digest of the
    shards' digests), then every rank learns whether that worked.
 
-A crash before step 4 leaves shard files the manifest does not know; the next writer
-removes them. :func:`load_sharded` reads and checks this rank's shard, and
+Every rank goes through every collective whatever happens to its shard, so no rank is
+left waiting. A crash before step 4 leaves shard files the manifest does not know; the
+next writer removes them. :func:`load_sharded` reads and checks this rank's shard, and
 :func:`resume_sharded` (a restart) has rank 0 choose the newest sharded checkpoint whose
 every shard verifies, so all ranks resume from the same one. The rollback
 handler does the same for a sharded target. A sharded checkpoint restores on as many
 ranks as saved it (resharding is torch.distributed.checkpoint's job; see DESIGN.md).
+
+``AsyncCheckpointer(sharded=True)`` runs :func:`save_sharded` in every rank's writer
+thread, over a gloo group of their own (:func:`writer_group`). For FSDP2 and tensor
+parallel states, :func:`local_shards` turns DTensors into this rank's local tensors for
+saving and :func:`from_local_shards` turns them back for ``load_state_dict``.
 """
 
 from __future__ import annotations
