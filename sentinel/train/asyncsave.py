@@ -56,6 +56,7 @@ from sentinel.train.checkpoint import (
     CheckpointInfo,
     CheckpointStore,
     SaveCancelled,
+    dist_rank_world,
 )
 
 log = logging.getLogger(__name__)
@@ -168,6 +169,11 @@ class AsyncCheckpointer:
             # a rank coalesces depends on its own disk's pace (DESIGN.md).
             raise ValueError("sharded saves need when_behind='wait' (every rank writes "
                              f"every step), got {when_behind!r}")
+        if sharded:
+            _, rank, _ = dist_rank_world(group)
+            if (rank == 0) != store.writer:
+                raise ValueError(f"rank {rank}: sharded saves need the store opened with "
+                                 f"writer={rank == 0} (rank 0 records the checkpoints)")
         self.store = store
         self.sharded = sharded
         self.when_behind = when_behind

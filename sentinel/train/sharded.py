@@ -202,13 +202,14 @@ def _holds(tree: Any, kind: Any) -> bool:
 def from_local_shards(saved: Any, like: Any) -> Any:
     """Return ``saved`` (from :func:`local_shards`) with DTensors where ``like`` has them.
 
-    ``like`` is this rank's live state of the same layout (``model.state_dict()``,
-    ``optimizer.state_dict()``): each saved local tensor becomes a DTensor on that
-    DTensor's mesh, placements and global shape, ready for ``load_state_dict``. Raises
-    CheckpointError naming the first value whose local shape differs (saved under
-    another sharding) or, when ``like`` holds DTensors, a saved tensor it has no
-    entry for (an optimizer that has not stepped yet has no state to take the
-    sharding from: take its first step, then restore).
+    ``like`` is this rank's live state of the same layout (``{"model":
+    model.state_dict(), "optimizer": optimizer.state_dict()}``, the model included so
+    that an optimizer without state is known to be sharded): each saved local tensor
+    becomes a DTensor on that DTensor's mesh, placements and global shape, ready for
+    ``load_state_dict``. Raises CheckpointError naming the first value whose local
+    shape differs (saved under another sharding) or, when ``like`` holds DTensors, a
+    saved tensor it has no entry for (an optimizer that has not stepped has no state to
+    take the sharding from: create it first, see DESIGN.md).
     """
     import torch
 

@@ -75,6 +75,29 @@ def _nbytes(tree: Any, seen: set[int] | None = None) -> int:
     return 0
 
 
+def _refusals(model: Any, saved: dict[str, Any]) -> list[str]:
+    """Return why from_local_shards refuses another sharding and an optimizer with no state."""
+    import torch
+
+    from sentinel.train.checkpoint import CheckpointError
+    from sentinel.train.sharded import from_local_shards
+
+    sd = model.state_dict()
+    fresh = torch.optim.AdamW(model.parameters())
+    bad: list[tuple[Any, Any]] = [
+        ({"model": {k: torch.zeros(0) for k in sd}}, {"model": sd}),
+        ({k: saved[k] for k in ("model", "optimizer")},
+         {"model": sd, "optimizer": fresh.state_dict()})]
+    out = []
+    for state, like in bad:
+        try:
+            from_local_shards(state, like)
+            out.append("accepted")
+        except CheckpointError as e:
+            out.append(str(e))
+    return out
+
+
 def main() -> int:  # noqa: PLR0915 - one training loop, read top to bottom
     """Run one rank; see the module docstring."""
     p = argparse.ArgumentParser()
@@ -189,6 +212,7 @@ def main() -> int:  # noqa: PLR0915 - one training loop, read top to bottom
         time.sleep(max(0.0, a.min_step_seconds - (time.monotonic() - t_step)))
     assert ck is not None
     ck.close()
+    out["refused"] = _refusals(model, snapshot(step))
     out["writes"] += [{"step": i.step, "write_s": s} for i, s in ck.drain_saved()]
     out["held"] = ck.held_steps()
     out["checkpoints"] = [c.step for c in store.checkpoints()]
@@ -241,6 +265,12 @@ def check(outs: list[dict[str, Any]], every: int, exact_losses: bool = True) -> 
         # 3E..5E were abandoned by the disk rollback to 2E; 3E..6E saved again since.
         assert o["checkpoints"] == [e * k for k in range(1, 7)], o["checkpoints"]
         assert sorted({w["step"] for w in o["writes"]}) == [e * k for k in range(1, 7)]
+        wrong_shape, no_state = o["refused"]
+        assert wrong_shape.startswith("state['model']['0.weight']: the saved local shard is "
+                                      "(0,), this rank's is ("), wrong_shape
+        assert "saved under another sharding" in wrong_shape
+        assert no_state.startswith("state['optimizer']['state'][0] is saved but the live "
+                                   "state has no such entry"), no_state
     # Each rank its own data and dropout: the ranks' losses differ.
     assert outs[0]["losses"] != outs[1]["losses"]
 

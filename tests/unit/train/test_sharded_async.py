@@ -174,6 +174,9 @@ def test_sharded_saves_do_not_coalesce(tmp_path):
     store = CheckpointStore(tmp_path)
     with pytest.raises(ValueError, match="sharded saves need when_behind='wait'"):
         AsyncCheckpointer(store, sharded=True, when_behind="coalesce")
+    with pytest.raises(ValueError, match="rank 0: sharded saves need the store opened "
+                                         "with writer=True"):
+        AsyncCheckpointer(CheckpointStore(tmp_path, writer=False), sharded=True)
     ck = AsyncCheckpointer(store, sharded=True)  # one process: one shard, rank 0's
     assert ck.when_behind == "wait"
     ck.save(5, {"w": torch.ones(3)})
