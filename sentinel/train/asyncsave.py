@@ -27,6 +27,16 @@ rollback target: :meth:`get` returns it, so a rollback to it reads no disk. On a
 that does not write (``store.writer`` false) the snapshot is the same training state
 and is held from the moment it is taken; the rollback handler only asks for a step the
 manifest records as live.
+
+With ``sharded=True`` (FSDP, tensor parallel: each rank passes its own part of the
+state) every rank snapshots its part the same way, and every rank's writer thread runs
+:func:`sentinel.train.sharded.save_sharded` on it: each writes its shard, and the name,
+the results and rank 0's manifest entry travel over a gloo group the writers own, so
+they never interleave with the training's collectives. Every rank must save the same
+steps in the same order; saves then wait when behind (``when_behind="wait"``), since
+coalescing is decided by each rank's own disk. A shard that fails on any rank fails
+that checkpoint on all, and a rollback's :meth:`cancel_after` (on every rank) lets the
+cancelled writes pass through their collectives without writing.
 """
 
 from __future__ import annotations
@@ -40,11 +50,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sentinel.ratelog import LogLimiter
+from sentinel.train import sharded as sharded_mod
 from sentinel.train.checkpoint import (
     CheckpointError,
     CheckpointInfo,
     CheckpointStore,
     SaveCancelled,
+    dist_rank_world,
 )
 
 log = logging.getLogger(__name__)
@@ -144,12 +156,26 @@ class AsyncCheckpointer:
         *,
         ram_budget_bytes: int | None = None,
         overlap: bool = False,
-        when_behind: str = "coalesce",
+        when_behind: str | None = None,
+        sharded: bool = False,
+        group: Any = None,
     ) -> None:
+        when_behind = when_behind or ("wait" if sharded else "coalesce")
         if when_behind not in WHEN_BEHIND:
             raise ValueError(f"when_behind must be one of {', '.join(WHEN_BEHIND)}, "
                              f"got {when_behind!r}")
+        if sharded and when_behind != "wait":
+            # Each write is a collective: every rank must write the same steps, and what
+            # a rank coalesces depends on its own disk's pace (DESIGN.md).
+            raise ValueError("sharded saves need when_behind='wait' (every rank writes "
+                             f"every step), got {when_behind!r}")
+        if sharded:
+            _, rank, _ = dist_rank_world(group)
+            if (rank == 0) != store.writer:
+                raise ValueError(f"rank {rank}: sharded saves need the store opened with "
+                                 f"writer={rank == 0} (rank 0 records the checkpoints)")
         self.store = store
+        self.sharded = sharded
         self.when_behind = when_behind
         self.superseded: list[int] = []  # steps replaced before their write (newest last)
         self.superseded_total = 0
@@ -172,7 +198,11 @@ class AsyncCheckpointer:
         self._closed = False
         self._stream: Any = None
         self._thread: threading.Thread | None = None
-        if store.writer:
+        # Sharded: every rank writes its shard, and the writers' collectives run on a
+        # group of their own (created here, on every rank together).
+        self._group = (group if group is not None or not sharded
+                       else sharded_mod.writer_group())
+        if store.writer or sharded:
             self._thread = threading.Thread(target=self._write_loop, name="checkpoint-writer",
                                             daemon=True)
             self._thread.start()
@@ -283,7 +313,7 @@ class AsyncCheckpointer:
         snap = _Snapshot(step, tree, bufs, event, taken=time.time())
         with self._cv:
             self._drop_step(step)
-            if self.store.writer:
+            if self._thread is not None:
                 self._queue.append(snap)
             else:
                 self._hold(snap)
@@ -316,7 +346,10 @@ class AsyncCheckpointer:
             try:
                 if snap.event is not None:
                     snap.event.synchronize()
-                if not snap.abort.is_set():
+                if self.sharded:  # a collective: runs even when cancelled, as on every rank
+                    info = sharded_mod.save_sharded(self.store, snap.step, snap.tree,
+                                                    group=self._group, abort=snap.abort)
+                elif not snap.abort.is_set():
                     info = self.store.save(snap.step, snap.tree, abort=snap.abort)
             except SaveCancelled:
                 log.info("checkpoint step %d: background save cancelled", snap.step)
@@ -410,8 +443,10 @@ class AsyncCheckpointer:
             snap = self._held.get(step)
             if snap is None or entry is None or entry.abandoned is not None:
                 return None
-            if self.store.writer and (snap.info is None or snap.info.file != entry.file
-                                      or snap.info.sha256 != entry.sha256):
+            # A sharded snapshot is held once written on every rank, with rank 0's entry.
+            if (self.store.writer or self.sharded) and (
+                    snap.info is None or snap.info.file != entry.file
+                    or snap.info.sha256 != entry.sha256):
                 return None
             if snap.event is not None:
                 snap.event.synchronize()  # a rank that does not write holds it at once
@@ -428,8 +463,11 @@ class AsyncCheckpointer:
         """Call off writes of steps after ``step`` and drop those held; return them.
 
         Waits until a cancelled write has stopped, so none of them reaches the manifest
-        afterwards (a rollback abandons those steps next).
+        afterwards (a rollback abandons those steps next). Sharded, every rank must call
+        it (with the same ``step``): the cancelled writes still run their collectives.
         """
+        if self.sharded:
+            return self._cancel_sharded_after(step)
         with self._cv:
             gone = [s.step for s in self._queue if s.step > step]
             for s in [s for s in self._queue if s.step > step]:
@@ -441,6 +479,28 @@ class AsyncCheckpointer:
                 gone.append(writing.step)
                 while self._writing is writing:
                     self._cv.wait()
+            for held in [k for k in self._held if k > step]:
+                self._drop_step(held)
+                gone.append(held)
+            self._cv.notify_all()
+        return sorted(set(gone))
+
+    def _cancel_sharded_after(self, step: int) -> list[int]:
+        """Abort queued and running sharded writes after ``step``; wait until they are done.
+
+        They stay queued: each rank's writer must take part in the same sequence of
+        collectives, so a cancelled write is passed through (no file kept, every rank
+        agrees it was cancelled) rather than dropped on this rank alone.
+        """
+        with self._cv:
+            doomed = [s for s in self._queue if s.step > step]
+            if self._writing is not None and self._writing.step > step:
+                doomed.append(self._writing)
+            for s in doomed:
+                s.abort.set()
+            while any(s is self._writing or any(s is q for q in self._queue) for s in doomed):
+                self._cv.wait()
+            gone = [s.step for s in doomed]
             for held in [k for k in self._held if k > step]:
                 self._drop_step(held)
                 gone.append(held)

@@ -585,12 +585,13 @@ class CheckpointStore:
         self._record(entry, abort)
         return entry
 
-    def save_shard(self, step: int, name: str, rank: int, state: dict[str, Any]) -> Shard:
+    def save_shard(self, step: int, name: str, rank: int, state: dict[str, Any], *,
+                   abort: threading.Event | None = None) -> Shard:
         """Write rank ``rank``'s shard of checkpoint ``name`` (step ``step``); not recorded.
 
         Any rank may write its shard (a store opened with ``writer=False`` too); the
         writing rank records the checkpoint with :meth:`record_sharded` once every shard
-        is written. Errors as :meth:`save`.
+        is written. Errors and ``abort`` as :meth:`save`.
         """
         if step < 0 or rank < 0:
             raise ValueError(f"step and rank must be >= 0, got {step}, {rank}")
@@ -598,11 +599,15 @@ class CheckpointStore:
         if m is None or int(m.group(1)) != step:
             raise ValueError(f"{name!r} is not a checkpoint name of step {step}")
         file = shard_file(name, rank)
-        size, sha = self._write_file(step, file, state, None)
+        size, sha = self._write_file(step, file, state, abort)
         return Shard(file, size, sha)
 
-    def record_sharded(self, step: int, name: str, shards: list[Shard]) -> CheckpointInfo:
-        """Record the sharded checkpoint whose shards (rank order) are written; prune."""
+    def record_sharded(self, step: int, name: str, shards: list[Shard], *,
+                       abort: threading.Event | None = None) -> CheckpointInfo:
+        """Record the sharded checkpoint whose shards (rank order) are written; prune.
+
+        Once ``abort`` is set, raises SaveCancelled instead and removes the shards.
+        """
         if not self.writer:
             raise CheckpointError("this CheckpointStore was opened with writer=False")
         for r, sh in enumerate(shards):
@@ -611,7 +616,7 @@ class CheckpointStore:
                                       f"{shard_file(name, r)!r}")
         entry = CheckpointInfo(step, name, sum(sh.size for sh in shards),
                                shards_digest(shards), time.time(), shards=tuple(shards))
-        self._record(entry)
+        self._record(entry, abort)
         return entry
 
     def _write_file(self, step: int, name: str, state: dict[str, Any],
