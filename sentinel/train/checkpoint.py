@@ -785,8 +785,11 @@ class CheckpointStore:
         if not doomed:
             return []
         # Never delete the last verified checkpoint: if nothing kept verifies, spare the
-        # newest live one that does.
-        if not any(self._problem(c, None) is None for c in live if c.file in keep):
+        # newest live one that does. Only a live doomed one can be that: an abandoned one is
+        # never loaded again, so deleting it alone needs no hashing (a rollback abandons
+        # and prunes on the loop's critical path; re-hashing gigabytes there took seconds).
+        if any(c.abandoned is None for c in doomed) and not any(
+                self._problem(c, None) is None for c in live if c.file in keep):
             for c in live:
                 if c.file not in keep and self._problem(c, None) is None:
                     keep.add(c.file)

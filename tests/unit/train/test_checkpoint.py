@@ -128,6 +128,24 @@ def test_abandoned_checkpoints_are_never_loaded(tmp_path):
     assert store.latest_verified().step == 20
 
 
+def test_deleting_abandoned_checkpoints_hashes_nothing(tmp_path, monkeypatch):
+    # A rollback abandons and prunes while the loop waits: no checkpoint is re-hashed for
+    # retention then, since only abandoned ones (never loaded again) are deleted.
+    store = CheckpointStore(tmp_path, keep=3)
+    for s in (10, 20, 30):
+        store.save(s, _state(s))
+    checked = []
+    real = store._problem
+    monkeypatch.setattr(store, "_problem", lambda c, d: checked.append(c.step) or real(c, d))
+    assert store.abandon_after(10, "rollback r1") == [20, 30]
+    assert checked == [] and [c.step for c in store.checkpoints(True)] == [10]
+    assert sorted(p.name for p in tmp_path.glob("step_*")) == ["step_000000010.pt"]
+    # A live checkpoint beyond keep is still deleted only with a verified one kept.
+    for s in (20, 30, 40):
+        store.save(s, _state(s))
+    assert checked and [c.step for c in store.checkpoints()] == [20, 30, 40]
+
+
 def test_writer_false_never_writes(tmp_path):
     CheckpointStore(tmp_path).save(1, _state(1))
     reader = CheckpointStore(tmp_path, writer=False)
