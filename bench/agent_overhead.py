@@ -64,6 +64,7 @@ def bench_collect(args, res: dict) -> None:
         res["collect_render_gpu_only_median_us"] = median_us(gpu_only.render, args.n)
         breakdown(agent, args.n, res)
         bench_http(agent, args.n, res)
+        bench_handoffs(agent, args.n, res)
     # The same with every NVML field read on every scrape (gpu_slow_fields_seconds=0):
     # what a scrape costs when the slow counters are due for their refresh.
     with in_process_agent(args.gpu_replay, gpu_slow_fields_seconds=0.0) as cold:
@@ -142,6 +143,123 @@ def bench_http(agent, n: int, res: dict) -> None:
     finally:
         conn.close()
         server.stop()
+
+
+def bench_handoffs(agent, n: int, res: dict) -> None:
+    """Compare the scrape's hand-off modes (exporter.HANDOFFS) in this one run.
+
+    ``scrape_<mode>_median_us``: the full scrape (collect + render) of ``agent`` in
+    each mode, interleaved in ABBA rounds so drift hits every mode alike, with the
+    process CPU time per scrape (``_cpu_us``: a spin shows there). ``handoff_<mode>_us``:
+    the same with one collector that does nothing, i.e. the hand-off alone (``inline``
+    is its floor). ``lock_pingpong_*_us``: two threads passing a raw lock back and
+    forth as a scrape and its runner do, 2 ms apart (the other CPU goes idle): free to
+    run anywhere, both on one CPU, on two different CPUs. ``http_<mode>_median_us``:
+    GET /metrics over one kept-alive connection in each mode.
+    """
+    import http.client
+
+    from sentinel.agent.collectors import Collector
+    from sentinel.agent.exporter import HANDOFFS, Agent
+    from sentinel.agent.server import HttpServer
+
+    class Noop(Collector):
+        name = "noop"
+
+        def collect(self):
+            return []
+
+    noop = Agent(agent.ctx, [Noop(agent.ctx)])
+    timeout = agent.ctx.config.collector_timeout_seconds
+    rounds = 6
+    per = max(5, n // rounds)
+    times: dict[str, list[float]] = {m: [] for m in HANDOFFS}
+    bare: dict[str, list[float]] = {m: [] for m in HANDOFFS}
+    gets: dict[str, list[float]] = {m: [] for m in HANDOFFS}
+    cpu: dict[str, float] = dict.fromkeys(HANDOFFS, 0.0)
+    default = agent.handoff
+    server = HttpServer("127.0.0.1", 0, agent)
+    server.start()
+    conn = http.client.HTTPConnection("127.0.0.1", server.address[1], timeout=10)
+    try:
+        for r in range(rounds):
+            for mode in HANDOFFS if r % 2 == 0 else HANDOFFS[::-1]:
+                agent.handoff = noop.handoff = mode
+                for _ in range(2):
+                    agent.render()
+                c0 = time.process_time()
+                for _ in range(per):
+                    t0 = time.perf_counter()
+                    agent.render()
+                    times[mode].append(time.perf_counter() - t0)
+                cpu[mode] += time.process_time() - c0
+                for _ in range(per):
+                    t0 = time.perf_counter()
+                    noop._run(timeout)
+                    bare[mode].append(time.perf_counter() - t0)
+                for _ in range(per):
+                    t0 = time.perf_counter()
+                    conn.request("GET", "/metrics")
+                    conn.getresponse().read()
+                    gets[mode].append(time.perf_counter() - t0)
+    finally:
+        agent.handoff = default
+        conn.close()
+        server.stop()
+        noop.close()
+    res["handoff_default"] = default
+    base = statistics.median(times["runner"])
+    for mode in HANDOFFS:
+        res[f"scrape_{mode}_median_us"] = statistics.median(times[mode]) * 1e6
+        res[f"scrape_{mode}_over_runner"] = statistics.median(times[mode]) / base
+        res[f"scrape_{mode}_cpu_us"] = cpu[mode] / len(times[mode]) * 1e6
+        res[f"handoff_{mode}_us"] = statistics.median(bare[mode]) * 1e6
+        res[f"http_{mode}_median_us"] = statistics.median(gets[mode]) * 1e6
+    lock_pingpong(max(50, n), res)
+
+
+def lock_pingpong(n: int, res: dict) -> None:
+    """Time a raw-lock round trip to a parked thread: anywhere, one CPU, two CPUs."""
+    import os
+
+    go, back = threading.Lock(), threading.Lock()
+    go.acquire()
+    back.acquire()
+    stop = False
+
+    def echo() -> None:
+        while True:
+            go.acquire()
+            back.release()
+            if stop:
+                return
+
+    t = threading.Thread(target=echo, daemon=True)
+    t.start()
+    tid = t.native_id
+    mine = os.sched_getaffinity(0)
+    cpus = sorted(mine)
+    variants = {"free": (mine, mine)}
+    if len(cpus) > 1:
+        variants["same_cpu"] = ({cpus[0]}, {cpus[0]})
+        variants["other_cpu"] = ({cpus[0]}, {cpus[1]})
+    try:
+        for name, (a, b) in variants.items():
+            os.sched_setaffinity(0, a)
+            os.sched_setaffinity(tid, b)
+            times = []
+            for _ in range(n):
+                time.sleep(0.002)
+                t0 = time.perf_counter()
+                go.release()
+                back.acquire()
+                times.append(time.perf_counter() - t0)
+            res[f"lock_pingpong_{name}_us"] = statistics.median(times) * 1e6
+    finally:
+        os.sched_setaffinity(0, mine)
+        stop = True
+        go.release()
+        t.join(1)
 
 
 def bench_samplers(args, res: dict) -> None:
