@@ -63,8 +63,8 @@ def bench_collect(args, res: dict) -> None:
         gpu_only = Agent(agent.ctx, [c for c in agent.collectors if c.name == "gpu"])
         res["collect_render_gpu_only_median_us"] = median_us(gpu_only.render, args.n)
         breakdown(agent, args.n, res)
+        bench_phases(agent, args.n, res)
         bench_http(agent, args.n, res)
-        bench_handoffs(agent, args.n, res)
     # The same with every NVML field read on every scrape (gpu_slow_fields_seconds=0):
     # what a scrape costs when the slow counters are due for their refresh.
     with in_process_agent(args.gpu_replay, gpu_slow_fields_seconds=0.0) as cold:
@@ -89,16 +89,17 @@ def bench_collect(args, res: dict) -> None:
 
 
 def breakdown(agent, n: int, res: dict) -> None:
-    """Time each part of a scrape alone: NVML calls, each collect, render, the rest.
+    """Time each part of a scrape alone: NVML calls, each collect, render.
 
     ``part_nvml_us`` is the gpu collector's NVML reads (every GPU, slow fields cached as
     in a scrape), inside ``part_collect_gpu_us``; ``part_render_us`` writes one scrape's
-    families as a scrape does (unchanged families from their last text),
-    ``part_render_all_changed_us`` as if every value had changed; ``part_agent_us`` is
-    the scrape less its collects and render: the hand-off to the runner thread and the
-    agent's own families.
+    families as a scrape does when nothing changed (every family from its last text),
+    ``part_render_all_changed_us`` when every value changed since the last scrape;
+    ``part_unexplained_us`` is the scrape less all these parts (bench_phases shows where
+    it goes).
     """
     from sentinel import exposition
+    from sentinel.exposition import Sample
 
     gpu = agent.collector("gpu")
     nv = getattr(gpu, "_nvml", None)
@@ -112,13 +113,101 @@ def breakdown(agent, n: int, res: dict) -> None:
     families = agent.collect_families()
     res["part_render_us"] = t = median_us(lambda: exposition.render(families), n)
     total += t
+    # Two copies of the families whose every value differs: rendered in turn, each
+    # family misses the cache every time, as when every value changes between scrapes.
+    other = copy_families(families, lambda s: Sample(s.name, s.labels, s.value + 0.5))
+    turn = [families, other]
 
-    def cold() -> None:
-        exposition._FAMILIES.clear()
-        exposition.render(families)
+    def changed() -> None:
+        turn.reverse()
+        exposition.render(turn[0])
 
-    res["part_render_all_changed_us"] = median_us(cold, n)
-    res["part_agent_us"] = res["collect_render_median_us"] - total
+    res["part_render_all_changed_us"] = median_us(changed, n)
+    res["part_unexplained_us"] = res["collect_render_median_us"] - total
+
+
+def copy_families(families, sample):
+    """Return shallow copies of ``families`` with each sample mapped by ``sample``."""
+    import copy
+
+    out = []
+    for f in families:
+        g = copy.copy(f)
+        g.samples = [sample(s) for s in f.samples]
+        out.append(g)
+    return out
+
+
+def bench_phases(agent, n: int, res: dict) -> None:
+    """Time the phases of the real scrape from inside (``Agent.phases``), and its misses.
+
+    ``scrape_phase_collect_us``: from the scrape's start until its last collect is in
+    (hand-off, the collects, the wake-up); ``scrape_phase_agent_us``: the agent's own
+    families and bookkeeping; ``scrape_phase_render_us``: the render.
+    ``scrape_collect_<name>_us``: each collect as timed in the scrape
+    (``sentinel_collector_duration_seconds``), against ``part_collect_<name>_us`` alone;
+    ``scrape_collect_handoff_us``: the collect phase less those collects;
+    ``scrape_render_misses``: families written afresh (not from the render cache) per
+    scrape; ``handoff_us``: a scrape's collect phase with one collector that does nothing.
+    """
+    from sentinel import exposition
+    from sentinel.agent.collectors import Collector
+    from sentinel.agent.exporter import Agent
+
+    phases: dict[str, list[float]] = {k: [] for k in ("collect", "agent", "render")}
+    inside: dict[str, list[float]] = {c.name: [] for c in agent.collectors}
+    misses: list[int] = []
+    fresh = exposition._render_family
+    missed = [0]
+
+    def counted(f, header):
+        missed[0] += 1
+        return fresh(f, header)
+
+    exposition._render_family = counted
+    try:
+        for _ in range(n):
+            missed[0] = 0
+            body = agent.render()
+            misses.append(missed[0])
+            for k, v in agent.phases._asdict().items():
+                phases[k].append(v)
+            for s in _durations(body):
+                inside[s.labels["collector"]].append(s.value)
+    finally:
+        exposition._render_family = fresh
+    for k, v in phases.items():
+        res[f"scrape_phase_{k}_us"] = statistics.median(v) * 1e6
+    total = 0.0
+    for name, v in inside.items():
+        res[f"scrape_collect_{name}_us"] = t = statistics.median(v) * 1e6
+        total += t
+    res["scrape_collect_handoff_us"] = res["scrape_phase_collect_us"] - total
+    res["scrape_render_misses"] = statistics.median(misses)
+    res["scrape_families"] = len(agent.collect_families())
+
+    class Noop(Collector):
+        name = "noop"
+
+        def collect(self):
+            return []
+
+    noop = Agent(agent.ctx, [Noop(agent.ctx)])
+    try:
+        timeout = agent.ctx.config.collector_timeout_seconds
+        res["handoff_us"] = median_us(lambda: noop._run(timeout), n)
+    finally:
+        noop.close()
+
+
+def _durations(body: bytes):
+    """Yield the sentinel_collector_duration_seconds samples of one scrape's text."""
+    from sentinel.exposition import parse
+
+    lines = [ln for ln in body.decode().splitlines()
+             if ln.startswith("sentinel_collector_duration_seconds{")]
+    for f in parse("\n".join(lines) + "\n"):
+        yield from f.samples
 
 
 def bench_http(agent, n: int, res: dict) -> None:
@@ -143,123 +232,6 @@ def bench_http(agent, n: int, res: dict) -> None:
     finally:
         conn.close()
         server.stop()
-
-
-def bench_handoffs(agent, n: int, res: dict) -> None:
-    """Compare the scrape's hand-off modes (exporter.HANDOFFS) in this one run.
-
-    ``scrape_<mode>_median_us``: the full scrape (collect + render) of ``agent`` in
-    each mode, interleaved in ABBA rounds so drift hits every mode alike, with the
-    process CPU time per scrape (``_cpu_us``: a spin shows there). ``handoff_<mode>_us``:
-    the same with one collector that does nothing, i.e. the hand-off alone (``inline``
-    is its floor). ``lock_pingpong_*_us``: two threads passing a raw lock back and
-    forth as a scrape and its runner do, 2 ms apart (the other CPU goes idle): free to
-    run anywhere, both on one CPU, on two different CPUs. ``http_<mode>_median_us``:
-    GET /metrics over one kept-alive connection in each mode.
-    """
-    import http.client
-
-    from sentinel.agent.collectors import Collector
-    from sentinel.agent.exporter import HANDOFFS, Agent
-    from sentinel.agent.server import HttpServer
-
-    class Noop(Collector):
-        name = "noop"
-
-        def collect(self):
-            return []
-
-    noop = Agent(agent.ctx, [Noop(agent.ctx)])
-    timeout = agent.ctx.config.collector_timeout_seconds
-    rounds = 6
-    per = max(5, n // rounds)
-    times: dict[str, list[float]] = {m: [] for m in HANDOFFS}
-    bare: dict[str, list[float]] = {m: [] for m in HANDOFFS}
-    gets: dict[str, list[float]] = {m: [] for m in HANDOFFS}
-    cpu: dict[str, float] = dict.fromkeys(HANDOFFS, 0.0)
-    default = agent.handoff
-    server = HttpServer("127.0.0.1", 0, agent)
-    server.start()
-    conn = http.client.HTTPConnection("127.0.0.1", server.address[1], timeout=10)
-    try:
-        for r in range(rounds):
-            for mode in HANDOFFS if r % 2 == 0 else HANDOFFS[::-1]:
-                agent.handoff = noop.handoff = mode
-                for _ in range(2):
-                    agent.render()
-                c0 = time.process_time()
-                for _ in range(per):
-                    t0 = time.perf_counter()
-                    agent.render()
-                    times[mode].append(time.perf_counter() - t0)
-                cpu[mode] += time.process_time() - c0
-                for _ in range(per):
-                    t0 = time.perf_counter()
-                    noop._run(timeout)
-                    bare[mode].append(time.perf_counter() - t0)
-                for _ in range(per):
-                    t0 = time.perf_counter()
-                    conn.request("GET", "/metrics")
-                    conn.getresponse().read()
-                    gets[mode].append(time.perf_counter() - t0)
-    finally:
-        agent.handoff = default
-        conn.close()
-        server.stop()
-        noop.close()
-    res["handoff_default"] = default
-    base = statistics.median(times["runner"])
-    for mode in HANDOFFS:
-        res[f"scrape_{mode}_median_us"] = statistics.median(times[mode]) * 1e6
-        res[f"scrape_{mode}_over_runner"] = statistics.median(times[mode]) / base
-        res[f"scrape_{mode}_cpu_us"] = cpu[mode] / len(times[mode]) * 1e6
-        res[f"handoff_{mode}_us"] = statistics.median(bare[mode]) * 1e6
-        res[f"http_{mode}_median_us"] = statistics.median(gets[mode]) * 1e6
-    lock_pingpong(max(50, n), res)
-
-
-def lock_pingpong(n: int, res: dict) -> None:
-    """Time a raw-lock round trip to a parked thread: anywhere, one CPU, two CPUs."""
-    import os
-
-    go, back = threading.Lock(), threading.Lock()
-    go.acquire()
-    back.acquire()
-    stop = False
-
-    def echo() -> None:
-        while True:
-            go.acquire()
-            back.release()
-            if stop:
-                return
-
-    t = threading.Thread(target=echo, daemon=True)
-    t.start()
-    tid = t.native_id
-    mine = os.sched_getaffinity(0)
-    cpus = sorted(mine)
-    variants = {"free": (mine, mine)}
-    if len(cpus) > 1:
-        variants["same_cpu"] = ({cpus[0]}, {cpus[0]})
-        variants["other_cpu"] = ({cpus[0]}, {cpus[1]})
-    try:
-        for name, (a, b) in variants.items():
-            os.sched_setaffinity(0, a)
-            os.sched_setaffinity(tid, b)
-            times = []
-            for _ in range(n):
-                time.sleep(0.002)
-                t0 = time.perf_counter()
-                go.release()
-                back.acquire()
-                times.append(time.perf_counter() - t0)
-            res[f"lock_pingpong_{name}_us"] = statistics.median(times) * 1e6
-    finally:
-        os.sched_setaffinity(0, mine)
-        stop = True
-        go.release()
-        t.join(1)
 
 
 def bench_samplers(args, res: dict) -> None:

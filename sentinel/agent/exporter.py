@@ -13,13 +13,12 @@ collector whose collect is running, plus :data:`IDLE_RUNNERS` idle ones.
 
 from __future__ import annotations
 
-import ctypes
 import logging
-import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from typing import NamedTuple
 
 from sentinel import __version__
 from sentinel.agent.collectors import COLLECTORS, Collector
@@ -52,59 +51,14 @@ WORKER_JOIN_S = 1.0
 INLINE_LIMIT_S = 0.1
 # Runner threads kept idle for the next scrape; more exit when their collect ends.
 IDLE_RUNNERS = 1
-# How a scrape hands its collects over (docs/DESIGN.md, "Fourth pass"); the bench
-# compares them in one run. "runner": the collects go to a runner thread, the scrape
-# sleeps until they are done. "pinned": the same, with the runner woken on the CPU the
-# scrape runs on and the scrape kept there while it waits, so neither wake-up is an
-# interrupt to an idle CPU. "split": the collectors that cannot block (SPLIT_INLINE)
-# run on the scrape's thread while the runner does the rest. "spin": the scrape polls
-# for the runner's end for at most SPIN_S before it sleeps. "inline": every collect on
-# the scrape's thread: no timeout at all, the bench's lower bound only.
-HANDOFFS = ("runner", "pinned", "split", "spin", "inline")
-DEFAULT_HANDOFF = "runner"
-# Collectors that read only memory or procfs (never a mount that can hang).
-SPLIT_INLINE = frozenset({"disk", "disk_stall", "training"})
-# The longest a "spin" scrape polls before it sleeps.
-SPIN_S = 200e-6
 
 
-def _libc_getcpu() -> Callable[[], int] | None:
-    """Return libc's ``sched_getcpu`` (a vDSO read), or None where there is none."""
-    try:
-        f = ctypes.CDLL(None, use_errno=True).sched_getcpu
-    except (OSError, AttributeError):
-        return None
-    f.restype, f.argtypes = ctypes.c_int, ()
-    getcpu: Callable[[], int] = f
-    return getcpu
+class ScrapePhases(NamedTuple):
+    """Where the last scrape's time went, in seconds of wall time (perf_counter)."""
 
-
-_GETCPU = _libc_getcpu()
-
-
-def _set_cpus(tid: int | None, cpus: tuple[int, ...] | set[int]) -> bool:
-    """Set the CPUs thread ``tid`` (0: this one) may run on; False when refused."""
-    if tid is None:
-        return False
-    try:
-        os.sched_setaffinity(tid, cpus)
-    except (OSError, AttributeError):
-        return False  # a CPU set that changed under us, or no affinity on this OS
-    return True
-
-
-def _pin_here() -> tuple[int, set[int]] | None:
-    """Keep this thread on the CPU it runs on; return (that CPU, the CPUs it had)."""
-    if _GETCPU is None:
-        return None
-    cpu = int(_GETCPU())
-    try:
-        had = os.sched_getaffinity(0)
-    except (OSError, AttributeError):
-        return None
-    if cpu < 0 or cpu not in had or not _set_cpus(0, (cpu,)):
-        return None
-    return cpu, had
+    collect: float  # handing the collects over until the last is done (or timed out)
+    agent: float  # the agent's own families and its bookkeeping
+    render: float  # writing the exposition
 
 
 class _Collect:
@@ -164,7 +118,6 @@ class _Runner:
         self.scrape: _Scrape | None = None
         self.current: _Collect | None = None
         self.current_since = 0.0
-        self.cpu: int | None = None  # the CPU it is pinned to ("pinned"), if any
         # Named after the collector it runs (or ran last), so a hung one shows by name.
         self.thread = threading.Thread(target=self._run, daemon=True, name="sentinel-collect")
 
@@ -188,34 +141,24 @@ class _Runner:
         return job
 
     def _collect(self, scrape: _Scrape, job: _Collect) -> None:
-        self.thread.name = f"sentinel-collect-{job.slot.name}"
-        _collect(job)
+        slot = job.slot
+        self.thread.name = f"sentinel-collect-{slot.name}"
+        t0 = time.perf_counter()
+        try:
+            job.families = list(slot.collector.collect())
+            job.ok = slot.collector.success
+        except Exception as e:  # noqa: BLE001 - a collector never breaks a scrape
+            log.warning("collector %s failed: %s: %s", slot.name, type(e).__name__, e)
+            job.families, job.ok = [], False
+        job.seconds = time.perf_counter() - t0
         with self.pool.mutex:
-            _end(job)
+            job.done = True
+            slot.job, slot.since = None, None
             self.current = None
             scrape.left -= 1
             last = scrape.left == 0
         if last:
             scrape.all_done.release()
-
-
-def _collect(job: _Collect) -> None:
-    """Run one collect, filling in ``job`` (but not ``done``)."""
-    slot = job.slot
-    t0 = time.perf_counter()
-    try:
-        job.families = list(slot.collector.collect())
-        job.ok = slot.collector.success
-    except Exception as e:  # noqa: BLE001 - a collector never breaks a scrape
-        log.warning("collector %s failed: %s: %s", slot.name, type(e).__name__, e)
-        job.families, job.ok = [], False
-    job.seconds = time.perf_counter() - t0
-
-
-def _end(job: _Collect) -> None:
-    """Mark ``job`` done and its collector idle (call with the pool's mutex held)."""
-    job.done = True
-    job.slot.job, job.slot.since = None, None
 
 
 class _Pool:
@@ -225,20 +168,13 @@ class _Pool:
         self.mutex = threading.Lock()
         self.idle: list[_Runner] = []
         self.closed = False
-        try:  # what an unpinned runner may run on: this process's CPUs
-            self.cpus = os.sched_getaffinity(0)
-        except (OSError, AttributeError):
-            self.cpus = set()
 
-    def hand(self, scrape: _Scrape, cpu: int | None = None) -> None:
-        """Give ``scrape`` one more runner, on ``cpu`` if set (call with the mutex held)."""
+    def hand(self, scrape: _Scrape) -> None:
+        """Give ``scrape`` one more runner (call with the mutex held)."""
         r = self.idle.pop() if self.idle else None
         if r is None:
             r = _Runner(self)
             r.thread.start()
-        if r.cpu != cpu:  # pin it to ``cpu``, or give it back every CPU
-            if _set_cpus(r.thread.native_id, self.cpus if cpu is None else (cpu,)):
-                r.cpu = cpu
         r.scrape = scrape
         scrape.runners.append(r)
         r.go.release()
@@ -266,12 +202,8 @@ class _Pool:
 class Agent:
     """The enabled collectors, their runners and bookkeeping (success, duration, timeouts)."""
 
-    def __init__(self, ctx: Context, collectors: list[Collector] | None = None,
-                 handoff: str = DEFAULT_HANDOFF) -> None:
-        if handoff not in HANDOFFS:
-            raise ValueError(f"handoff {handoff!r} is not one of {', '.join(HANDOFFS)}")
+    def __init__(self, ctx: Context, collectors: list[Collector] | None = None) -> None:
         self.ctx = ctx
-        self.handoff = handoff
         if collectors is None:
             enabled = set(ctx.config.collectors)
             collectors = [cls(ctx) for cls in COLLECTORS if cls.name in enabled]
@@ -285,6 +217,10 @@ class Agent:
         # What the node saw each second, served with the step stream (/api/v1/node).
         self.node_ring = NodeRing()
         self.node_sampler: NodeSampler | None = None
+        # The last render()'s phases (bench/agent_overhead.py prints them); three clock
+        # reads a scrape.
+        self.phases = ScrapePhases(0.0, 0.0, 0.0)
+        self._collected = 0.0  # perf_counter when the last scrape's collects were in
 
     def collector(self, name: str) -> Collector | None:
         """Return the running collector called ``name``, if enabled."""
@@ -340,56 +276,33 @@ class Agent:
         """Run a collect of every idle collector; return each slot's, done or not."""
         start = time.monotonic()
         pool = self._pool
-        mode = self.handoff
-        pin = _pin_here() if mode == "pinned" else None
-        try:
-            with pool.mutex:
-                jobs: list[tuple[_Slot, _Collect | None]] = []
-                own: list[_Collect] = []  # run on this thread
-                queued: list[_Collect] = []
-                for slot in self.slots:
-                    job = None
-                    if slot.job is None and not pool.closed:
-                        job = slot.job = _Collect(slot)
-                        slot.since = start
-                        inline = mode == "inline" or (
-                            mode == "split" and slot.name in SPLIT_INLINE)
-                        (own if inline else queued).append(job)
-                    jobs.append((slot, job))
-                scrape = _Scrape(queued)
-                if scrape.left:
-                    pool.hand(scrape, None if pin is None else pin[0])
-            for job in own:
-                _collect(job)
-                with pool.mutex:
-                    _end(job)
-            if queued:
-                self._wait(scrape, start + timeout, min(INLINE_LIMIT_S, timeout / 4),
-                           spin=mode == "spin")
-        finally:
-            if pin is not None:
-                _set_cpus(0, pin[1])
+        with pool.mutex:
+            jobs: list[tuple[_Slot, _Collect | None]] = []
+            for slot in self.slots:
+                job = None
+                if slot.job is None and not pool.closed:
+                    job = slot.job = _Collect(slot)
+                    slot.since = start
+                jobs.append((slot, job))
+            scrape = _Scrape([j for _, j in jobs if j is not None])
+            if scrape.left:
+                pool.hand(scrape)
+            started = scrape.left
+        if started:
+            self._wait(scrape, start + timeout, min(INLINE_LIMIT_S, timeout / 4))
         with pool.mutex:
             for job in scrape.queue:  # never started: not running, just not in time
                 job.slot.job, job.slot.since = None, None
             scrape.queue.clear()
         return jobs
 
-    def _wait(self, scrape: _Scrape, deadline: float, limit: float, spin: bool = False) -> None:
+    def _wait(self, scrape: _Scrape, deadline: float, limit: float) -> None:
         """Wait for the scrape's collects until ``deadline``; add a runner when one is slow.
 
         While collects are queued, a runner is added each time the newest collect
-        started has run ``limit`` seconds (the queue waits behind a slow one). With
-        ``spin``, poll for at most SPIN_S first (a collect that ends by then wakes
-        no sleeping thread).
+        started has run ``limit`` seconds (the queue waits behind a slow one).
         """
         pool = self._pool
-        if spin:
-            end = time.perf_counter() + SPIN_S
-            while time.perf_counter() < end:
-                if scrape.all_done.acquire(False):
-                    return
-                time.sleep(0)  # lets the runner have the GIL
         while True:
             with pool.mutex:
                 newest = max((r.current_since for r in scrape.runners if r.current), default=None)
@@ -413,6 +326,7 @@ class Agent:
         """
         timeout = self.ctx.config.collector_timeout_seconds
         started = self._run(timeout)
+        self._collected = time.perf_counter()
         success = GaugeMetricFamily(
             "sentinel_collector_success",
             "1 if the collector's last collect worked in time, 0 if it failed, timed out "
@@ -477,7 +391,13 @@ class Agent:
     def render(self) -> bytes:
         """Collect everything and return the text exposition (one scrape at a time)."""
         with self._scrape_lock:
-            return render(self.collect_families())
+            t0 = time.perf_counter()
+            families = self.collect_families()
+            t1 = time.perf_counter()
+            body = render(families)
+            t2 = time.perf_counter()
+            self.phases = ScrapePhases(self._collected - t0, t1 - self._collected, t2 - t1)
+            return body
 
     def health(self) -> tuple[bool, str]:
         """Return (healthy, why): readers alive and no collect stuck too long."""

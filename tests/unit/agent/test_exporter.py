@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -11,7 +10,7 @@ import pytest
 import requests
 
 from sentinel.agent.collectors import Collector
-from sentinel.agent.exporter import HANDOFFS, SPIN_S, Agent
+from sentinel.agent.exporter import Agent
 from sentinel.agent.server import HttpServer
 from sentinel.exposition import GaugeMetricFamily, MetricFamily
 from tests.support.collectors import make_ctx
@@ -257,89 +256,17 @@ def test_threads_stay_bounded_by_the_collects_running(tmp_path):
     assert collect_threads() == []
 
 
-SAFE_HANDOFFS = [m for m in HANDOFFS if m != "inline"]
-
-
-@pytest.mark.parametrize("handoff", SAFE_HANDOFFS)
-def test_every_handoff_leaves_a_hung_collector_out_in_time(tmp_path, handoff):
-    """Each mode the bench compares keeps the timeout (``training`` runs inline in split)."""
-    ctx = make_ctx(tmp_path, collector_timeout_seconds=TIMEOUT_S)
-    stuck = Blocking(ctx)
-    own, quick = Quick(ctx, "training"), Quick(ctx)
-    agent = Agent(ctx, collectors=[own, stuck, quick], handoff=handoff)
-    try:
-        for n in range(1, 4):
-            t0 = time.monotonic()
-            text = agent.render().decode()
-            assert time.monotonic() - t0 < TIMEOUT_S + 0.5
-            assert value(text, "sentinel_collector_success", collector="stuck") == 0
-            for q in (own, quick):
-                assert value(text, "sentinel_collector_success", collector=q.name) == 1
-                assert len(q.ran) == n  # a fresh collect every scrape
-        assert stuck.calls == 1
-        caller = threading.get_ident()
-        assert (own.ran[0][0] == caller) == (handoff == "split")
-        assert quick.ran[0][0] != caller
-        stuck.release.set()
-        deadline = time.monotonic() + 5
-        while agent.slots[1].job is not None and time.monotonic() < deadline:
-            time.sleep(0.01)
-        text = agent.render().decode()
-        assert value(text, "sentinel_stuck_value") == 7
-    finally:
-        stuck.release.set()
-        agent.close()
-
-
-def test_inline_runs_every_collect_on_the_scraping_thread(tmp_path):
+def test_render_records_where_the_scrape_time_went(tmp_path):
+    """Agent.phases splits the last scrape into collect, agent families and render."""
     ctx = make_ctx(tmp_path)
-    quick = [Quick(ctx, "qa"), Quick(ctx, "qb")]
-    agent = Agent(ctx, collectors=quick, handoff="inline")
+    agent = Agent(ctx, collectors=[Quick(ctx, "slow", sleep=0.05)])
     try:
-        text = agent.render().decode()
+        t0 = time.perf_counter()
+        agent.render()
+        wall = time.perf_counter() - t0
     finally:
         agent.close()
-    assert value(text, "sentinel_qb_value") == 1
-    assert {ident for q in quick for ident, _ in q.ran} == {threading.get_ident()}
-    assert collect_threads() == []
-
-
-def test_an_unknown_handoff_is_refused_naming_the_valid_ones(tmp_path):
-    with pytest.raises(ValueError, match="'fast' is not one of runner, pinned"):
-        Agent(make_ctx(tmp_path), collectors=[], handoff="fast")
-
-
-def test_the_spin_before_sleeping_is_bounded(tmp_path):
-    """A 100 ms collect costs the scrape's thread at most SPIN_S of polling, not 100 ms."""
-    ctx = make_ctx(tmp_path)
-    agent = Agent(ctx, collectors=[Quick(ctx, "slow", sleep=0.1)], handoff="spin")
-    try:
-        agent.render()
-        cpu = []
-        for _ in range(3):
-            c0 = time.thread_time()
-            text = agent.render().decode()
-            cpu.append(time.thread_time() - c0)
-    finally:
-        agent.close()
-    assert value(text, "sentinel_collector_success", collector="slow") == 1
-    # SPIN_S (0.2 ms) of polling plus building the scrape (~1 ms on a slow VM).
-    assert min(cpu) < SPIN_S + 0.01
-
-
-@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to pin to one")
-def test_pinned_runs_the_runner_on_the_scrapes_cpu_and_gives_the_cpus_back(tmp_path):
-    ctx = make_ctx(tmp_path)
-    agent = Agent(ctx, collectors=[Quick(ctx)], handoff="pinned")
-    had = os.sched_getaffinity(0)
-    try:
-        agent.render()
-        assert os.sched_getaffinity(0) == had  # the caller's CPUs are given back
-        (runner,) = [t for t in collect_threads()]
-        pinned = os.sched_getaffinity(runner.native_id)
-        assert len(pinned) == 1 and pinned <= had
-        agent.handoff = "runner"
-        agent.render()
-        assert os.sched_getaffinity(runner.native_id) == had  # unpinned again
-    finally:
-        agent.close()
+    collect, own, render = agent.phases
+    assert collect >= 0.05  # the collect phase waits for the 50 ms collect
+    assert 0 < own < 0.05 and 0 < render < 0.05
+    assert collect + own + render <= wall
