@@ -63,6 +63,7 @@ def bench_collect(args, res: dict) -> None:
         gpu_only = Agent(agent.ctx, [c for c in agent.collectors if c.name == "gpu"])
         res["collect_render_gpu_only_median_us"] = median_us(gpu_only.render, args.n)
         breakdown(agent, args.n, res)
+        bench_phases(agent, args.n, res)
         bench_http(agent, args.n, res)
     # The same with every NVML field read on every scrape (gpu_slow_fields_seconds=0):
     # what a scrape costs when the slow counters are due for their refresh.
@@ -88,16 +89,17 @@ def bench_collect(args, res: dict) -> None:
 
 
 def breakdown(agent, n: int, res: dict) -> None:
-    """Time each part of a scrape alone: NVML calls, each collect, render, the rest.
+    """Time each part of a scrape alone: NVML calls, each collect, render.
 
     ``part_nvml_us`` is the gpu collector's NVML reads (every GPU, slow fields cached as
     in a scrape), inside ``part_collect_gpu_us``; ``part_render_us`` writes one scrape's
-    families as a scrape does (unchanged families from their last text),
-    ``part_render_all_changed_us`` as if every value had changed; ``part_agent_us`` is
-    the scrape less its collects and render: the hand-off to the runner thread and the
-    agent's own families.
+    families as a scrape does when nothing changed (every family from its last text),
+    ``part_render_all_changed_us`` when every value changed since the last scrape;
+    ``part_unexplained_us`` is the scrape less all these parts (bench_phases shows where
+    it goes).
     """
     from sentinel import exposition
+    from sentinel.exposition import Sample
 
     gpu = agent.collector("gpu")
     nv = getattr(gpu, "_nvml", None)
@@ -111,13 +113,101 @@ def breakdown(agent, n: int, res: dict) -> None:
     families = agent.collect_families()
     res["part_render_us"] = t = median_us(lambda: exposition.render(families), n)
     total += t
+    # Two copies of the families whose every value differs: rendered in turn, each
+    # family misses the cache every time, as when every value changes between scrapes.
+    other = copy_families(families, lambda s: Sample(s.name, s.labels, s.value + 0.5))
+    turn = [families, other]
 
-    def cold() -> None:
-        exposition._FAMILIES.clear()
-        exposition.render(families)
+    def changed() -> None:
+        turn.reverse()
+        exposition.render(turn[0])
 
-    res["part_render_all_changed_us"] = median_us(cold, n)
-    res["part_agent_us"] = res["collect_render_median_us"] - total
+    res["part_render_all_changed_us"] = median_us(changed, n)
+    res["part_unexplained_us"] = res["collect_render_median_us"] - total
+
+
+def copy_families(families, sample):
+    """Return shallow copies of ``families`` with each sample mapped by ``sample``."""
+    import copy
+
+    out = []
+    for f in families:
+        g = copy.copy(f)
+        g.samples = [sample(s) for s in f.samples]
+        out.append(g)
+    return out
+
+
+def bench_phases(agent, n: int, res: dict) -> None:
+    """Time the phases of the real scrape from inside (``Agent.phases``), and its misses.
+
+    ``scrape_phase_collect_us``: from the scrape's start until its last collect is in
+    (hand-off, the collects, the wake-up); ``scrape_phase_agent_us``: the agent's own
+    families and bookkeeping; ``scrape_phase_render_us``: the render.
+    ``scrape_collect_<name>_us``: each collect as timed in the scrape
+    (``sentinel_collector_duration_seconds``), against ``part_collect_<name>_us`` alone;
+    ``scrape_collect_handoff_us``: the collect phase less those collects;
+    ``scrape_render_misses``: families written afresh (not from the render cache) per
+    scrape; ``handoff_us``: a scrape's collect phase with one collector that does nothing.
+    """
+    from sentinel import exposition
+    from sentinel.agent.collectors import Collector
+    from sentinel.agent.exporter import Agent
+
+    phases: dict[str, list[float]] = {k: [] for k in ("collect", "agent", "render")}
+    inside: dict[str, list[float]] = {c.name: [] for c in agent.collectors}
+    misses: list[int] = []
+    fresh = exposition._render_family
+    missed = [0]
+
+    def counted(f, header):
+        missed[0] += 1
+        return fresh(f, header)
+
+    exposition._render_family = counted
+    try:
+        for _ in range(n):
+            missed[0] = 0
+            body = agent.render()
+            misses.append(missed[0])
+            for k, v in agent.phases._asdict().items():
+                phases[k].append(v)
+            for s in _durations(body):
+                inside[s.labels["collector"]].append(s.value)
+    finally:
+        exposition._render_family = fresh
+    for k, v in phases.items():
+        res[f"scrape_phase_{k}_us"] = statistics.median(v) * 1e6
+    total = 0.0
+    for name, v in inside.items():
+        res[f"scrape_collect_{name}_us"] = t = statistics.median(v) * 1e6
+        total += t
+    res["scrape_collect_handoff_us"] = res["scrape_phase_collect_us"] - total
+    res["scrape_render_misses"] = statistics.median(misses)
+    res["scrape_families"] = len(agent.collect_families())
+
+    class Noop(Collector):
+        name = "noop"
+
+        def collect(self):
+            return []
+
+    noop = Agent(agent.ctx, [Noop(agent.ctx)])
+    try:
+        timeout = agent.ctx.config.collector_timeout_seconds
+        res["handoff_us"] = median_us(lambda: noop._run(timeout), n)
+    finally:
+        noop.close()
+
+
+def _durations(body: bytes):
+    """Yield the sentinel_collector_duration_seconds samples of one scrape's text."""
+    from sentinel.exposition import parse
+
+    lines = [ln for ln in body.decode().splitlines()
+             if ln.startswith("sentinel_collector_duration_seconds{")]
+    for f in parse("\n".join(lines) + "\n"):
+        yield from f.samples
 
 
 def bench_http(agent, n: int, res: dict) -> None:

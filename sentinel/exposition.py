@@ -236,41 +236,49 @@ def render(families: Iterable[MetricFamily]) -> bytes:
         samples = f.samples
         key = (f.name, f.type, f.documentation)
         hit = cache.get(key)
-        # -0.0 == 0.0 but is written "-0.0": a family with one is neither kept nor
-        # served from what was kept.
-        negative_zero = _has_negative_zero(samples)
-        if hit is not None and not negative_zero and hit[0] == samples:
+        # -0.0 == 0.0 but is written "-0.0": a hit is only checked for one where the
+        # kept samples had a zero, and a family with one is neither kept nor served.
+        if hit is not None and hit[0] == samples and (
+                not hit[2] or not _negative_zero_at(samples, hit[2])):
             add(hit[1])
             continue
-        text = _render_family(f)
-        if negative_zero:
+        header = hit[3] if hit is not None else _header(f)
+        text = _render_family(f, header)
+        zeros = tuple(i for i, s in enumerate(samples) if s[2] == 0)
+        if zeros and _negative_zero_at(samples, zeros):
             cache.pop(key, None)
         else:
-            cache[key] = (samples.copy(), text)  # a copy: a later append must not match
+            # A copy: a later append must not match.
+            cache[key] = (samples.copy(), text, zeros, header)
         add(text)
     return "".join(out).encode()
 
 
-def _has_negative_zero(samples: list[Sample]) -> bool:
-    """Return True if a sample's value is -0.0."""
-    for s in samples:
-        v = s[2]
+def _negative_zero_at(samples: list[Sample], where: tuple[int, ...]) -> bool:
+    """Return True if a sample at one of these indexes is -0.0."""
+    for i in where:
+        v = samples[i][2]
         if v == 0 and math.copysign(1.0, v) < 0:
             return True
     return False
 
 
-def _render_family(f: MetricFamily) -> str:
-    """Return one family's HELP and TYPE lines and samples."""
+def _header(f: MetricFamily) -> str:
+    """Return a family's HELP and TYPE lines."""
     doc = f.documentation.replace("\\", r"\\").replace("\n", r"\n")
-    out = [f"# HELP {f.name} {doc}\n# TYPE {f.name} {f.type}\n"]
+    return f"# HELP {f.name} {doc}\n# TYPE {f.name} {f.type}\n"
+
+
+def _render_family(f: MetricFamily, header: str) -> str:
+    """Return one family's text: ``header`` (its HELP and TYPE lines), then its samples."""
+    out = [header]
     add = out.append
     labelstrs = _LABELSTRS
     for name, labels, value in f.samples:
         # format_value inlined for the common case: repr() is Go's text unless the
-        # value is infinite, NaN or has 7+ digits before the point (9+ characters).
+        # value is infinite, NaN or has 7+ digits before the point.
         s = repr(value) if type(value) is float else repr(float(value))
-        if len(s) > 8 or s[-1] == "f" or s[-1] == "n":
+        if s[-1] == "f" or s[-1] == "n" or s.find(".") > 6:
             s = format_value(value)
         if type(labels) is LabelSet:
             add(f"{name}{labels.text} {s}\n")
@@ -290,9 +298,10 @@ def _render_family(f: MetricFamily) -> str:
 # GPU family), so each is formatted once; bounded, and emptied when full.
 _LABELSTRS: dict[tuple[tuple[str, str], ...], str] = {}
 _LABELSTRS_MAX = 4096
-# Each family's last samples and text, by (name, type, help). Bounded, and emptied when
-# full (a textfile may name anything); at most one entry per family name and help.
-_FAMILIES: dict[tuple[str, str, str], tuple[list[Sample], str]] = {}
+# Each family's last samples, text, the indexes of its zero values and its HELP and
+# TYPE lines, by (name, type, help). Bounded, and emptied when full (a textfile may name
+# anything); at most one entry per family name and help.
+_FAMILIES: dict[tuple[str, str, str], tuple[list[Sample], str, tuple[int, ...], str]] = {}
 _FAMILIES_MAX = 4096
 
 

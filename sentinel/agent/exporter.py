@@ -18,6 +18,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterator
+from typing import NamedTuple
 
 from sentinel import __version__
 from sentinel.agent.collectors import COLLECTORS, Collector
@@ -50,6 +51,14 @@ WORKER_JOIN_S = 1.0
 INLINE_LIMIT_S = 0.1
 # Runner threads kept idle for the next scrape; more exit when their collect ends.
 IDLE_RUNNERS = 1
+
+
+class ScrapePhases(NamedTuple):
+    """Where the last scrape's time went, in seconds of wall time (perf_counter)."""
+
+    collect: float  # handing the collects over until the last is done (or timed out)
+    agent: float  # the agent's own families and its bookkeeping
+    render: float  # writing the exposition
 
 
 class _Collect:
@@ -208,6 +217,10 @@ class Agent:
         # What the node saw each second, served with the step stream (/api/v1/node).
         self.node_ring = NodeRing()
         self.node_sampler: NodeSampler | None = None
+        # The last render()'s phases (bench/agent_overhead.py prints them); three clock
+        # reads a scrape.
+        self.phases = ScrapePhases(0.0, 0.0, 0.0)
+        self._collected = 0.0  # perf_counter when the last scrape's collects were in
 
     def collector(self, name: str) -> Collector | None:
         """Return the running collector called ``name``, if enabled."""
@@ -313,6 +326,7 @@ class Agent:
         """
         timeout = self.ctx.config.collector_timeout_seconds
         started = self._run(timeout)
+        self._collected = time.perf_counter()
         success = GaugeMetricFamily(
             "sentinel_collector_success",
             "1 if the collector's last collect worked in time, 0 if it failed, timed out "
@@ -377,7 +391,13 @@ class Agent:
     def render(self) -> bytes:
         """Collect everything and return the text exposition (one scrape at a time)."""
         with self._scrape_lock:
-            return render(self.collect_families())
+            t0 = time.perf_counter()
+            families = self.collect_families()
+            t1 = time.perf_counter()
+            body = render(families)
+            t2 = time.perf_counter()
+            self.phases = ScrapePhases(self._collected - t0, t1 - self._collected, t2 - t1)
+            return body
 
     def health(self) -> tuple[bool, str]:
         """Return (healthy, why): readers alive and no collect stuck too long."""

@@ -222,7 +222,8 @@ def _gpu_like(m, values: list[float], extra: list[float] | None = None):
 def test_an_unchanged_family_is_written_from_its_last_text_and_a_changed_one_afresh():
     """The family cache: same samples give the same text, any change is written."""
     seqs = [[1.0, 2.0], [1.0, 2.0], [1.0, 2.5], [1, 2.5], [0.0, 2.5], [-0.0, 2.5],
-            [-0.0, 2.5], [0.0, 2.5], [math.nan, 1.0], [math.nan, 1.0], [1.0, 2.0, 3.0]]
+            [-0.0, 2.5], [0.0, 2.5], [2.5, 0.0], [2.5, -0.0], [2.5, 0.0], [1234567.5, 0.0],
+            [12345678.0, 0.0], [math.nan, 1.0], [math.nan, 1.0], [1.0, 2.0, 3.0]]
     for values in seqs:
         assert ex.render([_gpu_like(ex, values)]) == _prom([_gpu_like(pc, values)]), values
     assert b'sentinel_cached{gpu="0"} -0.0' in ex.render([_gpu_like(ex, [-0.0, 2.5])])

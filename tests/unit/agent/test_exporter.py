@@ -254,3 +254,19 @@ def test_threads_stay_bounded_by_the_collects_running(tmp_path):
     while collect_threads() and time.monotonic() < deadline:
         time.sleep(0.01)
     assert collect_threads() == []
+
+
+def test_render_records_where_the_scrape_time_went(tmp_path):
+    """Agent.phases splits the last scrape into collect, agent families and render."""
+    ctx = make_ctx(tmp_path)
+    agent = Agent(ctx, collectors=[Quick(ctx, "slow", sleep=0.05)])
+    try:
+        t0 = time.perf_counter()
+        agent.render()
+        wall = time.perf_counter() - t0
+    finally:
+        agent.close()
+    collect, own, render = agent.phases
+    assert collect >= 0.05  # the collect phase waits for the 50 ms collect
+    assert 0 < own < 0.05 and 0 < render < 0.05
+    assert collect + own + render <= wall
