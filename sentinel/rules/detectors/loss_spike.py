@@ -103,6 +103,22 @@ class Params:
         metadata={"help": "the grad norm must also be this many times its baseline for the "
                   "joint evidence", "min": 1.0},
     )
+    subtle_z: float = field(
+        default=3.5,
+        metadata={"help": "subtle rule (a bad batch without a grad-norm jump): noise scales "
+                  "above the baseline (and `min_jump`) when the step also clears "
+                  "`subtle_ratio`. H200 tune split: healthy steps reached z 2.89, the "
+                  "calibrated x1.26-1.31 batches it catches 3.78-4.64 (docs/DESIGN.md, "
+                  "\"Subtle bad batches\")", "min": 1.0},
+    )
+    subtle_ratio: float = field(
+        default=2.5,
+        metadata={"help": "subtle rule's second line: the step's rise above the least-squares "
+                  "trend of the baseline window, over the highest rise of any of the "
+                  "window's steps above that line. H200 tune: healthy steps reached 1.99, "
+                  "the calibrated batches 2.76-5.1; 2.3 gave a false alarm per ~120k steps "
+                  "of Gaussian noise, 2.5 none", "min": 1.0},
+    )
     warmup_steps: int = field(
         default=3,
         metadata={"help": "steps of history before a spike can be flagged at all; until "
@@ -343,6 +359,12 @@ class _Tracker:
                 # on the same step (healthy grad-norm bursts come without it).
                 self._open(pt, "joint", b0=m, s0=s, r=r)
                 return
+            if (r > max(p.subtle_z * s, p.min_jump) and self._settled()
+                    and self._trend_excess(x) >= p.subtle_ratio):
+                # One step far above the local trend, further than any step of the
+                # baseline window went: a bad batch too small for the 5-scale line.
+                self._open(pt, "subtle", b0=m, s0=s, r=r)
+                return
             if (self.young and self.n_accepted < p.warmup_settle_steps
                     and (jump := self._step_jump(x))):
                 # The baseline still holds the first fast fall: the step before judges too.
@@ -358,6 +380,35 @@ class _Tracker:
         self.loss.add(x)
         self.accepted.append((pt.step, x))
         self.n_accepted += 1
+
+    def _settled(self) -> bool:
+        """Say whether the subtle rule may judge: a full window, past a run's first fall.
+
+        Its second line compares with the highest of ``history`` steps (fewer would
+        make any rise look high), and a window that still holds the first fast fall
+        is no line: a young run waits ``warmup_settle_steps``.
+        """
+        p = self.p
+        return len(self.loss) >= p.history and (
+            not self.young or self.n_accepted >= p.warmup_settle_steps)
+
+    def _trend_excess(self, x: float) -> float:
+        """Return how many times ``x`` rises above the baseline window's trend line as far
+        as the window's own highest step does.
+
+        The line is the least-squares fit of the window's log-losses against their order,
+        extrapolated one step on: unlike the median, it does not lag a falling loss. Run
+        only for a step that already cleared the ``subtle_z`` line (O(``history``)).
+        """
+        v = self.loss.level.values()
+        n = len(v)
+        xm = (n - 1) / 2
+        vm = math.fsum(v) / n
+        sxx = sum((i - xm) ** 2 for i in range(n))
+        b = math.fsum((i - xm) * (y - vm) for i, y in enumerate(v)) / sxx
+        a = vm - b * xm
+        highest = max(y - (a + b * i) for i, y in enumerate(v))
+        return (x - (a + b * n)) / max(highest, self.p.min_scale)
 
     def _step_jump(self, x: float) -> tuple[float, float, float] | None:
         """Return (previous log-loss, scale, rise) if ``x`` jumps above the step before.

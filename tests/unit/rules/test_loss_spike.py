@@ -317,3 +317,59 @@ def test_a_real_random_batch_in_the_first_steps_is_found_on_its_step(name):
         tried += 1
         assert _found(_probed(name, bad_at=k, upto=k + 5)) == [(k, "warmup")], k
     assert tried >= 6
+
+
+H200 = Path(__file__).resolve().parents[3] / "bench" / "detectors" / "curves" / "h200"
+
+
+def _h200(name: str, **params):
+    """Run the detector over one recorded H200 tune run (bench/detectors/curves/h200)."""
+    from sentinel.rules.jsonl import read_steps
+
+    pts = [p for p in read_steps(H200 / f"{name}.jsonl") if p.loss_given]
+    return loss_spike.detect(Window(job=name, steps=pts), loss_spike.Params(**params))
+
+
+def test_calibrated_subtle_bad_batches_of_the_h200_tune_run_are_found_on_their_steps():
+    """subtle_small-s0 (tune): five batches calibrated to loss x1.26-1.34, grad norm
+    0.95-1.32x. The subtle rule finds 240 and 420 (z 4.6 and 3.8, under the 5-scale line);
+    without it 3 of 5 were missed."""
+    found = _h200("subtle_small-s0")
+    assert [f.evidence["detected_step"] for f in found] == [150, 240, 330, 420, 510]
+    assert {f.evidence["detected_step"]: f.evidence["trigger"] for f in found}[420] == "subtle"
+    assert all(f.evidence["classification"] == "recoverable_fast" for f in found)
+    without = _h200("subtle_small-s0", subtle_z=1e9)
+    assert [f.evidence["detected_step"] for f in without] == [150, 510]
+
+
+@pytest.mark.parametrize("name", ["healthy-s1-lr1.0", "high_lr-s0", "growing_slowdown-s1"])
+def test_healthy_h200_tune_runs_stay_below_the_subtle_rule(name):
+    """The tune runs whose steps came nearest the subtle lines (z 2.77-2.84 with the trend
+    ratio 1.3-1.67; high_lr-s0 with its grad-norm bursts)."""
+    assert _h200(name) == []
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_subtle_batch_without_a_grad_norm_jump_is_found_by_the_subtle_rule(seed):
+    """+25% on one step (z ~4, under the 5-scale line) with noise bounded above as the
+    real curves' is (uniform +-8%); raising either of the rule's lines loses it."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(1500)
+    base = np.log(2.0 + 6.0 * (1 + t / 100) ** -0.5)
+    x = base + rng.uniform(-0.08, 0.08, len(t))
+    x[1000] = base[1000] + math.log(1.25)
+    assert [(f.evidence["detected_step"], f.evidence["trigger"]) for f in run(x)] == [
+        (1000, "subtle")]
+    assert run(x, subtle_ratio=50.0) == []
+    assert run(x, subtle_z=4.9) == []
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_the_z_line_alone_fires_on_gaussian_noise_and_the_trend_ratio_keeps_it_out(seed):
+    """A healthy curve with Gaussian noise (heavier above than the real curves'): a step at
+    3.5 scales comes by chance in 3,000 steps; it does not rise 2.5x the window's highest."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(3000)
+    x = np.log(2.0 + 6.0 * (1 + t / 100) ** -0.5) + rng.normal(0, 0.05, len(t))
+    assert [f.evidence["trigger"] for f in run(x, subtle_ratio=1.0)] == ["subtle"]
+    assert run(x) == []
