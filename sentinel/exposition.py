@@ -72,6 +72,16 @@ class MetricFamily:
         """Append one sample as is."""
         self.samples.append(Sample(name, labels, value))
 
+    def reset(self) -> None:
+        """Drop the samples, so a collector can fill the same family again next collect.
+
+        Building ~65 families a scrape cost ~1 us each; a collector whose families are
+        fixed keeps them and resets them at the start of each collect, so none carries a
+        value from an earlier one. The list is emptied in place: a holder of the last
+        collect's family sees it empty, never mixed (render keeps its own copy).
+        """
+        self.samples.clear()
+
     def _labelled(self, values: Sequence[str]) -> dict[str, str]:
         """Return the label set of these values (ValueError unless one per label name)."""
         return dict(zip(self._labelnames, values, strict=True))

@@ -199,6 +199,37 @@ class _Pool:
             r.thread.join(WORKER_JOIN_S)
 
 
+def _agent_families(hostname: str) -> tuple[
+        MetricFamily, tuple[MetricFamily, MetricFamily, MetricFamily]]:
+    """Return the agent's info family and its (success, duration, timeouts) families.
+
+    Built once per agent: the info sample never changes, the others are reset and
+    filled every scrape (one scrape at a time).
+    """
+    success = GaugeMetricFamily(
+        "sentinel_collector_success",
+        "1 if the collector's last collect worked in time, 0 if it failed, timed out "
+        "or is absent.",
+        labels=["collector"],
+    )
+    duration = GaugeMetricFamily(
+        "sentinel_collector_duration_seconds",
+        "Time the last collect took; while one is overdue, how long it has been running.",
+        labels=["collector"],
+    )
+    timeouts = CounterMetricFamily(
+        "sentinel_collector_timeouts",
+        "Scrapes that left the collector out because its collect had not returned "
+        "within agent.collector_timeout_seconds.",
+        labels=["collector"],
+    )
+    info = GaugeMetricFamily(
+        "sentinel_agent_info", "The agent build.", labels=["version", "hostname"]
+    )
+    info.add_metric([__version__, hostname], 1.0)
+    return info, (success, duration, timeouts)
+
+
 class Agent:
     """The enabled collectors, their runners and bookkeeping (success, duration, timeouts)."""
 
@@ -221,6 +252,7 @@ class Agent:
         # reads a scrape.
         self.phases = ScrapePhases(0.0, 0.0, 0.0)
         self._collected = 0.0  # perf_counter when the last scrape's collects were in
+        self._info, self._own = _agent_families(ctx.hostname)
 
     def collector(self, name: str) -> Collector | None:
         """Return the running collector called ``name``, if enabled."""
@@ -323,32 +355,16 @@ class Agent:
 
         A collector that fails, or has not returned in time, is reported with
         ``sentinel_collector_success`` 0 and none of its output for this scrape.
+        One call at a time (``render`` holds the scrape lock): the agent's own families
+        are kept and filled again by each call.
         """
         timeout = self.ctx.config.collector_timeout_seconds
         started = self._run(timeout)
         self._collected = time.perf_counter()
-        success = GaugeMetricFamily(
-            "sentinel_collector_success",
-            "1 if the collector's last collect worked in time, 0 if it failed, timed out "
-            "or is absent.",
-            labels=["collector"],
-        )
-        duration = GaugeMetricFamily(
-            "sentinel_collector_duration_seconds",
-            "Time the last collect took; while one is overdue, how long it has been running.",
-            labels=["collector"],
-        )
-        timeouts = CounterMetricFamily(
-            "sentinel_collector_timeouts",
-            "Scrapes that left the collector out because its collect had not returned "
-            "within agent.collector_timeout_seconds.",
-            labels=["collector"],
-        )
-        info = GaugeMetricFamily(
-            "sentinel_agent_info", "The agent build.", labels=["version", "hostname"]
-        )
-        info.add_metric([__version__, self.ctx.hostname], 1.0)
-        out: list[MetricFamily] = [info, success, duration, timeouts]
+        success, duration, timeouts = self._own
+        for f in self._own:
+            f.reset()
+        out: list[MetricFamily] = [self._info, success, duration, timeouts]
         seen: set[str] = set(AGENT_FAMILIES)
         ok, dur, tmo = success.samples.append, duration.samples.append, timeouts.samples.append
         for w, job in started:

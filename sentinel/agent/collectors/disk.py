@@ -50,14 +50,16 @@ def parse_diskstats(text: str, exclude: re.Pattern[str] | None = None,
     if excluded is not None and len(excluded) > MAX_EXCLUDE_CACHE:
         excluded.clear()
     for lineno, line in enumerate(text.splitlines(), 1):
-        parts = line.split()
-        if not parts:
+        # The name first, cut from the line's head: an excluded device (loop, ram; most
+        # lines of a host's diskstats) is skipped without splitting its 17+ fields.
+        head = line.split(None, 3)
+        if not head:
             continue
-        if len(parts) < 14:
+        if len(head) < 4:
             raise ValueError(
-                f"diskstats line {lineno}: {len(parts)} fields, expected at least 14: {line!r}"
+                f"diskstats line {lineno}: {len(head)} fields, expected at least 14: {line!r}"
             )
-        dev = parts[2]
+        dev = head[2]
         if exclude is not None:
             skip = None if excluded is None else excluded.get(dev)
             if skip is None:
@@ -66,8 +68,14 @@ def parse_diskstats(text: str, exclude: re.Pattern[str] | None = None,
                     excluded[dev] = skip
             if skip:
                 continue
+        parts = head[3].split()
+        if len(parts) < 11:
+            raise ValueError(
+                f"diskstats line {lineno}: {len(parts) + 3} fields, expected at least 14: "
+                f"{line!r}"
+            )
         try:
-            f = [int(x) for x in parts[3:14]]
+            f = [int(x) for x in parts[:11]]
         except ValueError:
             raise ValueError(f"diskstats line {lineno}: non-numeric field: {line!r}") from None
         out[dev] = DiskStats(f[0], f[2], f[3], f[4], f[6], f[7], f[9], f[8])
@@ -93,27 +101,16 @@ class DiskCollector(Collector):
         # Each device's label set, shared by its series in every family and scrape
         # (nothing changes a sample's labels once added); rebuilt when devices change.
         self._labels: dict[str, LabelSet] = {}
+        # The families, built once and reset at every collect (one collect at a time).
+        self._fams = _families()
 
     def collect(self) -> list[MetricFamily]:
         """Read diskstats once and build the disk families."""
         stats = parse_diskstats(self._file.read().decode(), self.exclude, self._excluded)
-        labels = ["device"]
-
-        def counter(name: str, help_: str) -> CounterMetricFamily:
-            return CounterMetricFamily(name, help_, labels=labels)
-
-        reads = counter("sentinel_disk_reads_completed", "Reads completed.")
-        writes = counter("sentinel_disk_writes_completed", "Writes completed.")
-        rbytes = counter("sentinel_disk_read_bytes", "Bytes read.")
-        wbytes = counter("sentinel_disk_written_bytes", "Bytes written.")
-        rtime = counter("sentinel_disk_read_time_seconds", "Time spent reading.")
-        wtime = counter("sentinel_disk_write_time_seconds", "Time spent writing.")
-        iotime = counter("sentinel_disk_io_time_seconds", "Time spent doing I/O.")
-        latency = GaugeMetricFamily(
-            "sentinel_disk_read_latency_seconds",
-            "Mean read latency over the last collection interval (0 when no reads).",
-            labels=labels,
-        )
+        fams = self._fams
+        for f in fams:
+            f.reset()
+        reads, writes, rbytes, wbytes, rtime, wtime, iotime, latency = fams
         if self._labels.keys() != stats.keys():
             self._labels = {dev: LabelSet([("device", dev)]) for dev in stats}
         by_dev = self._labels
@@ -131,11 +128,34 @@ class DiskCollector(Collector):
             if prev is not None:
                 latency.samples.append(Sample(latency.name, lab, read_latency_seconds(prev, s)))
         self._prev = stats
-        return [reads, writes, rbytes, wbytes, rtime, wtime, iotime, latency]
+        return list(fams)
 
     def close(self) -> None:
         """Close diskstats."""
         self._file.close()
+
+
+def _families() -> tuple[MetricFamily, ...]:
+    """Return the disk families, empty, in exposition order (latency last)."""
+    labels = ["device"]
+
+    def counter(name: str, help_: str) -> CounterMetricFamily:
+        return CounterMetricFamily(name, help_, labels=labels)
+
+    return (
+        counter("sentinel_disk_reads_completed", "Reads completed."),
+        counter("sentinel_disk_writes_completed", "Writes completed."),
+        counter("sentinel_disk_read_bytes", "Bytes read."),
+        counter("sentinel_disk_written_bytes", "Bytes written."),
+        counter("sentinel_disk_read_time_seconds", "Time spent reading."),
+        counter("sentinel_disk_write_time_seconds", "Time spent writing."),
+        counter("sentinel_disk_io_time_seconds", "Time spent doing I/O."),
+        GaugeMetricFamily(
+            "sentinel_disk_read_latency_seconds",
+            "Mean read latency over the last collection interval (0 when no reads).",
+            labels=labels,
+        ),
+    )
 
 
 def read_latency_seconds(prev: DiskStats, cur: DiskStats) -> float:

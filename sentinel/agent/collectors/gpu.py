@@ -79,6 +79,13 @@ class GpuCollector(Collector):
         self._xid_counts: dict[tuple[str, int], int] = {}
         self._xid_lock = threading.Lock()
         self._gpu_labels: dict[int, _GpuLabels] = {}
+        # The families, built once and reset at every collect (one collect at a time).
+        self._fams = _Families()
+        self._avail = GaugeMetricFamily(
+            "sentinel_gpu_nvml_available",
+            "1 if NVML loaded, 0 if no NVML library/driver (no GPU series then).",
+            labels=["hostname"],
+        )
 
     def start(self) -> None:
         """Load NVML and start the XID waiter (no NVML: report absent, carry on)."""
@@ -127,17 +134,15 @@ class GpuCollector(Collector):
     def collect(self) -> list[MetricFamily]:
         """Sample every GPU and build the GPU families."""
         self._try_init()
-        avail = GaugeMetricFamily(
-            "sentinel_gpu_nvml_available",
-            "1 if NVML loaded, 0 if no NVML library/driver (no GPU series then).",
-            labels=["hostname"],
-        )
+        avail = self._avail
+        avail.reset()
         avail.add_metric([self.ctx.hostname], 0.0 if self._nvml is None else 1.0)
         if self._nvml is None:
             self.success = False
             return [avail]
         self.success = True
-        fams = _Families()
+        fams = self._fams
+        fams.reset()
         for d in self._devices:
             s = self._nvml.sample(d.index)
             if s.errors:
@@ -256,6 +261,11 @@ class _Families:
             "XID events seen by the agent's NVML event waiter (every event counts).",
             labels=[*LABELS, "xid"],
         )
+
+    def reset(self) -> None:
+        """Empty every family, to fill them from this collect's samples."""
+        for f in self.metrics():
+            f.reset()
 
     def add_sample(self, gl: _GpuLabels, s: GpuSample) -> None:
         """Add one GPU's sample; a lost GPU keeps only sentinel_gpu_up 0."""

@@ -81,6 +81,31 @@ def parse_memory(data: bytes, path: str) -> tuple[float, float]:
 _MEMINFO_KEYS = frozenset((b"MemTotal", b"MemAvailable", b"MemFree", b"Buffers", b"Cached"))
 
 
+def _families() -> tuple[GaugeMetricFamily, ...]:
+    """Return the host families, empty, in exposition order."""
+    return (
+        GaugeMetricFamily(
+            "sentinel_host_cpu_utilization_ratio", "CPU busy 0..1 since the last collect."
+        ),
+        GaugeMetricFamily("sentinel_host_memory_total_bytes", "Total RAM."),
+        GaugeMetricFamily(
+            "sentinel_host_memory_available_bytes", "RAM available without swapping."
+        ),
+        GaugeMetricFamily("sentinel_host_memory_used_bytes", "RAM in use."),
+        GaugeMetricFamily("sentinel_host_load_average", "Load average.", labels=["period"]),
+        GaugeMetricFamily(
+            "sentinel_host_filesystem_free_bytes",
+            "Free space (for unprivileged users) of the filesystem holding the path.",
+            labels=["path"],
+        ),
+        GaugeMetricFamily(
+            "sentinel_host_filesystem_size_bytes",
+            "Size of the filesystem holding the path.",
+            labels=["path"],
+        ),
+    )
+
+
 class HostCollector(Collector):
     """CPU busy ratio since the last collect, RAM, load average, free space of paths."""
 
@@ -94,45 +119,29 @@ class HostCollector(Collector):
         self._stat = ProcFile(f"{self.procfs}/stat")
         self._meminfo = ProcFile(f"{self.procfs}/meminfo")
         self._loadavg = ProcFile(f"{self.procfs}/loadavg")
+        # The families, built once and reset at every collect (one collect at a time).
+        self._fams = _families()
 
     def collect(self) -> list[MetricFamily]:
         """Read CPU, memory, load and filesystems."""
+        cpu, mem_total, mem_avail, mem_used, load, free, size = fams = self._fams
+        for f in fams:
+            f.reset()
         busy, total = parse_cpu_times(self._stat.read(), self._stat.path)
         prev = self._prev_cpu or (0.0, 0.0)
         self._prev_cpu = (busy, total)
         d_total = total - prev[1]
-        cpu = GaugeMetricFamily(
-            "sentinel_host_cpu_utilization_ratio", "CPU busy 0..1 since the last collect."
-        )
         cpu.add_metric([], max(0.0, min(1.0, (busy - prev[0]) / d_total)) if d_total > 0 else 0.0)
 
         ram, available = parse_memory(self._meminfo.read(), self._meminfo.path)
-        mem_total = GaugeMetricFamily("sentinel_host_memory_total_bytes", "Total RAM.")
         mem_total.add_metric([], ram)
-        mem_avail = GaugeMetricFamily(
-            "sentinel_host_memory_available_bytes", "RAM available without swapping."
-        )
         mem_avail.add_metric([], available)
-        mem_used = GaugeMetricFamily("sentinel_host_memory_used_bytes", "RAM in use.")
         mem_used.add_metric([], ram - available)
 
-        load = GaugeMetricFamily(
-            "sentinel_host_load_average", "Load average.", labels=["period"]
-        )
         fields = self._loadavg.read().split()
         for period, v in zip(("1m", "5m", "15m"), fields[:3], strict=True):
             load.add_metric([period], float(v))
 
-        free = GaugeMetricFamily(
-            "sentinel_host_filesystem_free_bytes",
-            "Free space (for unprivileged users) of the filesystem holding the path.",
-            labels=["path"],
-        )
-        size = GaugeMetricFamily(
-            "sentinel_host_filesystem_size_bytes",
-            "Size of the filesystem holding the path.",
-            labels=["path"],
-        )
         missing = []
         for p in self.paths:
             try:
@@ -144,7 +153,7 @@ class HostCollector(Collector):
             size.add_metric([p], float(st.f_blocks * st.f_frsize))
         # A configured path that is gone (unmounted dataset) is a failure people should see.
         self.success = not missing
-        return [cpu, mem_total, mem_avail, mem_used, load, free, size]
+        return list(fams)
 
     def close(self) -> None:
         """Close the /proc files."""

@@ -208,7 +208,7 @@ def _bind_udp(host: str, port: int, rcvbuf: int) -> socket.socket:
 
 
 class _Families:
-    """The training families of one scrape, filled in rank by rank."""
+    """The training families, filled in rank by rank (reset before each collect)."""
 
     def __init__(self) -> None:
         lab = ["job", "rank", "hostname"]
@@ -375,6 +375,8 @@ class TrainingCollector(Collector):
         self.readers: list[_Reader] = []
         self.socket_path = c.socket
         self._rank_labels: dict[tuple[str, str, str], _RankLabels] = {}
+        # The families, built once and reset at every collect (one collect at a time).
+        self._fams = _Families()
 
     def start(self) -> None:
         """Bind the report sockets and start their reader threads."""
@@ -401,7 +403,9 @@ class TrainingCollector(Collector):
         host = self.ctx.hostname
         now = self.ctx.monotonic()
         self.store.expire()
-        f = _Families()
+        f = self._fams
+        for fam in f.all():
+            fam.reset()
         cached = self._rank_labels
         kept: dict[tuple[str, str, str], _RankLabels] = {}
         with self.store.lock:
