@@ -11,7 +11,9 @@ H100 dump (``--gpu-replay``, default tests/fixtures/h100/nvml_idle.json), or the
 through NVML with ``--real-nvml`` (``bench/agent_overhead.py --ab-base REF`` does that).
 
 Measures per tree: the median wall time and process CPU of one scrape (collect + render,
-the default collectors; the gpu collector alone), and the RSS of a real ``sentinel agent``
+the default collectors; the gpu collector alone), the scrape's phases as
+``bench/agent_overhead.py`` times them from inside (``scrape_phase_*``,
+``scrape_collect_<name>_us``, the hand-off), and the RSS of a real ``sentinel agent``
 process after 2000 step reports and 20 scrapes. Prints a table; ``--out`` writes JSON.
 """
 
@@ -26,6 +28,7 @@ import sys
 import time
 from pathlib import Path
 
+from agent_overhead import bench_phases
 from agent_start import in_process_agent, loaded_agent_memory
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,6 +45,8 @@ def _child_scrape(n: int, replay: str) -> dict[str, float]:
         if b"sentinel_gpu_up{" not in agent.render():
             raise SystemExit("the scrape has no GPU series: is the replay file right?")
         res.update(_time("all", agent.render, n))
+        # Where the scrape's time went, from inside (phases, each collect, the hand-off).
+        bench_phases(agent, n, res)
         gpu_only = Agent(agent.ctx, [c for c in agent.collectors if c.name == "gpu"])
         res.update(_time("gpu", gpu_only.render, n))
     return res
@@ -115,7 +120,8 @@ def _report(trees: list[tuple[str, Path]], runs: dict[str, list[dict[str, float]
     keys = list(runs[base][0])
     summary: dict[str, dict[str, float]] = {}
     width = max(18, *(len(n) + len(base) + 3 for n, _ in trees))
-    print(f"\n{'measure':14s}" + "".join(f"{n:>{width}s}" for n, _ in trees)
+    kw = max(14, *map(len, keys))
+    print(f"\n{'measure':{kw}s}" + "".join(f"{n:>{width}s}" for n, _ in trees)
           + "".join(f"{n + '/' + base:>{width}s}" for n, _ in trees[1:]))
     for k in keys:
         meds = {n: statistics.median(r[k] for r in runs[n]) for n, _ in trees}
@@ -123,7 +129,7 @@ def _report(trees: list[tuple[str, Path]], runs: dict[str, list[dict[str, float]
                                                                      strict=True))
                   for n, _ in trees[1:]}
         summary[k] = {**meds, **{f"{n}/{base}": v for n, v in ratios.items()}}
-        print(f"{k:14s}" + "".join(f"{meds[n]:{width}.1f}" for n, _ in trees)
+        print(f"{k:{kw}s}" + "".join(f"{meds[n]:{width}.1f}" for n, _ in trees)
               + "".join(f"{ratios[n]:{width}.3f}" for n, _ in trees[1:]))
     return summary
 
