@@ -28,7 +28,6 @@ import sys
 import time
 from pathlib import Path
 
-from agent_overhead import bench_phases
 from agent_start import in_process_agent, loaded_agent_memory
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +37,17 @@ CHILD_TIMEOUT_S = 300
 
 def _child_scrape(n: int, replay: str) -> dict[str, float]:
     """Time scrapes in this process (whichever sentinel PYTHONPATH gives)."""
+    import sentinel
     from sentinel.agent.exporter import Agent
+
+    # agent_overhead puts its own tree first on sys.path: import it with sentinel
+    # already loaded, and put the path back, so the tree measured is PYTHONPATH's.
+    path = list(sys.path)
+    from agent_overhead import bench_phases  # noqa: PLC0415
+
+    sys.path[:] = path
+    if not Path(sentinel.__file__).resolve().is_relative_to(Path.cwd().resolve()):
+        raise SystemExit(f"measuring {sentinel.__file__}, not the tree in {Path.cwd()}")
 
     res: dict[str, float] = {}
     with in_process_agent(replay) as agent:

@@ -242,3 +242,13 @@ def test_a_family_changed_after_it_was_rendered_is_not_served_stale():
     assert second == _prom([_gpu_like(pc, [1.0], extra=[])]).replace(
         b'sentinel_cached{gpu="0"} 1.0\n', b'sentinel_cached{gpu="0"} 1.0\n'
         b'sentinel_cached{gpu="9"} 4.0\n')
+
+
+def test_a_reset_family_refilled_is_written_from_its_new_samples_only():
+    """reset() empties a kept family in place; the render cache follows every refill."""
+    g = _gpu_like(ex, [1.0, 2.0])
+    for values in ([1.0, 2.0], [1.0, 2.5], [1.0, 2.5], [7.0], [], [1.0, 2.0]):
+        g.reset()
+        for i, v in enumerate(values):
+            g.add_metric([str(i)], v)
+        assert ex.render([g]) == _prom([_gpu_like(pc, values)]), values

@@ -14,6 +14,7 @@ from sentinel.agent.collectors.disk import (
     read_latency_seconds,
 )
 from sentinel.agent.config import DEFAULT_DISK_EXCLUDE
+from sentinel.exposition import render
 from tests.support.collectors import H100, make_ctx, proc_dir, render_collector
 from tests.support.metrics import value
 
@@ -99,3 +100,37 @@ def test_bad_file_fails_the_collector_not_the_scrape(tmp_path):
     text = agent.render().decode()
     assert value(text, "sentinel_collector_success", collector="disk") == 0
     assert value(text, "sentinel_collector_success", collector="training") == 1
+
+
+def test_kept_families_hold_only_the_latest_collect(tmp_path):
+    """The collector reuses its families: new values replace old, a gone device drops out."""
+    procfs = proc_dir(tmp_path, 1)
+    c = DiskCollector(make_ctx(tmp_path, procfs=str(procfs)))
+    first = c.collect()
+    before = render(first).decode()
+    text = (H100 / "diskstats-2.txt").read_text()
+    (procfs / "diskstats").write_text(
+        "".join(ln + "\n" for ln in text.splitlines() if " vdb " not in ln))
+    second = c.collect()
+    after = render(second).decode()
+    c.close()
+    assert all(a is b for a, b in zip(first, second, strict=True))  # kept, not rebuilt
+    lines = [ln.rsplit(" ", 1)[0] for ln in after.splitlines() if not ln.startswith("#")]
+    assert len(lines) == len(set(lines))
+    assert 'device="vdb"' in before and 'device="vdb"' not in after
+    vda = [ln for ln in text.splitlines() if " vda " in ln][0].split()
+    assert value(before, "sentinel_disk_reads_completed_total", device="vda") != int(vda[3])
+    assert value(after, "sentinel_disk_reads_completed_total", device="vda") == int(vda[3])
+
+
+def test_an_excluded_device_is_skipped_before_its_fields_are_read():
+    """Only a kept device's fields are split and checked; a bad kept line is named."""
+    exclude = re.compile(DEFAULT_DISK_EXCLUDE)
+    good = " 253 0 vda 1 0 8 1 0 0 0 0 0 1 1 0 0 0 0\n"
+    assert set(parse_diskstats(" 7 0 loop0 1 2\n" + good, exclude)) == {"vda"}
+    with pytest.raises(ValueError, match=r"line 1: 5 fields, expected at least 14"):
+        parse_diskstats(" 253 0 vda 1 2\n", exclude)
+    with pytest.raises(ValueError, match=r"line 2: 3 fields, expected at least 14"):
+        parse_diskstats(good + " 253 0 vda\n", exclude)
+    with pytest.raises(ValueError, match=r"line 1: non-numeric field"):
+        parse_diskstats(" 253 0 vda 1 0 8 1 0 x 0 0 0 1 1\n", exclude)

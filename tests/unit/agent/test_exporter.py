@@ -270,3 +270,36 @@ def test_render_records_where_the_scrape_time_went(tmp_path):
     assert collect >= 0.05  # the collect phase waits for the 50 ms collect
     assert 0 < own < 0.05 and 0 < render < 0.05
     assert collect + own + render <= wall
+
+
+def _series(text: str) -> list[str]:
+    """Return each sample line's name and labels (a repeat would be a stale series)."""
+    return [ln.rsplit(" ", 1)[0] for ln in text.splitlines() if ln and not ln.startswith("#")]
+
+
+def test_the_agent_families_are_kept_but_hold_only_this_scrapes_values(tmp_path):
+    """The agent's own families are reused across scrapes: never a value of an earlier one."""
+    ctx = make_ctx(tmp_path, collector_timeout_seconds=0.2)
+    slow = Quick(ctx, "slow", sleep=0.0)
+    agent = Agent(ctx, collectors=[Quick(ctx, "fast"), slow])
+    try:
+        first_families = agent.collect_families()
+        first = agent.render().decode()
+        slow.sleep = 0.5  # misses the 0.2 s timeout from now on
+        second = agent.render().decode()
+        third_families = agent.collect_families()
+    finally:
+        slow.sleep = 0.0
+        agent.close()
+    # The same objects, reset and refilled.
+    assert all(a is b for a, b in zip(first_families[:4], third_families[:4], strict=True))
+    for text in (first, second):
+        assert len(_series(text)) == len(set(_series(text)))
+        assert text.count("sentinel_collector_success{") == 2
+    assert value(first, "sentinel_collector_success", collector="slow") == 1
+    assert value(second, "sentinel_collector_success", collector="slow") == 0
+    assert value(first, "sentinel_collector_timeouts_total", collector="slow") == 0
+    assert value(second, "sentinel_collector_timeouts_total", collector="slow") == 1
+    assert value(second, "sentinel_collector_duration_seconds", collector="slow") >= 0.2
+    assert "sentinel_slow_value" in first and "sentinel_slow_value" not in second
+    assert value(second, "sentinel_agent_info", hostname="node1") == 1

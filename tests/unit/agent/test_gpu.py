@@ -12,6 +12,7 @@ import pytest
 
 from sentinel.agent.collectors.gpu import GpuCollector
 from sentinel.agent.exporter import Agent
+from sentinel.exposition import render
 from sentinel.gpu.nvml import Nvml, NvmlUnavailable
 from sentinel.gpu.nvml_replay import ReplayBackend
 from sentinel.gpu.reasons import CLOCK_EVENT_REASONS
@@ -365,3 +366,28 @@ def test_compute_processes_per_gpu_are_counted(tmp_path):
     assert value(text, "sentinel_gpu_up", gpu="1") == 1
     assert not any(n == "sentinel_gpu_compute_processes" and ("gpu", "1") in ls
                    for n, ls in samples(text))
+
+
+def test_kept_families_hold_only_the_latest_collect(tmp_path):
+    """The collector reuses its families: a changed value replaces the old, none repeats."""
+    dump = two_gpus()
+    ctx = make_ctx(tmp_path, collectors=["gpu"], gpu_slow_fields_seconds=0.0)
+    ctx.nvml_backend = ReplayBackend(dump)
+    c = GpuCollector(ctx)
+    c.start()
+    try:
+        first = c.collect()
+        before = render(first).decode()
+        dump["devices"][0]["power_usage_mw"] = 123456
+        dump["devices"][1]["lost"] = "GpuIsLost"
+        second = c.collect()
+        after = render(second).decode()
+    finally:
+        c.close()
+    assert all(a is b for a, b in zip(first, second, strict=True))  # kept, not rebuilt
+    lines = [ln.rsplit(" ", 1)[0] for ln in after.splitlines() if not ln.startswith("#")]
+    assert len(lines) == len(set(lines))
+    assert value(before, "sentinel_gpu_power_watts", gpu="0") != 123.456
+    assert value(after, "sentinel_gpu_power_watts", gpu="0") == 123.456
+    assert [n for n, ls in samples(after) if ("gpu", "1") in ls] == ["sentinel_gpu_up"]
+    assert value(after, "sentinel_gpu_up", gpu="1") == 0

@@ -7,8 +7,10 @@ import shutil
 import psutil
 import pytest
 
-from sentinel.agent.collectors.host import read_cpu_times, read_memory
-from tests.support.collectors import PROC
+from sentinel.agent.collectors.host import HostCollector, read_cpu_times, read_memory
+from sentinel.exposition import render
+from tests.support.collectors import PROC, make_ctx
+from tests.support.metrics import value
 
 
 def _psutil_figures(procfs: str) -> tuple[float, float]:
@@ -165,3 +167,29 @@ def test_the_host_and_disk_collectors_close_their_files(tmp_path):
     for c in cs:
         c.close()
     assert _open_fds() == before
+
+
+def test_kept_families_hold_only_the_latest_collect(tmp_path):
+    """The collector reuses its families: a path gone since the last collect drops out."""
+    keep, gone = tmp_path / "keep", tmp_path / "gone"
+    keep.mkdir()
+    gone.mkdir()
+    c = HostCollector(make_ctx(tmp_path, filesystem_paths=[str(keep), str(gone)]))
+    first = c.collect()
+    assert c.success
+    before = render(first).decode()
+    gone.rmdir()
+    second = c.collect()
+    after = render(second).decode()
+    c.close()
+    assert not c.success
+    assert all(a is b for a, b in zip(first, second, strict=True))  # kept, not rebuilt
+    lines = [ln.rsplit(" ", 1)[0] for ln in after.splitlines() if not ln.startswith("#")]
+    assert len(lines) == len(set(lines))
+    assert f'path="{gone}"' in before and f'path="{gone}"' not in after
+    assert value(after, "sentinel_host_filesystem_size_bytes", path=str(keep)) > 0
+    # The fixture's /proc/stat does not move: the second busy ratio is over no time.
+    assert value(before, "sentinel_host_cpu_utilization_ratio") > 0
+    assert value(after, "sentinel_host_cpu_utilization_ratio") == 0
+    assert value(after, "sentinel_host_memory_total_bytes") == value(
+        before, "sentinel_host_memory_total_bytes")
