@@ -197,12 +197,14 @@ class _GpuLabels:
     remap causes), which bounds the cache.
     """
 
-    __slots__ = ("values", "base", "_extra")
+    __slots__ = ("values", "base", "_extra", "reasons")
 
     def __init__(self, values: list[str]) -> None:
         self.values = values
         self.base = LabelSet(zip(LABELS, values, strict=True))
         self._extra: dict[tuple[str, ...], LabelSet] = {}
+        # (label set, bit) of every clock-event reason, in exposition order.
+        self.reasons = [(self.extra("reason", r), bit) for r, bit in CLOCK_EVENT_REASONS.items()]
 
     def extra(self, *pairs: str) -> LabelSet:
         """Return the GPU's labels plus ``name, value[, name, value]``."""
@@ -283,11 +285,11 @@ class _Families:
             if value is not None:
                 fam.add_sample(fam.name, base, float(value))
         extra = gl.extra
-        if s.clock_event_reasons is not None:
+        active = s.clock_event_reasons
+        if active is not None:
             add, name = self.reasons.samples.append, self.reasons.name
-            for rname, bit in CLOCK_EVENT_REASONS.items():
-                add(Sample(name, extra("reason", rname),
-                           1.0 if s.clock_event_reasons & bit else 0.0))
+            for labels, bit in gl.reasons:
+                add(Sample(name, labels, 1.0 if active & bit else 0.0))
         add, name = self.violation.samples.append, self.violation.name
         for vname, ns in s.violation_ns.items():
             add(Sample(name, extra("reason", vname), ns / 1e9))
