@@ -204,7 +204,8 @@ class _GpuLabels:
         self.base = LabelSet(zip(LABELS, values, strict=True))
         self._extra: dict[tuple[str, ...], LabelSet] = {}
         # (label set, bit) of every clock-event reason, in exposition order.
-        self.reasons = [(self.extra("reason", r), bit) for r, bit in CLOCK_EVENT_REASONS.items()]
+        extra = self.extra
+        self.reasons = [(extra("reason", r), bit) for r, bit in CLOCK_EVENT_REASONS.items()]
 
     def extra(self, *pairs: str) -> LabelSet:
         """Return the GPU's labels plus ``name, value[, name, value]``."""
