@@ -146,12 +146,25 @@ def snapshot_nbytes(state: dict[str, Any]) -> int:
     return ckmod._state_nbytes(state)[0]
 
 
+def variant_spec(variant: str) -> tuple[str, str]:
+    """Return (AsyncCheckpointer stage, CheckpointStore load_check) of a --variants name.
+
+    ``host``/``gpu``/``auto`` name the stage; a ``+loadcheck`` suffix makes every
+    write load its file back (the writer before "auto" skipped that for plain states).
+    """
+    stage, _, extra = variant.partition("+")
+    if stage not in STAGES or extra not in ("", "loadcheck"):
+        raise ValueError(f"variant {variant!r}: expected one of {', '.join(STAGES)}, "
+                         "optionally with +loadcheck")
+    return stage, "always" if extra else "auto"
+
+
 def _median(xs: list[float]) -> float | None:
     return statistics.median(xs) if xs else None
 
 
 def _segment(b: Bench, ck: AsyncCheckpointer | None, per_segment: int, rec: dict[str, Any],
-             count: bool) -> float:
+             count: bool, load_check: str = "auto") -> float:
     """Train one segment (a save every 50 steps with ``ck``, none without); its seconds.
 
     Each step's time goes to ``rec["steps"]`` by kind: "save" (the step right after a
@@ -164,6 +177,7 @@ def _segment(b: Bench, ck: AsyncCheckpointer | None, per_segment: int, rec: dict
         torch.cuda.synchronize()
     if ck is not None:
         b.ckpt = ck
+    b.store.load_check = load_check  # the writes of this segment (the last one's waited)
     fences: list[tuple[Any, Any]] = []
     b.fence_events = fences if b.device.type == "cuda" and ck is not None else None
     t0 = time.perf_counter()
@@ -218,7 +232,8 @@ def throughput(b: Bench, ckpts: dict[str, AsyncCheckpointer], pairs: int,
         for v in order}
     for rnd in range(pairs + 1):
         for v in order:
-            dt = _segment(b, ckpts[v] if v else None, per_segment, rec[v], rnd > 0)
+            dt = _segment(b, ckpts[v] if v else None, per_segment, rec[v], rnd > 0,
+                          variant_spec(v)[1] if v else "auto")
             if rnd > 0:
                 rec[v]["seg"].append(dt)
     for c in ckpts.values():
@@ -379,7 +394,7 @@ def run_model(name: str, device: torch.device, root: Path, pairs: int, per_segme
                            "batch": [b.cfg.batch_size, b.cfg.seq_len]}
     print(f"{name}: {b.params / 1e6:.1f}M parameters", flush=True)
     b.ckpt.close()
-    ckpts = {v: b.checkpointer(budget, v) for v in variants}
+    ckpts = {v: b.checkpointer(budget, variant_spec(v)[0]) for v in variants}
     out["throughput"] = throughput(b, ckpts, pairs, per_segment)
     print(variant_table(name, out["throughput"]), flush=True)
     b.ckpt = ckpts[variants[-1]]
@@ -409,12 +424,12 @@ def _ms(x: float | None) -> str:
 def variant_table(name: str, t: dict[str, Any]) -> str:
     """Return one line per variant: ratio, stalls, fence wait, step times by kind (ms)."""
     lines = [f"{name}: step without checkpoints {_ms(t['step_s_without_median'])} ms (median)",
-             f"  {'variant':8s} {'ratio':>6s} {'blocked':>8s} {'fence':>7s} {'after-save':>10s}"
+             f"  {'variant':14s} {'ratio':>6s} {'blocked':>8s} {'fence':>7s} {'after-save':>10s}"
              f" {'writing':>8s} {'idle':>6s} {'loss/save':>9s} {'superseded':>10s}  (ms)"]
     for v, r in t["variants"].items():
         st = r["step_s_median"]
         lines.append(
-            f"  {v:8s} {r['throughput_ratio']:6.4f} {_ms(r['save_blocked_s_median']):>8s} "
+            f"  {v:14s} {r['throughput_ratio']:6.4f} {_ms(r['save_blocked_s_median']):>8s} "
             f"{_ms(r['fence_wait_s_median']):>7s} {_ms(st.get('save')):>10s} "
             f"{_ms(st.get('writing')):>8s} {_ms(st.get('idle')):>6s} "
             f"{_ms(r['loss_per_save_s']):>9s} "
@@ -468,8 +483,9 @@ def main() -> int:
                     help="50-step blocks per segment (a save starts each in 'with'); "
                          "default 2 for gpt1b (its steps are slow), else 4")
     ap.add_argument("--variants", default="host,gpu",
-                    help="snapshot paths to compare (AsyncCheckpointer stage= values: "
-                         "host, gpu, auto), each in the same rounds")
+                    help="snapshot paths to compare, each in the same rounds: "
+                         "AsyncCheckpointer stage= values (host, gpu, auto), each "
+                         "optionally +loadcheck (every write loads its file back)")
     ap.add_argument("--repeats", type=int, default=3, help="rollbacks of each kind")
     ap.add_argument("--ram-gb", type=float, default=32.0,
                     help="host RAM budget for snapshots (unless --ram-snapshots)")
@@ -486,9 +502,10 @@ def main() -> int:
                     help="what to measure after the throughput (comma-separated, may be empty)")
     ap.add_argument("--quick", action="store_true", help="tiny model, few steps (CPU check)")
     args = ap.parse_args()
-    bad = [v for v in args.variants.split(",") if v not in STAGES]
-    if bad:
-        ap.error(f"--variants: {bad[0]!r} is not one of {', '.join(STAGES)}")
+    try:
+        [variant_spec(v) for v in args.variants.split(",")]
+    except ValueError as e:
+        ap.error(f"--variants: {e}")
     if args.quick:
         args.models, args.pairs, args.segment_blocks, args.repeats = "tiny", 1, 2, 2
     device = torch.device(args.device)
