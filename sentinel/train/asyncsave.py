@@ -3,8 +3,8 @@
 :meth:`AsyncCheckpointer.save` copies every tensor of a training state into a set of
 host buffers (pinned when CUDA is in use, reused from save to save) and returns; a
 writer thread then hands the copy to :meth:`CheckpointStore.save`, which writes it to a
-temporary file, fsyncs, checks it loads, renames, fsyncs the directory and records it
-in the manifest, exactly as a synchronous save does. A crash at any moment therefore
+temporary file, fsyncs, checks it loads (unless its types vouch for that), renames,
+fsyncs the directory and records it in the manifest, exactly as a synchronous save does. A crash at any moment therefore
 leaves what a crashed synchronous save leaves: the previous checkpoints and manifest,
 plus a temporary file the next writer removes.
 

@@ -27,7 +27,8 @@ One process writes: a writer store holds ``writer.lock`` for its lifetime, and a
 writing process is refused with the holder's PID and host. The manifest is read
 strictly (every entry's keys and types; a file name other than the step's own is
 refused, so nothing outside the directory is ever read or deleted). A save refuses a
-state ``torch.load(weights_only=True)`` could not read back, and a full disk is
+state ``torch.load(weights_only=True)`` could not read back (loading the file back
+unless every value is of a type that load always accepts), and a full disk is
 reported as "disk full at DIR" with the bytes needed and free.
 
 With a :class:`Remote` (object storage, :mod:`sentinel.train.offload`), an entry also
