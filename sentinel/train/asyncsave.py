@@ -4,9 +4,9 @@
 host buffers (pinned when CUDA is in use, reused from save to save) and returns; a
 writer thread then hands the copy to :meth:`CheckpointStore.save`, which writes it to a
 temporary file, fsyncs, checks it loads (unless its types vouch for that), renames,
-fsyncs the directory and records it in the manifest, exactly as a synchronous save does. A crash at any moment therefore
-leaves what a crashed synchronous save leaves: the previous checkpoints and manifest,
-plus a temporary file the next writer removes.
+fsyncs the directory and records it in the manifest, exactly as a synchronous save
+does. A crash at any moment therefore leaves what a crashed synchronous save leaves:
+the previous checkpoints and manifest, plus a temporary file the next writer removes.
 
 With ``overlap=True`` (CUDA) the device-to-host copy runs on a side stream while the
 loop goes on; the loop must call :meth:`fence` before anything changes the weights or
