@@ -76,6 +76,8 @@ EVERY = 50
 # 50-step blocks per segment when --segment-blocks is not given: gpt1b's 50 steps take
 # ~5 s, so two blocks keep a run of both models and two variants near 6 minutes.
 SEGMENT_BLOCKS = {"gpt1b": 2}
+# A step this many times the median step without checkpoints is reported as slow.
+SLOW = 1.5
 PARTS = ("rollback", "upload")  # beyond the throughput, which every run measures
 
 
@@ -264,6 +266,11 @@ def throughput(b: Bench, ckpts: dict[str, AsyncCheckpointer], pairs: int,
             "fence_wait_s_median": _median(r["fence_wait_s"]),
             "fence_wait_s_all": r["fence_wait_s"],
             "step_s_median": {k: _median(x) for k, x in r["steps"].items() if x},
+            # Throughput follows the mean: a few slow steps move it, not the median.
+            "step_s_mean": {k: statistics.fmean(x) for k, x in r["steps"].items() if x},
+            # Steps over SLOW x the median step without checkpoints: (kind, seconds).
+            "slow_steps": [(k, t) for k, x in r["steps"].items() for t in x
+                           if t > SLOW * step_without],
             "steps_counted": {k: len(x) for k, x in r["steps"].items()},
             # What each save cost the segment beyond its steps at the "without" pace
             # (save() itself included): the per-save loss the ratio comes from.
@@ -423,16 +430,20 @@ def _ms(x: float | None) -> str:
 
 def variant_table(name: str, t: dict[str, Any]) -> str:
     """Return one line per variant: ratio, stalls, fence wait, step times by kind (ms)."""
-    lines = [f"{name}: step without checkpoints {_ms(t['step_s_without_median'])} ms (median)",
+    base = t["step_s_without_median"]
+    lines = [f"{name}: step without checkpoints {_ms(base)} ms (median)",
              f"  {'variant':14s} {'ratio':>6s} {'blocked':>8s} {'fence':>7s} {'after-save':>10s}"
-             f" {'writing':>8s} {'idle':>6s} {'loss/save':>9s} {'superseded':>10s}  (ms)"]
+             f" {'writing':>13s} {'idle':>6s} {'loss/save':>9s} {'slow steps':>14s}"
+             f" {'superseded':>10s}  (ms)"]
     for v, r in t["variants"].items():
-        st = r["step_s_median"]
+        st, mean = r["step_s_median"], r["step_s_mean"]
+        slow = r["slow_steps"]
         lines.append(
             f"  {v:14s} {r['throughput_ratio']:6.4f} {_ms(r['save_blocked_s_median']):>8s} "
             f"{_ms(r['fence_wait_s_median']):>7s} {_ms(st.get('save')):>10s} "
-            f"{_ms(st.get('writing')):>8s} {_ms(st.get('idle')):>6s} "
-            f"{_ms(r['loss_per_save_s']):>9s} "
+            f"{_ms(st.get('writing')) + '/' + _ms(mean.get('writing')):>13s} "
+            f"{_ms(st.get('idle')):>6s} {_ms(r['loss_per_save_s']):>9s} "
+            f"{f'{len(slow)}: +' + _ms(sum(x - base for _, x in slow)):>14s} "
             f"{len(r['superseded_steps']):>4d} of {r['saves_requested']:<3d}"
             + ("" if all(r["staged"]) or not any(r["staged"]) else "  (staged some)")
             + ("  staged on GPU" if r["staged"] and all(r["staged"]) else ""))
@@ -444,8 +455,9 @@ def text_report(res: dict[str, Any]) -> str:
              "ratio: tokens/s with a checkpoint every 50 steps / without (goal >= 0.99); "
              "blocked: in save(); fence: GPU time the loop's stream waited for the copy; "
              "after-save/writing/idle: median step times (the step after a save, steps "
-             "while a write runs, steps with none); loss/save: segment time beyond its "
-             "steps at the without pace, per save"]
+             "while a write runs (median/mean), steps with none); loss/save: segment time "
+             "beyond its steps at the without pace, per save; slow steps: how many took "
+             f"over {SLOW}x the median step without, and their time beyond it"]
     for name, r in res["models"].items():
         t, rb = r["throughput"], r.get("rollback")
         first = next(iter(t["variants"].values()))

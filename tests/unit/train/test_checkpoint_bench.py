@@ -37,6 +37,7 @@ def test_variants_run_in_the_same_rounds_with_their_own_writer(tmp_path, monkeyp
         assert sum(v["steps_counted"].values()) == 100
         assert 0 < v["throughput_ratio"] < 10 and v["save_blocked_s_median"] is not None
         assert v["fence_wait_s_all"] == []  # no CUDA: no fence to wait at
+        assert v["step_s_mean"]["save"] > 0 and isinstance(v["slow_steps"], list)
     assert out["segment_s_without"] and out["step_s_without_median"] > 0
     table = bench.variant_table("tiny", out)
     assert "gpu+loadcheck" in table.splitlines()[-1] and "of 4" in table
