@@ -307,7 +307,7 @@ def _surely_loadable(obj: Any, seen: set[int] | None = None) -> bool:
 
     Plain values, strided CPU/CUDA tensors of ordinary dtypes (not subclasses, not
     quantized) and exact dict/OrderedDict/list/tuple of them; False for anything else
-    or a container met twice (shared or cyclic: left to the real load).
+    or a dict or list met twice (shared or cyclic: left to the real load).
     """
     import torch
 
@@ -321,9 +321,10 @@ def _surely_loadable(obj: Any, seen: set[int] | None = None) -> bool:
     if t not in _SURE_CONTAINERS:
         return False
     seen = set() if seen is None else seen
-    if id(obj) in seen:
-        return False
-    seen.add(id(obj))
+    if t is not tuple:  # a cycle runs through a mutable container; () is a shared singleton
+        if id(obj) in seen:
+            return False
+        seen.add(id(obj))
     if isinstance(obj, dict):
         return all(type(k) in _SURE_VALUES and _surely_loadable(v, seen)
                    for k, v in obj.items())

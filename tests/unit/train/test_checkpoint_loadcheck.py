@@ -88,7 +88,7 @@ def test_every_kind_the_walk_vouches_for_loads_with_weights_only(tmp_path, monke
         "tensors": [torch.ones(3, dtype=d) for d in ck._sure_dtypes()],
         "views": (torch.arange(10.0)[2:7], torch.ones(4, 4).t(), torch.zeros(0)),
         "plain": [None, True, 0, -(2 ** 70), 1.5, float("nan"), float("inf"), "é✓", ""],
-        "nested": collections.OrderedDict(a=({}, [], ()), b={7: {"x": (1, (2, [3]))}}),
+        "nested": collections.OrderedDict(a=({}, [], ()), b={7: {"x": (1, (2, [3]), ())}}),
         3: "an int key",
     }
     assert ck._surely_loadable(state)
@@ -99,7 +99,7 @@ def test_every_kind_the_walk_vouches_for_loads_with_weights_only(tmp_path, monke
     assert [t.dtype for t in got["tensors"]] == [t.dtype for t in state["tensors"]]
     assert torch.equal(got["views"][1], torch.ones(4, 4).t())
     assert got["plain"][3] == -(2 ** 70) and got["plain"][7] == "é✓"
-    assert got["nested"]["b"] == {7: {"x": (1, (2, [3]))}} and got[3] == "an int key"
+    assert got["nested"]["b"] == {7: {"x": (1, (2, [3]), ())}} and got[3] == "an int key"
 
 
 def test_load_check_always_loads_every_file_and_must_be_known(tmp_path, monkeypatch):
