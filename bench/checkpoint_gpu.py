@@ -97,7 +97,7 @@ class Bench:
                                      betas=(0.9, 0.95), weight_decay=0.1)
         self.params = sum(p.numel() for p in self.model.parameters())
         self.store = CheckpointStore(work / "checkpoints", keep=2, writer=writer)
-        self.ckpt = self.checkpointer(budget, "auto")
+        self.ckpt = self.checkpointer(budget, "host")
         self.step = 0
         self.ram_snapshots = 0.0  # when set, the RAM budget in snapshots (see throughput)
         self.gen = torch.Generator(device=device)

@@ -13,10 +13,10 @@ loop goes on; the loop must call :meth:`fence` before anything changes the weigh
 optimizer state (before ``optimizer.step()``), which makes the loop's stream wait for
 the copy without blocking the host.
 
-Where the GPU has memory to spare (``stage="auto"``, the default; ``"gpu"`` insists,
-``"host"`` never), the snapshot is first copied into a reusable set of GPU buffers (a
-device-to-device copy, about a millisecond per GB on an H200), and that copy is all
-``fence()`` waits for; the same side stream then drains the GPU buffers into the host
+With ``stage="auto"`` (where the GPU has memory to spare) or ``"gpu"`` (insists; the
+default ``"host"`` never stages), the snapshot is first copied into a reusable set of
+GPU buffers (a device-to-device copy, about a millisecond per GB on an H200), and that
+copy is all ``fence()`` waits for; the same side stream then drains the GPU buffers into the host
 buffers in the background, and the writer waits for that drain, not the loop. One GPU
 set serves every save: the next save's copy into it is queued on the same stream after
 the previous drain, so it can never overwrite a set still being drained.
@@ -180,7 +180,7 @@ class AsyncCheckpointer:
         ram_budget_bytes: int | None = None,
         overlap: bool = False,
         when_behind: str = "coalesce",
-        stage: str = "auto",
+        stage: str = "host",
         gpu_budget_bytes: int | None = None,
     ) -> None:
         if when_behind not in WHEN_BEHIND:
