@@ -9,12 +9,15 @@ For each model (``gpt100m``, the example's 100M config in fp32 with bf16 autocas
 ``gpt1b``, 1.0B parameters held in bf16 with AdamW) it trains the example's GPT on
 synthetic tokens and measures, in one process:
 
-- save stall: time inside ``AsyncCheckpointer.save`` (the loop is blocked) per
-  checkpoint, plus the GPU time the loop's stream waits at ``fence()``, which shows in
-  the throughput; the first two saves allocate pinned buffers and are reported apart;
-- throughput with a checkpoint every 50 steps against none: segments of 200 steps with
-  a save every 50 (their background writes overlapping the training) and without,
-  alternated so drift hits both alike; the ratio of tokens/s;
+- for each snapshot path of ``--variants`` (``host``: device-to-host copy that
+  ``fence()`` waits for; ``gpu``: staged in GPU memory, drained to host in the
+  background), in the same rounds: the throughput with a checkpoint every 50 steps
+  against none (segments of 200 steps, 100 for gpt1b, with a save every 50 and without,
+  alternated so drift hits all alike; the ratio of tokens/s), time inside ``save()``
+  (saves allocating buffers reported apart), the GPU time the loop's stream waits at
+  ``fence()`` (CUDA events), and median step times: the step after a save, steps
+  while a background write runs, steps with none, steps without checkpoints -- the
+  first shows the fence's cost, the second the writer thread's (the GIL);
 - rollback, request to the end of the first step after it (the real RollbackHandler,
   a signed request and SIGUSR1): target held in host RAM, target read from disk (no
   held copy), and a process restart from the same checkpoint (spawn, import, build,
@@ -51,7 +54,7 @@ import torch.nn.functional as F  # noqa: E402, N812
 
 from sentinel.examples.gpt import CONFIGS, GPT, ModelConfig  # noqa: E402
 from sentinel.train import checkpoint as ckmod  # noqa: E402
-from sentinel.train.asyncsave import AsyncCheckpointer  # noqa: E402
+from sentinel.train.asyncsave import STAGES, AsyncCheckpointer  # noqa: E402
 from sentinel.train.checkpoint import (  # noqa: E402
     CheckpointStore,
     restore_training_state,
@@ -70,6 +73,14 @@ MODELS: dict[str, tuple[ModelConfig, torch.dtype]] = {
     "tiny": (CONFIGS["tiny"], torch.float32),
 }
 EVERY = 50
+# 50-step blocks per segment when --segment-blocks is not given: gpt1b's 50 steps take
+# ~5 s, so two blocks keep a run of both models and two variants near 6 minutes.
+SEGMENT_BLOCKS = {"gpt1b": 2}
+# Blocks of the warm-up's segments with checkpoints: four saves allocate the three
+# buffer sets coalescing uses (held target, being written, queued) and reuse one.
+WARM_BLOCKS = 4
+# A step this many times the median step without checkpoints is reported as slow.
+SLOW = 1.5
 PARTS = ("rollback", "upload")  # beyond the throughput, which every run measures
 
 
@@ -86,13 +97,20 @@ class Bench:
                                      betas=(0.9, 0.95), weight_decay=0.1)
         self.params = sum(p.numel() for p in self.model.parameters())
         self.store = CheckpointStore(work / "checkpoints", keep=2, writer=writer)
-        self.ckpt = AsyncCheckpointer(self.store, ram_budget_bytes=budget,
-                                      overlap=device.type == "cuda")
+        self.ckpt = self.checkpointer(budget, "host")
         self.step = 0
         self.ram_snapshots = 0.0  # when set, the RAM budget in snapshots (see throughput)
         self.gen = torch.Generator(device=device)
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16,
                                        enabled=device.type == "cuda" and dtype == torch.float32)
+        # When a list, each fence() with a copy to wait for adds a pair of CUDA events
+        # around it: the GPU time the loop's stream stood waiting for the snapshot copy.
+        self.fence_events: list[tuple[Any, Any]] | None = None
+
+    def checkpointer(self, budget: int, stage: str) -> AsyncCheckpointer:
+        """Return a checkpointer of this bench's store that snapshots through ``stage``."""
+        return AsyncCheckpointer(self.store, ram_budget_bytes=budget,
+                                 overlap=self.device.type == "cuda", stage=stage)
 
     def state(self) -> dict[str, Any]:
         return training_state(self.model, self.opt, None, DataPosition(self.step),
@@ -111,7 +129,15 @@ class Bench:
         loss = F.cross_entropy(logits.float().flatten(0, 1), x[:, 1:].flatten())
         self.opt.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
-        self.ckpt.fence()
+        if self.fence_events is not None and self.ckpt.fence_pending:
+            before = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+            after = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+            before.record()
+            self.ckpt.fence()
+            after.record()
+            self.fence_events.append((before, after))
+        else:
+            self.ckpt.fence()
         self.opt.step()
         self.step += 1
         return float(loss.detach())  # syncs: the step is done
@@ -125,62 +151,149 @@ def snapshot_nbytes(state: dict[str, Any]) -> int:
     return ckmod._state_nbytes(state)[0]
 
 
-def throughput(b: Bench, pairs: int, per_segment: int) -> dict[str, Any]:
-    """Alternate segments with a checkpoint every 50 steps and without; stalls and ratio.
+def variant_spec(variant: str) -> tuple[str, str]:
+    """Return (AsyncCheckpointer stage, CheckpointStore load_check) of a --variants name.
 
-    A segment is ``per_segment`` blocks of 50 steps. In a "with" segment every block
-    starts with a save, and the background writes of those saves overlap the segment's
-    training, as in a run (only the last one's tail runs past it). Between segments the
-    bench waits for the writes to end, untimed, so that a "without" segment carries none.
-    The first pair warms up kernels and allocates the pinned buffers; it is not counted.
+    ``host``/``gpu``/``auto`` name the stage; a ``+loadcheck`` suffix makes every
+    write load its file back (the writer before "auto" skipped that for plain states).
     """
-    with_s, without_s, stalls, allocating, waits = [], [], [], [], []
-    superseded: list[int] = []
-    for i in range(2 * pairs + 2):
-        save = i % 2 == 1
-        b.ckpt.wait()
-        if b.device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for k in range(EVERY * per_segment):
-            if save and k % EVERY == 0:
-                state = b.state()
-                if b.ram_snapshots:  # the budget in snapshots: buffers are reused after
-                    b.ckpt.budget = int(b.ram_snapshots * snapshot_nbytes(state))
-                st = b.ckpt.save(b.step, state)
-                (allocating if st.allocated else stalls).append(st.blocked_s)
-                if not st.allocated:
-                    waits.append(st.waited_s)
-                if st.superseded is not None:
-                    superseded.append(st.superseded)
-            b.train_step()
-        dt = time.perf_counter() - t0
-        if i >= 2:
-            (with_s if save else without_s).append(dt)
-    b.ckpt.wait()
-    written = b.ckpt.drain_saved()
+    stage, _, extra = variant.partition("+")
+    if stage not in STAGES or extra not in ("", "loadcheck"):
+        raise ValueError(f"variant {variant!r}: expected one of {', '.join(STAGES)}, "
+                         "optionally with +loadcheck")
+    return stage, "always" if extra else "auto"
+
+
+def _median(xs: list[float]) -> float | None:
+    return statistics.median(xs) if xs else None
+
+
+def _segment(b: Bench, ck: AsyncCheckpointer | None, per_segment: int, rec: dict[str, Any],
+             count: bool, load_check: str = "auto") -> float:
+    """Train one segment (a save every 50 steps with ``ck``, none without); its seconds.
+
+    Each step's time goes to ``rec["steps"]`` by kind: "save" (the step right after a
+    save: it carries the fence wait), "writing" (a background write under way),
+    "idle" (with checkpoints, nothing being written), "without" (no checkpointer).
+    """
+    for c in rec["all"]:
+        c.wait()
+    if b.device.type == "cuda":
+        torch.cuda.synchronize()
+    if ck is not None:
+        b.ckpt = ck
+    b.store.load_check = load_check  # the writes of this segment (the last one's waited)
+    fences: list[tuple[Any, Any]] = []
+    b.fence_events = fences if b.device.type == "cuda" and ck is not None else None
+    t0 = time.perf_counter()
+    for k in range(EVERY * per_segment):
+        kind = "without"
+        if ck is not None and k % EVERY == 0:
+            state = b.state()
+            if b.ram_snapshots:  # the budget in snapshots: buffers are reused after
+                ck.budget = int(b.ram_snapshots * snapshot_nbytes(state))
+            st = ck.save(b.step, state)
+            kind = "save"
+            rec["counted_saves"] += count
+            rec["counted_allocating"] += count and st.allocated
+            (rec["allocating"] if st.allocated else rec["blocked"]).append(st.blocked_s)
+            if not st.allocated:
+                rec["waited"].append(st.waited_s)
+            rec["staged"].append(st.staged)
+            if st.superseded is not None:
+                rec["superseded"].append(st.superseded)
+        elif ck is not None:
+            kind = "writing" if ck.pending() else "idle"
+        ts = time.perf_counter()
+        b.train_step()
+        if count:
+            rec["steps"][kind].append(time.perf_counter() - ts)
+    dt = time.perf_counter() - t0
+    b.fence_events = None
+    if count:
+        rec["fence_wait_s"] += [x.elapsed_time(y) / 1e3 for x, y in fences]
+    return dt
+
+
+def throughput(b: Bench, ckpts: dict[str, AsyncCheckpointer], pairs: int,
+               per_segment: int, warm_blocks: int = WARM_BLOCKS) -> dict[str, Any]:
+    """Per variant, the ratio of throughput with a checkpoint every 50 steps to none.
+
+    A round trains one segment without checkpoints and one with each variant's
+    checkpointer, in turn, so drift hits all alike; ``pairs`` rounds are counted after
+    a first one that warms up kernels and allocates the buffers (its segments with
+    checkpoints ``warm_blocks`` long). A segment is
+    ``per_segment`` blocks of 50 steps; with checkpoints every block starts with a save,
+    whose background write overlaps the segment's training, as in a run (only the last
+    one's tail runs past it). Between segments the bench waits for writes to end,
+    untimed, so a "without" segment carries none. Per variant: time blocked in save(),
+    the fence wait (GPU time, CUDA events), and step times by kind (see _segment): the
+    step after a save against steps without tells the fence's cost (a) from the
+    writer's (b), which shows in the "writing" steps.
+    """
+    order: list[str | None] = [None, *ckpts]
+    rec: dict[str | None, dict[str, Any]] = {
+        v: {"all": list(ckpts.values()), "seg": [], "blocked": [], "allocating": [],
+            "waited": [], "staged": [], "superseded": [], "fence_wait_s": [], "counted_saves": 0,
+            "counted_allocating": 0,
+            "steps": {k: [] for k in ("save", "writing", "idle", "without")}}
+        for v in order}
+    for rnd in range(pairs + 1):
+        for v in order:
+            # The warm-up's segments with checkpoints save often enough to allocate every
+            # buffer set, so no counted save pays for pinning gigabytes.
+            blocks = per_segment if rnd or not v else max(per_segment, warm_blocks)
+            dt = _segment(b, ckpts[v] if v else None, blocks, rec[v], rnd > 0,
+                          variant_spec(v)[1] if v else "auto")
+            if rnd > 0:
+                rec[v]["seg"].append(dt)
+    for c in ckpts.values():
+        c.wait()
     steps = EVERY * per_segment
-    ratio = sum(without_s) / sum(with_s)
-    return {
-        "steps_per_segment": steps, "checkpoint_every": EVERY, "segments_each": len(with_s),
-        "tokens_per_s_without": b.tokens(steps * len(without_s)) / sum(without_s),
-        "tokens_per_s_with": b.tokens(steps * len(with_s)) / sum(with_s),
-        "segment_s_without": without_s, "segment_s_with": with_s,
-        "throughput_ratio": ratio, "goal_ratio": 0.99,
-        "save_blocked_s_median": statistics.median(stalls) if stalls else None,
-        "save_blocked_s_max": max(stalls) if stalls else None,
-        "save_blocked_s_all": stalls, "save_blocked_s_allocating": allocating,
-        # The part of each stall spent waiting for an earlier write to free a buffer:
-        # saves come faster than the disk takes them.
-        "save_waited_for_write_s": waits,
-        # Saves that replaced a queued one before its write (AsyncCheckpointer's
-        # when_behind="coalesce"): the steps never written, and how many were asked for.
-        "superseded_steps": superseded, "saves_requested": len(stalls) + len(allocating),
-        "goal_blocked_s": 0.2,
-        "background_write_s": [w for _, w in written],
-        "checkpoint_bytes": written[-1][0].size if written else None,
-        "snapshot_bytes": b.ckpt.last.nbytes if b.ckpt.last else None,
-    }
+    base = rec[None]
+    step_without = _median(base["steps"]["without"]) or 0.0
+    out: dict[str, Any] = {
+        "steps_per_segment": steps, "checkpoint_every": EVERY, "segments_each": pairs,
+        "goal_ratio": 0.99, "goal_blocked_s": 0.2,
+        "segment_s_without": base["seg"], "step_s_without_median": step_without,
+        "tokens_per_s_without": b.tokens(steps * pairs) / sum(base["seg"]), "variants": {}}
+    for v, c in ckpts.items():
+        r = rec[v]
+        written = c.drain_saved()
+        saves = r["counted_saves"]
+        counted = sum(len(x) for x in r["steps"].values())
+        out["variants"][v] = {
+            "stage": c.stage, "staged": r["staged"], "staging_bytes": c.staging_bytes(),
+            "throughput_ratio": sum(base["seg"]) / sum(r["seg"]),
+            "tokens_per_s_with": b.tokens(steps * pairs) / sum(r["seg"]),
+            "segment_s_with": r["seg"],
+            "save_blocked_s_median": _median(r["blocked"]),
+            "save_blocked_s_max": max(r["blocked"]) if r["blocked"] else None,
+            "save_blocked_s_all": r["blocked"], "save_blocked_s_allocating": r["allocating"],
+            # Counted saves that allocated buffers (should be none after the warm-up).
+            "counted_saves_allocating": r["counted_allocating"],
+            # The part of each stall spent waiting for an earlier write to free a buffer.
+            "save_waited_for_write_s": r["waited"],
+            "fence_wait_s_median": _median(r["fence_wait_s"]),
+            "fence_wait_s_all": r["fence_wait_s"],
+            "step_s_median": {k: _median(x) for k, x in r["steps"].items() if x},
+            # Throughput follows the mean: a few slow steps move it, not the median.
+            "step_s_mean": {k: statistics.fmean(x) for k, x in r["steps"].items() if x},
+            # Steps over SLOW x the median step without checkpoints: (kind, seconds).
+            "slow_steps": [(k, t) for k, x in r["steps"].items() for t in x
+                           if t > SLOW * step_without],
+            "steps_counted": {k: len(x) for k, x in r["steps"].items()},
+            # What each save cost the segment beyond its steps at the "without" pace
+            # (save() itself included): the per-save loss the ratio comes from.
+            "loss_per_save_s": ((sum(r["seg"]) - counted * step_without) / saves
+                                if saves else None),
+            # Saves that replaced a queued one before its write (when_behind="coalesce").
+            "superseded_steps": r["superseded"], "saves_requested": len(r["staged"]),
+            "background_write_s": [w for _, w in written],
+            "checkpoint_bytes": written[-1][0].size if written else None,
+            "snapshot_bytes": c.last.nbytes if c.last else None,
+        }
+    return out
 
 
 def rollback_once(b: Bench, handler: RollbackHandler, run_dir: Path, target: int) -> dict[str,
@@ -287,7 +400,8 @@ def upload(b: Bench, max_bytes: int) -> dict[str, Any]:
 
 def run_model(name: str, device: torch.device, root: Path, pairs: int, per_segment: int,
               repeats: int, budget: int, ram_snapshots: float,
-              upload_max: int, parts: tuple[str, ...] = PARTS) -> dict[str, Any]:
+              upload_max: int, parts: tuple[str, ...] = PARTS,
+              variants: tuple[str, ...] = ("host", "gpu")) -> dict[str, Any]:
     work = root / name
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -297,8 +411,14 @@ def run_model(name: str, device: torch.device, root: Path, pairs: int, per_segme
     out: dict[str, Any] = {"params": b.params, "dtype": str(next(b.model.parameters()).dtype),
                            "batch": [b.cfg.batch_size, b.cfg.seq_len]}
     print(f"{name}: {b.params / 1e6:.1f}M parameters", flush=True)
-    out["throughput"] = throughput(b, pairs, per_segment)
-    print(f"{name}: throughput {json.dumps(out['throughput'])[:300]}", flush=True)
+    b.ckpt.close()
+    ckpts = {v: b.checkpointer(budget, variant_spec(v)[0]) for v in variants}
+    out["throughput"] = throughput(b, ckpts, pairs, per_segment)
+    print(variant_table(name, out["throughput"]), flush=True)
+    b.ckpt = ckpts[variants[-1]]
+    for c in ckpts.values():
+        if c is not b.ckpt:
+            c.close()
     if "rollback" in parts:
         out["rollback"] = rollbacks(b, work, repeats)
         print(f"{name}: rollback memory {out['rollback']['memory']['median_s']:.3f} s, disk "
@@ -315,24 +435,53 @@ def run_model(name: str, device: torch.device, root: Path, pairs: int, per_segme
     return out
 
 
+def _ms(x: float | None) -> str:
+    return "-" if x is None else f"{x * 1e3:.1f}"
+
+
+def variant_table(name: str, t: dict[str, Any]) -> str:
+    """Return one line per variant: ratio, stalls, fence wait, step times by kind (ms)."""
+    base = t["step_s_without_median"]
+    lines = [f"{name}: step without checkpoints {_ms(base)} ms (median)",
+             f"  {'variant':14s} {'ratio':>6s} {'blocked':>8s} {'fence':>7s} {'after-save':>10s}"
+             f" {'writing':>13s} {'idle':>6s} {'loss/save':>9s} {'slow steps':>14s}"
+             f" {'superseded':>10s}  (ms)"]
+    for v, r in t["variants"].items():
+        st, mean = r["step_s_median"], r["step_s_mean"]
+        slow = r["slow_steps"]
+        lines.append(
+            f"  {v:14s} {r['throughput_ratio']:6.4f} {_ms(r['save_blocked_s_median']):>8s} "
+            f"{_ms(r['fence_wait_s_median']):>7s} {_ms(st.get('save')):>10s} "
+            f"{_ms(st.get('writing')) + '/' + _ms(mean.get('writing')):>13s} "
+            f"{_ms(st.get('idle')):>6s} {_ms(r['loss_per_save_s']):>9s} "
+            f"{f'{len(slow)}: +' + _ms(sum(x - base for _, x in slow)):>14s} "
+            f"{len(r['superseded_steps']):>4d} of {r['saves_requested']:<3d}"
+            + (f"  ({r['counted_saves_allocating']} counted saves allocated)"
+               if r["counted_saves_allocating"] else "")
+            + ("" if all(r["staged"]) or not any(r["staged"]) else "  (staged some)")
+            + ("  staged on GPU" if r["staged"] and all(r["staged"]) else ""))
+    return "\n".join(lines)
+
+
 def text_report(res: dict[str, Any]) -> str:
-    lines = [f"checkpoint_gpu on {res['device']} (torch {res['torch']}), {res['date']}"]
+    lines = [f"checkpoint_gpu on {res['device']} (torch {res['torch']}), {res['date']}",
+             "ratio: tokens/s with a checkpoint every 50 steps / without (goal >= 0.99); "
+             "blocked: in save(); fence: GPU time the loop's stream waited for the copy; "
+             "after-save/writing/idle: median step times (the step after a save, steps "
+             "while a write runs (median/mean), steps with none); loss/save: segment time "
+             "beyond its steps at the without pace, per save; slow steps: how many took "
+             f"over {SLOW}x the median step without, and their time beyond it"]
     for name, r in res["models"].items():
         t, rb = r["throughput"], r.get("rollback")
-        ratio_goal = ">= 0.99"
+        first = next(iter(t["variants"].values()))
         lines += [
             f"\n{name}: {r['params'] / 1e6:.1f}M parameters, {r['dtype']}, "
-            f"checkpoint {(t['checkpoint_bytes'] or 0) / 1e9:.2f} GB",
-            f"  save blocks the loop: median {t['save_blocked_s_median']} s, max "
-            f"{t['save_blocked_s_max']} s (goal < 0.2); allocating saves "
-            f"{t['save_blocked_s_allocating']}",
-            f"  background write (write+fsync+sha256+verify+manifest): {t['background_write_s']}",
-            f"  superseded before their write (disk behind): {len(t['superseded_steps'])} of "
-            f"{t['saves_requested']} saves",
-            f"  throughput with a checkpoint every 50 steps / without: "
-            f"{t['throughput_ratio']:.4f} (goal {ratio_goal}); tokens/s "
-            f"{t['tokens_per_s_with']:.0f} / {t['tokens_per_s_without']:.0f}",
+            f"checkpoint {(first['checkpoint_bytes'] or 0) / 1e9:.2f} GB",
+            variant_table(name, t),
         ]
+        for v, x in t["variants"].items():
+            lines.append(f"  {v}: allocating saves {_fmt(x['save_blocked_s_allocating'])} s; "
+                         f"background writes {_fmt(x['background_write_s'])} s")
         if rb:
             lines.append(f"  rollback request -> first step: memory {rb['memory']['median_s']:.3f}"
                          f" s (goal < 0.5), disk {rb['disk']['median_s']:.3f} s, restart "
@@ -343,6 +492,10 @@ def text_report(res: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _fmt(xs: list[float]) -> str:
+    return "[" + ", ".join(f"{x:.2f}" for x in xs) + "]"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--out", type=Path,
@@ -351,8 +504,13 @@ def main() -> int:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--pairs", type=int, default=2,
                     help="segments with and without checkpoints (after a warm-up pair)")
-    ap.add_argument("--segment-blocks", type=int, default=4,
-                    help="50-step blocks per segment (a save starts each in 'with')")
+    ap.add_argument("--segment-blocks", type=int, default=None,
+                    help="50-step blocks per segment (a save starts each in 'with'); "
+                         "default 2 for gpt1b (its steps are slow), else 4")
+    ap.add_argument("--variants", default="host,gpu",
+                    help="snapshot paths to compare, each in the same rounds: "
+                         "AsyncCheckpointer stage= values (host, gpu, auto), each "
+                         "optionally +loadcheck (every write loads its file back)")
     ap.add_argument("--repeats", type=int, default=3, help="rollbacks of each kind")
     ap.add_argument("--ram-gb", type=float, default=32.0,
                     help="host RAM budget for snapshots (unless --ram-snapshots)")
@@ -369,6 +527,10 @@ def main() -> int:
                     help="what to measure after the throughput (comma-separated, may be empty)")
     ap.add_argument("--quick", action="store_true", help="tiny model, few steps (CPU check)")
     args = ap.parse_args()
+    try:
+        [variant_spec(v) for v in args.variants.split(",")]
+    except ValueError as e:
+        ap.error(f"--variants: {e}")
     if args.quick:
         args.models, args.pairs, args.segment_blocks, args.repeats = "tiny", 1, 2, 2
     device = torch.device(args.device)
@@ -384,11 +546,13 @@ def main() -> int:
     }
     try:
         for name in args.models.split(","):
-            res["models"][name] = run_model(name, device, work, args.pairs, args.segment_blocks,
+            blocks = args.segment_blocks or SEGMENT_BLOCKS.get(name, 4)
+            res["models"][name] = run_model(name, device, work, args.pairs, blocks,
                                             args.repeats,
                                             int(args.ram_gb * (1 << 30)), args.ram_snapshots,
                                             int(args.upload_max_gb * 1e9),
-                                            tuple(p for p in args.parts.split(",") if p))
+                                            tuple(p for p in args.parts.split(",") if p),
+                                            tuple(args.variants.split(",")))
             (args.out / "checkpoint_gpu.json").write_text(json.dumps(res, indent=1))
     finally:
         if args.work is None:

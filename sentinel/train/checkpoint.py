@@ -27,7 +27,8 @@ One process writes: a writer store holds ``writer.lock`` for its lifetime, and a
 writing process is refused with the holder's PID and host. The manifest is read
 strictly (every entry's keys and types; a file name other than the step's own is
 refused, so nothing outside the directory is ever read or deleted). A save refuses a
-state ``torch.load(weights_only=True)`` could not read back, and a full disk is
+state ``torch.load(weights_only=True)`` could not read back (loading the file back
+unless every value is of a type that load always accepts), and a full disk is
 reported as "disk full at DIR" with the bytes needed and free.
 
 With a :class:`Remote` (object storage, :mod:`sentinel.train.offload`), an entry also
@@ -53,6 +54,7 @@ import socket
 import threading
 import time
 import weakref
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -292,6 +294,51 @@ def _first_suspect(obj: Any, where: str = "state") -> tuple[str, str] | None:
     return where, f"{t.__module__}.{t.__qualname__}"
 
 
+# What the load check may skip: values torch.load(weights_only=True) always reads back
+# (its allowlist holds these types and the tensor rebuild of these dtypes), matched by
+# exact type so a subclass, whose GLOBAL the allowlist lacks, is still load-checked.
+_SURE_VALUES = (str, int, float, bool, type(None))
+_SURE_CONTAINERS = (dict, OrderedDict, list, tuple)
+LOAD_CHECKS = ("auto", "always")
+
+
+def _surely_loadable(obj: Any, seen: set[int] | None = None) -> bool:
+    """Return True if ``obj`` holds only values weights_only loading always accepts.
+
+    Plain values, strided CPU/CUDA tensors of ordinary dtypes (not subclasses, not
+    quantized) and exact dict/OrderedDict/list/tuple of them; False for anything else
+    or a dict or list met twice (shared or cyclic: left to the real load).
+    """
+    import torch
+
+    t = type(obj)
+    if t in _SURE_VALUES:
+        return True
+    if t is torch.Tensor:
+        return (obj.layout == torch.strided and obj.device.type in ("cpu", "cuda")
+                and obj.dtype in _sure_dtypes() and not obj.is_quantized
+                and not vars(obj))  # attributes set on it are pickled too
+    if t not in _SURE_CONTAINERS:
+        return False
+    seen = set() if seen is None else seen
+    if t is not tuple:  # a cycle runs through a mutable container; () is a shared singleton
+        if id(obj) in seen:
+            return False
+        seen.add(id(obj))
+    if isinstance(obj, dict):
+        return all(type(k) in _SURE_VALUES and _surely_loadable(v, seen)
+                   for k, v in obj.items())
+    return all(_surely_loadable(v, seen) for v in obj)
+
+
+def _sure_dtypes() -> frozenset[Any]:
+    import torch
+
+    return frozenset((torch.float64, torch.float32, torch.float16, torch.bfloat16,
+                      torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8,
+                      torch.bool))
+
+
 # Writers of this process, by directory (dev, inode): one lock descriptor each, shared
 # by every writer store of that directory in this process.
 _WRITERS: dict[tuple[int, int], list[int]] = {}  # key -> [fd, users]
@@ -381,10 +428,16 @@ class CheckpointStore:
 
     def __init__(
         self, directory: str | Path, keep: int = DEFAULT_KEEP, *, writer: bool = True,
-        remote: Remote | None = None,
+        remote: Remote | None = None, load_check: str = "auto",
     ) -> None:
         if keep < 1:
             raise ValueError(f"keep must be >= 1 (the newest is always kept), got {keep}")
+        if load_check not in LOAD_CHECKS:
+            raise ValueError(f"load_check must be one of {', '.join(LOAD_CHECKS)}, "
+                             f"got {load_check!r}")
+        # "auto": a written file is loaded back (weights_only) only when its state holds
+        # something _surely_loadable cannot vouch for; "always": every file.
+        self.load_check = load_check
         self.dir = Path(directory)
         self.keep = keep
         self.writer = writer
@@ -638,7 +691,8 @@ class CheckpointStore:
                                w)  # type: ignore[arg-type]
                 f.flush()
                 os.fsync(f.fileno())
-            self._check_loadable(step, tmp, state)
+            if self.load_check == "always" or not _surely_loadable(state):
+                self._check_loadable(step, tmp, state)
             os.replace(tmp, final)
             fsync_dir(self.dir)
         except BaseException as e:
