@@ -42,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import hashlib
 import io
 import json
@@ -331,7 +332,9 @@ def _surely_loadable(obj: Any, seen: set[int] | None = None) -> bool:
     return all(_surely_loadable(v, seen) for v in obj)
 
 
+@functools.cache
 def _sure_dtypes() -> frozenset[Any]:
+    """Return the tensor dtypes weights_only loading always rebuilds (made once)."""
     import torch
 
     return frozenset((torch.float64, torch.float32, torch.float16, torch.bfloat16,
