@@ -92,7 +92,7 @@ def save_sharded(store: CheckpointStore, step: int, state: dict[str, Any], *,
     except SaveCancelled:
         pass
     except Exception as e:  # noqa: BLE001 - the other ranks must learn of any failure
-        error = str(e) if isinstance(e, CheckpointError) else f"{type(e).__name__}: {e}"
+        error = _why(e)
     cancelled = abort is not None and abort.is_set()
     results = _all_gather(dist, (shard, error, cancelled), world, group)
     failed = [(r, err) for r, (_, err, _) in enumerate(results) if err]
@@ -114,6 +114,11 @@ def save_sharded(store: CheckpointStore, step: int, state: dict[str, Any], *,
     return info
 
 
+def _why(e: Exception) -> str:
+    """Return what a rank tells the others of its failure (the type unless it is ours)."""
+    return str(e) if isinstance(e, CheckpointError) else f"{type(e).__name__}: {e}"
+
+
 def _record(store: CheckpointStore, step: int, name: str, shards: list[Shard], dist: Any,
             rank: int, group: Any, abort: threading.Event | None
             ) -> tuple[CheckpointInfo | None, str, bool]:
@@ -125,8 +130,7 @@ def _record(store: CheckpointStore, step: int, name: str, shards: list[Shard], d
         except SaveCancelled:
             recorded = (None, "", True)
         except Exception as e:  # noqa: BLE001 - the other ranks wait in the broadcast below
-            recorded = (None, str(e) if isinstance(e, CheckpointError)
-                        else f"{type(e).__name__}: {e}", False)
+            recorded = (None, _why(e), False)
     if dist is not None:
         box = [recorded]
         dist.broadcast_object_list(box, src=0, group=group)
