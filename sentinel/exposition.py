@@ -57,16 +57,15 @@ class MetricFamily:
     """A metric family: the name its ``# HELP``/``# TYPE`` lines carry, and its samples."""
 
     __slots__ = ("name", "documentation", "type", "samples", "_labelnames")
+    name: str
+    documentation: str
+    type: str
+    samples: list[Sample]
+    _labelnames: tuple[str, ...]
 
     def __init__(self, name: str, documentation: str, typ: str,
                  labels: Sequence[str] | None = None) -> None:
-        self.name = name
-        self.documentation = documentation
-        self.type = typ
-        self.samples: list[Sample] = []
-        self._labelnames = tuple(labels or ())
-        if (name, typ, self._labelnames) not in _VALID:
-            _check(name, typ, self._labelnames)
+        _init(self, name, documentation, typ, labels)
 
     def add_sample(self, name: str, labels: dict[str, str], value: float) -> None:
         """Append one sample as is."""
@@ -113,7 +112,7 @@ def _check(name: str, typ: str, labelnames: tuple[str, ...]) -> None:
 
 def _init(f: MetricFamily, name: str, documentation: str, typ: str,
           labels: Sequence[str] | None) -> None:
-    """Set up a family (MetricFamily.__init__ without the call through super())."""
+    """Set up a family: MetricFamily.__init__, which gauges and counters call without super()."""
     f.name = name
     f.documentation = documentation
     f.type = typ

@@ -392,7 +392,7 @@ class Nvml:
         """Query ``fields`` of device ``h`` into ``s``; return the attributes written.
 
         The loop is the scrape's hot path (~20 fields a GPU): it calls each getter
-        itself rather than through :meth:`_get`, with the same outcome.
+        itself and hands an NVML error to :meth:`_failed`; once the GPU is lost it stops.
         """
         written: set[str] = set()
         nvml_error = self._backend.NVMLError

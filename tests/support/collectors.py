@@ -40,3 +40,11 @@ def proc_dir(tmp_path: Path, which: int) -> Path:
     d.mkdir(exist_ok=True)
     shutil.copy(H100 / f"diskstats-{which}.txt", d / "diskstats")
     return d
+
+
+def diskstats_line(dev: str, reads: int, read_ms: int, in_flight: int, io_ms: int) -> str:
+    """Return one /proc/diskstats line: ``dev`` with these counts, 10 writes, 80 sectors."""
+    # major minor name reads merged sectors read_ms writes merged sectors write_ms
+    # in_flight io_ms weighted_ms (then discard/flush fields)
+    return (f" 259 0 {dev} {reads} 0 {reads * 8} {read_ms} 10 0 80 5 {in_flight} {io_ms} "
+            f"{read_ms + 5} 0 0 0 0\n")

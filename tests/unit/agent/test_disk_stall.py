@@ -8,15 +8,8 @@ import pytest
 
 from sentinel.agent.collectors.disk import read_latency_seconds
 from sentinel.agent.collectors.disk_stall import DiskStallCollector, sample_cost_s
-from tests.support.collectors import make_ctx, render_collector
+from tests.support.collectors import diskstats_line, make_ctx, render_collector
 from tests.support.metrics import value
-
-
-def _line(dev: str, reads: int, read_ms: int, in_flight: int, io_ms: int) -> str:
-    # major minor name reads merged sectors read_ms writes merged sectors write_ms
-    # in_flight io_ms weighted_ms (then discard/flush fields)
-    return (f" 259 0 {dev} {reads} 0 {reads * 8} {read_ms} 10 0 80 5 {in_flight} {io_ms} "
-            f"{read_ms + 5} 0 0 0 0\n")
 
 
 def test_a_3_s_stall_shows_at_full_height_where_the_15_s_mean_stays_low(tmp_path):
@@ -34,8 +27,8 @@ def test_a_3_s_stall_shows_at_full_height_where_the_15_s_mean_stays_low(tmp_path
             reads += 5 if stall else 100
             read_ms += 1500 if stall else 50
             io_ms += 1000 if stall else 60
-        text = _line("nvme0n1", reads, read_ms, 40 if stall else 1, io_ms)
-        text += _line("nvme1n1", 7, 3, 0, 3)  # idle all along: no reads, no latency
+        text = diskstats_line("nvme0n1", reads, read_ms, 40 if stall else 1, io_ms)
+        text += diskstats_line("nvme1n1", 7, 3, 0, 3)  # idle all along: no reads, no latency
         (proc / "diskstats").write_text(text)
         clock["t"] = float(sec)
         c.sample()

@@ -19,7 +19,7 @@ from sentinel.protocol import Identity, StepReport
 from sentinel.rules.jsonl import node_record
 from sentinel.rules.sources import StepStream
 from sentinel.rules.window import NodePoint
-from tests.support.collectors import make_ctx
+from tests.support.collectors import diskstats_line, make_ctx
 
 
 def two_gpus(procs0: int, reasons1: int) -> dict:
@@ -38,8 +38,9 @@ UUID0 = json.loads(H100_LOAD.read_text())["devices"][0]["uuid"]
 
 
 def _diskstats(reads: int, read_ms: int, in_flight: int) -> str:
-    return (f" 259 0 nvme0n1 {reads} 0 {reads * 8} {read_ms} 10 0 80 5 {in_flight} 100 "
-            f"{read_ms + 5} 0 0 0 0\n 259 1 nvme1n1 7 0 56 3 0 0 0 0 0 3 3 0 0 0 0\n")
+    # nvme1n1 idle all along: no reads, no latency.
+    return (diskstats_line("nvme0n1", reads, read_ms, in_flight, 100)
+            + diskstats_line("nvme1n1", 7, 3, 0, 3))
 
 
 def test_a_sample_takes_the_disk_samplers_newest_second_and_each_gpus_nvml_fields(tmp_path):
