@@ -165,7 +165,7 @@ class Controller:
             stats = self._findings(now)
             self._recheck(now, stats)
             stats.errors += self.goodput.cycle(now)
-            self._after(stats)
+            self._after()
             self.cycles += 1
             self.last_cycle_ok = not stats.errors
             stats.seconds = time.monotonic() - t0
@@ -187,7 +187,7 @@ class Controller:
             t0 = time.monotonic()
             now = self.clock() if now is None else now
             stats = self._findings(now)
-            self._after(stats)
+            self._after()
             stats.seconds = time.monotonic() - t0
             return stats
 
@@ -217,7 +217,7 @@ class Controller:
                 stats.errors.append(f"{f.key}: {e}")
         return stats
 
-    def _after(self, stats: CycleStats) -> None:
+    def _after(self) -> None:
         """Collect finished actions and deliver what is to be told."""
         self.executor.reap()
         if self.teller is not None:

@@ -46,6 +46,12 @@ class Earlier:
         """Return the episode's last known time."""
         return self.end if self.end is not None else self.last_bad
 
+    def reopen(self) -> Episode:
+        """Return the episode, still open, to resume a finder with."""
+        return Episode(start=self.start, end=None, flagged=self.flagged,
+                       baseline=self.baseline, worst=self.worst, last_bad=self.last_bad,
+                       signals=self.signals, since=self.since)
+
 
 def earlier(previous: list[Finding], scope: Callable[[Finding], bool], *,
             baseline: Callable[[Finding], float | None],
@@ -97,9 +103,7 @@ def continue_episodes(
         last = open_[-1]
         got: list[Episode] = []
         finder = new_finder(last.baseline, got.append)
-        cont = Episode(start=last.start, end=None, flagged=last.flagged,
-                       baseline=last.baseline, worst=last.worst, last_bad=last.last_bad,
-                       signals=last.signals, since=last.since)
+        cont = last.reopen()
         finder.resume(cont)
         for t, v in points:
             if t < last.start:

@@ -587,9 +587,7 @@ class Stream:
         if e is None or t < e.start:
             return
         del self._cont[key]
-        finder.resume(Episode(start=e.start, end=None, flagged=e.flagged, baseline=e.baseline,
-                              worst=e.worst, last_bad=e.last_bad, signals=e.signals,
-                              since=e.since))
+        finder.resume(e.reopen())
 
     def _job_episode(self, e: Episode) -> None:
         self.dips_seen += 1
