@@ -148,6 +148,10 @@ class StepStream:
         self.nodes: deque[NodePoint] = deque(maxlen=NODE_CACHE)
         self._node_since = 0.0
         self._node_off_until: float | None = None
+        # The evaluation time last polled for: the rules of one evaluation (same ``now``)
+        # share one poll of each endpoint rather than one per rule.
+        self._polled_for: float | None = None
+        self._poll_lock = threading.Lock()
 
     def _get(self, since: int) -> list[dict[str, Any]]:
         """Return the agent's records with step >= since, following its pages."""
@@ -282,9 +286,12 @@ class StepStream:
             return len(recs)
 
     def window(self, rule: Rule, now: float) -> Window:
-        """Poll and return the cached steps and node records as a window."""
-        self.poll()
-        self.poll_nodes()
+        """Poll (once per evaluation time) and return the cached steps and node records."""
+        with self._poll_lock:
+            if now != self._polled_for:
+                self.poll()
+                self.poll_nodes()
+                self._polled_for = now  # not when a poll raised: the next rule asks again
         with self._lock:
             steps = list(self.steps)
             nodes = list(self.nodes)

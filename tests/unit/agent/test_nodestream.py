@@ -189,3 +189,15 @@ def test_an_agent_without_node_records_leaves_the_steps_as_they_were(httpserver)
     stream.window(rule=None, now=11.0)  # type: ignore[arg-type]
     asked = [r for r, _ in httpserver.log if r.path == "/api/v1/node"]
     assert len(asked) == 1
+
+
+def test_the_rules_of_one_evaluation_share_one_poll_of_the_agent(httpserver):
+    """With steps rules every 2 s, each rule polling each endpoint would multiply the
+    requests to every agent by the number of rules reading the stream."""
+    httpserver.expect_request("/api/v1/steps").respond_with_json({"job": "j", "steps": []})
+    httpserver.expect_request("/api/v1/node").respond_with_json({"job": "j", "node": []})
+    stream = StepStream(httpserver.url_for(""), "j")
+    for now in (10.0, 10.0, 12.0):  # two rules at 10, one at 12
+        stream.window(rule=None, now=now)  # type: ignore[arg-type]
+    paths = [r.path for r, _ in httpserver.log]
+    assert paths.count("/api/v1/steps") == 2 and paths.count("/api/v1/node") == 2
