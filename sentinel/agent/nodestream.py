@@ -28,7 +28,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from sentinel.gpu.reasons import BAD_REASONS, CLOCK_EVENT_REASONS, mask
+from sentinel.gpu.reasons import BAD_MASK
+from sentinel.gpu.reasons import names as reason_names
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,6 @@ NODE_RING_SECONDS = 900
 _HEAD = struct.Struct("<ddiH")
 _GPU = struct.Struct("<Hii")
 MAX_GPUS = 64
-_BAD = mask(BAD_REASONS)
 
 # (index, UUID, compute processes, clock-event reason bits) of one GPU.
 GpuReading = tuple[int, str, int | None, int | None]
@@ -159,8 +159,8 @@ def node_records(samples: list[NodeSample], uuids: dict[int, str], host: str,
             if p is not None:
                 procs[gpu] = p
                 known[gpu] = ranks.get(uuid, 0)
-            if r is not None and r & _BAD:
-                hot[gpu] = [n for n in BAD_REASONS if r & CLOCK_EVENT_REASONS[n]]
+            if r is not None and r & BAD_MASK:
+                hot[gpu] = reason_names(r)
         rec: dict[str, Any] = {"node": host, "time": s.time,
                                "disk_read_latency_s": s.disk_read_latency_s,
                                "disk_in_flight": s.disk_in_flight}

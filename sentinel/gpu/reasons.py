@@ -73,6 +73,15 @@ def mask(reasons: tuple[str, ...] | list[str]) -> int:
     return out
 
 
+def names(bits: int, among: tuple[str, ...] = BAD_REASONS) -> list[str]:
+    """Return the reasons of ``among`` (default: the bad ones) set in ``bits``, in order."""
+    return [r for r in among if bits & CLOCK_EVENT_REASONS[r]]
+
+
+# The bad reasons as one mask: a node record or a finding names them when set.
+BAD_MASK = mask(BAD_REASONS)
+
+
 def promql_regex(reasons: tuple[str, ...] | list[str]) -> str:
     """Return the alternation for a ``reason=~"..."`` matcher over ``reasons``."""
     return "|".join(reasons)

@@ -33,10 +33,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sentinel.gpu.reasons import BAD_REASONS, CLOCK_EVENT_REASONS, mask
+from sentinel.gpu.reasons import BAD_MASK, CLOCK_EVENT_REASONS
+from sentinel.gpu.reasons import names as reason_names
 from sentinel.rules.window import NodePoint
 
-_BAD = mask(BAD_REASONS)
 # Entries of each kind an evidence list keeps (a job-wide drop on 1,024 nodes whose
 # disks all slowed names the first few and counts the rest).
 MAX_LISTED = 8
@@ -318,8 +318,8 @@ def _throttle(node: str, before: list[_Second], during: list[_Second], th: Thres
     rec_during = [s for s in during if s.records]
     gpus = sorted({g for s in rec_during if s.reasons for g in s.reasons})
     for g in gpus:
-        now = [(s.reasons or {}).get(g, 0) & _BAD for s in rec_during]
-        then = [(s.reasons or {}).get(g, 0) & _BAD for s in rec_before]
+        now = [(s.reasons or {}).get(g, 0) & BAD_MASK for s in rec_during]
+        then = [(s.reasons or {}).get(g, 0) & BAD_MASK for s in rec_before]
         hot = [m for m in now if m]
         was = [m for m in then if m]
         if len(hot) < th.signal_fraction * len(now) or (
@@ -329,5 +329,5 @@ def _throttle(node: str, before: list[_Second], during: list[_Second], th: Thres
         for m in hot:
             bits |= m
         out.append({"node": node, "gpu": g,
-                    "reasons": [r for r in BAD_REASONS if bits & CLOCK_EVENT_REASONS[r]]})
+                    "reasons": reason_names(bits)})
     return out
